@@ -1,0 +1,57 @@
+"""Value types that every GPU backend returns.  Plain frozen data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One physical GPU as the driver sees it."""
+
+    index: int  #: NVML index
+    minor: int  #: device minor number: /dev/nvidia<minor>, and the mig-minors ``gpu<minor>``
+    uuid: str
+    name: str  #: nvmlDeviceGetName, e.g. "NVIDIA A100-SXM4-40GB"
+    pci_device_id: str  #: e.g. "0x20B010DE"
+    mig_current: bool
+    mig_pending: bool
+
+    @property
+    def mig_reset_pending(self) -> bool:
+        """MIG mode was changed but needs a GPU reset (or reboot) to take effect."""
+        return self.mig_current != self.mig_pending
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """A GPU instance and its (full-size) compute instance, ids as the driver reported them."""
+
+    gpu: int  #: NVML index of the parent GPU
+    gi_id: int
+    profile_id: int  #: GPU-instance profile id
+    start: int  #: placement start
+    size: int  #: placement size
+    ci_id: Optional[int] = None  #: None: a GPU instance with no compute instance (half-made)
+    ci_profile_id: Optional[int] = None
+    uuid: Optional[str] = None  #: MIG device UUID ("MIG-..."), once a compute instance exists
+    pids: Tuple[int, ...] = ()  #: processes running on it
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pids)
+
+    @property
+    def complete(self) -> bool:
+        return self.ci_id is not None
+
+
+@dataclass(frozen=True)
+class MigModeResult:
+    """What setting MIG mode did: current and pending mode, and whether a reset is needed."""
+
+    gpu: int
+    current: bool
+    pending: bool
+    reset_required: bool

@@ -1,0 +1,509 @@
+"""A simulated NVIDIA driver with MIG, shared between processes through a state file.
+
+It answers in NVML's terms (profile ids, placements, GPU-instance and compute-instance
+ids, NVML return codes) so that both the simulator backend and the pynvml-compatible
+fake (:mod:`slurm_mig.gpu.fakenvml`) can sit on it.  What it models, because code
+above it must cope with it:
+
+* GPU-instance ids are the driver's swizzle ids: a memory-size class picks the id
+  range (FULL 0, HALF 1-2, QUARTER 3-6, EIGHTH 7-14) and a per-GPU permutation picks
+  the id inside it, never the identity.  Code that computes ids from placements fails.
+* Create errors: INVALID_ARGUMENT (placement not offered), INSUFFICIENT_RESOURCES
+  (overlap, count exhausted), NOT_SUPPORTED (MIG off), and IN_USE on destroy while
+  processes (compute instance) or compute instances (GPU instance) exist.
+* MIG mode: Ampere GPUs (A100, A30) keep the change pending until a GPU reset.
+* Processes attached to an instance make it "in use"; a tracked process disappears
+  from the listing once the real pid is gone, as with the real driver.
+* Faults: fail the Nth call of an operation with an NVML code, or crash (raise or
+  ``os._exit``) before or after the Nth mutation reaches the state file.
+
+State lives in ``<root>/state.json``, rewritten atomically under an exclusive
+``flock`` on ``<root>/state.lock``; the prologs that a real slurmd starts share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import random
+import stat
+import tempfile
+import time
+import uuid as uuidlib
+from typing import Dict, Iterator, List, Optional, Sequence
+
+from ..catalog import GpuModel, load_catalog
+from ..errors import GpuError, LockBusy, SimulatedCrash
+from . import nvmlcodes as rc
+
+STATE_VERSION = 1
+ID_RANGES = {"FULL": (0,), "HALF": (1, 2), "QUARTER": (3, 4, 5, 6), "EIGHTH": tuple(range(7, 15))}
+#: NVML_GPU_INSTANCE_PROFILE_* enum indexes, by the name after the prefix.
+GI_PROFILE_ENUMS = {
+    "1_SLICE": 0x0, "2_SLICE": 0x1, "3_SLICE": 0x2, "4_SLICE": 0x3, "7_SLICE": 0x4, "8_SLICE": 0x5,
+    "6_SLICE": 0x6, "1_SLICE_REV1": 0x7, "2_SLICE_REV1": 0x8, "1_SLICE_REV2": 0x9,
+    "1_SLICE_GFX": 0xA, "2_SLICE_GFX": 0xB, "4_SLICE_GFX": 0xC, "1_SLICE_NO_ME": 0xD,
+    "2_SLICE_NO_ME": 0xE, "1_SLICE_ALL_ME": 0xF, "2_SLICE_ALL_ME": 0x10, "3_SLICE_GFX": 0x11,
+}
+GI_PROFILE_COUNT = 0x12
+#: NVML_COMPUTE_INSTANCE_PROFILE_* enum index -> compute slices (the CI profile id is the enum).
+CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1}
+CI_PROFILE_COUNT = 0x9
+#: GPUs whose MIG mode change needs a GPU reset (Ampere); Hopper and later apply at once.
+RESET_FAMILIES = ("A100", "A30", "A800")
+MUTATIONS = ("create_gi", "create_ci", "destroy_ci", "destroy_gi", "set_mig_mode")
+NVIDIA_MAJOR = 195
+CAPS_MAJOR = 511  # any major works for the device cgroup; the real one is dynamic
+
+
+class SimNvmlError(GpuError):
+    """An NVML return code from the simulated driver."""
+
+    def __init__(self, code: int, what: str = ""):
+        self.code = code
+        super().__init__(f"{what}: {rc.name_of(code)}" if what else rc.name_of(code))
+
+
+def _id_permutation(seed: int, n: int) -> List[int]:
+    """A per-GPU, never-identity permutation of ``n`` swizzle-id slots."""
+    slots = list(range(n))
+    if n < 2:
+        return slots
+    rng = random.Random(seed)
+    rng.shuffle(slots)
+    if slots == list(range(n)):
+        slots = slots[1:] + slots[:1]
+    return slots
+
+
+class SimDriver:
+    """The simulated driver over one state directory.  Every call locks, loads, saves."""
+
+    def __init__(self, root: str, lock_timeout: float = 30.0):
+        self.root = os.path.abspath(root)
+        self.state_path = os.path.join(self.root, "state.json")
+        self.lock_path = os.path.join(self.root, "state.lock")
+        self.lock_timeout = lock_timeout
+        if not os.path.exists(self.state_path):
+            raise GpuError(
+                f"no simulated GPUs under {self.root}; create them with "
+                f"`slurm-mig --backend sim sim init` (or set [sim] gpus in config.toml)"
+            )
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def create(
+        cls,
+        root: str,
+        models: Sequence[str],
+        *,
+        mig_enabled: bool = True,
+        minors: Optional[Sequence[int]] = None,
+        device_nodes: bool = True,
+        seed: Optional[int] = None,
+    ) -> "SimDriver":
+        """Lay out a simulated GPU node under ``root``: state, mig-minors, /dev files.
+
+        ``models`` are catalog keys or names; an entry ``"nomig:<name>"`` is a GPU
+        without MIG support.  Existing state is replaced.
+        """
+        from ..devices import render_mig_minors
+
+        catalog = load_catalog()
+        root = os.path.abspath(root)
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        minors = list(minors) if minors is not None else list(range(len(models)))
+        gpus = []
+        for index, query in enumerate(models):
+            mig_capable = not query.startswith("nomig:")
+            model: Optional[GpuModel] = catalog.model(query) if mig_capable else None
+            name = model.name if model else query[len("nomig:"):]
+            digest = hashlib.sha256(f"{root}:{index}:{seed}".encode()).hexdigest()
+            gpus.append(
+                {
+                    "index": index,
+                    "model": model.key if model else None,
+                    "name": name,
+                    "uuid": "GPU-" + str(uuidlib.UUID(digest[:32])),
+                    "minor": minors[index],
+                    "pci_device_id": (model.pci_device_ids[0] if model and model.pci_device_ids else "0x00000000"),
+                    "mig_current": bool(mig_enabled and mig_capable),
+                    "mig_pending": bool(mig_enabled and mig_capable),
+                    "id_seed": int(digest[32:40], 16),
+                    "gis": [],
+                }
+            )
+        state = {"version": STATE_VERSION, "gpus": gpus, "faults": [], "calls": {}, "serial": 0}
+        with _exclusive(os.path.join(root, "state.lock"), 30.0):
+            _atomic_write_json(os.path.join(root, "state.json"), state)
+        proc = os.path.join(root, "proc", "driver", "nvidia-caps")
+        os.makedirs(proc, exist_ok=True)
+        with open(os.path.join(proc, "mig-minors"), "w") as f:
+            f.write(render_mig_minors(sorted(set(minors))))
+        _make_device_files(os.path.join(root, "dev"), minors, device_nodes)
+        return cls(root)
+
+    # ------------------------------------------------------------------ state plumbing
+
+    @contextlib.contextmanager
+    def _state(self, mutate: bool = False) -> Iterator[dict]:
+        with _exclusive(self.lock_path, self.lock_timeout):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            yield state
+            if mutate:
+                _atomic_write_json(self.state_path, state)
+
+    def snapshot(self) -> dict:
+        """The whole state, for tests and `slurm-mig sim show`."""
+        with self._state() as state:
+            self._prune_dead(state)
+            return state
+
+    def _gpu(self, state: dict, index: int) -> dict:
+        for g in state["gpus"]:
+            if g["index"] == index:
+                return g
+        raise SimNvmlError(rc.INVALID_ARGUMENT, f"gpu {index}")
+
+    def _model(self, gpu: dict) -> GpuModel:
+        if gpu["model"] is None:
+            raise SimNvmlError(rc.NOT_SUPPORTED, f"gpu {gpu['index']} ({gpu['name']}) has no MIG")
+        return load_catalog().model(gpu["model"])
+
+    def _mig_model(self, gpu: dict) -> GpuModel:
+        model = self._model(gpu)
+        if not gpu["mig_current"]:
+            raise SimNvmlError(rc.NOT_SUPPORTED, f"gpu {gpu['index']}: MIG mode is disabled")
+        return model
+
+    def _find_gi(self, gpu: dict, gi_id: int) -> dict:
+        for gi in gpu["gis"]:
+            if gi["id"] == gi_id:
+                return gi
+        raise SimNvmlError(rc.NOT_FOUND, f"gpu {gpu['index']} gi {gi_id}")
+
+    @staticmethod
+    def _prune_dead(state: dict) -> None:
+        for gpu in state["gpus"]:
+            for gi in gpu["gis"]:
+                for ci in gi["cis"]:
+                    ci["procs"] = [p for p in ci["procs"] if not p.get("track") or _pid_alive(p["pid"])]
+
+    def _fault(self, state: dict, op: str, when: str) -> None:
+        """Fire a matching injected fault.  Called with the state lock held."""
+        if when == "before":
+            calls = state.setdefault("calls", {})
+            calls[op] = calls.get(op, 0) + 1
+            calls["any"] = calls.get("any", 0) + 1
+        for fault in list(state.get("faults", [])):
+            if fault["op"] not in (op, "any") or fault.get("when", "before") != when:
+                continue
+            count = state["calls"].get(fault["op"], 0)
+            if count != fault["nth"]:
+                continue
+            state["faults"].remove(fault)
+            if fault.get("crash"):
+                # The fault is spent whether or not the state write below happens:
+                # persist that first, as a real crash leaves the driver as it was.
+                _atomic_write_json(self.state_path, state)
+                if fault["crash"] == "exit":
+                    os._exit(137)
+                raise SimulatedCrash(f"simulated crash at {op} #{count} ({when})")
+            _atomic_write_json(self.state_path, state)
+            raise SimNvmlError(fault["code"], f"injected fault at {op} #{count}")
+
+    @contextlib.contextmanager
+    def _mutation(self, op: str) -> Iterator[dict]:
+        """Lock, count the call, fire 'before' faults, mutate, save, fire 'after' faults."""
+        with _exclusive(self.lock_path, self.lock_timeout):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            self._fault(state, op, "before")
+            self._prune_dead(state)
+            try:
+                yield state
+            except SimNvmlError:
+                # A refused call changes nothing but still counts as a call.
+                with open(self.state_path) as f:
+                    fresh = json.load(f)
+                fresh["calls"] = state["calls"]
+                _atomic_write_json(self.state_path, fresh)
+                raise
+            state["serial"] = state.get("serial", 0) + 1
+            _atomic_write_json(self.state_path, state)
+            self._fault(state, op, "after")
+
+    # ------------------------------------------------------------------ faults, processes
+
+    def inject_fault(self, op: str, nth: int = 1, *, code: Optional[int] = None,
+                     crash: Optional[str] = None, when: str = "before") -> None:
+        """Make the ``nth`` call of ``op`` (counted from now) fail with ``code`` or crash.
+
+        ``op`` is one of MUTATIONS or ``any``; ``crash`` is ``raise`` (SimulatedCrash)
+        or ``exit`` (``os._exit(137)``, a process killed mid-way); ``when`` is
+        ``before`` (nothing changed) or ``after`` (the change reached the driver).
+        """
+        if op not in MUTATIONS + ("any",):
+            raise ValueError(f"unknown operation {op!r}")
+        if (code is None) == (crash is None):
+            raise ValueError("give exactly one of code= or crash=")
+        with self._state(mutate=True) as state:
+            done = state.setdefault("calls", {}).get(op, 0)
+            state.setdefault("faults", []).append(
+                {"op": op, "nth": done + nth, "code": code, "crash": crash, "when": when}
+            )
+
+    def clear_faults(self) -> None:
+        with self._state(mutate=True) as state:
+            state["faults"] = []
+
+    def attach_process(self, gpu: int, gi_id: int, ci_id: int, pid: int, *, track: bool = False) -> None:
+        """Show ``pid`` running on an instance.  ``track``: drop it once the real pid is gone."""
+        with self._state(mutate=True) as state:
+            ci = self._find_ci(self._find_gi(self._gpu(state, gpu), gi_id), ci_id)
+            if all(p["pid"] != pid for p in ci["procs"]):
+                ci["procs"].append({"pid": pid, "track": track})
+
+    def detach_process(self, gpu: int, gi_id: int, ci_id: int, pid: Optional[int] = None) -> None:
+        """Stop showing ``pid`` (all processes when None) on an instance."""
+        with self._state(mutate=True) as state:
+            ci = self._find_ci(self._find_gi(self._gpu(state, gpu), gi_id), ci_id)
+            ci["procs"] = [p for p in ci["procs"] if pid is not None and p["pid"] != pid]
+
+    def _find_ci(self, gi: dict, ci_id: int) -> dict:
+        for ci in gi["cis"]:
+            if ci["id"] == ci_id:
+                return ci
+        raise SimNvmlError(rc.NOT_FOUND, f"gi {gi['id']} ci {ci_id}")
+
+    # ------------------------------------------------------------------ NVML-shaped reads
+
+    def gpus(self) -> List[dict]:
+        with self._state() as state:
+            return [{k: v for k, v in g.items() if k != "gis"} for g in state["gpus"]]
+
+    def mig_mode(self, gpu: int):
+        with self._state() as state:
+            g = self._gpu(state, gpu)
+            self._model(g)
+            return int(g["mig_current"]), int(g["mig_pending"])
+
+    def mig_model(self, gpu: int) -> GpuModel:
+        """The catalog model of a GPU in MIG mode; NOT_SUPPORTED otherwise."""
+        with self._state() as state:
+            return self._mig_model(self._gpu(state, gpu))
+
+    def profile_by_enum(self, gpu: int, enum: int):
+        """The catalog profile at NVML enum index ``enum``; NOT_SUPPORTED when absent."""
+        with self._state() as state:
+            model = self._mig_model(self._gpu(state, gpu))
+        for p in model.profiles:
+            if GI_PROFILE_ENUMS.get(p.enum) == enum:
+                return model, p
+        raise SimNvmlError(rc.NOT_SUPPORTED, f"gpu {gpu} profile enum {enum}")
+
+    def profile_by_id(self, gpu: int, profile_id: int):
+        with self._state() as state:
+            model = self._mig_model(self._gpu(state, gpu))
+        for p in model.profiles:
+            if p.id == profile_id:
+                return model, p
+        raise SimNvmlError(rc.INVALID_ARGUMENT, f"gpu {gpu} profile id {profile_id}")
+
+    def gpu_instances(self, gpu: int) -> List[dict]:
+        with self._state() as state:
+            g = self._gpu(state, gpu)
+            self._mig_model(g)
+            self._prune_dead(state)
+            return sorted(g["gis"], key=lambda gi: gi["id"])
+
+    def remaining_capacity(self, gpu: int, profile_id: int) -> int:
+        model, profile = self.profile_by_id(gpu, profile_id)
+        gis = self.gpu_instances(gpu)
+        return sum(1 for s in profile.placements if self._fits(model, gis, profile, s))
+
+    @staticmethod
+    def _fits(model: GpuModel, gis: List[dict], profile, start: int) -> bool:
+        if start not in profile.placements:
+            return False
+        if sum(1 for gi in gis if gi["profile_id"] == profile.id) >= profile.max_count:
+            return False
+        end = start + profile.placement_size
+        if any(gi["start"] < end and start < gi["start"] + gi["size"] for gi in gis):
+            return False
+        used = sum(model.profile(gi["profile_id"]).compute_slices for gi in gis)
+        return used + profile.compute_slices <= model.compute_slices
+
+    # ------------------------------------------------------------------ NVML-shaped writes
+
+    def create_gpu_instance(self, gpu: int, profile_id: int, start: Optional[int] = None) -> dict:
+        """nvmlDeviceCreateGpuInstance[WithPlacement]; returns the new GI record."""
+        with self._mutation("create_gi") as state:
+            g = self._gpu(state, gpu)
+            model = self._mig_model(g)
+            profile = next((p for p in model.profiles if p.id == profile_id), None)
+            if profile is None:
+                raise SimNvmlError(rc.INVALID_ARGUMENT, f"gpu {gpu}: profile id {profile_id}")
+            if start is None:  # the driver packs from the top when not told where
+                free = [s for s in profile.placements if self._fits(model, g["gis"], profile, s)]
+                if not free:
+                    raise SimNvmlError(rc.INSUFFICIENT_RESOURCES, f"gpu {gpu}: {profile.name}")
+                start = free[-1]
+            elif start not in profile.placements:
+                raise SimNvmlError(rc.INVALID_ARGUMENT, f"gpu {gpu}: {profile.name}@{start}")
+            if not self._fits(model, g["gis"], profile, start):
+                raise SimNvmlError(rc.INSUFFICIENT_RESOURCES, f"gpu {gpu}: {profile.name}@{start}")
+            gi_id = self._swizzle_id(g, model, profile, start)
+            gi = {"id": gi_id, "profile_id": profile.id, "start": start,
+                  "size": profile.placement_size, "cis": []}
+            g["gis"].append(gi)
+            return dict(gi)
+
+    @staticmethod
+    def _swizzle_id(gpu: dict, model: GpuModel, profile, start: int) -> int:
+        ids = ID_RANGES[model.size_class(profile)]
+        slot = start // profile.placement_size
+        perm = _id_permutation(gpu["id_seed"] + len(ids), len(ids))
+        return ids[perm[slot % len(ids)]]
+
+    def create_compute_instance(self, gpu: int, gi_id: int, ci_profile: int) -> dict:
+        """nvmlGpuInstanceCreateComputeInstance; CI ids are the lowest free, from 0."""
+        with self._mutation("create_ci") as state:
+            g = self._gpu(state, gpu)
+            model = self._mig_model(g)
+            gi = self._find_gi(g, gi_id)
+            slices = CI_PROFILE_SLICES.get(ci_profile)
+            gi_slices = model.profile(gi["profile_id"]).compute_slices
+            if slices is None or slices > gi_slices:
+                raise SimNvmlError(rc.NOT_SUPPORTED, f"gpu {gpu} gi {gi_id}: CI profile {ci_profile}")
+            used = sum(CI_PROFILE_SLICES[ci["profile_id"]] for ci in gi["cis"])
+            if used + slices > gi_slices:
+                raise SimNvmlError(rc.INSUFFICIENT_RESOURCES, f"gpu {gpu} gi {gi_id}: CI profile {ci_profile}")
+            taken = {ci["id"] for ci in gi["cis"]}
+            ci_id = next(i for i in range(8) if i not in taken)
+            ci = {"id": ci_id, "profile_id": ci_profile, "uuid": "MIG-" + str(uuidlib.uuid4()), "procs": []}
+            gi["cis"].append(ci)
+            return dict(ci)
+
+    def destroy_compute_instance(self, gpu: int, gi_id: int, ci_id: int) -> None:
+        with self._mutation("destroy_ci") as state:
+            gi = self._find_gi(self._gpu(state, gpu), gi_id)
+            ci = self._find_ci(gi, ci_id)
+            if ci["procs"]:
+                raise SimNvmlError(rc.IN_USE, f"gpu {gpu} gi {gi_id} ci {ci_id}")
+            gi["cis"].remove(ci)
+
+    def destroy_gpu_instance(self, gpu: int, gi_id: int) -> None:
+        with self._mutation("destroy_gi") as state:
+            g = self._gpu(state, gpu)
+            gi = self._find_gi(g, gi_id)
+            if gi["cis"]:
+                raise SimNvmlError(rc.IN_USE, f"gpu {gpu} gi {gi_id} has compute instances")
+            g["gis"].remove(gi)
+
+    def set_mig_mode(self, gpu: int, enabled: bool) -> int:
+        """nvmlDeviceSetMigMode: returns the activation status (an NVML code, not raised)."""
+        with self._mutation("set_mig_mode") as state:
+            g = self._gpu(state, gpu)
+            self._model(g)
+            if g["gis"]:
+                return rc.IN_USE
+            g["mig_pending"] = bool(enabled)
+            if not any(fam in g["name"] for fam in RESET_FAMILIES):
+                g["mig_current"] = bool(enabled)
+            return rc.SUCCESS
+
+    def reset_gpu(self, gpu: int) -> None:
+        """What `nvidia-smi -r` does for MIG mode: the pending mode becomes current."""
+        with self._state(mutate=True) as state:
+            g = self._gpu(state, gpu)
+            if g["gis"]:
+                raise SimNvmlError(rc.IN_USE, f"gpu {gpu} has GPU instances")
+            g["mig_current"] = g["mig_pending"]
+
+
+# ---------------------------------------------------------------------- file helpers
+
+
+@contextlib.contextmanager
+def _exclusive(path: str, timeout: float) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise LockBusy(
+                        f"simulated driver state {path} is locked by another process for "
+                        f"{timeout:.0f}s; find it with `fuser {path}`"
+                    ) from err
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".state.", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _make_device_files(dev_root: str, minors: Sequence[int], device_nodes: bool) -> None:
+    """/dev/nvidia<N>, nvidiactl, nvidia-uvm and every nvidia-caps/nvidia-cap<k> of these GPUs.
+
+    Character devices where mknod is allowed (root), so Slurm's device cgroup can
+    fence them; plain empty files otherwise (the paths are what the code checks).
+    """
+    from ..devices import formula_minors
+
+    fm = formula_minors()
+    os.makedirs(os.path.join(dev_root, "nvidia-caps"), exist_ok=True)
+    nodes = [("nvidiactl", NVIDIA_MAJOR, 255), ("nvidia-uvm", 235, 0), ("nvidia-uvm-tools", 235, 1)]
+    nodes += [(f"nvidia{m}", NVIDIA_MAJOR, m) for m in minors]
+    caps = [fm.config, fm.monitor]
+    for m in minors:
+        for gi in range(15):
+            caps.append(fm.gi_minor(m, gi))
+            caps += [fm.ci_minor(m, gi, ci) for ci in range(8)]
+    nodes += [(f"nvidia-caps/nvidia-cap{k}", CAPS_MAJOR, k) for k in caps]
+    for rel, major, minor in nodes:
+        path = os.path.join(dev_root, rel)
+        if os.path.lexists(path):
+            continue
+        if device_nodes:
+            try:
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+                continue
+            except (PermissionError, OSError):
+                pass
+        with open(path, "w"):
+            pass

@@ -114,6 +114,12 @@ def check_layout(model: GpuModel, instances: Iterable[Instance]) -> Layout:
                 f"{profile.name}: {counts[profile.id]} instances but {model.name} allows at most "
                 f"{profile.max_count}"
             )
+    media = [i for i in layout if is_media_extension(model.profile(i.profile_id))]
+    if len(media) > 1:
+        raise LayoutError(
+            f"{media[0]} and {media[1]} both take the GPU's media engines; "
+            f"keep at most one +me instance per GPU"
+        )
     ordered = layout.instances
     for a, b in zip(ordered, ordered[1:]):
         if a.overlaps(b):
@@ -205,7 +211,10 @@ def _candidates(model: GpuModel, include_me: bool) -> List[Tuple[Profile, int]]:
 
 
 def is_media_extension(profile: Profile) -> bool:
-    """``+me``/``+me.all`` profiles: one per GPU, used only on request."""
+    """``+me``/``+me.all`` profiles take all of the GPU's media engines: one such instance per GPU.
+
+    (``-me`` profiles, with no media engines, are ordinary.)
+    """
     return "+me" in profile.name
 
 
@@ -222,21 +231,24 @@ def enumerate_layouts(model: GpuModel, include_me: bool = True) -> Tuple[Layout,
         by_start.setdefault(s, []).append(p)
     out: List[Layout] = []
 
-    def walk(unit: int, chosen: List[Instance], counts: Dict[int, int], compute: int):
+    def walk(unit: int, chosen: List[Instance], counts: Dict[int, int], compute: int, media: bool):
         if unit >= model.placement_units:
             out.append(Layout(tuple(chosen)))
             return
-        walk(unit + 1, chosen, counts, compute)
+        walk(unit + 1, chosen, counts, compute, media)
         for p in by_start.get(unit, ()):
             if counts.get(p.id, 0) >= p.max_count or compute + p.compute_slices > model.compute_slices:
                 continue
+            me = is_media_extension(p)
+            if me and media:
+                continue
             counts[p.id] = counts.get(p.id, 0) + 1
             chosen.append(Instance.of(p, unit))
-            walk(unit + p.placement_size, chosen, counts, compute + p.compute_slices)
+            walk(unit + p.placement_size, chosen, counts, compute + p.compute_slices, media or me)
             chosen.pop()
             counts[p.id] -= 1
 
-    walk(0, [], {}, 0)
+    walk(0, [], {}, 0, False)
     return tuple(sorted(out, key=format_layout))
 
 

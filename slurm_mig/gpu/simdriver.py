@@ -38,6 +38,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..catalog import GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
+from ..layout import is_media_extension
 from . import nvmlcodes as rc
 
 STATE_VERSION = 1
@@ -337,6 +338,10 @@ class SimDriver:
         end = start + profile.placement_size
         if any(gi["start"] < end and start < gi["start"] + gi["size"] for gi in gis):
             return False
+        if is_media_extension(profile) and any(
+            is_media_extension(model.profile(gi["profile_id"])) for gi in gis
+        ):
+            return False  # the media engines are taken
         used = sum(model.profile(gi["profile_id"]).compute_slices for gi in gis)
         return used + profile.compute_slices <= model.compute_slices
 

@@ -1,0 +1,265 @@
+"""The ``slurm-mig`` command line: a thin client of the library.
+
+Commands compute a result (:mod:`slurm_mig.commands`), then :mod:`slurm_mig.render`
+prints it as text or, with ``--json``, as JSON with stable keys.  One error handler
+prints ``slurm-mig: error: <one line>`` and exits with the error's documented code
+(docs/exit-codes.md); a broken pipe is quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import click
+
+from . import __version__, render
+from .errors import EXIT_INTERNAL, EXIT_PARTIAL, EXIT_USAGE, SlurmMigError
+
+
+class Context:
+    """What every command needs: the config, the chosen backend, the output mode."""
+
+    def __init__(self, config_path: Optional[str], backend: Optional[str], as_json: bool, debug: bool):
+        self.config_path = config_path
+        self.backend_kind = backend
+        self.as_json = as_json
+        self.debug = debug
+        self._config = None
+        self._backend = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from dataclasses import replace
+
+            from .config import load_config, resolve_config_path
+
+            config = load_config(resolve_config_path(self.config_path, os.environ))
+            if self.backend_kind:
+                config = replace(config, backend=self.backend_kind)
+            self._config = config
+        return self._config
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from .gpu import make_backend
+
+            config = self.config
+            if config.backend == "sim":
+                ensure_simulator(config)
+            self._backend = make_backend(config.backend, sim_root=config.sim.root)
+        return self._backend
+
+    def close(self):
+        if self._backend is not None:
+            self._backend.close()
+
+    def emit(self, result: dict, text_renderer) -> None:
+        if self.as_json:
+            click.echo(render.as_json(result))
+        else:
+            click.echo(text_renderer(result))
+
+
+def ensure_simulator(config) -> None:
+    """Create the configured simulated GPUs on first use, so ``--backend sim`` just works."""
+    from .gpu.simdriver import SimDriver
+
+    if not os.path.exists(os.path.join(config.sim.root, "state.json")):
+        SimDriver.create(config.sim.root, list(config.sim.gpus))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slurm-mig")
+@click.option("--config", "config_path", metavar="PATH",
+              help="config file (default: $SLURM_MIG_CONFIG or /etc/slurm-mig/config.toml)")
+@click.option("--backend", type=click.Choice(["nvml", "sim"]), default=None,
+              help="GPU backend, overriding the config: nvml (real GPUs) or sim (simulator)")
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON (stable keys)")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors")
+@click.pass_context
+def cli(ctx, config_path, backend, as_json, debug):
+    """Dynamic NVIDIA MIG layouts for Slurm."""
+    ctx.obj = Context(config_path, backend, as_json, debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command()
+@pass_ctx
+def status(obj: Context):
+    """Show GPUs, MIG mode, layouts and instances (ids, processes, device files)."""
+    from .commands import status as run
+
+    obj.emit(run(obj.config, obj.backend), render.status_text)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--maximal", is_flag=True, help="only layouts to which no instance can be added")
+@click.option("--no-me", is_flag=True, help="leave out +me (media extension) profiles")
+@pass_ctx
+def layouts(obj: Context, model, maximal, no_me):
+    """List every valid layout of MODEL, one canonical layout per line."""
+    from .commands import layouts as run
+
+    obj.emit(run(model, maximal=maximal, include_me=not no_me), render.layouts_text)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--verify", is_flag=True, help="compare the catalog with what NVML reports on this node")
+@pass_ctx
+def catalog(obj: Context, model, verify):
+    """Show the catalog of MIG GPU models and profiles, or --verify it against NVML."""
+    from . import commands
+
+    if verify:
+        obj.emit(commands.catalog_verify(obj.backend), render.verify_text)
+    else:
+        obj.emit(commands.catalog_models(model), render.catalog_text)
+
+
+@cli.command()
+@click.argument("layout")
+@click.option("--gpu", default="all", show_default=True, help="GPU index, or 'all'")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing")
+@click.option("--partial", is_flag=True, default=None,
+              help="apply what is possible when busy instances block the rest (exit 6)")
+@pass_ctx
+def apply(obj: Context, layout, gpu, dry_run, partial):
+    """Make GPUs match LAYOUT (3g.40gb@0,1g.10gb@6 or 1g.10gb:2,3g.40gb:1 or empty).
+
+    Instances in both layouts are kept; only idle instances are destroyed; a GPU that
+    already matches is not touched.  An interrupted earlier apply is finished first.
+    """
+    from .commands import apply_layout
+
+    config = obj.config
+    if partial is None:
+        partial = config.apply.partial
+    result = apply_layout(config, obj.backend, layout, gpu, dry_run=dry_run, partial=partial)
+    obj.emit(result, render.apply_text)
+    if result["blocked"]:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.group()
+def sim():
+    """Manage the GPU simulator (state under [sim] root)."""
+
+
+@sim.command("init")
+@click.argument("models", nargs=-1)
+@click.option("--mig-off", is_flag=True, help="start with MIG mode disabled")
+@pass_ctx
+def sim_init(obj: Context, models, mig_off):
+    """(Re)create simulated GPUs: MODELS or the config's [sim] gpus."""
+    from .gpu.simdriver import SimDriver
+
+    config = obj.config
+    chosen = list(models) or list(config.sim.gpus)
+    driver = SimDriver.create(config.sim.root, chosen, mig_enabled=not mig_off)
+    result = {"root": driver.root, "gpus": [g["name"] for g in driver.gpus()]}
+    obj.emit(result, lambda r: f"simulated {len(r['gpus'])} GPU(s) under {r['root']}: "
+             + ", ".join(r["gpus"]))
+
+
+@sim.command("attach")
+@click.argument("gpu", type=int)
+@click.argument("gi_id", type=int)
+@click.argument("pid", type=int)
+@click.option("--ci", "ci_id", type=int, default=0, show_default=True)
+@pass_ctx
+def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
+    """Show process PID running on GPU instance GI_ID (makes it busy)."""
+    from .errors import InputError
+    from .gpu.simdriver import SimDriver, SimNvmlError
+
+    ensure_simulator(obj.config)
+    try:
+        SimDriver(obj.config.sim.root).attach_process(gpu, gi_id, ci_id, pid)
+    except SimNvmlError as err:
+        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+
+
+@sim.command("detach")
+@click.argument("gpu", type=int)
+@click.argument("gi_id", type=int)
+@click.option("--pid", type=int, default=None, help="only this process (default: all)")
+@click.option("--ci", "ci_id", type=int, default=0, show_default=True)
+@pass_ctx
+def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
+    """Stop showing processes on GPU instance GI_ID."""
+    from .errors import InputError
+    from .gpu.simdriver import SimDriver, SimNvmlError
+
+    ensure_simulator(obj.config)
+    try:
+        SimDriver(obj.config.sim.root).detach_process(gpu, gi_id, ci_id, pid)
+    except SimNvmlError as err:
+        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+
+
+@cli.command()
+@click.option("--root", default=None, help="where to keep the demo's simulator and state "
+              "(default: a new directory under /tmp)")
+@pass_ctx
+def demo(obj: Context, root):
+    """Walk through slurm-mig on simulated GPUs: layouts, apply, busy instances."""
+    from .demo import run_demo
+
+    run_demo(root, echo=click.echo)
+
+
+def main(argv=None) -> int:
+    """Entry point: run the CLI, map errors to one line and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="slurm-mig", standalone_mode=False)
+    except SlurmMigError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"slurm-mig: error: {err}", err=True)
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("slurm-mig: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"slurm-mig: error: {' '.join(err.format_message().split())}", err=True)
+        return err.exit_code if err.exit_code else EXIT_USAGE
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else 0
+    except Exception as err:  # a bug: still one line, traceback with --debug
+        if debug:
+            raise
+        click.echo(f"slurm-mig: internal error: {type(err).__name__}: {' '.join(str(err).split())} "
+                   f"(rerun with --debug and report it)", err=True)
+        return EXIT_INTERNAL
+    return 0
+
+
+def _quiet_broken_pipe() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,145 @@
+"""What the admin commands do, as functions that return plain results.
+
+Each function takes its collaborators (config, backend) and returns a dict with
+stable keys: the same dict is printed as JSON by ``--json`` (keys pinned by a
+test) or turned into text by :mod:`slurm_mig.render`.  No printing here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from . import catalog as catalog_mod
+from .config import Config
+from .devices import instance_devices, read_mig_minors
+from .errors import InputError, MigNotEnabled
+from .inventory import catalog_model, current_layout, gpu_model
+from .layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
+
+
+def host_paths(config: Config):
+    """Where /dev and /proc are: the simulator lays out its own under its root."""
+    if config.backend == "sim":
+        return os.path.join(config.sim.root, "dev"), os.path.join(config.sim.root, "proc")
+    return config.paths.dev, config.paths.proc
+
+
+def profile_dict(p) -> dict:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "aliases": list(p.aliases),
+        "compute_slices": p.compute_slices,
+        "memory_slices": p.memory_slices,
+        "memory_mib": p.memory_mib,
+        "max_count": p.max_count,
+        "placements": list(p.placements),
+        "placement_size": p.placement_size,
+    }
+
+
+def model_dict(m) -> dict:
+    return {
+        "key": m.key,
+        "name": m.name,
+        "aliases": list(m.aliases),
+        "pci_device_ids": list(m.pci_device_ids),
+        "compute_slices": m.compute_slices,
+        "memory_slices": m.memory_slices,
+        "placement_units": m.placement_units,
+        "profiles": [profile_dict(p) for p in m.profiles],
+        "unverified": list(m.unverified),
+    }
+
+
+def catalog_models(query: Optional[str] = None) -> dict:
+    cat = catalog_mod.load_catalog()
+    models = [cat.model(query)] if query else list(cat.models)
+    return {"models": [model_dict(m) for m in models]}
+
+
+def catalog_verify(backend) -> dict:
+    """Where the live driver and the catalog disagree, per GPU."""
+    out = []
+    for info in backend.gpus():
+        entry = {"index": info.index, "name": info.name, "model": None, "mig": info.mig_current,
+                 "differences": []}
+        base = catalog_model(info)
+        entry["model"] = base.key if base else None
+        if not info.mig_current:
+            entry["note"] = "MIG mode is off: profiles cannot be read"
+        else:
+            diffs = catalog_mod.verify(base, info.name, backend.profiles(info.index))
+            entry["differences"] = [
+                {"profile_id": d.profile_id, "field": d.field, "catalog": d.catalog, "nvml": d.nvml}
+                for d in diffs
+            ]
+        out.append(entry)
+    return {"gpus": out}
+
+
+def layouts(model_query: str, maximal: bool = False, include_me: bool = True) -> dict:
+    model = catalog_mod.load_catalog().model(model_query)
+    found = maximal_layouts(model, include_me) if maximal else enumerate_layouts(model, include_me)
+    return {"model": model.key, "name": model.name, "maximal": maximal,
+            "layouts": [format_layout(l) for l in found]}
+
+
+def status(config: Config, backend) -> dict:
+    """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files."""
+    dev, proc = host_paths(config)
+    minors = read_mig_minors(proc)
+    gpus = []
+    for info in backend.gpus():
+        base = catalog_model(info)
+        entry = {
+            "index": info.index, "name": info.name, "model": base.key if base else None,
+            "uuid": info.uuid, "minor": info.minor,
+            "mig": {"current": info.mig_current, "pending": info.mig_pending},
+            "layout": None, "maximal": None, "instances": [],
+        }
+        gpus.append(entry)
+        if not info.mig_current:
+            continue
+        model = gpu_model(backend, info)
+        found = backend.instances(info.index)
+        layout = current_layout(model, found)
+        entry["layout"] = format_layout(layout)
+        entry["maximal"] = is_maximal(model, layout)
+        for inst in sorted(found, key=lambda i: i.start):
+            files: List[str] = []
+            if inst.ci_id is not None:
+                files = list(instance_devices(minors, info.minor, inst.gi_id, inst.ci_id, dev).files())
+            entry["instances"].append({
+                "profile": model.profile(inst.profile_id).name, "profile_id": inst.profile_id,
+                "start": inst.start, "size": inst.size, "gi_id": inst.gi_id, "ci_id": inst.ci_id,
+                "uuid": inst.uuid, "pids": list(inst.pids), "busy": inst.busy,
+                "complete": inst.complete, "devices": files,
+            })
+    return {"backend": config.backend, "gpus": gpus}
+
+
+def select_gpus(backend, gpu: str) -> list:
+    """``--gpu N`` or ``all`` -> GpuInfo list; MIG-capable GPUs only for ``all``."""
+    infos = backend.gpus()
+    if gpu == "all":
+        return [i for i in infos if i.mig_current]
+    try:
+        index = int(gpu)
+    except ValueError:
+        raise InputError(f"--gpu '{gpu}': give a GPU index (0, 1, ...) or 'all'") from None
+    for info in infos:
+        if info.index == index:
+            if not info.mig_current:
+                gpu_model(backend, info)  # raises MigNotEnabled with the fix
+            return [info]
+    raise InputError(
+        f"--gpu {index}: no such GPU (this node has {', '.join(str(i.index) for i in infos) or 'none'})"
+    )
+
+
+__all__ = [
+    "catalog_models", "catalog_verify", "layouts", "status", "select_gpus", "host_paths",
+    "MigNotEnabled",
+]

@@ -1,0 +1,269 @@
+"""The slurm-mig configuration file: strict, versioned TOML (schema version 1).
+
+Strict because a typo in a key (``partiall``) must not silently fall back to a
+default on a production node: unknown keys, wrong types, relative paths and
+contradictions are :class:`~slurm_mig.errors.ConfigError` naming the file and the key
+path.  Versioned so a later schema can be told apart instead of misread.
+
+Everything is optional except ``version = 1``; a missing default file means all
+defaults.  ``paths.root`` is prefixed to every path (``[paths]`` and ``sim.root``) so
+one setting moves a whole installation into a test tree.  Defaults that follow
+another setting (``gres_conf`` under ``slurm_conf_dir``, ``sim.root`` under
+``state_dir``) follow it when only that one is set.
+
+:func:`parse_config` is pure; :func:`load_config` only reads the file.  The example
+``etc/config.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+from .catalog import load_catalog
+from .errors import ConfigError, UnknownModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/slurm-mig/config.toml"
+ENV_VAR = "SLURM_MIG_CONFIG"
+VERSION = 1
+BACKENDS = ("nvml", "sim")
+DEFAULTS_SOURCE = "<defaults>"
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where slurm-mig finds the host's files; all absolute, ``paths.root`` already applied."""
+
+    dev: str = "/dev"
+    proc: str = "/proc"
+    state_dir: str = "/var/lib/slurm-mig"  #: journal, job->instance records, locks
+    run_dir: str = "/run/slurm-mig"
+    slurm_conf_dir: str = "/etc/slurm"
+    gres_conf: str = "/etc/slurm/gres.conf"
+    node_gres_include: str = "/etc/slurm/slurm-mig-nodes.conf"
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    root: str = "/var/lib/slurm-mig/sim"
+    gpus: Tuple[str, ...] = ("A100-40GB", "A100-40GB")  #: catalog keys, one per simulated GPU
+
+
+@dataclass(frozen=True)
+class LayoutSettings:
+    """Wanted layout text per GPU index; checked against the GPU's model only at apply time."""
+
+    default: Optional[str] = None  #: None: no layout wanted unless one is given per GPU
+    gpus: Tuple[Tuple[int, str], ...] = ()  #: (gpu index, layout text), sorted by index
+
+    def for_gpu(self, index: int) -> Optional[str]:
+        return dict(self.gpus).get(index, self.default)
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    partial: bool = False  #: apply the possible part when busy instances block the rest
+    lock_timeout: float = 60  #: seconds to wait for another slurm-mig's lock
+
+
+@dataclass(frozen=True)
+class Config:
+    version: int = VERSION
+    backend: str = "nvml"
+    paths: HostPaths = HostPaths()
+    sim: SimSettings = SimSettings()
+    layout: LayoutSettings = LayoutSettings()
+    apply: ApplySettings = ApplySettings()
+    source: str = field(default=DEFAULTS_SOURCE, compare=False)  #: file it came from
+
+    def layout_for(self, gpu_index: int) -> Optional[str]:
+        return self.layout.for_gpu(gpu_index)
+
+
+def default_config() -> Config:
+    return Config()
+
+
+def resolve_config_path(option: Optional[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The explicitly chosen file (``--config``, then ``$SLURM_MIG_CONFIG``), or None for the default."""
+    return option or environ.get(ENV_VAR) or None
+
+
+def load_config(path: Optional[str] = None) -> Config:
+    """Read and check the config; ``None`` means the default path, which may be absent."""
+    explicit = path is not None
+    path = path if explicit else DEFAULT_PATH
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as err:
+        if not explicit:
+            return default_config()
+        raise ConfigError(
+            f"{path}: config file does not exist; create it (see etc/config.toml) "
+            f"or point --config/{ENV_VAR} at an existing file"
+        ) from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file: {err}") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err}") from err
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Check ``text`` against schema version 1 and build the :class:`Config`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    return _Reader(source).config(doc)
+
+
+class _Reader:
+    """Reads one parsed document; every error names ``source`` and the key path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def table(self, doc: Mapping, key: str, name: str, known: Tuple[str, ...]) -> dict:
+        value = doc.get(name, {})
+        path = f"{key}.{name}" if key else name
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a table, got {value!r}")
+        self.check_keys(value, path, known)
+        return value
+
+    def check_keys(self, value: Mapping, path: str, known: Tuple[str, ...]) -> None:
+        for k in value:
+            if k not in known:
+                full = f"{path}.{k}" if path else k
+                raise ConfigError(
+                    f"{self.source}: unknown key '{full}' (known: {', '.join(sorted(known))})"
+                )
+
+    def string(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(path, f"expected a string, got {value!r}")
+        return value
+
+    def path(self, value: Any, path: str) -> str:
+        value = self.string(value, path)
+        if not posixpath.isabs(value):
+            raise self.error(
+                path, f"{value!r} is not an absolute path; start it with / (paths.root moves every path)"
+            )
+        return posixpath.normpath(value)
+
+    def config(self, doc: Mapping) -> Config:
+        self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply"))
+        self.version(doc)
+        backend = self.string(doc.get("backend", "nvml"), "backend")
+        if backend not in BACKENDS:
+            raise self.error("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
+        paths, sim_root = self.paths(doc)
+        sim = self.sim(doc, sim_root, backend)
+        return Config(
+            version=VERSION,
+            backend=backend,
+            paths=paths,
+            sim=sim,
+            layout=self.layout(doc),
+            apply=self.apply(doc),
+            source=self.source,
+        )
+
+    def version(self, doc: Mapping) -> None:
+        if "version" not in doc:
+            raise self.error("version", f"missing; add version = {VERSION}")
+        v = doc["version"]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.error("version", f"expected an integer, got {v!r}")
+        if v != VERSION:
+            raise ConfigError(
+                f"{self.source}: version {v} is not supported (this slurm-mig reads version {VERSION})"
+            )
+
+    def paths(self, doc: Mapping) -> Tuple[HostPaths, str]:
+        """The host paths and the simulator root, with derived defaults and ``root`` applied."""
+        names = tuple(HostPaths.__dataclass_fields__)
+        t = self.table(doc, "", "paths", ("root",) + names)
+        root = self.string(t.get("root", ""), "paths.root")
+        root = self.path(root, "paths.root") if root else ""
+        values = {n: self.path(t[n], f"paths.{n}") for n in names if n in t}
+        conf_dir = values.setdefault("slurm_conf_dir", HostPaths.slurm_conf_dir)
+        values.setdefault("gres_conf", posixpath.join(conf_dir, "gres.conf"))
+        values.setdefault("node_gres_include", posixpath.join(conf_dir, "slurm-mig-nodes.conf"))
+        for n in names:
+            values.setdefault(n, getattr(HostPaths, n))
+        sim_t = doc.get("sim", {})
+        sim_root = posixpath.join(values["state_dir"], "sim")
+        if isinstance(sim_t, dict) and "root" in sim_t:
+            sim_root = self.path(sim_t["root"], "sim.root")
+
+        def under_root(p: str) -> str:
+            return posixpath.join(root, p.lstrip("/")) if root else p
+
+        return HostPaths(**{n: under_root(v) for n, v in values.items()}), under_root(sim_root)
+
+    def sim(self, doc: Mapping, root: str, backend: str) -> SimSettings:
+        t = self.table(doc, "", "sim", ("root", "gpus"))
+        gpus = t.get("gpus", list(SimSettings().gpus))
+        if not isinstance(gpus, list):
+            raise self.error("sim.gpus", f"expected a list of GPU models, got {gpus!r}")
+        catalog = load_catalog()
+        keys = []
+        for i, g in enumerate(gpus):
+            where = f"sim.gpus[{i}]"
+            try:
+                keys.append(catalog.model(self.string(g, where)).key)
+            except UnknownModel as err:
+                raise self.error(where, str(err)) from err
+        if backend == "sim" and not keys:
+            raise self.error("sim.gpus", "empty but backend is 'sim'; list at least one GPU model")
+        return SimSettings(root=root, gpus=tuple(keys))
+
+    def layout_text(self, value: Any, path: str) -> str:
+        value = self.string(value, path)
+        if not value.strip():
+            raise self.error(path, "empty; give a layout such as '1g.10gb:7', or 'empty' for none")
+        return value.strip()
+
+    def layout(self, doc: Mapping) -> LayoutSettings:
+        t = self.table(doc, "", "layout", ("default", "gpus"))
+        default = None
+        if "default" in t:
+            default = self.layout_text(t["default"], "layout.default")
+        per_gpu = t.get("gpus", {})
+        if not isinstance(per_gpu, dict):
+            raise self.error("layout.gpus", f"expected a table of GPU index = layout, got {per_gpu!r}")
+        gpus = []
+        for k, v in per_gpu.items():
+            if not re.fullmatch(r"0|[1-9][0-9]*", k):
+                raise self.error("layout.gpus", f"key {k!r} is not a GPU index (0, 1, ...)")
+            gpus.append((int(k), self.layout_text(v, f"layout.gpus.{k}")))
+        return LayoutSettings(default=default, gpus=tuple(sorted(gpus)))
+
+    def apply(self, doc: Mapping) -> ApplySettings:
+        t = self.table(doc, "", "apply", ("partial", "lock_timeout"))
+        partial = t.get("partial", False)
+        if not isinstance(partial, bool):
+            raise self.error("apply.partial", f"expected true or false, got {partial!r}")
+        timeout = t.get("lock_timeout", ApplySettings().lock_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise self.error("apply.lock_timeout", f"expected a number, got {timeout!r}")
+        if not 0 <= timeout:  # also rejects nan
+            raise self.error("apply.lock_timeout", f"must be 0 or more seconds, got {timeout!r}")
+        return ApplySettings(partial=partial, lock_timeout=timeout)

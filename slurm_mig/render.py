@@ -1,0 +1,93 @@
+"""Turning command results into text or JSON.  Rendering only: no decisions here."""
+
+from __future__ import annotations
+
+import json
+
+
+def as_json(result: dict) -> str:
+    return json.dumps(result, indent=2, sort_keys=True)
+
+
+def _table(rows, headers) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers)] + [line(r) for r in rows])
+
+
+def status_text(result: dict) -> str:
+    out = []
+    for g in result["gpus"]:
+        mig = g["mig"]
+        mode = "on" if mig["current"] else "off"
+        if mig["current"] != mig["pending"]:
+            mode += f" (pending {'on' if mig['pending'] else 'off'}: reset the GPU)"
+        out.append(f"GPU {g['index']}: {g['name']} ({g['model'] or 'not in catalog'}) "
+                   f"minor {g['minor']} MIG {mode}")
+        if g["layout"] is None:
+            continue
+        out.append(f"  layout: {g['layout']}" + ("" if g["maximal"] else "  (room left)"))
+        rows = []
+        for i in g["instances"]:
+            state = "busy" if i["busy"] else ("half-made" if not i["complete"] else "idle")
+            rows.append([f"{i['profile']}@{i['start']}", i["gi_id"],
+                         "-" if i["ci_id"] is None else i["ci_id"], state,
+                         ",".join(map(str, i["pids"])) or "-", i["uuid"] or "-"])
+        if rows:
+            table = _table(rows, ["INSTANCE", "GI", "CI", "STATE", "PIDS", "UUID"])
+            out.extend("  " + l for l in table.splitlines())
+    return "\n".join(out) if out else "no GPUs found"
+
+
+def layouts_text(result: dict) -> str:
+    return "\n".join(result["layouts"])
+
+
+def catalog_text(result: dict) -> str:
+    out = []
+    for m in result["models"]:
+        out.append(f"{m['key']}: {m['name']}  ({m['placement_units']} placement units, "
+                   f"{m['compute_slices']} compute / {m['memory_slices']} memory slices)")
+        rows = [[p["id"], p["name"], p["compute_slices"], p["memory_slices"],
+                 p["memory_mib"] if p["memory_mib"] is not None else "?", p["max_count"],
+                 ",".join(map(str, p["placements"])) + f" (size {p['placement_size']})"]
+                for p in m["profiles"]]
+        table = _table(rows, ["ID", "PROFILE", "CS", "MS", "MIB", "MAX", "PLACEMENTS"])
+        out.extend("  " + l for l in table.splitlines())
+    return "\n".join(out)
+
+
+def verify_text(result: dict) -> str:
+    out = []
+    for g in result["gpus"]:
+        head = f"GPU {g['index']}: {g['name']} ({g['model'] or 'not in catalog'})"
+        if g.get("note"):
+            out.append(f"{head}: {g['note']}")
+        elif not g["differences"]:
+            out.append(f"{head}: matches the catalog")
+        else:
+            out.append(f"{head}: {len(g['differences'])} difference(s); NVML wins")
+            for d in g["differences"]:
+                where = f"profile id {d['profile_id']}" if d["profile_id"] is not None else "model"
+                out.append(f"  {where}: {d['field']}: catalog {d['catalog']!r}, NVML {d['nvml']!r}")
+    return "\n".join(out) if out else "no GPUs found"
+
+
+def apply_text(result: dict) -> str:
+    out = []
+    verb = "would" if result["dry_run"] else "did"
+    for g in result["gpus"]:
+        head = f"GPU {g['gpu']}: {g['before']} -> {g['wanted']}"
+        if g["resumed"]:
+            out.append(f"GPU {g['gpu']}: finished an interrupted earlier apply first")
+        if not g["steps"] and not g["blocked"]:
+            out.append(f"{head}: already matches, untouched")
+            continue
+        out.append(head)
+        for s in g["steps"]:
+            gi = f" (GI {s['gi_id']})" if s.get("gi_id") is not None else ""
+            out.append(f"  {verb} {s['action']} {s['profile']}@{s['start']}{gi}")
+        for b in g["blocked"]:
+            out.append(f"  blocked: {b['reason']}")
+    return "\n".join(out) if out else "no MIG GPUs to apply to"

@@ -1,0 +1,63 @@
+"""Shared fixtures: a simulated GPU node in a temp tree and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from slurm_mig.cli import main
+
+
+@pytest.fixture
+def node_config(tmp_path):
+    """Write a config.toml that keeps everything (sim, state, Slurm files) under tmp_path."""
+
+    def write(gpus=("A100-40GB", "H100-80GB"), extra: str = "") -> str:
+        path = tmp_path / "config.toml"
+        models = ", ".join(f'"{g}"' for g in gpus)
+        path.write_text(textwrap.dedent(f"""\
+            version = 1
+            backend = "sim"
+            [paths]
+            root = "{tmp_path}/host"
+            [sim]
+            gpus = [{models}]
+            """) + textwrap.dedent(extra))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``slurm-mig ARGS`` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args, config=None):
+        if config is not None:
+            monkeypatch.setenv("SLURM_MIG_CONFIG", config)
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    monkeypatch.delenv("SLURM_MIG_CONFIG", raising=False)
+    return run
+
+
+@pytest.fixture
+def sim_root(tmp_path):
+    return str(tmp_path / "sim")
+
+
+def tree_snapshot(root) -> dict:
+    """Every file under ``root`` with its bytes: to prove a failed command changed nothing."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if name.endswith(".lock"):
+                continue
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out

@@ -143,3 +143,19 @@ __all__ = [
     "catalog_models", "catalog_verify", "layouts", "status", "select_gpus", "host_paths",
     "MigNotEnabled",
 ]
+
+
+def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_run: bool = False,
+                 partial: bool = False) -> dict:
+    """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply."""
+    from .apply import apply_node
+    from .layout import parse_layout
+
+    wanted = {}
+    for info in select_gpus(backend, gpu):
+        wanted[info.index] = parse_layout(text, gpu_model(backend, info))
+    results = apply_node(backend, wanted, state_dir=config.paths.state_dir, partial=partial,
+                         dry_run=dry_run, lock_timeout=config.apply.lock_timeout)
+    gpus = [r.as_dict() for r in results]
+    return {"dry_run": dry_run, "gpus": gpus,
+            "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus)}

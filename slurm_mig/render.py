@@ -89,5 +89,10 @@ def apply_text(result: dict) -> str:
             gi = f" (GI {s['gi_id']})" if s.get("gi_id") is not None else ""
             out.append(f"  {verb} {s['action']} {s['profile']}@{s['start']}{gi}")
         for b in g["blocked"]:
-            out.append(f"  blocked: {b['reason']}")
+            pids = ",".join(map(str, b["pids"]))
+            out.append(f"  kept busy {b['profile']}@{b['start']} (GI {b['gi_id']}, pids {pids})")
+        for c in g["blocked_creates"]:
+            out.append(f"  not created {c}: its space is held by a busy instance")
+        for w in g.get("warnings", ()):
+            out.append(f"  warning: {w}")
     return "\n".join(out) if out else "no MIG GPUs to apply to"

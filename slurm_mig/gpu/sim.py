@@ -11,7 +11,7 @@ from typing import List
 
 from ..catalog import ObservedProfile
 from . import nvmlcodes
-from .simdriver import CI_PROFILE_SLICES, SimDriver, SimNvmlError
+from .simdriver import CI_PROFILE_SLICES, GI_PROFILE_ENUMS, SimDriver, SimNvmlError
 from .types import GpuInfo, MigInstance, MigModeResult
 
 
@@ -43,7 +43,7 @@ class SimBackend:
             ObservedProfile(
                 id=p.id, name=p.name, compute_slices=p.compute_slices, max_count=p.max_count,
                 memory_mib=p.memory_mib or 0, placements=tuple(p.placements),
-                placement_size=p.placement_size,
+                placement_size=p.placement_size, enum=GI_PROFILE_ENUMS.get(p.enum, -1),
             )
             for p in model.profiles
         ]

@@ -1,0 +1,70 @@
+"""What this machine offers the sandbox: programs, free ports, file helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from typing import List, Optional
+
+_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")  # often not on a test runner's PATH
+
+
+def which(name: str) -> Optional[str]:
+    """The program's path, also looking in the sbin directories."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _SBIN_DIRS:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def missing_requirements() -> List[str]:
+    """What keeps a sandbox cluster from running here (empty when it can run)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (slurmd, unshare --uts and mknod need it)")
+    for name, package in (("munged", "munge"), ("slurmctld", "slurmctld"), ("slurmd", "slurmd"),
+                          ("sinfo", "slurm-client"), ("sbatch", "slurm-client"),
+                          ("scontrol", "slurm-client"), ("unshare", "util-linux")):
+        if which(name) is None:
+            missing.append(f"{name} (apt-get install -y {package})")
+    return missing
+
+
+def free_ports(count: int) -> List[int]:
+    """Distinct TCP ports free right now (held together while picked)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write a temp file next to ``path`` and rename it over: readers see old or new."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def tail(path: str, lines: int) -> str:
+    """The last ``lines`` lines of a file (from its last 64 KiB); "" when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

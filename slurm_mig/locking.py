@@ -1,0 +1,83 @@
+"""One lock per node, so that concurrent slurm-mig runs never interleave their changes.
+
+Many Slurm prologs and epilogs can start at once on one node, each wanting to change
+a GPU's layout.  Each of them holds :func:`node_lock` for its whole read-plan-apply
+cycle, so one finishes before the next reads the GPUs: no lost update.
+
+The lock is an exclusive ``flock`` on a lock file.  The kernel drops it when the
+holder exits, however it exits (``kill -9`` included), so a crashed run never
+leaves a stale lock behind.  ``flock`` locks belong to an open file description:
+the same process taking the lock twice through two calls blocks itself, so take it
+once, at the top (:func:`slurm_mig.apply.apply_node` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from typing import Iterator, Optional
+
+from .errors import LockBusy
+
+#: How often a waiting run retries, in seconds.
+POLL_INTERVAL = 0.02
+
+
+@contextlib.contextmanager
+def node_lock(path: str, timeout: Optional[float] = 60.0) -> Iterator[str]:
+    """Hold an exclusive lock on ``path`` for the ``with`` block; yield the path.
+
+    The file is created ``0600`` and its directory ``0700`` where missing.  Waits up
+    to ``timeout`` seconds (``0``: one try; ``None``: no limit), then raises
+    :class:`~slurm_mig.errors.LockBusy` naming the file and how to find the holder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _acquire(fd, path, timeout)
+        try:
+            _note_holder(fd)
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, path: str, timeout: Optional[float]) -> None:
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            if time.monotonic() >= deadline:
+                holder = _last_holder(fd)
+                raise LockBusy(
+                    f"another slurm-mig holds the node lock {path}{holder} and it was not "
+                    f"released within {timeout:g}s; find the holder with `fuser {path}`"
+                ) from err
+            time.sleep(POLL_INTERVAL)
+
+
+def _note_holder(fd: int) -> None:
+    """Write our pid into the lock file: a hint for whoever waits next (never trusted)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _last_holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return f" (pid {pid} took it last)"
+    return ""

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import random
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 
 import pytest
@@ -72,22 +70,6 @@ class Node:
             m = present[key]
             self.driver.attach_process(gpu, m.gi_id, m.ci_id, pid)
         return {key: self.by_key(gpu)[key] for key in keys}
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    """Where a test's simulated node lives: a RAM disk when there is one, else tmp_path.
-
-    The simulator fsyncs its whole state file on every driver call; on a disk that
-    is most of the every-layout sweep's time (about 5 ms a layout against 1.5 ms in
-    RAM).  Durability is not what these tests check.
-    """
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK):
-        with tempfile.TemporaryDirectory(prefix="slurm-mig-test-", dir=shm) as d:
-            yield pathlib.Path(d)
-    else:
-        yield tmp_path
 
 
 @pytest.fixture

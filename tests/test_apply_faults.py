@@ -8,10 +8,8 @@ neither by the run that failed nor by the one that finishes it.
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -81,18 +79,6 @@ def every_step(*scenarios):
         for n in range(1, sc.mutations() + 1)
         for when in ("before", "after")
     ]
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    """A RAM disk when there is one, else tmp_path (as in test_apply.py): the simulator
-    fsyncs its state on every call and lays out device files, 90 ms a node on a disk."""
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK):
-        with tempfile.TemporaryDirectory(prefix="slurm-mig-test-", dir=shm) as d:
-            yield pathlib.Path(d)
-    else:
-        yield tmp_path
 
 
 class Node:

@@ -7,7 +7,7 @@ factory that picks the implementation.
 
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence
+from typing import List, Protocol
 
 from ..catalog import ObservedProfile
 from .types import GpuInfo, MigInstance, MigModeResult

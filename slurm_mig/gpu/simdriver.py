@@ -34,7 +34,7 @@ import stat
 import tempfile
 import time
 import uuid as uuidlib
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from ..catalog import GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash

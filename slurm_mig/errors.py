@@ -13,6 +13,7 @@ Exit codes (docs/exit-codes.md):
   5  refused: an instance that must change is in use; nothing was changed
   6  partial: the possible part was applied, the rest is blocked by busy instances
   7  busy: another slurm-mig holds the lock and the wait timed out
+  8  Slurm error: a Slurm command failed or Slurm did not reach the expected state
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ EXIT_GPU = 4
 EXIT_REFUSED = 5
 EXIT_PARTIAL = 6
 EXIT_LOCKED = 7
+EXIT_SLURM = 8
 
 
 class SlurmMigError(Exception):
@@ -102,6 +104,12 @@ class ApplyRefused(SlurmMigError):
 
 class LockBusy(SlurmMigError):
     exit_code = EXIT_LOCKED
+
+
+class SlurmError(SlurmMigError):
+    """A Slurm command failed, or a node did not reach the state we waited for."""
+
+    exit_code = EXIT_SLURM
 
 
 class SimulatedCrash(BaseException):

@@ -26,8 +26,8 @@ from slurm_mig.sandbox import (DeviceNodes, Isolation, JobInfo, SandboxCluster, 
 from slurm_mig.sandbox.cgroups import choose_isolation
 from slurm_mig.sandbox.config import (NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf,
                                       render_slurm_conf)
-from slurm_mig.sandbox.parse import (parse_gres, parse_scontrol_job, parse_scontrol_nodes,
-                                     parse_state)
+from slurm_mig.sandbox.parse import parse_scontrol_job
+from slurm_mig.slurm.scontrol import parse_gres, parse_scontrol_nodes, parse_state
 
 MISSING = missing_requirements()
 needs_slurm = pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))

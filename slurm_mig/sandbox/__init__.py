@@ -12,7 +12,8 @@ from .cluster import ReconfigureResult, SandboxCluster
 from .host import missing_requirements
 from .devices import DeviceNodes, make_device_nodes
 from .errors import SandboxError
-from .parse import JobInfo, NodeStatus
+from ..slurm.scontrol import NodeStatus
+from .parse import JobInfo
 
 __all__ = [
     "DeviceNodes", "Isolation", "JobInfo", "NodeStatus", "ReconfigureResult", "SandboxCluster",

@@ -34,8 +34,8 @@ from .daemons import (Daemon, check_socket_path, in_uts_namespace, stop_daemons,
                       write_munge_key)
 from .errors import SandboxError
 from .host import free_ports, missing_requirements, tail, which, write_atomic
-from .parse import (JobInfo, NodeStatus, error_lines, parse_gres, parse_sbatch_parsable,
-                    parse_scontrol_job, parse_scontrol_nodes, parse_version)
+from ..slurm.scontrol import NodeStatus, parse_gres, parse_scontrol_nodes
+from .parse import JobInfo, error_lines, parse_sbatch_parsable, parse_scontrol_job, parse_version
 
 # Errors in the logs that are expected here and say nothing about the problem at hand.
 HARMLESS_LOG_ERRORS = ["mpi/pmix", "PMIx", "MPI: Cannot create context",

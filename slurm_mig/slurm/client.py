@@ -1,0 +1,58 @@
+"""The command adapter: :class:`SlurmClient` over ``scontrol``, argument lists only.
+
+Which commands run is configurable (``[slurm]`` in config.toml): sites put
+``scontrol`` elsewhere, and on Slurm < 23.11 a gres.conf change that keeps the
+record count but changes types is only picked up by a slurmctld restart
+(docs/sandbox-notes.md), so the reconfigure step is a whole command line that a site
+can point at its own procedure.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Dict, Mapping, Optional, Sequence
+
+from ..errors import SlurmError
+from .scontrol import NodeStatus, parse_scontrol_nodes
+
+
+class CommandSlurm:
+    """Talk to slurmctld through the Slurm commands."""
+
+    def __init__(self, scontrol: str = "scontrol", reconfigure_command: Optional[Sequence[str]] = None,
+                 env: Optional[Mapping[str, str]] = None, timeout: float = 60.0):
+        self.scontrol = scontrol
+        self.reconfigure_command = list(reconfigure_command or [scontrol, "reconfigure"])
+        self.env = dict(env) if env is not None else None
+        self.timeout = timeout
+
+    def _run(self, argv: Sequence[str], what: str) -> str:
+        try:
+            done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env,
+                                  timeout=self.timeout, check=False)
+        except FileNotFoundError as err:
+            raise SlurmError(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
+                             f"[slurm] scontrol in config.toml") from err
+        except subprocess.TimeoutExpired as err:
+            raise SlurmError(f"{what}: `{' '.join(argv)}` did not finish in {self.timeout:.0f}s; "
+                             f"is slurmctld up? (`scontrol ping`)") from err
+        if done.returncode != 0:
+            detail = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+            raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {detail}")
+        return done.stdout
+
+    def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeStatus]:
+        argv = [self.scontrol, "show", "node", "-o"]
+        if names:
+            argv.append(",".join(names))
+        return parse_scontrol_nodes(self._run(argv, "read node state"))
+
+    def drain(self, node: str, reason: str) -> None:
+        self._run([self.scontrol, "update", f"nodename={node}", "state=drain", f"reason={reason}"],
+                  f"drain {node}")
+
+    def resume(self, node: str) -> None:
+        self._run([self.scontrol, "update", f"nodename={node}", "state=resume"], f"resume {node}")
+
+    def reconfigure(self) -> None:
+        self._run(self.reconfigure_command, "reconfigure Slurm")

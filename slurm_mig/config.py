@@ -75,6 +75,17 @@ class ApplySettings:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """How this node talks to Slurm (sync; later rebalance)."""
+
+    node_name: Optional[str] = None  #: None: $SLURMD_NODENAME, else the short hostname
+    scontrol: str = "scontrol"
+    reconfigure_command: Tuple[str, ...] = ("scontrol", "reconfigure")
+    sync_wait: float = 3600  #: seconds sync waits for running jobs to end after draining
+    register_timeout: float = 120  #: seconds sync waits for the node to register its new gres
+
+
+@dataclass(frozen=True)
 class Config:
     version: int = VERSION
     backend: str = "nvml"
@@ -82,6 +93,7 @@ class Config:
     sim: SimSettings = SimSettings()
     layout: LayoutSettings = LayoutSettings()
     apply: ApplySettings = ApplySettings()
+    slurm: SlurmSettings = SlurmSettings()
     source: str = field(default=DEFAULTS_SOURCE, compare=False)  #: file it came from
 
     def layout_for(self, gpu_index: int) -> Optional[str]:
@@ -168,7 +180,7 @@ class _Reader:
         return posixpath.normpath(value)
 
     def config(self, doc: Mapping) -> Config:
-        self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply"))
+        self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm"))
         self.version(doc)
         backend = self.string(doc.get("backend", "nvml"), "backend")
         if backend not in BACKENDS:
@@ -182,6 +194,7 @@ class _Reader:
             sim=sim,
             layout=self.layout(doc),
             apply=self.apply(doc),
+            slurm=self.slurm(doc),
             source=self.source,
         )
 
@@ -255,6 +268,33 @@ class _Reader:
                 raise self.error("layout.gpus", f"key {k!r} is not a GPU index (0, 1, ...)")
             gpus.append((int(k), self.layout_text(v, f"layout.gpus.{k}")))
         return LayoutSettings(default=default, gpus=tuple(sorted(gpus)))
+
+    def seconds(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(path, f"expected a number, got {value!r}")
+        if not 0 <= value:  # also rejects nan
+            raise self.error(path, f"must be 0 or more seconds, got {value!r}")
+        return value
+
+    def slurm(self, doc: Mapping) -> SlurmSettings:
+        known = ("node_name", "scontrol", "reconfigure_command", "sync_wait", "register_timeout")
+        t = self.table(doc, "", "slurm", known)
+        d = SlurmSettings()
+        node = t.get("node_name")
+        if node is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.string(node, "slurm.node_name")):
+            raise self.error("slurm.node_name", f"{node!r} is not a Slurm node name")
+        command = t.get("reconfigure_command", list(d.reconfigure_command))
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+            raise self.error("slurm.reconfigure_command",
+                             f"expected a non-empty list of strings (argv, no shell), got {command!r}")
+        return SlurmSettings(
+            node_name=node,
+            scontrol=self.string(t.get("scontrol", d.scontrol), "slurm.scontrol"),
+            reconfigure_command=tuple(command),
+            sync_wait=self.seconds(t.get("sync_wait", d.sync_wait), "slurm.sync_wait"),
+            register_timeout=self.seconds(t.get("register_timeout", d.register_timeout),
+                                          "slurm.register_timeout"),
+        )
 
     def apply(self, doc: Mapping) -> ApplySettings:
         t = self.table(doc, "", "apply", ("partial", "lock_timeout"))

@@ -131,7 +131,7 @@ def test_sim_root_follows_state_dir():
 @pytest.mark.parametrize(
     "body, path, known",
     [
-        ("colour = 1\n", "colour", "apply, backend, layout, paths, sim, version"),
+        ("colour = 1\n", "colour", "apply, backend, layout, paths, sim, slurm, version"),
         ("[apply]\npartiall = true\n", "apply.partiall", "lock_timeout, partial"),
         ("[paths]\ndevs = '/dev'\n", "paths.devs", "dev, gres_conf"),
         ("[sim]\nmodels = []\n", "sim.models", "gpus, root"),
@@ -312,3 +312,28 @@ def test_example_config_documents_every_key_with_its_default():
     assert c.layout_for(0) == "3g.40gb:2"
     assert c.layout_for(1) == "empty"
     assert c.layout_for(2) == "1g.10gb:7"
+
+
+def test_slurm_section_defaults_and_values():
+    from slurm_mig.config import parse_config
+
+    c = parse_config("version = 1\n", "t.toml")
+    assert c.slurm.reconfigure_command == ("scontrol", "reconfigure") and c.slurm.node_name is None
+    c = parse_config('version = 1\n[slurm]\nnode_name = "n1"\nreconfigure_command = ["/x/re", "-a"]\n'
+                     "sync_wait = 5\n", "t.toml")
+    assert c.slurm.node_name == "n1" and c.slurm.reconfigure_command == ("/x/re", "-a")
+    assert c.slurm.sync_wait == 5
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('reconfigure_command = "scontrol reconfigure"', "slurm.reconfigure_command: expected a non-empty list"),
+    ('node_name = "n1; rm"', "slurm.node_name: 'n1; rm' is not a Slurm node name"),
+    ("sync_wait = -1", "slurm.sync_wait: must be 0 or more seconds"),
+    ("wait = 1", "unknown key 'slurm.wait'"),
+])
+def test_slurm_section_errors_name_the_key(body, fragment):
+    from slurm_mig.config import parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"version = 1\n[slurm]\n{body}\n", "t.toml")
+    assert fragment in str(err.value) and "\n" not in str(err.value)

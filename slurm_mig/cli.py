@@ -15,7 +15,8 @@ from typing import Optional
 import click
 
 from . import __version__, render
-from .errors import EXIT_INTERNAL, EXIT_PARTIAL, EXIT_USAGE, SlurmMigError
+from .errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, SimulatedCrash,
+                     SlurmMigError)
 
 
 class Context:
@@ -129,8 +130,9 @@ def catalog(obj: Context, model, verify):
 @click.argument("layout")
 @click.option("--gpu", default="all", show_default=True, help="GPU index, or 'all'")
 @click.option("--dry-run", is_flag=True, help="print the steps, change nothing")
-@click.option("--partial", is_flag=True, default=None,
-              help="apply what is possible when busy instances block the rest (exit 6)")
+@click.option("--partial/--no-partial", default=None,
+              help="apply what is possible when busy instances block the rest (exit 6); "
+                   "default: [apply] partial in config.toml")
 @pass_ctx
 def apply(obj: Context, layout, gpu, dry_run, partial):
     """Make GPUs match LAYOUT (3g.40gb@0,1g.10gb@6 or 1g.10gb:2,3g.40gb:1 or empty).
@@ -146,7 +148,8 @@ def apply(obj: Context, layout, gpu, dry_run, partial):
     result = apply_layout(config, obj.backend, layout, gpu, dry_run=dry_run, partial=partial)
     obj.emit(result, render.apply_text)
     if result["blocked"]:
-        sys.exit(EXIT_PARTIAL)
+        # A dry run exits as the real run would: refused without --partial.
+        sys.exit(EXIT_PARTIAL if partial else EXIT_REFUSED)
 
 
 @cli.group()
@@ -168,6 +171,16 @@ def sim_init(obj: Context, models, mig_off):
     result = {"root": driver.root, "gpus": [g["name"] for g in driver.gpus()]}
     obj.emit(result, lambda r: f"simulated {len(r['gpus'])} GPU(s) under {r['root']}: "
              + ", ".join(r["gpus"]))
+
+
+@sim.command("show")
+@pass_ctx
+def sim_show(obj: Context):
+    """Print the simulator's whole state (JSON): GPUs, instances, processes, faults."""
+    from .gpu.simdriver import SimDriver
+
+    ensure_simulator(obj.config)
+    click.echo(render.as_json(SimDriver(obj.config.sim.root).snapshot()))
 
 
 @sim.command("attach")
@@ -217,11 +230,74 @@ def demo(obj: Context, root):
     run_demo(root, echo=click.echo)
 
 
+
+@cli.command("gres-conf")
+@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
+@click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")
+@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@pass_ctx
+def gres_conf_cmd(obj: Context, node, write, non_mig_type):
+    """Print (or --write) this node's gres.conf lines, one per MIG instance."""
+    from .commands import gres_conf
+    from .hooks import node_name
+
+    result = gres_conf(obj.config, obj.backend, node_name(os.environ, node), write=write,
+                       non_mig_type=non_mig_type)
+    obj.emit(result, render.gres_conf_text)
+
+
+@cli.command("node-conf")
+@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
+@click.option("--write", is_flag=True, help="merge this node's Gres= into paths.node_gres_include")
+@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@pass_ctx
+def node_conf_cmd(obj: Context, node, write, non_mig_type):
+    """Print (or --write) this node's slurm.conf line: NodeName=<node> Gres=gpu:<type>:<n>,..."""
+    from .commands import node_conf
+    from .hooks import node_name
+
+    result = node_conf(obj.config, obj.backend, node_name(os.environ, node), write=write,
+                       non_mig_type=non_mig_type)
+    obj.emit(result, render.node_conf_text)
+
+
+@cli.command()
+@pass_ctx
+def prolog(obj: Context):
+    """Slurm Prolog: make the job's MIG instances ready (env from slurmd).  See docs/hooks.md."""
+    from .hooks import run_hook
+
+    sys.exit(run_hook("prolog", config=obj.config))
+
+
+@cli.command()
+@pass_ctx
+def epilog(obj: Context):
+    """Slurm Epilog: end the job's processes on its instances, drop its record."""
+    from .hooks import run_hook
+
+    sys.exit(run_hook("epilog", config=obj.config))
+
+
+@sim.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--out", default=None, metavar="FILE", help="write what the job reached here (JSON)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def sim_run_cmd(obj: Context, out, command):
+    """Inside a job: attach this process to the job's simulated instances, then run COMMAND."""
+    from .hooks import sim_run
+
+    sim_run(obj.config, os.environ, list(command), out)
+
+
 def main(argv=None) -> int:
     """Entry point: run the CLI, map errors to one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _setup_logging(debug)
     try:
         cli.main(args=argv, prog_name="slurm-mig", standalone_mode=False)
+    except SimulatedCrash:
+        os._exit(137)  # the simulator's fault injection: die as a killed process would
     except SlurmMigError as err:
         if debug:
             import traceback
@@ -247,6 +323,15 @@ def main(argv=None) -> int:
                    f"(rerun with --debug and report it)", err=True)
         return EXIT_INTERNAL
     return 0
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines go to stderr as ``slurm-mig: LEVEL: ...``; warnings that a command
+    also reports in its result are not repeated unless --debug."""
+    import logging
+
+    logging.basicConfig(format="slurm-mig: %(levelname)s: %(message)s",
+                        level=logging.DEBUG if debug else logging.ERROR)
 
 
 def _quiet_broken_pipe() -> None:

@@ -149,13 +149,73 @@ def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_ru
                  partial: bool = False) -> dict:
     """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply."""
     from .apply import apply_node
-    from .layout import parse_layout
+    from .layout import Instance, parse_layout
 
     wanted = {}
-    for info in select_gpus(backend, gpu):
-        wanted[info.index] = parse_layout(text, gpu_model(backend, info))
+    infos = select_gpus(backend, gpu)
+    if not infos:
+        raise MigNotEnabled("no GPU on this node is in MIG mode; see `slurm-mig status`")
+    for info in infos:
+        model = gpu_model(backend, info)
+        found = backend.instances(info.index)
+        busy = [Instance.of(model.profile(m.profile_id), m.start) for m in found if m.busy]
+        wanted[info.index] = parse_layout(text, model, current=current_layout(model, found), busy=busy)
     results = apply_node(backend, wanted, state_dir=config.paths.state_dir, partial=partial,
                          dry_run=dry_run, lock_timeout=config.apply.lock_timeout)
     gpus = [r.as_dict() for r in results]
     return {"dry_run": dry_run, "gpus": gpus,
             "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus)}
+
+
+# ----------------------------------------------------------------------------- Slurm files
+
+
+def node_gres_records(config: Config, backend, node: str, non_mig_type: Optional[str] = None) -> list:
+    """This node's gres.conf records, from its GPUs and their complete MIG instances."""
+    from .gresconf import node_records
+
+    dev, proc = host_paths(config)
+    minors = read_mig_minors(proc)
+    gpus = backend.gpus()
+    instances, models = {}, {}
+    for info in gpus:
+        if info.mig_current:
+            models[info.index] = gpu_model(backend, info)
+            instances[info.index] = backend.instances(info.index)
+    return node_records(node, gpus, instances, models, minors, dev, non_mig_type=non_mig_type)
+
+
+def gres_conf(config: Config, backend, node: str, *, write: bool = False,
+              non_mig_type: Optional[str] = None) -> dict:
+    """The node's gres.conf lines; with ``write``, merged into ``paths.gres_conf``."""
+    from .gresconf import merge_gres_conf, node_gres_value, render_gres_conf
+    from .slurmfiles import update_file
+
+    records = node_gres_records(config, backend, node, non_mig_type)
+    path = config.paths.gres_conf
+    result = {"node": node, "path": path, "records": [r.as_dict() for r in records],
+              "gres": node_gres_value(records), "text": render_gres_conf(records),
+              "written": False, "changed": False, "prev": None}
+    if write:
+        done = update_file(path, lambda old: merge_gres_conf(old, node, records, source=path),
+                           lock_timeout=config.apply.lock_timeout)
+        result.update(written=True, changed=done.changed, prev=done.prev)
+    return result
+
+
+def node_conf(config: Config, backend, node: str, *, write: bool = False,
+              non_mig_type: Optional[str] = None) -> dict:
+    """The node's ``NodeName=... Gres=...`` line; with ``write``, merged into the include."""
+    from .gresconf import merge_node_include, node_gres_value, render_node_line
+    from .slurmfiles import update_file
+
+    records = node_gres_records(config, backend, node, non_mig_type)
+    gres = node_gres_value(records)
+    path = config.paths.node_gres_include
+    result = {"node": node, "path": path, "gres": gres, "line": render_node_line(node, records),
+              "written": False, "changed": False, "prev": None}
+    if write:
+        done = update_file(path, lambda old: merge_node_include(old, node, gres, source=path),
+                           lock_timeout=config.apply.lock_timeout)
+        result.update(written=True, changed=done.changed, prev=done.prev)
+    return result

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .catalog import GpuModel, Profile
 from .errors import LayoutError, UnknownProfile
 
-EMPTY_WORDS = ("empty", "none", "")
+EMPTY_WORDS = ("empty", "none")
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,19 @@ def is_valid(model: GpuModel, instances: Iterable[Instance]) -> bool:
 # ----------------------------------------------------------------------------- parsing
 
 
-def parse_layout(text: str, model: GpuModel) -> Layout:
-    """Parse either text form and validate it on ``model``."""
+def parse_layout(text: str, model: GpuModel, current: Optional[Layout] = None,
+                 busy: Iterable[Instance] = ()) -> Layout:
+    """Parse either text form and validate it on ``model``.
+
+    ``current`` (and the ``busy`` part of it) only steer how a count form is placed:
+    the instances the GPU already has are kept where the counts allow, busy ones first.
+    An empty string is refused: a layout with no instances is written ``empty``, so an
+    unset shell variable cannot wipe a GPU.
+    """
     raw = (text or "").strip()
+    if not raw:
+        raise LayoutError("empty layout text; write 'empty' to remove every instance, "
+                          "or e.g. 3g.40gb@0,1g.10gb@6 or 1g.10gb:2,3g.40gb:1")
     if raw.lower() in EMPTY_WORDS:
         return Layout()
     items = [p.strip() for p in raw.split(",")]
@@ -177,7 +187,7 @@ def parse_layout(text: str, model: GpuModel) -> Layout:
         name, _, n = item.partition(":")
         profile = _profile(model, name, text)
         counts[profile.id] = counts.get(profile.id, 0) + _int(n, item, "count")
-    return resolve_counts(model, counts)
+    return resolve_counts(model, counts, current=current, busy=busy)
 
 
 def _profile(model: GpuModel, name: str, text: str) -> Profile:
@@ -295,12 +305,17 @@ def room_score(model: GpuModel, layout: Layout) -> tuple:
     return tuple(per.get(p.id, 0) for p in order)
 
 
-def resolve_counts(model: GpuModel, counts: Mapping[int, int]) -> Layout:
+def resolve_counts(model: GpuModel, counts: Mapping[int, int], current: Optional[Layout] = None,
+                   busy: Iterable[Instance] = ()) -> Layout:
     """Place ``{profile id: count}`` on ``model``, leaving the most room for later instances.
 
-    Deterministic: among all valid layouts with exactly these counts, the one with the
-    best :func:`room_score`, ties broken by canonical text.
+    Deterministic: among all valid layouts with exactly these counts, the one that keeps
+    the most busy instances of ``current``, then the most of its other instances (so a
+    GPU that already has the counts is left alone), then has the best
+    :func:`room_score`; ties broken by canonical text.
     """
+    kept = current.keys() if current is not None else frozenset()
+    busy_keys = frozenset((i.profile_id, i.start) for i in busy)
     wanted = {pid: n for pid, n in counts.items() if n}
     if not wanted:
         return Layout()
@@ -313,7 +328,9 @@ def resolve_counts(model: GpuModel, counts: Mapping[int, int]) -> Layout:
             have[i.profile_id] = have.get(i.profile_id, 0) + 1
         if have != wanted:
             continue
-        key = (tuple(-x for x in room_score(model, layout)), format_layout(layout))
+        keys = layout.keys()
+        key = (-len(keys & busy_keys), -len(keys & kept),
+               tuple(-x for x in room_score(model, layout)), format_layout(layout))
         if best_key is None or key < best_key:
             best, best_key = layout, key
     if best is None:

@@ -69,6 +69,9 @@ def verify_text(result: dict) -> str:
         else:
             out.append(f"{head}: {len(g['differences'])} difference(s); NVML wins")
             for d in g["differences"]:
+                if d["field"] == "model":
+                    out.append("  not in the catalog: every profile below comes from NVML only")
+                    continue
                 where = f"profile id {d['profile_id']}" if d["profile_id"] is not None else "model"
                 out.append(f"  {where}: {d['field']}: catalog {d['catalog']!r}, NVML {d['nvml']!r}")
     return "\n".join(out) if out else "no GPUs found"
@@ -96,3 +99,21 @@ def apply_text(result: dict) -> str:
         for w in g.get("warnings", ()):
             out.append(f"  warning: {w}")
     return "\n".join(out) if out else "no MIG GPUs to apply to"
+
+
+def _written(result: dict, what: str) -> str:
+    state = "written" if result["changed"] else "unchanged"
+    prev = f" (previous copy: {result['prev']})" if result.get("prev") else ""
+    return f"{result['path']}: {what} for node {result['node']} {state}{prev}"
+
+
+def gres_conf_text(result: dict) -> str:
+    if result["written"]:
+        return _written(result, f"{len(result['records'])} gpu record(s)")
+    return result["text"].rstrip("\n")
+
+
+def node_conf_text(result: dict) -> str:
+    if result["written"]:
+        return _written(result, f"Gres={result['gres'] or '(none)'}")
+    return result["line"]

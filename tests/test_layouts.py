@@ -68,10 +68,30 @@ def test_spaces_case_and_mig_prefix_are_accepted():
     assert str(layout) == "3g.20gb@0,1g.5gb@6"
 
 
-@pytest.mark.parametrize("text", ["empty", "EMPTY", "none", "", "  "])
+@pytest.mark.parametrize("text", ["empty", "EMPTY", "none"])
 def test_empty_words_mean_no_instances(text):
     assert parse_layout(text, A100) == Layout()
     assert format_layout(parse_layout(text, A100)) == "empty"
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_blank_layout_text_is_refused_so_an_unset_variable_cannot_wipe_a_gpu(text):
+    with pytest.raises(LayoutError, match="write 'empty' to remove every instance"):
+        parse_layout(text, A100)
+
+
+def test_count_form_keeps_what_the_gpu_already_has():
+    current = parse_layout("1g.5gb@0,3g.20gb@4", A100)
+    assert parse_layout("1g.5gb:1", A100, current=current) == parse_layout("1g.5gb@0", A100)
+    assert parse_layout("1g.5gb:1,3g.20gb:1", A100, current=current) == current
+    # without the current layout the same text is placed for the most room
+    assert parse_layout("1g.5gb:1", A100) != parse_layout("1g.5gb@0", A100)
+
+
+def test_count_form_keeps_busy_instances_before_idle_ones():
+    current = parse_layout("1g.5gb@0,1g.5gb@1", A100)
+    busy = [i for i in current if i.start == 1]
+    assert parse_layout("1g.5gb:1", A100, current=current, busy=busy) == parse_layout("1g.5gb@1", A100)
 
 
 def test_count_form_places_instances():

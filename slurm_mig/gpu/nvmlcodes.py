@@ -15,6 +15,8 @@ INVALID_ARGUMENT = 2
 NOT_SUPPORTED = 3
 NO_PERMISSION = 4
 NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
+LIBRARY_NOT_FOUND = 12
 INSUFFICIENT_SIZE = 7
 GPU_IS_LOST = 15
 RESET_REQUIRED = 16
@@ -27,6 +29,8 @@ NAMES = {
     NOT_SUPPORTED: "not supported",
     NO_PERMISSION: "no permission",
     NOT_FOUND: "not found",
+    DRIVER_NOT_LOADED: "driver not loaded",
+    LIBRARY_NOT_FOUND: "NVML library (libnvidia-ml.so.1) not found",
     GPU_IS_LOST: "GPU is lost",
     RESET_REQUIRED: "GPU reset required",
     IN_USE: "in use",
@@ -42,6 +46,8 @@ _HINTS = {
     INVALID_ARGUMENT: "the profile or placement is not offered by this GPU (`slurm-mig catalog`)",
     RESET_REQUIRED: "reset the GPU or reboot the node",
     GPU_IS_LOST: "the GPU fell off the bus; check dmesg and reboot the node",
+    DRIVER_NOT_LOADED: "load the nvidia kernel module (`nvidia-smi` should work), or use --backend sim",
+    LIBRARY_NOT_FOUND: "install the NVIDIA driver's NVML library, or use --backend sim",
 }
 
 _CLASSES = {

@@ -119,12 +119,15 @@ class SimDriver:
         root = os.path.abspath(root)
         os.makedirs(root, mode=0o755, exist_ok=True)
         minors = list(minors) if minors is not None else list(range(len(models)))
+        # New GPUs get new UUIDs (and id permutations) unless a seed pins them, so that
+        # state keyed by UUID (the apply journal) never follows a GPU that was replaced.
+        run_seed = seed if seed is not None else uuidlib.uuid4().hex
         gpus = []
         for index, query in enumerate(models):
             mig_capable = not query.startswith("nomig:")
             model: Optional[GpuModel] = catalog.model(query) if mig_capable else None
             name = model.name if model else query[len("nomig:"):]
-            digest = hashlib.sha256(f"{root}:{index}:{seed}".encode()).hexdigest()
+            digest = hashlib.sha256(f"{root}:{index}:{run_seed}".encode()).hexdigest()
             gpus.append(
                 {
                     "index": index,

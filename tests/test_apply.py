@@ -23,6 +23,8 @@ from slurm_mig.errors import (
     LayoutError,
     LockBusy,
 )
+from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.gpu.sim import SimBackend
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.gpu.types import MigInstance
@@ -39,9 +41,12 @@ BUSY_PID = 4242
 class Node:
     """A simulated node under a test directory: driver, backend, state directory."""
 
-    def __init__(self, root, models):
+    def __init__(self, root, models, backend="sim"):
         self.driver = SimDriver.create(str(root / "sim"), list(models), device_nodes=False)
-        self.backend = SimBackend(str(root / "sim"))
+        if backend == "nvml":  # the production backend, through the pynvml-compatible fake
+            self.backend = NvmlBackend(fake_pynvml(str(root / "sim")))
+        else:
+            self.backend = SimBackend(str(root / "sim"))
         self.state_dir = str(root / "state")
         self.state_file = os.path.join(str(root / "sim"), "state.json")
 
@@ -142,9 +147,10 @@ def test_every_layout_applies_and_reads_back(workdir, model):
     assert os.listdir(os.path.join(node.state_dir, "journal")) == []
 
 
+@pytest.mark.parametrize("backend", ["sim", "nvml"])
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.key)
-def test_sampled_layouts_apply_from_empty_and_between_each_other(workdir, model):
-    node = Node(workdir, [model.key])
+def test_sampled_layouts_apply_from_empty_and_between_each_other(workdir, model, backend):
+    node = Node(workdir, [model.key], backend)
     layouts = enumerate_layouts(model)
     rng = random.Random(f"from-empty-{model.key}")
     for layout in rng.sample(layouts, 8):
@@ -176,9 +182,10 @@ def busy_cases(model, n, seed):
     return out
 
 
+@pytest.mark.parametrize("backend", ["sim", "nvml"])
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.key)
-def test_busy_instances_are_never_destroyed(workdir, model):
-    node = Node(workdir, [model.key])
+def test_busy_instances_are_never_destroyed(workdir, model, backend):
+    node = Node(workdir, [model.key], backend)
     for before, wanted, busy in busy_cases(model, 6, f"busy-{model.key}"):
         node.driver.clear_faults()
         for m in node.backend.instances(0):  # start clean

@@ -20,6 +20,8 @@ from slurm_mig.apply import Step, apply_gpu, plan_gpu
 from slurm_mig.catalog import load_catalog
 from slurm_mig.errors import ApplyRefused, SimulatedCrash
 from slurm_mig.gpu import nvmlcodes
+from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.gpu.sim import SimBackend
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.gpu.types import MigInstance
@@ -82,11 +84,14 @@ def every_step(*scenarios):
 
 
 class Node:
-    def __init__(self, root, scenario: Scenario):
+    def __init__(self, root, scenario: Scenario, backend: str = "sim"):
         self.sim = str(root / "sim")
         self.state_dir = str(root / "state")
         self.driver = SimDriver.create(self.sim, ["A100-40GB"], device_nodes=False)
-        self.backend = SimBackend(self.sim)
+        if backend == "nvml":  # the production backend, through the pynvml-compatible fake
+            self.backend = NvmlBackend(fake_pynvml(self.sim))
+        else:
+            self.backend = SimBackend(self.sim)
         self.scenario = scenario
         self.wanted = parse_layout(scenario.wanted, A100)
         self.apply(parse_layout(scenario.before, A100), partial=False)
@@ -145,9 +150,10 @@ def test_transition_makes_as_many_driver_calls_as_planned(workdir, sc):
 # ----------------------------------------------------------------------------- in-process crashes
 
 
+@pytest.mark.parametrize("backend", ["sim", "nvml"])
 @pytest.mark.parametrize("sc, n, when", every_step(KEPT, BLOCKED))
-def test_crash_at_every_step_is_finished_by_the_next_run(workdir, sc, n, when):
-    node = Node(workdir, sc)
+def test_crash_at_every_step_is_finished_by_the_next_run(workdir, sc, n, when, backend):
+    node = Node(workdir, sc, backend)
     node.driver.inject_fault("any", n, crash="raise", when=when)
     with pytest.raises(SimulatedCrash):
         node.apply()

@@ -1,0 +1,460 @@
+"""Slurm prolog and epilog hooks: give each job the MIG instance gres.conf promised it.
+
+Run by slurmd as root (``prolog.d/50-slurm-mig``, ``epilog.d/50-slurm-mig``), through the
+fast entry point ``python3 -m slurm_mig.hooks prolog|epilog`` (no click, no psutil unless
+processes must be ended).  docs/hooks.md has the failure table.
+
+prolog
+  ``SLURM_JOB_GPUS`` (indexes, ranges allowed) -> this node's gres.conf records, in the
+  order Slurm numbers them (:func:`slurm_mig.gresconf.slurm_order`).  Under the node lock,
+  each record's instance must exist where gres.conf says, with the ids its cap files name:
+  a missing one is created (profile and placement from the record) and the ids the driver
+  gives back must be those; an instance another job holds, or with processes of another
+  job, is refused; its device files must exist.  Then ``<state_dir>/jobs/<id>.json``
+  records job -> instances.  No call to slurmctld.
+epilog
+  Ends the processes of this job (by cgroup or ``SLURM_JOB_ID`` in their environment) on
+  every MIG instance of the node, never another job's; optionally re-creates the job's
+  instances to wipe them (``SLURM_MIG_EPILOG_WIPE=1``); removes the job record.  No record:
+  logged, exit 0 (epilogs may run twice).
+
+A failure prints one line, ``slurm-mig prolog: error: job <id>: <what>; <fix>``, to stderr
+(slurmd logs it), writes it to ``<state_dir>/last-error`` and exits non-zero: Slurm drains
+the node and requeues the job held.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .errors import (EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, GpuError, InputError,
+                     SlurmMigError)
+
+WIPE_ENV = "SLURM_MIG_EPILOG_WIPE"  #: "1": re-create a job's instances in the epilog
+GRACE_ENV = "SLURM_MIG_EPILOG_GRACE"  #: seconds between SIGTERM and SIGKILL (default 5)
+LAST_ERROR = "last-error"
+FIX_GRES = ("regenerate gres.conf and the node's Gres= from the GPUs (`slurm-mig gres-conf "
+            "--write`, `slurm-mig node-conf --write`), reconfigure Slurm, then resume the node")
+
+
+class JobGpusError(InputError):
+    pass
+
+
+class InstanceRefused(SlurmMigError):
+    """The instance is held by another job or has its processes: the job must not get it."""
+
+    exit_code = EXIT_REFUSED
+
+
+class InstanceMismatch(SlurmMigError):
+    """gres.conf and the GPU disagree (profile, placement, ids): exit 3 like a config error."""
+
+    exit_code = 3
+
+
+def parse_job_gpus(text: Optional[str]) -> List[int]:
+    """``"0,2"``, ``"0-2,5"`` -> indexes (sorted, unique); ``""``/None -> [] (a CPU job)."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    out = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise JobGpusError(f"SLURM_JOB_GPUS={text!r} is not a list of gpu indexes "
+                               f"(expected e.g. 0,2 or 0-2)")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first or last - first > 4096:
+            raise JobGpusError(f"SLURM_JOB_GPUS={text!r}: bad range {part!r}")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def node_name(environ: Mapping[str, str], option: Optional[str] = None) -> str:
+    """``--node``, else ``$SLURMD_NODENAME``, else the short host name."""
+    if option:
+        return option
+    if environ.get("SLURMD_NODENAME"):
+        return environ["SLURMD_NODENAME"]
+    import socket
+
+    return socket.gethostname().split(".")[0]
+
+
+def _load_config(environ: Mapping[str, str]):
+    from .config import load_config, resolve_config_path
+
+    return load_config(resolve_config_path(None, environ))
+
+
+def _backend(config):
+    from .gpu import make_backend
+
+    return make_backend(config.backend, sim_root=config.sim.root)
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        from .gresconf import GresConfError
+
+        raise GresConfError(f"cannot read {path}: {err}") from err
+
+
+def node_gres_records(config, node: str) -> list:
+    """The node's gres.conf records, in the order Slurm numbers them."""
+    from .gresconf import GresConfError, parse_gres_conf, parse_node_gres_types, slurm_order
+
+    text = _read(config.paths.gres_conf)
+    if text is None:
+        raise GresConfError(f"{config.paths.gres_conf} does not exist; {FIX_GRES}")
+    records = parse_gres_conf(text, node, source=config.paths.gres_conf)
+    include = _read(config.paths.node_gres_include)
+    order = parse_node_gres_types(include, node, config.paths.node_gres_include) if include else None
+    return slurm_order(records, order) if records else records
+
+
+def _foreign_pids(pids: Sequence[int], job: str, proc_root: str) -> Dict[int, Optional[str]]:
+    from .jobs import job_of_pid
+
+    out = {}
+    for pid in pids:
+        owner = job_of_pid(pid, proc_root)
+        if owner != job:
+            out[pid] = owner
+    return out
+
+
+# ----------------------------------------------------------------------------- prolog
+
+
+def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/proc") -> dict:
+    """Make sure this job's instances exist as gres.conf says; record them.  See module doc."""
+    from .jobs import boot_id, check_job_id, holders, write_job
+    from .locking import node_lock
+
+    job = check_job_id(environ.get("SLURM_JOB_ID"))
+    indexes = parse_job_gpus(environ.get("SLURM_JOB_GPUS"))
+    if not indexes:
+        return {"job_id": job, "node": None, "instances": []}
+    node = node_name(environ)
+    records = node_gres_records(config, node)
+    for i in indexes:
+        if i >= len(records):
+            raise InstanceMismatch(
+                f"SLURM_JOB_GPUS index {i} but {config.paths.gres_conf} has {len(records)} gpu "
+                f"record(s) for node {node}; Slurm and gres.conf disagree: {FIX_GRES}")
+    from .commands import host_paths
+    from .devices import read_mig_minors
+    from .gresconf import reverse_minors
+
+    dev_root, mig_proc = host_paths(config)
+    minors = read_mig_minors(mig_proc)
+    reverse = reverse_minors(minors)
+    state_dir = config.paths.state_dir
+    with node_lock(os.path.join(state_dir, "node.lock"), config.apply.lock_timeout):
+        boot = boot_id(proc_root)
+        held = holders(state_dir, boot)
+        gpus = {g.minor: g for g in backend.gpus()}
+        cache: dict = {}
+        got = [_realise(backend, job, i, records[i], gpus, minors, reverse, held, cache, proc_root)
+               for i in indexes]
+        record = {"version": 1, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),
+                  "node": node, "boot_id": boot, "instances": got}
+        write_job(state_dir, record)
+    return record
+
+
+def _realise(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_root) -> dict:
+    from .devices import DeviceFilesError
+    from .gresconf import instance_ids
+    from .inventory import gpu_model
+
+    what = f"gres record {index} ({rec.type or 'gpu'}"
+    entry = {"index": index, "type": rec.type, "files": list(rec.files), "gpu": rec.gpu,
+             "profile_id": None, "start": None, "gi_id": None, "ci_id": None, "uuid": None,
+             "created": False}
+    if not rec.mig:
+        missing = [f for f in rec.files if not os.path.exists(f)]
+        if missing:
+            raise DeviceFilesError(f"{what}): device file {', '.join(missing)} is missing; "
+                                   f"check the driver (nvidia-smi) and gres.conf")
+        return entry
+    gpu_minor, gi, ci = instance_ids(rec, minors, reverse)
+    info = gpus.get(gpu_minor)
+    if info is None:
+        raise InstanceMismatch(f"{what}) names /dev/nvidia{gpu_minor} but no GPU has minor "
+                               f"{gpu_minor}; {FIX_GRES}")
+    where = f"{what}@{rec.start} on gpu {info.index}, gi {gi} ci {ci})"
+    if rec.gpu is not None and rec.gpu != info.index:
+        raise InstanceMismatch(f"{where}: gres.conf says gpu {rec.gpu} but /dev/nvidia{gpu_minor} "
+                               f"is gpu {info.index}; {FIX_GRES}")
+    if rec.gi_id is not None and (rec.gi_id, rec.ci_id) != (gi, ci):
+        raise InstanceMismatch(f"{where}: its comment says gi {rec.gi_id} ci {rec.ci_id} but its "
+                               f"cap files name gi {gi} ci {ci}; {FIX_GRES}")
+    if info.index not in cache:
+        cache[info.index] = gpu_model(backend, info)
+    model = cache[info.index]
+    try:
+        profile = model.profile(rec.type) if rec.type else model.profile(rec.profile_id)
+    except InputError as err:
+        raise InstanceMismatch(f"{where}: {err}; {FIX_GRES}") from err
+    if rec.profile_id is not None and rec.profile_id != profile.id:
+        raise InstanceMismatch(f"{where}: Type={rec.type} is profile id {profile.id} on "
+                               f"{info.name}, the comment says {rec.profile_id}; {FIX_GRES}")
+    holder = held.get((info.index, gi))
+    if holder is not None and holder != job:
+        raise InstanceRefused(f"{where} is held by job {holder} (record in the jobs directory); "
+                              f"if that job has ended, run its epilog (`slurm-mig epilog` with "
+                              f"SLURM_JOB_ID={holder}) or remove the record, then resume the node")
+    inst = next((m for m in backend.instances(info.index) if m.gi_id == gi), None)
+    if inst is None:
+        if rec.start is None:
+            raise InstanceMismatch(f"{where}: no such instance and the line has no placement "
+                                   f"(not generated by slurm-mig) to create it at; {FIX_GRES}")
+        try:
+            inst = backend.create_instance(info.index, profile.id, rec.start)
+        except GpuError as err:
+            raise _with_context(err, f"{where}: the instance is missing and creating it failed: "
+                                f"{err}; check `slurm-mig status`; if the layout changed, "
+                                f"{FIX_GRES}") from err
+        entry["created"] = True
+        if (inst.gi_id, inst.ci_id) != (gi, ci):
+            raise InstanceMismatch(
+                f"{where}: the instance was missing; the driver created it as gi {inst.gi_id} "
+                f"ci {inst.ci_id}, not the ids gres.conf's cap files name, so Slurm would fence "
+                f"the job to another instance's files; {FIX_GRES}")
+    if inst.profile_id != profile.id or (rec.start is not None and inst.start != rec.start):
+        have = model.profile(inst.profile_id).name
+        raise InstanceMismatch(f"{where}: the GPU has {have}@{inst.start} with gi {gi}; {FIX_GRES}")
+    if not inst.complete:
+        inst = backend.create_compute_instance(info.index, gi)
+        entry["created"] = True
+    if inst.ci_id != ci:
+        raise InstanceMismatch(f"{where}: the GPU instance's compute instance is ci {inst.ci_id}, "
+                               f"gres.conf names ci {ci}; {FIX_GRES}")
+    foreign = _foreign_pids(inst.pids, job, proc_root)
+    if foreign:
+        who = ", ".join(f"pid {p} ({'job ' + o if o else 'no job'})" for p, o in sorted(foreign.items()))
+        raise InstanceRefused(f"{where} has processes not of this job: {who}; end them "
+                              f"(or run the owner's epilog), then resume the node")
+    missing = [f for f in rec.files if not os.path.exists(f)]
+    if missing:
+        raise DeviceFilesError(f"{where}: device file(s) {', '.join(missing)} missing; check the "
+                               f"driver (`ls /dev/nvidia-caps`, nvidia-smi mig -lgi) and {FIX_GRES}")
+    entry.update(gpu=info.index, profile_id=profile.id, start=inst.start, gi_id=gi, ci_id=ci,
+                 uuid=inst.uuid)
+    return entry
+
+
+def _with_context(err: SlurmMigError, message: str) -> SlurmMigError:
+    """The same kind of error (same exit code) with a longer message."""
+    try:
+        out = type(err)(message)
+    except Exception:
+        out = GpuError(message)
+    return out if str(out) == " ".join(message.split()) else GpuError(message)
+
+
+# ----------------------------------------------------------------------------- epilog
+
+
+def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/proc",
+           wipe: bool = False, grace: float = 5.0) -> dict:
+    """End this job's processes on the node's MIG instances, then drop its record."""
+    from .jobs import check_job_id, end_processes, job_of_pid, read_job, remove_job
+    from .locking import node_lock
+
+    job = check_job_id(environ.get("SLURM_JOB_ID"))
+    state_dir = config.paths.state_dir
+    mine: List[int] = []
+    others: List[int] = []
+    for info in backend.gpus():
+        if not info.mig_current:
+            continue
+        for inst in backend.instances(info.index):
+            for pid in inst.pids:
+                (mine if job_of_pid(pid, proc_root) == job else others).append(pid)
+    ended, alive = end_processes(sorted(set(mine)), grace) if mine else ([], [])
+    if alive:
+        raise GpuError(f"processes {', '.join(map(str, alive))} of the job still run on its MIG "
+                       f"instance(s) after SIGKILL; check them (ps -o stat,wchan -p ...), the "
+                       f"job record stays so that no job gets the instance; resume when gone")
+    recreated = []
+    with node_lock(os.path.join(state_dir, "node.lock"), config.apply.lock_timeout):
+        record = read_job(state_dir, job)
+        if record is not None and wipe:
+            recreated = _wipe(backend, record)
+        removed = remove_job(state_dir, job) if record is not None else False
+    return {"job_id": job, "record": record is not None, "removed": removed, "ended": ended,
+            "other_pids": sorted(set(others)), "recreated": recreated}
+
+
+def _wipe(backend, record: dict) -> List[dict]:
+    """Destroy and re-create each instance of the job at its placement; the ids must return."""
+    out = []
+    for inst in record.get("instances", ()):
+        if inst.get("gi_id") is None or inst.get("start") is None:
+            continue
+        gpu, gi = inst["gpu"], inst["gi_id"]
+        backend.destroy_instance(gpu, gi)
+        new = backend.create_instance(gpu, inst["profile_id"], inst["start"])
+        if (new.gi_id, new.ci_id) != (gi, inst["ci_id"]):
+            raise InstanceMismatch(
+                f"wiping gpu {gpu} gi {gi}: the driver re-created it as gi {new.gi_id} ci "
+                f"{new.ci_id}; gres.conf now names the wrong cap files: {FIX_GRES}")
+        out.append({"gpu": gpu, "gi_id": gi, "ci_id": new.ci_id})
+    return out
+
+
+# ----------------------------------------------------------------------------- sim run
+
+
+def sim_run(config, environ: Mapping[str, str], command: Sequence[str],
+            out_path: Optional[str] = None) -> dict:
+    """Inside a job (simulator only): attach this process to the job's instances, report
+    what it reached as JSON (to ``out_path`` or stdout), then exec ``command``."""
+    import errno
+    import json
+
+    from .gpu.simdriver import SimDriver
+    from .jobs import check_job_id, read_job
+
+    if config.backend != "sim":
+        raise InputError("`sim run` is for the simulator backend only (backend = \"sim\")")
+    job = check_job_id(environ.get("SLURM_JOB_ID"))
+    record = read_job(config.paths.state_dir, job)
+    if record is None:
+        raise InputError(f"no slurm-mig record for job {job}: is the slurm-mig prolog in "
+                         f"slurm.conf (Prolog=, PrologFlags=Alloc) and did the job ask for a gpu?")
+    driver = SimDriver(config.sim.root)
+    pid = os.getpid()
+    seen = []
+    for inst in record["instances"]:
+        entry = {k: inst.get(k) for k in ("index", "type", "gpu", "gi_id", "ci_id", "files")}
+        if inst.get("gi_id") is not None:
+            driver.attach_process(inst["gpu"], inst["gi_id"], inst["ci_id"], pid, track=True)
+            gis = {g["id"]: g for g in driver.gpu_instances(inst["gpu"])}
+            cis = gis.get(inst["gi_id"], {}).get("cis", [])
+            entry["uuid"] = next((c["uuid"] for c in cis if c["id"] == inst["ci_id"]), None)
+        access = {}
+        for path in inst.get("files", ()):
+            try:
+                os.close(os.open(path, os.O_RDONLY))
+                access[path] = "OPENED"
+            except OSError as err:
+                access[path] = errno.errorcode.get(err.errno, str(err.errno))
+        entry["access"] = access
+        seen.append(entry)
+    result = {"job_id": job, "node": record.get("node"), "pid": pid,
+              "job_gpus": environ.get("SLURM_JOB_GPUS"), "instances": seen}
+    text = json.dumps(result, sort_keys=True)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    if command:
+        try:
+            os.execvp(command[0], list(command))
+        except OSError as err:
+            raise InputError(f"cannot run {command[0]}: {err.strerror}") from err
+    return result
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def _record_error(config, line: str) -> None:
+    if config is None:
+        return
+    try:
+        from .slurmfiles import write_atomic
+
+        os.makedirs(config.paths.state_dir, mode=0o700, exist_ok=True)
+        write_atomic(os.path.join(config.paths.state_dir, LAST_ERROR), line + "\n", keep_prev=False)
+    except Exception:  # the error line on stderr is what matters
+        pass
+
+
+def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
+             proc_root: str = "/proc", config=None, backend=None) -> int:
+    """Run ``prolog`` or ``epilog`` with one-line errors; returns the exit code."""
+    environ = os.environ if environ is None else environ
+    job = environ.get("SLURM_JOB_ID") or "?"
+    own_backend = backend is None
+    try:
+        if which == "prolog" and not (environ.get("SLURM_JOB_GPUS") or "").strip():
+            from .jobs import check_job_id
+
+            check_job_id(environ.get("SLURM_JOB_ID"))
+            return 0  # a job without gpus: nothing to do, nothing loaded
+        if config is None:
+            config = _load_config(environ)
+        if backend is None:
+            backend = _backend(config)
+        if which == "prolog":
+            prolog(config, backend, environ, proc_root=proc_root)
+        else:
+            wipe = environ.get(WIPE_ENV, "") in ("1", "yes", "true")
+            grace = float(environ.get(GRACE_ENV) or 5.0)
+            result = epilog(config, backend, environ, proc_root=proc_root, wipe=wipe, grace=grace)
+            if not result["record"]:
+                sys.stderr.write(f"slurm-mig epilog: job {job}: no job record (already cleaned "
+                                 f"up, or the job had no gpu); nothing to do\n")
+            if result["other_pids"]:
+                sys.stderr.write(f"slurm-mig epilog: job {job}: left pids "
+                                 f"{', '.join(map(str, result['other_pids']))} alone (other jobs')\n")
+        return 0
+    except SlurmMigError as err:
+        line = f"slurm-mig {which}: error: job {job}: {err}"
+        code = err.exit_code
+    except Exception as err:  # a bug: still one line, and the node drains
+        line = (f"slurm-mig {which}: error: job {job}: internal error {type(err).__name__}: "
+                f"{' '.join(str(err).split())}; report it (run with SLURM_MIG_DEBUG=1 for a traceback)")
+        code = EXIT_INTERNAL
+        if environ.get("SLURM_MIG_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        if own_backend and backend is not None:
+            backend.close()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    _record_error(config, line)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python3 -m slurm_mig.hooks prolog|epilog|sim-run [--out FILE] [--] CMD...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("prolog", "epilog") and len(argv) == 1:
+        return run_hook(argv[0])
+    if argv and argv[0] == "sim-run":
+        rest = argv[1:]
+        out = None
+        if rest[:1] == ["--out"] and len(rest) >= 2:
+            out, rest = rest[1], rest[2:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        try:
+            sim_run(_load_config(os.environ), os.environ, rest, out)
+        except SlurmMigError as err:
+            sys.stderr.write(f"slurm-mig sim run: error: {err}\n")
+            return err.exit_code
+        return 0
+    sys.stderr.write("usage: python3 -m slurm_mig.hooks prolog|epilog|sim-run [--out FILE] [--] CMD...\n")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Job records (which job holds which MIG instance) and the processes of a job.
+
+A record is ``<state_dir>/jobs/<jobid>.json`` (0600, directory 0700), written by the prolog
+under the node lock and removed by the epilog.  Only the job id, checked to be digits, ever
+becomes part of a path; nothing the user controls (job name, comment) does.
+
+Records carry the boot id: a record from before a reboot is stale (its job is gone) and is
+not taken as holding an instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .errors import InputError
+
+RECORD_VERSION = 1
+_JOB_ID = re.compile(r"[1-9][0-9]{0,19}")
+
+
+class BadJobId(InputError):
+    pass
+
+
+def check_job_id(text: Optional[str]) -> str:
+    """The job id as digits (no sign, no leading zero, at most 20 digits), or BadJobId."""
+    if text is None or not _JOB_ID.fullmatch(text):
+        raise BadJobId(f"SLURM_JOB_ID {text!r} is not a job id (digits)")
+    return text
+
+
+def jobs_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "jobs")
+
+
+def job_path(state_dir: str, job_id: str) -> str:
+    return os.path.join(jobs_dir(state_dir), f"{check_job_id(job_id)}.json")
+
+
+def boot_id(proc_root: str = "/proc") -> Optional[str]:
+    try:
+        with open(os.path.join(proc_root, "sys", "kernel", "random", "boot_id")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def write_job(state_dir: str, record: dict) -> str:
+    from .slurmfiles import write_json_atomic
+
+    d = jobs_dir(state_dir)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(d, 0o700)
+    path = job_path(state_dir, record["job_id"])
+    write_json_atomic(path, record, mode=0o600)
+    return path
+
+
+def read_job(state_dir: str, job_id: str) -> Optional[dict]:
+    try:
+        with open(job_path(state_dir, job_id)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise InputError(f"job record {job_path(state_dir, job_id)} is unreadable ({err}); "
+                         f"remove it if job {job_id} has ended") from err
+
+
+def remove_job(state_dir: str, job_id: str) -> bool:
+    try:
+        os.unlink(job_path(state_dir, job_id))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def list_jobs(state_dir: str) -> Iterator[dict]:
+    """Every readable record (unreadable ones are skipped: the prolog names them)."""
+    try:
+        names = sorted(os.listdir(jobs_dir(state_dir)))
+    except FileNotFoundError:
+        return
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext != ".json" or not _JOB_ID.fullmatch(stem):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(jobs_dir(state_dir), name)) as f:
+                yield json.load(f)
+
+
+def holders(state_dir: str, current_boot: Optional[str]) -> Dict[Tuple[int, int], str]:
+    """(gpu index, gi id) -> job id, for records of this boot."""
+    out: Dict[Tuple[int, int], str] = {}
+    for rec in list_jobs(state_dir):
+        if current_boot and rec.get("boot_id") and rec["boot_id"] != current_boot:
+            continue
+        for inst in rec.get("instances", ()):
+            if inst.get("gpu") is not None and inst.get("gi_id") is not None:
+                out[(inst["gpu"], inst["gi_id"])] = str(rec.get("job_id"))
+    return out
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def job_of_pid(pid: int, proc_root: str = "/proc") -> Optional[str]:
+    """The Slurm job a process belongs to: its cgroup path (``/job_<id>/``), else its
+    ``SLURM_JOB_ID`` environment variable; None when neither says (or it is gone)."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "cgroup")) as f:
+            m = re.search(r"/job_([0-9]+)(?:/|$)", f.read(), re.M)
+            if m:
+                return m.group(1)
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(proc_root, str(pid), "environ"), "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"SLURM_JOB_ID="):
+                    return item[len(b"SLURM_JOB_ID="):].decode(errors="replace")
+    except OSError:
+        return None
+    return None
+
+
+def end_processes(pids: List[int], grace: float = 5.0) -> Tuple[List[int], List[int]]:
+    """SIGTERM, wait ``grace`` seconds, SIGKILL.  Returns (ended, still alive)."""
+    import psutil  # only when there is something to end
+
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    gone, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    gone2, alive = psutil.wait_procs(alive, timeout=grace)
+    return sorted(p.pid for p in gone + gone2), sorted(p.pid for p in alive)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import journal
@@ -56,6 +56,7 @@ from .catalog import GpuModel
 from .errors import ApplyRefused, GpuError, InputError, LayoutError, SlurmMigError
 from .gpu.types import GpuInfo, MigInstance
 from .inventory import current_layout, gpu_model
+from .jobs import boot_id, holders
 from .layout import Instance, Layout, format_layout, is_valid, layout_from
 from .locking import node_lock
 
@@ -90,10 +91,19 @@ class Blocked:
     start: int
     gi_id: int
     pids: Tuple[int, ...]
+    jobs: Tuple[str, ...] = ()
+
+    def users(self) -> str:
+        """``pid 4242``, ``pids 1, 2``, ``job 812``, or both."""
+        out = []
+        if self.pids:
+            out.append(f"{'pid' if len(self.pids) == 1 else 'pids'} {', '.join(map(str, self.pids))}")
+        if self.jobs:
+            out.append(f"{'job' if len(self.jobs) == 1 else 'jobs'} {', '.join(self.jobs)}")
+        return " and ".join(out)
 
     def __str__(self) -> str:
-        which = "pid" if len(self.pids) == 1 else "pids"
-        return f"{self.profile}@{self.start} (gi {self.gi_id}, {which} {', '.join(map(str, self.pids))})"
+        return f"{self.profile}@{self.start} (gi {self.gi_id}, {self.users()})"
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,8 @@ class GpuPlan:
 
     def blocked_records(self) -> Tuple[Blocked, ...]:
         return tuple(
-            Blocked(self.model.profile(m.profile_id).name, m.start, m.gi_id, tuple(m.pids))
+            Blocked(self.model.profile(m.profile_id).name, m.start, m.gi_id, tuple(m.pids),
+                    tuple(m.jobs))
             for m in self.blocked
         )
 
@@ -174,7 +185,8 @@ class ApplyResult:
                 for s in self.steps
             ],
             "blocked": [
-                {"profile": b.profile, "start": b.start, "gi_id": b.gi_id, "pids": list(b.pids)}
+                {"profile": b.profile, "start": b.start, "gi_id": b.gi_id, "pids": list(b.pids),
+                 "jobs": list(b.jobs)}
                 for b in self.blocked
             ],
             "blocked_creates": list(self.blocked_creates),
@@ -253,6 +265,7 @@ def apply_gpu(
     fit this GPU), GpuError and its kinds (driver failures; the intent stays in the
     journal and the next run finishes the change).
     """
+    backend = _job_aware(backend, state_dir)
     info, model, wanted, instances, plan = _prepare(backend, gpu, wanted)
     before = format_layout(current_layout(model, instances))
     warnings: List[str] = []
@@ -335,6 +348,7 @@ def apply_node(
     them refuses the whole node before anything changes.  A dry run takes no lock.
     """
     gpus = sorted(wanted_by_gpu)
+    backend = _job_aware(backend, state_dir)
     if dry_run:
         return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, dry_run=True) for g in gpus]
     with node_lock(os.path.join(os.fspath(state_dir), "node.lock"), lock_timeout):
@@ -350,6 +364,31 @@ def apply_node(
 
 
 # ----------------------------------------------------------------------------- internals
+
+
+class JobAwareBackend:
+    """A backend whose instances also count as busy while a Slurm job holds them.
+
+    The prolog records which job it gave an instance (:mod:`slurm_mig.jobs`) before the
+    job's processes start; an apply in that gap must not destroy it.  Everything but
+    ``instances`` goes straight to the wrapped backend.
+    """
+
+    def __init__(self, backend, state_dir: str):
+        self._backend = backend
+        self._state_dir = os.fspath(state_dir)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def instances(self, gpu: int) -> List[MigInstance]:
+        held = holders(self._state_dir, boot_id())
+        return [replace(m, jobs=(held[(gpu, m.gi_id)],)) if (gpu, m.gi_id) in held else m
+                for m in self._backend.instances(gpu)]
+
+
+def _job_aware(backend, state_dir) -> "JobAwareBackend":
+    return backend if isinstance(backend, JobAwareBackend) else JobAwareBackend(backend, state_dir)
 
 
 def _prepare(backend, gpu: int, wanted: Layout):
@@ -486,11 +525,7 @@ def _find(instances: Iterable[MigInstance], gi_id: int) -> Optional[MigInstance]
 def _refusal(gpu, info, wanted: Layout, blocked: Sequence[Blocked], *, done, race=False) -> str:
     """One line: which GPU, which busy instances and pids, what changed, how to proceed."""
     name = f"gpu {gpu}" + (f" ({info.uuid})" if info is not None else "")
-    items = "; ".join(
-        f"{b.profile}@{b.start} (gi {b.gi_id}) is in use by "
-        f"{'pid' if len(b.pids) == 1 else 'pids'} {', '.join(map(str, b.pids))}"
-        for b in blocked
-    )
+    items = "; ".join(f"{b.profile}@{b.start} (gi {b.gi_id}) is in use by {b.users()}" for b in blocked)
     head = f"{name}: cannot apply {format_layout(wanted)}: {items}"
     if race:
         head += " (it became busy during the apply)"

@@ -88,8 +88,11 @@ def layouts(model_query: str, maximal: bool = False, include_me: bool = True) ->
 
 def status(config: Config, backend) -> dict:
     """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files."""
+    from .apply import JobAwareBackend
+
     dev, proc = host_paths(config)
     minors = read_mig_minors(proc)
+    backend = JobAwareBackend(backend, config.paths.state_dir)
     gpus = []
     for info in backend.gpus():
         base = catalog_model(info)
@@ -114,7 +117,7 @@ def status(config: Config, backend) -> dict:
             entry["instances"].append({
                 "profile": model.profile(inst.profile_id).name, "profile_id": inst.profile_id,
                 "start": inst.start, "size": inst.size, "gi_id": inst.gi_id, "ci_id": inst.ci_id,
-                "uuid": inst.uuid, "pids": list(inst.pids), "busy": inst.busy,
+                "uuid": inst.uuid, "pids": list(inst.pids), "jobs": list(inst.jobs), "busy": inst.busy,
                 "complete": inst.complete, "devices": files,
             })
     return {"backend": config.backend, "gpus": gpus}

@@ -33,9 +33,10 @@ def status_text(result: dict) -> str:
             state = "busy" if i["busy"] else ("half-made" if not i["complete"] else "idle")
             rows.append([f"{i['profile']}@{i['start']}", i["gi_id"],
                          "-" if i["ci_id"] is None else i["ci_id"], state,
-                         ",".join(map(str, i["pids"])) or "-", i["uuid"] or "-"])
+                         ",".join(i["jobs"]) or "-", ",".join(map(str, i["pids"])) or "-",
+                         i["uuid"] or "-"])
         if rows:
-            table = _table(rows, ["INSTANCE", "GI", "CI", "STATE", "PIDS", "UUID"])
+            table = _table(rows, ["INSTANCE", "GI", "CI", "STATE", "JOB", "PIDS", "UUID"])
             out.extend("  " + l for l in table.splitlines())
     return "\n".join(out) if out else "no GPUs found"
 
@@ -92,8 +93,9 @@ def apply_text(result: dict) -> str:
             gi = f" (GI {s['gi_id']})" if s.get("gi_id") is not None else ""
             out.append(f"  {verb} {s['action']} {s['profile']}@{s['start']}{gi}")
         for b in g["blocked"]:
-            pids = ",".join(map(str, b["pids"]))
-            out.append(f"  kept busy {b['profile']}@{b['start']} (GI {b['gi_id']}, pids {pids})")
+            users = [f"pids {','.join(map(str, b['pids']))}"] if b["pids"] else []
+            users += [f"job {','.join(b['jobs'])}"] if b.get("jobs") else []
+            out.append(f"  kept busy {b['profile']}@{b['start']} (GI {b['gi_id']}, {', '.join(users)})")
         for c in g["blocked_creates"]:
             out.append(f"  not created {c}: its space is held by a busy instance")
         for w in g.get("warnings", ()):

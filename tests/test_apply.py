@@ -619,3 +619,20 @@ def test_result_as_dict_has_stable_keys(node):
     assert result.as_dict()["steps"] == [
         {"action": "create", "profile": "7g.40gb", "start": 0, "gi_id": 0, "recovery": False}
     ]
+
+
+def test_instance_a_job_holds_is_busy_before_its_processes_start(node):
+    """The prolog records the job before any process runs; apply must not take it away."""
+    from slurm_mig import jobs
+
+    node.apply(0, L("1g.5gb:7"))
+    target = node.by_key(0)[(A100.profile("1g.5gb").id, 3)]
+    jobs.write_job(node.state_dir, {"job_id": "812", "boot_id": jobs.boot_id(),
+                                    "instances": [{"gpu": 0, "gi_id": target.gi_id}]})
+    with pytest.raises(ApplyRefused, match=rf"1g.5gb@3 \(gi {target.gi_id}\) is in use by job 812"):
+        node.apply(0, L("7g.40gb:1"))
+    result = node.apply(0, L("3g.20gb:2"), partial=True)
+    assert [(b.start, b.jobs) for b in result.blocked] == [(3, ("812",))]
+    assert node.by_key(0)[(target.profile_id, 3)].gi_id == target.gi_id
+    jobs.remove_job(node.state_dir, "812")
+    assert node.apply(0, L("3g.20gb:2")).after == "3g.20gb@0,3g.20gb@4"

@@ -37,10 +37,12 @@ class MigInstance:
     ci_profile_id: Optional[int] = None
     uuid: Optional[str] = None  #: MIG device UUID ("MIG-..."), once a compute instance exists
     pids: Tuple[int, ...] = ()  #: processes running on it
+    jobs: Tuple[str, ...] = ()  #: Slurm jobs the prolog gave it (filled in by the apply engine)
 
     @property
     def busy(self) -> bool:
-        return bool(self.pids)
+        """In use: processes run on it, or a job holds it (before its processes start)."""
+        return bool(self.pids or self.jobs)
 
     @property
     def complete(self) -> bool:

@@ -86,6 +86,14 @@ class SlurmSettings:
 
 
 @dataclass(frozen=True)
+class HookSettings:
+    """What the prolog and epilog do beyond the must."""
+
+    epilog_wipe: bool = False  #: re-create a job's instances after it, so no state leaks to the next
+    kill_grace: float = 5  #: seconds between SIGTERM and SIGKILL for a job's leftover processes
+
+
+@dataclass(frozen=True)
 class Config:
     version: int = VERSION
     backend: str = "nvml"
@@ -94,6 +102,7 @@ class Config:
     layout: LayoutSettings = LayoutSettings()
     apply: ApplySettings = ApplySettings()
     slurm: SlurmSettings = SlurmSettings()
+    hooks: HookSettings = HookSettings()
     source: str = field(default=DEFAULTS_SOURCE, compare=False)  #: file it came from
 
     def layout_for(self, gpu_index: int) -> Optional[str]:
@@ -180,7 +189,8 @@ class _Reader:
         return posixpath.normpath(value)
 
     def config(self, doc: Mapping) -> Config:
-        self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm"))
+        self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm",
+                                  "hooks"))
         self.version(doc)
         backend = self.string(doc.get("backend", "nvml"), "backend")
         if backend not in BACKENDS:
@@ -195,6 +205,7 @@ class _Reader:
             layout=self.layout(doc),
             apply=self.apply(doc),
             slurm=self.slurm(doc),
+            hooks=self.hooks(doc),
             source=self.source,
         )
 
@@ -295,6 +306,14 @@ class _Reader:
             register_timeout=self.seconds(t.get("register_timeout", d.register_timeout),
                                           "slurm.register_timeout"),
         )
+
+    def hooks(self, doc: Mapping) -> HookSettings:
+        t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace"))
+        wipe = t.get("epilog_wipe", False)
+        if not isinstance(wipe, bool):
+            raise self.error("hooks.epilog_wipe", f"expected true or false, got {wipe!r}")
+        grace = self.seconds(t.get("kill_grace", HookSettings().kill_grace), "hooks.kill_grace")
+        return HookSettings(epilog_wipe=wipe, kill_grace=grace)
 
     def apply(self, doc: Mapping) -> ApplySettings:
         t = self.table(doc, "", "apply", ("partial", "lock_timeout"))

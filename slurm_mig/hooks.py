@@ -32,8 +32,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from .errors import (EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, GpuError, InputError,
                      SlurmMigError)
 
-WIPE_ENV = "SLURM_MIG_EPILOG_WIPE"  #: "1": re-create a job's instances in the epilog
-GRACE_ENV = "SLURM_MIG_EPILOG_GRACE"  #: seconds between SIGTERM and SIGKILL (default 5)
+#: Overrides of [hooks] epilog_wipe / kill_grace for one run ("1"/"0", seconds).
+WIPE_ENV = "SLURM_MIG_EPILOG_WIPE"
+GRACE_ENV = "SLURM_MIG_EPILOG_GRACE"
 LAST_ERROR = "last-error"
 FIX_GRES = ("regenerate gres.conf and the node's Gres= from the GPUs (`slurm-mig gres-conf "
             "--write`, `slurm-mig node-conf --write`), reconfigure Slurm, then resume the node")
@@ -404,8 +405,10 @@ def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
         if which == "prolog":
             prolog(config, backend, environ, proc_root=proc_root)
         else:
-            wipe = environ.get(WIPE_ENV, "") in ("1", "yes", "true")
-            grace = float(environ.get(GRACE_ENV) or 5.0)
+            wipe = config.hooks.epilog_wipe
+            if environ.get(WIPE_ENV):
+                wipe = environ[WIPE_ENV] in ("1", "yes", "true")
+            grace = float(environ.get(GRACE_ENV) or config.hooks.kill_grace)
             result = epilog(config, backend, environ, proc_root=proc_root, wipe=wipe, grace=grace)
             if not result["record"]:
                 sys.stderr.write(f"slurm-mig epilog: job {job}: no job record (already cleaned "

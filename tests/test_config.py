@@ -131,7 +131,7 @@ def test_sim_root_follows_state_dir():
 @pytest.mark.parametrize(
     "body, path, known",
     [
-        ("colour = 1\n", "colour", "apply, backend, layout, paths, sim, slurm, version"),
+        ("colour = 1\n", "colour", "apply, backend, hooks, layout, paths, sim, slurm, version"),
         ("[apply]\npartiall = true\n", "apply.partiall", "lock_timeout, partial"),
         ("[paths]\ndevs = '/dev'\n", "paths.devs", "dev, gres_conf"),
         ("[sim]\nmodels = []\n", "sim.models", "gpus, root"),
@@ -337,3 +337,12 @@ def test_slurm_section_errors_name_the_key(body, fragment):
     with pytest.raises(ConfigError) as err:
         parse_config(f"version = 1\n[slurm]\n{body}\n", "t.toml")
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hooks_section():
+    from slurm_mig.config import parse_config
+
+    c = parse_config("version = 1\n[hooks]\nepilog_wipe = true\nkill_grace = 2\n", "t.toml")
+    assert c.hooks.epilog_wipe is True and c.hooks.kill_grace == 2
+    with pytest.raises(ConfigError, match="hooks.epilog_wipe: expected true or false"):
+        parse_config('version = 1\n[hooks]\nepilog_wipe = "yes"\n', "t.toml")

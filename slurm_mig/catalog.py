@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from typing import Iterable, Optional, Sequence
 
 from .errors import UnknownModel, UnknownProfile
@@ -168,8 +168,11 @@ def catalog_from_json(data: dict) -> Catalog:
 @functools.lru_cache(maxsize=1)
 def load_catalog() -> Catalog:
     """The catalog shipped with the package (``slurm_mig/data/catalog.json``)."""
-    text = resources.files("slurm_mig").joinpath("data/catalog.json").read_text()
-    return catalog_from_json(json.loads(text))
+    # A plain path, not importlib.resources: the hooks load the catalog on every job
+    # start and importlib.resources costs more than reading the file.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "catalog.json")
+    with open(path, encoding="utf-8") as f:
+        return catalog_from_json(json.load(f))
 
 
 # --------------------------------------------------------------------------- NVML vs catalog

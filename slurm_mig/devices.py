@@ -15,7 +15,6 @@ both take their root as a parameter so tests run in a temporary tree.
 from __future__ import annotations
 
 import os
-import re
 import types
 from dataclasses import dataclass, field
 from typing import Iterable, List, Mapping, Optional, Tuple
@@ -32,8 +31,6 @@ MAX_CIS = 8  #: compute-instance ids 0..7
 _FIX = "check that the nvidia driver is loaded and supports MIG (nvidia-smi -L)"
 _FIX_IDS = "check the GPU minor (nvidia-smi -q | grep Minor) and the instance ids (nvidia-smi mig -lgi)"
 
-_GI_RE = re.compile(r"gpu(\d+)/gi(\d+)/access")
-_CI_RE = re.compile(r"gpu(\d+)/gi(\d+)/ci(\d+)/access")
 
 
 class DeviceFilesError(GpuError):
@@ -97,21 +94,35 @@ def parse_mig_minors(text: str, source: str = "mig-minors") -> MigMinors:
             config = minor
         elif name == "monitor":
             monitor = minor
-        elif _CI_RE.fullmatch(name):
-            g, gi, ci = (int(x) for x in _CI_RE.fullmatch(name).groups())
-            cis[(g, gi, ci)] = minor
-        elif _GI_RE.fullmatch(name):
-            g, gi = (int(x) for x in _GI_RE.fullmatch(name).groups())
-            gis[(g, gi)] = minor
         elif name.startswith("gpu"):
-            raise DeviceFilesError(
-                f"{source}:{lineno}: unknown entry {name!r} (expected gpuN/giG/access "
-                f"or gpuN/giG/ciC/access); {_FIX}"
-            )
+            # Plain splitting, not a regex per line: the file has 4,322 lines and every
+            # prolog reads it.
+            key = _gpu_entry(name)
+            if key is None:
+                raise DeviceFilesError(
+                    f"{source}:{lineno}: unknown entry {name!r} (expected gpuN/giG/access "
+                    f"or gpuN/giG/ciC/access); {_FIX}"
+                )
+            (cis if len(key) == 3 else gis)[key] = minor
     for name, value in (("config", config), ("monitor", monitor)):
         if value is None:
             raise DeviceFilesError(f"{source}: no '{name}' entry; {_FIX}")
     return MigMinors(config=config, monitor=monitor, gis=gis, cis=cis, source=source)
+
+
+def _gpu_entry(name: str):
+    """``gpu0/gi3/access`` -> (0, 3); ``gpu0/gi3/ci1/access`` -> (0, 3, 1); else None."""
+    p = name.split("/")
+    if p[-1] != "access" or len(p) not in (3, 4) or not p[1].startswith("gi"):
+        return None
+    nums = [p[0][3:], p[1][2:]]
+    if len(p) == 4:
+        if not p[2].startswith("ci"):
+            return None
+        nums.append(p[2][2:])
+    if not all(n.isdigit() for n in nums):
+        return None
+    return tuple(int(n) for n in nums)
 
 
 def _malformed(source: str, lineno: int, line: str) -> DeviceFilesError:

@@ -1,0 +1,100 @@
+"""Prolog and epilog wall time on the simulator, beside ``python3 -c pass`` in the same run.
+
+Target (issue 3): each hook <= 3x the bare interpreter start.  Prints a table; asserts
+nothing.  Run from the repository root:
+
+    .venv/bin/python bench/hooks.py [--runs 30] [--gpus 8]
+
+Each measured run is a fresh process, as slurmd starts it: ``python -m slurm_mig.hooks
+prolog`` for a job on one instance, then ``epilog`` for the same job, against a
+simulated node of ``--gpus`` A100s cut into seven instances each (gres.conf and the node
+include written by slurm-mig itself).  Bytecode is compiled first, as a package install
+does; this machine sets PYTHONDONTWRITEBYTECODE, which would otherwise hide that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from slurm_mig.cli import main as cli  # noqa: E402
+
+NODE = "bench1"
+
+
+def node(root: str, gpus: int) -> str:
+    config = os.path.join(root, "config.toml")
+    models = ", ".join(['"A100-40GB"'] * gpus)
+    with open(config, "w") as f:
+        f.write(textwrap.dedent(f"""\
+            version = 1
+            backend = "sim"
+            [paths]
+            root = "{root}/host"
+            [sim]
+            gpus = [{models}]
+            """))
+    for argv in (["apply", "1g.5gb:7"], ["gres-conf", "--node", NODE, "--write"],
+                 ["node-conf", "--node", NODE, "--write"]):
+        code = cli(["--config", config, *argv])
+        if code:
+            raise SystemExit(f"bench: setup step {argv} failed with exit {code}")
+    return config
+
+
+def timed(argv, env) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"bench: {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--gpus", type=int, default=8)
+    args = ap.parse_args()
+
+    compileall.compile_dir(os.path.join(REPO, "slurm_mig"), quiet=1)
+    with tempfile.TemporaryDirectory(prefix="slurm-mig-bench.") as root:
+        config = node(root, args.gpus)
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
+                "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000"}
+        records = args.gpus * 7
+        times = {"python3 -c pass": [], "prolog": [], "epilog": [], "prolog (CPU job, script)": []}
+        script = os.path.join(REPO, "prolog.d", "50-slurm-mig")
+        for i in range(args.runs):
+            job = str(1000 + i)
+            env = dict(base, SLURM_JOB_ID=job, SLURM_JOB_GPUS=str(i % records))
+            times["python3 -c pass"].append(timed([sys.executable, "-c", "pass"], base))
+            times["prolog"].append(timed([sys.executable, "-m", "slurm_mig.hooks", "prolog"], env))
+            times["epilog"].append(timed([sys.executable, "-m", "slurm_mig.hooks", "epilog"],
+                                         dict(env, SLURM_JOB_GPUS="")))
+            times["prolog (CPU job, script)"].append(timed([script], dict(base, SLURM_JOB_ID=job)))
+    ref = statistics.median(times["python3 -c pass"])
+    print(f"hooks on the simulator: {args.gpus} GPUs x 7 instances, {args.runs} runs each, "
+          f"Python {sys.version.split()[0]}")
+    print(f"{'what':28} {'median ms':>10} {'p90 ms':>8} {'x python -c pass':>17}")
+    for name, values in times.items():
+        values = sorted(values)
+        p90 = values[int(0.9 * (len(values) - 1))]
+        print(f"{name:28} {statistics.median(values) * 1e3:10.1f} {p90 * 1e3:8.1f} "
+              f"{statistics.median(values) / ref:17.2f}")
+    print("target: prolog and epilog <= 3.00x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

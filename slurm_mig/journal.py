@@ -14,15 +14,14 @@ every later run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .errors import SlurmMigError
+from .slurmfiles import fsync_dir as _fsync_dir, write_json_atomic
 
 JOURNAL_VERSION = 1
 JOURNAL_DIR = "journal"
@@ -94,23 +93,10 @@ def journal_path(state_dir: str, uuid: str) -> str:
 
 
 def write_intent(state_dir: str, intent: Intent) -> str:
-    """Record ``intent`` atomically; return the file's path."""
+    """Record ``intent`` atomically (temp file, fsync, rename); return the file's path."""
     path = journal_path(state_dir, intent.uuid)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{intent.uuid}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(intent.to_json(), f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_json_atomic(path, intent.to_json(), mode=0o600)
     return path
 
 
@@ -165,16 +151,6 @@ def pending(state_dir: str) -> Tuple[str, ...]:
     except FileNotFoundError:
         return ()
     return tuple(sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")))
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a rename or unlink in ``directory`` durable (best effort: not every FS allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def set_aside(state_dir: str, uuid: str) -> Optional[str]:

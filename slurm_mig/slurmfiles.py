@@ -34,7 +34,8 @@ class WriteResult:
     prev: Optional[str]  #: the previous copy, when there was one and it changed
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a rename or unlink in ``directory`` durable (best effort: not every FS allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -67,15 +68,21 @@ def _keep_prev(path: str, directory: str) -> Optional[str]:
     return prev
 
 
-def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = True) -> WriteResult:
-    """Replace ``path`` with ``text`` all at once; unchanged content is not rewritten."""
+def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = True,
+                 durable: bool = True) -> WriteResult:
+    """Replace ``path`` with ``text`` all at once; unchanged content is not rewritten.
+
+    ``durable=False`` (the simulator's state, rewritten on every driver call) skips the
+    unchanged-content check and the directory fsync; the rename is still atomic.
+    """
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
     data = text.encode()
     try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return WriteResult(path, False, None)
+        if durable:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return WriteResult(path, False, None)
     except FileNotFoundError:
         pass
     except OSError as err:
@@ -100,13 +107,15 @@ def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = T
             raise WriteFailed(f"cannot write {path}: {err.strerror or err}; the file is unchanged"
                               ) from err
         raise
-    _fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
     return WriteResult(path, True, prev)
 
 
-def write_json_atomic(path: str, data: dict, *, mode: int = 0o600) -> None:
-    """A JSON state file (job records): atomic, no ``.prev``."""
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode, keep_prev=False)
+def write_json_atomic(path: str, data: dict, *, mode: int = 0o600, durable: bool = True) -> None:
+    """A JSON state file (job records, journal, simulator): atomic, no ``.prev``."""
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode, keep_prev=False,
+                 durable=durable)
 
 
 def lock_path_for(path: str) -> str:

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import stat
-import tempfile
 import time
 import uuid as uuidlib
 from typing import Iterator, List, Optional, Sequence
@@ -39,6 +38,7 @@ from typing import Iterator, List, Optional, Sequence
 from ..catalog import GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
 from ..layout import is_media_extension
+from ..slurmfiles import write_json_atomic
 from . import nvmlcodes as rc
 
 STATE_VERSION = 1
@@ -461,18 +461,7 @@ def _exclusive(path: str, timeout: float) -> Iterator[None]:
 
 
 def _atomic_write_json(path: str, data: dict) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".state.", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, data, mode=0o644, durable=False)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -220,14 +220,17 @@ def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
 
 
 @cli.command()
-@click.option("--root", default=None, help="where to keep the demo's simulator and state "
-              "(default: a new directory under /tmp)")
+@click.option("--root", default=None, help="the sandbox's directory (default "
+              "/var/tmp/slurm-mig-sandbox; with --no-slurm: a new directory under /tmp)")
+@click.option("--no-slurm", is_flag=True, help="the simulator alone: no Slurm, no root needed")
 @pass_ctx
-def demo(obj: Context, root):
-    """Walk through slurm-mig on simulated GPUs: layouts, apply, busy instances."""
+def demo(obj: Context, root, no_slurm):
+    """Walk through slurm-mig: a real local Slurm cluster on simulated GPUs, jobs on MIG instances."""
     from .demo import run_demo
 
-    run_demo(root, echo=click.echo)
+    code = run_demo(root, echo=click.echo, slurm=not no_slurm)
+    if code:
+        sys.exit(code)
 
 
 
@@ -288,6 +291,104 @@ def sim_run_cmd(obj: Context, out, command):
     from .hooks import sim_run
 
     sim_run(obj.config, os.environ, list(command), out)
+
+
+# ----------------------------------------------------------------------------- sandbox
+
+
+def _sandbox_root(root):
+    from .sandbox.mig import DEFAULT_ROOT
+
+    return os.path.abspath(root or DEFAULT_ROOT)
+
+
+_root_option = click.option("--root", default=None, metavar="DIR",
+                            help="the sandbox's directory (default /var/tmp/slurm-mig-sandbox)")
+
+
+@cli.group()
+def sandbox():
+    """A real local Slurm cluster with simulated MIG GPUs (root; docs/sandbox.md)."""
+
+
+@sandbox.command("up")
+@_root_option
+@click.option("--nodes", type=int, default=2, show_default=True, help="number of nodes (n1, n2, ...)")
+@click.option("--gpus", default="A100-80GB", show_default=True, metavar="MODEL,...",
+              help="simulated GPU models of each node")
+@click.option("--layout", default="1g.10gb:4,3g.40gb:1", show_default=True,
+              help="MIG layout of every GPU (either form of `apply`)")
+@pass_ctx
+def sandbox_up(obj: Context, root, nodes, gpus, layout):
+    """Start the sandbox (detached) and print the shell lines that point Slurm commands at it.
+
+    The same options again while it runs do nothing; other options are refused until
+    `sandbox down`.  `eval "$(slurm-mig sandbox up)"` sets SLURM_CONF in this shell.
+    """
+    from .sandbox.mig import SandboxSpec, up
+    from .sandbox.text import up_text
+
+    spec = SandboxSpec(_sandbox_root(root), nodes, tuple(g.strip() for g in gpus.split(",") if g.strip()),
+                       layout)
+    obj.emit(up(spec), up_text)
+
+
+@sandbox.command("status")
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON (stable keys)")
+@pass_ctx
+def sandbox_status(obj: Context, root, as_json):
+    """Nodes, their gres, each node's MIG layout and which job holds which instance."""
+    from .sandbox.mig import status
+    from .sandbox.text import status_text
+
+    obj.as_json = obj.as_json or as_json
+    obj.emit(status(_sandbox_root(root)), status_text)
+
+
+@sandbox.command("reconfigure")
+@_root_option
+@pass_ctx
+def sandbox_reconfigure(obj: Context, root):
+    """Make Slurm read a changed gres.conf/node include (slurm.reconfigure_command of its nodes)."""
+    from .sandbox.mig import reconfigure
+    from .sandbox.text import reconfigure_text
+
+    obj.emit(reconfigure(_sandbox_root(root)), reconfigure_text)
+
+
+@sandbox.command("down")
+@_root_option
+@click.option("--purge", is_flag=True, help="also remove the sandbox's directory")
+@pass_ctx
+def sandbox_down(obj: Context, root, purge):
+    """Cancel jobs and stop every daemon of the sandbox (idempotent)."""
+    from .sandbox.mig import down
+    from .sandbox.text import down_text
+
+    obj.emit(down(_sandbox_root(root), purge=purge), down_text)
+
+
+@cli.command("sync")
+@click.option("--layout", default=None, metavar="LAYOUT",
+              help="layout for every MIG GPU (default: [layout] in config.toml)")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="how long to wait for running jobs after draining (0: fail if busy; "
+                   "default: [slurm] sync_wait)")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
+@click.option("--node", default=None,
+              help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")
+@pass_ctx
+def sync_cmd(obj: Context, layout, wait_s, dry_run, node):
+    """Drain, wait for idle, apply, rewrite gres.conf and Gres=, reconfigure, check, resume.
+
+    A failure leaves the node drained with a reason that says what to do.  See docs/sync.md.
+    """
+    from .commands import sync
+
+    result = sync(obj.config, obj.backend, os.environ, node=node, layout=layout, wait=wait_s,
+                  dry_run=dry_run)
+    obj.emit(result, render.sync_text)
 
 
 def main(argv=None) -> int:

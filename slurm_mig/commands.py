@@ -222,3 +222,18 @@ def node_conf(config: Config, backend, node: str, *, write: bool = False,
                            lock_timeout=config.apply.lock_timeout)
         result.update(written=True, changed=done.changed, prev=done.prev)
     return result
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout: Optional[str] = None,
+         wait: Optional[float] = None, dry_run: bool = False) -> dict:
+    """``slurm-mig sync``: this node to its layout through Slurm (:mod:`slurm_mig.sync`)."""
+    from .hooks import node_name
+    from .slurm.client import CommandSlurm
+    from .sync import sync_node
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+                     layout=layout, wait=wait, dry_run=dry_run)

@@ -119,3 +119,26 @@ def node_conf_text(result: dict) -> str:
     if result["written"]:
         return _written(result, f"Gres={result['gres'] or '(none)'}")
     return result["line"]
+
+
+def sync_text(result: dict) -> str:
+    """One line per step; apply's changes indented under it."""
+    node = result["node"]
+    if result["already_in_sync"]:
+        head = f"node {node}: already in sync (Gres={result['gres']['before'] or 'none'})"
+    else:
+        verb = "would sync" if result["dry_run"] else "synced"
+        head = f"node {node}: {verb} Gres={result['gres']['before'] or 'none'} -> " \
+               f"{result['gres']['after'] or 'none'}"
+    out = [head]
+    for w in result["wanted"]:
+        out.append(f"  gpu {w['gpu']}: {w['before']} -> {w['wanted']}")
+    for s in result["steps"]:
+        secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""
+        out.append(f"{s['status']:>8} {s['step']}: {s['detail']}{secs}")
+        if s["step"] == "apply":
+            for g in result["apply"]:
+                for a in g["steps"]:
+                    gi = f" (GI {a['gi_id']})" if a.get("gi_id") is not None else ""
+                    out.append(f"           gpu {g['gpu']}: {a['action']} {a['profile']}@{a['start']}{gi}")
+    return "\n".join(out)

@@ -17,6 +17,7 @@ Needs root, munge and Slurm's slurmctld, slurmd and client commands.  See docs/s
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import random
 import re
@@ -34,7 +35,7 @@ from .daemons import (Daemon, check_socket_path, in_uts_namespace, stop_daemons,
                       write_munge_key)
 from .errors import SandboxError
 from .host import free_ports, missing_requirements, tail, which, write_atomic
-from ..slurm.scontrol import NodeStatus, parse_gres, parse_scontrol_nodes
+from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
 from .parse import JobInfo, error_lines, parse_sbatch_parsable, parse_scontrol_job, parse_version
 
 # Errors in the logs that are expected here and say nothing about the problem at hand.
@@ -284,18 +285,22 @@ class SandboxCluster:
         check_socket_path(p.munge_socket)
         if not os.path.exists(p.munge_key):
             write_munge_key(p.munge_key)
-        mdir = p.munge_dir
-        self._munged = Daemon("munged", [
-            which("munged") or "munged", "--foreground", f"--socket={p.munge_socket}",
-            f"--key-file={p.munge_key}", f"--pid-file={os.path.join(mdir, 'run', 'munged.pid')}",
-            f"--log-file={os.path.join(mdir, 'log', 'munged.log')}",
-            f"--seed-file={os.path.join(mdir, 'lib', 'munged.seed')}", "--num-threads=2",
-        ], os.path.join(p.log, "munged.out"))
+        self._munged = self._new_munged()
         self._munged.start(self.env(), self.die_with_parent)
         if not wait_for(lambda: os.path.exists(p.munge_socket) or not self._munged.alive(), 10):
             raise self._error("munged did not create its socket within 10s")
         if not self._munged.alive():
             raise self._error("munged exited at start")
+
+    def _new_munged(self) -> Daemon:
+        p, mdir = self.paths, self.paths.munge_dir
+        pid_file = os.path.join(mdir, "run", "munged.pid")
+        return Daemon("munged", [
+            which("munged") or "munged", "--foreground", f"--socket={p.munge_socket}",
+            f"--key-file={p.munge_key}", f"--pid-file={pid_file}",
+            f"--log-file={os.path.join(mdir, 'log', 'munged.log')}",
+            f"--seed-file={os.path.join(mdir, 'lib', 'munged.seed')}", "--num-threads=2",
+        ], os.path.join(p.log, "munged.out"), pid_file)
 
     def _new_ctld(self) -> Daemon:
         return Daemon("slurmctld", [which("slurmctld") or "slurmctld", "-D"],
@@ -596,3 +601,86 @@ class SandboxCluster:
                 return f.read()
         except OSError:
             return ""
+
+    # -- detached clusters ---------------------------------------------------------------
+    # A cluster started with die_with_parent=False and then detach()ed outlives this process;
+    # another process takes it over with SandboxCluster.attach(root) (the daemons are found
+    # through their pid files, checked against the process name).
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.paths.run, "sandbox.json")
+
+    def save_state(self) -> str:
+        """Write what attach() needs that the config files do not say; return the path."""
+        layout = self._loaded_layout
+        state = {"version": 1, "nodes": self.nodes, "cpus_per_node": self.cpus_per_node,
+                 "real_memory": self.real_memory, "hostname": self.hostname,
+                 "ports": self._ensure_ports(), "first_job_id": self._first_job_id,
+                 "extra": self._extra,
+                 "isolation": {"mode": self.isolation.mode, "devices": self.isolation.devices,
+                               "reason": self.isolation.reason,
+                               "mountpoint": self.isolation.mountpoint},
+                 "loaded_layout": None if layout is None else [layout[0], list(layout[1])]}
+        os.makedirs(self.paths.run, exist_ok=True)
+        write_atomic(self.state_file, json.dumps(state, indent=1, sort_keys=True) + "\n")
+        return self.state_file
+
+    def detach(self) -> None:
+        """Leave the daemons running after this process exits; attach() finds them again."""
+        if self.die_with_parent:
+            raise SandboxError("detach() needs a cluster started with die_with_parent=False")
+        self.save_state()
+        _LIVE.discard(self)
+
+    @classmethod
+    def attach(cls, root: str) -> "SandboxCluster":
+        """The detached cluster under ``root``, its daemons found through their pid files.
+
+        ``Gres=`` of each node is read from the node include as it is now (a layout change
+        may have rewritten it since).  Raises :class:`SandboxError` when ``root`` holds no
+        saved state.
+        """
+        paths = SandboxPaths(os.path.abspath(root))
+        path = os.path.join(paths.run, "sandbox.json")
+        try:
+            with open(path) as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            raise SandboxError(f"no sandbox cluster state under {paths.root} ({path} missing)") \
+                from None
+        except (OSError, ValueError) as err:
+            raise SandboxError(f"{path}: unreadable sandbox state ({err}); stop the daemons "
+                               f"named in {paths.run}/*.pid by hand") from err
+        iso = state["isolation"]
+        cluster = cls(paths.root, state["nodes"], state["cpus_per_node"], state["real_memory"],
+                      die_with_parent=False, hostname=state["hostname"],
+                      isolation=Isolation(iso["mode"], iso["devices"], iso["reason"],
+                                          iso["mountpoint"]))
+        cluster._ports = list(state["ports"])
+        cluster._first_job_id = state["first_job_id"]
+        cluster._extra = dict(state["extra"])
+        loaded = state.get("loaded_layout")
+        if loaded is not None:
+            cluster._loaded_layout = (loaded[0], tuple(tuple(p) for p in loaded[1]))
+        try:
+            with open(paths.nodes_conf) as f:
+                nodes_text = f.read()
+        except OSError:
+            nodes_text = ""
+        for line in nodes_text.splitlines():
+            pairs = parse_pairs(line)
+            if pairs.get("NodeName") in cluster._node_gres:
+                cluster._node_gres[pairs["NodeName"]] = pairs.get("Gres", "")
+        cluster._munged = cluster._new_munged()
+        cluster._ctld = cluster._new_ctld()
+        cluster._slurmds = {n: cluster._new_slurmd(n) for n in cluster.nodes}
+        return cluster
+
+    def daemon_pids(self) -> Dict[str, List[int]]:
+        """Daemon name (munged, slurmctld, slurmd-<node>) -> its live pids ([] when gone)."""
+        daemons = {"munged": self._munged or self._new_munged(),
+                   "slurmctld": self._ctld or self._new_ctld()}
+        for n in self.nodes:
+            daemons[f"slurmd-{n}"] = self._slurmds.get(n) or self._new_slurmd(n)
+        return {name: d.pids() for name, d in daemons.items()}

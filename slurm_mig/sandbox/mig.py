@@ -1,0 +1,540 @@
+"""The sandbox with slurm-mig in it: a real local Slurm cluster whose nodes have simulated MIG GPUs.
+
+``slurm-mig sandbox up|status|reconfigure|down`` (and the demo) are thin clients of this
+module.  ``up`` builds, under one root directory:
+
+* per node ``nodes/<node>/config.toml`` (backend sim, its own state and simulator, the shared
+  gres.conf and node include in ``etc/``, ``slurm.node_name``, and a ``reconfigure_command``
+  that runs ``slurm-mig sandbox reconfigure`` for ``slurm-mig sync``);
+* the simulated GPUs, cut into the layout by the apply engine, and gres.conf plus the nodes'
+  ``Gres=`` written by the same functions as ``slurm-mig gres-conf/node-conf --write``;
+* the shipped prolog/epilog hooks as ``Prolog=<root>/prolog.d/*`` / ``Epilog=`` globs with
+  ``PrologFlags=Alloc``, their settings in ``<root>/slurm-mig.env``;
+* ``bin/sim-job``: a job script that attaches to its instance (``slurm_mig.hooks sim-run``)
+  and writes what it reached to ``seen/<jobid>.json``;
+
+then starts munged, slurmctld and the slurmds detached (:meth:`SandboxCluster.detach`), so
+they outlive ``up``; the other commands find them again with :meth:`SandboxCluster.attach`.
+Every function returns a plain dict (``--json`` prints it); :mod:`.text` renders them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from ..errors import InputError
+from .cluster import SandboxCluster
+from .errors import SandboxError
+from .host import missing_requirements, which, write_atomic
+
+DEFAULT_ROOT = "/var/tmp/slurm-mig-sandbox"  # munged needs o+x on every parent: not /tmp/pytest-*
+DEFAULT_NODES = 2
+DEFAULT_GPUS = ("A100-80GB",)
+DEFAULT_LAYOUT = "1g.10gb:4,3g.40gb:1"
+CPUS_PER_NODE = 8  # more than the machine may have (config_overrides): every instance busy at once
+MAX_NODES = 32
+SPEC_FILE = "sandbox-spec.json"  # marks a directory as a sandbox root: down --purge checks it
+LOCK_FILE = ".sandbox.lock"
+
+SETUP_HINT = "run `bash .ci/setup` as root (it installs munge slurmctld slurmd slurm-client)"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What ``up`` builds: ``nodes`` nodes named n1..nN, each with ``gpus``, each GPU cut
+    into ``layout`` (either layout form of ``slurm-mig apply``)."""
+
+    root: str = DEFAULT_ROOT
+    nodes: int = DEFAULT_NODES
+    gpus: Tuple[str, ...] = DEFAULT_GPUS
+    layout: str = DEFAULT_LAYOUT
+
+    @property
+    def node_names(self) -> List[str]:
+        return [f"n{i + 1}" for i in range(self.nodes)]
+
+    def as_dict(self) -> dict:
+        return {"nodes": self.node_names, "gpus": list(self.gpus), "layout": self.layout}
+
+
+class SandboxUnavailable(SandboxError):
+    """This machine cannot run the sandbox (not root, Slurm or munge missing)."""
+
+
+# ----------------------------------------------------------------------------- files
+
+
+class SandboxFiles:
+    """The slurm-mig side of a sandbox root (the Slurm side is :class:`SandboxPaths`)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def _p(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def spec(self) -> str:
+        return self._p(SPEC_FILE)
+
+    @property
+    def lock(self) -> str:
+        return self._p(LOCK_FILE)
+
+    def node_dir(self, node: str) -> str:
+        return self._p("nodes", node)
+
+    def node_config(self, node: str) -> str:
+        return self._p("nodes", node, "config.toml")
+
+    @property
+    def env_file(self) -> str:
+        return self._p("slurm-mig.env")
+
+    def hook_dir(self, which: str) -> str:
+        return self._p(f"{which}.d")
+
+    @property
+    def sim_job(self) -> str:
+        return self._p("bin", "sim-job")
+
+    @property
+    def scontrol(self) -> str:
+        """``scontrol`` for this sandbox whatever ``$SLURM_CONF`` says: ``[slurm] scontrol``."""
+        return self._p("bin", "scontrol")
+
+    @property
+    def seen(self) -> str:
+        return self._p("seen")
+
+    def seen_file(self, job_id: int) -> str:
+        return self._p("seen", f"{job_id}.json")
+
+    def read_spec(self) -> Optional[dict]:
+        try:
+            with open(self.spec) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+
+def _toml(value) -> str:
+    """A TOML value for a string or a list of strings (JSON's escapes are TOML's)."""
+    return json.dumps(value)
+
+
+def node_config_text(files: SandboxFiles, cluster: SandboxCluster, node: str, gpus, layout: str,
+                     python: str = sys.executable) -> str:
+    nd = files.node_dir(node)
+    reconfigure = [python, "-m", "slurm_mig", "sandbox", "reconfigure", "--root", files.root]
+    # paths.root would also move the shared etc/ files under the node: set each path instead.
+    return "\n".join([
+        f"# Generated by `slurm-mig sandbox up`: node {node} of the sandbox under {files.root}.",
+        "version = 1",
+        'backend = "sim"',
+        "[paths]",
+        f"state_dir = {_toml(nd + '/state')}",
+        f"run_dir = {_toml(nd + '/run')}",
+        f"slurm_conf_dir = {_toml(cluster.paths.etc)}",
+        f"gres_conf = {_toml(cluster.paths.gres_conf)}",
+        f"node_gres_include = {_toml(cluster.paths.nodes_conf)}",
+        "[sim]",
+        f"root = {_toml(nd + '/sim')}",
+        f"gpus = {_toml(list(gpus))}",
+        "[layout]",
+        f"default = {_toml(layout)}",
+        "[slurm]",
+        f"node_name = {_toml(node)}",
+        f"scontrol = {_toml(files.scontrol)}",
+        f"reconfigure_command = {_toml(reconfigure)}",
+        "register_timeout = 60",
+        "[hooks]",
+        "kill_grace = 2",
+    ]) + "\n"
+
+
+def _shipped_hook(which: str) -> Optional[str]:
+    """``prolog.d/50-slurm-mig`` of the source tree this package runs from, if there is one."""
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(top, f"{which}.d", "50-slurm-mig")
+    return path if os.access(path, os.X_OK) else None
+
+
+def _hook_text(files: SandboxFiles, which: str, python: str) -> str:
+    head = (f"#!/bin/bash\n# slurm-mig sandbox: the slurm-mig {which} hook with this sandbox's "
+            f"settings (docs/hooks.md).\nexport SLURM_MIG_DEFAULTS={files.env_file}\n")
+    shipped = _shipped_hook(which)
+    if shipped:
+        return head + f"exec {shipped}\n"
+    # Installed without the source tree: what the shipped script does.
+    skip = '[ -n "${SLURM_JOB_GPUS:-}" ] || exit 0\n' if which == "prolog" else ""
+    return (head + skip + f"set -a\n. {files.env_file}\nset +a\n"
+            f"exec {python} -m slurm_mig.hooks {which}\n")
+
+
+def _sim_job_text(files: SandboxFiles, python: str) -> str:
+    return (
+        "#!/bin/bash\n"
+        "# A sandbox job that uses its simulated MIG instance: attaches its pid to the instance\n"
+        "# (the simulator then shows it busy), writes what it reached to\n"
+        f"# {files.seen}/$SLURM_JOB_ID.json, then runs its arguments (default: sleep 2).\n"
+        "#   sbatch --gres=gpu:1g.10gb:1 " + files.sim_job + " sleep 30\n"
+        f"export SLURM_MIG_CONFIG={files.root}/nodes/$SLURMD_NODENAME/config.toml\n"
+        '[ $# -gt 0 ] || set -- sleep 2\n'
+        f"exec {python} -m slurm_mig.hooks sim-run --out {files.seen}/$SLURM_JOB_ID.json -- "
+        '"$@"\n')
+
+
+def _write_exec(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, text, mode=0o755)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_spec(spec: SandboxSpec) -> Dict[str, str]:
+    """Bad input, found before anything is touched: model key -> its name.  Raises InputError."""
+    from ..catalog import load_catalog
+    from ..layout import parse_layout
+
+    if not 1 <= spec.nodes <= MAX_NODES:
+        raise InputError(f"--nodes {spec.nodes}: give 1 to {MAX_NODES}")
+    if not spec.gpus:
+        raise InputError("--gpus: give at least one GPU model, e.g. A100-80GB")
+    catalog = load_catalog()
+    models = {}
+    for name in spec.gpus:
+        model = catalog.model(name)  # UnknownModel names the known ones
+        models[model.key] = model
+        try:
+            parse_layout(spec.layout, model)
+        except InputError as err:
+            raise type(err)(f"--layout {spec.layout!r} on {model.key}: {err}") from err
+    root = os.path.abspath(spec.root)
+    socket = os.path.join(root, "munge", "run", "munge.socket")
+    if len(socket.encode()) > 100:
+        raise InputError(f"--root {root} is too long for munge's socket path; use a shorter one")
+    return {k: m.name for k, m in models.items()}
+
+
+def require_host() -> None:
+    missing = missing_requirements()
+    if missing:
+        raise SandboxUnavailable(f"the sandbox needs {'; '.join(missing)}: {SETUP_HINT}")
+
+
+def _check_parents(root: str) -> None:
+    """munged refuses a socket below a directory without o+x (e.g. /tmp/pytest-of-root)."""
+    parent = os.path.dirname(root)
+    while True:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:  # made 0755 by up
+            parent = os.path.dirname(parent)
+            continue
+        if not st.st_mode & 0o001:
+            raise SandboxError(f"--root {root}: {parent} has mode {st.st_mode & 0o777:o}, munged "
+                               f"needs o+x on every parent; use a root under /var/tmp")
+        if parent == "/":
+            return
+        parent = os.path.dirname(parent)
+
+
+@contextlib.contextmanager
+def _root_lock(files: SandboxFiles) -> Iterator[None]:
+    from ..locking import node_lock
+
+    with node_lock(files.lock, timeout=120):
+        yield
+
+
+# ----------------------------------------------------------------------------- up
+
+
+def up(spec: SandboxSpec) -> dict:
+    """Build and start the sandbox; the same spec again while it runs is a no-op.
+
+    A different spec while it runs is refused (``down`` first); a stopped sandbox under the
+    root is rebuilt from scratch.
+    """
+    check_spec(spec)
+    require_host()
+    root = os.path.abspath(spec.root)
+    files = SandboxFiles(root)
+    want = spec.as_dict()
+    existed = os.path.isdir(root)
+    if existed and not os.path.exists(files.spec) and \
+            [n for n in os.listdir(root) if n != LOCK_FILE]:
+        raise InputError(f"--root {root} is not empty and holds no sandbox ({SPEC_FILE}); "
+                         f"pick another --root")
+    _check_parents(root)
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    os.chmod(root, 0o755)
+    with _root_lock(files):
+        have = files.read_spec()
+        if have is not None:
+            running = _attach(root)
+            pids = running.daemon_pids() if running else {}
+            if pids and all(pids.values()):
+                if have != want:
+                    raise InputError(
+                        f"a sandbox with {_describe(have)} is already up under {root}; stop it "
+                        f"first (`slurm-mig sandbox down --root {root}`) or pick another --root")
+                return _up_result(running, spec, already_up=True, seconds=0.0)
+            if running is not None and any(pids.values()):
+                running.stop()  # half alive: rebuild it
+            _clear(root)
+        t0 = time.monotonic()
+        write_atomic(files.spec, json.dumps(want, indent=1) + "\n")
+        cluster = _build(spec, files)
+        try:
+            cluster.start()
+        finally:
+            if cluster.running:
+                cluster.detach()
+        return _up_result(cluster, spec, already_up=False, seconds=time.monotonic() - t0)
+
+
+def _describe(spec: dict) -> str:
+    return (f"{len(spec.get('nodes', []))} node(s), GPUs {','.join(spec.get('gpus', []))}, "
+            f"layout {spec.get('layout')}")
+
+
+def _clear(root: str) -> None:
+    for name in os.listdir(root):
+        if name == LOCK_FILE:
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def _attach(root: str) -> Optional[SandboxCluster]:
+    try:
+        return SandboxCluster.attach(root)
+    except SandboxError:
+        return None
+
+
+def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
+    """Write every file and cut the simulated GPUs; nothing runs yet."""
+    from ..commands import apply_layout, gres_conf, node_conf
+    from ..config import load_config
+    from ..gpu import make_backend
+    from ..gpu.simdriver import SimDriver
+    from ..slurm.scontrol import parse_pairs
+
+    python = sys.executable
+    nodes = spec.node_names
+    cluster = SandboxCluster(files.root, nodes, cpus_per_node=CPUS_PER_NODE,
+                             die_with_parent=False)
+    os.makedirs(files.seen, exist_ok=True)
+    os.chmod(files.seen, 0o777)  # jobs of any user report there
+    write_atomic(files.env_file, f"SLURM_MIG_PYTHON={python}\n"
+                 f"SLURM_MIG_CONFIG={files.root}/nodes/${{SLURMD_NODENAME}}/config.toml\n")
+    for hook in ("prolog", "epilog"):
+        _write_exec(os.path.join(files.hook_dir(hook), "50-slurm-mig"),
+                    _hook_text(files, hook, python))
+    _write_exec(files.sim_job, _sim_job_text(files, python))
+    _write_exec(files.scontrol, f"#!/bin/sh\n# scontrol for the sandbox under {files.root}\n"
+                f"export SLURM_CONF={cluster.paths.slurm_conf}\n"
+                f"exec {which('scontrol') or 'scontrol'} \"$@\"\n")
+    cluster.write_config({n: "" for n in nodes}, "", {
+        "Prolog": os.path.join(files.hook_dir("prolog"), "*"),
+        "Epilog": os.path.join(files.hook_dir("epilog"), "*"),
+        "SlurmdParameters": "config_overrides"})
+    cluster.save_state()  # from here on `down` finds whatever gets started
+    for node in nodes:
+        os.makedirs(files.node_dir(node), exist_ok=True)
+        write_atomic(files.node_config(node),
+                     node_config_text(files, cluster, node, spec.gpus, spec.layout, python))
+        config = load_config(files.node_config(node))
+        SimDriver.create(config.sim.root, list(config.sim.gpus))
+        backend = make_backend("sim", sim_root=config.sim.root)
+        try:
+            apply_layout(config, backend, spec.layout, "all")
+            gres_conf(config, backend, node, write=True)
+            node_conf(config, backend, node, write=True)
+        finally:
+            backend.close()
+    with open(cluster.paths.nodes_conf) as f:
+        gres = {p["NodeName"]: p.get("Gres", "") for p in map(parse_pairs, f.read().splitlines())
+                if p.get("NodeName") in nodes}
+    with open(cluster.paths.gres_conf) as f:
+        cluster.write_layout(gres, f.read())  # renders the include as node-conf wrote it
+    return cluster
+
+
+def _up_result(cluster: SandboxCluster, spec: SandboxSpec, *, already_up: bool,
+               seconds: float) -> dict:
+    files = SandboxFiles(cluster.root)
+    iso = cluster.isolation
+    return {
+        "root": cluster.root,
+        "already_up": already_up,
+        "seconds": round(seconds, 2),
+        "nodes": list(cluster.nodes),
+        "gpus": list(spec.gpus),
+        "layout": spec.layout,
+        "gres": {n: cluster.expected_gres(n) for n in cluster.nodes},
+        "isolation": {"mode": iso.mode, "devices": iso.devices, "reason": iso.reason},
+        "env": {"SLURM_CONF": cluster.paths.slurm_conf,
+                "SLURM_MIG_CONFIG": files.node_config(cluster.nodes[0])},
+        "sim_job": files.sim_job,
+        "node_configs": {n: files.node_config(n) for n in cluster.nodes},
+    }
+
+
+# ----------------------------------------------------------------------------- the others
+
+
+def _attached(root: str) -> Tuple[SandboxCluster, SandboxFiles]:
+    files = SandboxFiles(root)
+    try:
+        return SandboxCluster.attach(files.root), files
+    except SandboxError as err:
+        raise SandboxError(f"no sandbox under {files.root}: start one with "
+                           f"`slurm-mig sandbox up --root {files.root}`") from err
+
+
+def reconfigure(root: str) -> dict:
+    """``scontrol reconfigure`` as :meth:`SandboxCluster.reconfigure` does it (on 22.05 a
+    slurmctld restart when gres.conf or a Gres= changed), for ``slurm.reconfigure_command``."""
+    cluster, files = _attached(root)
+    with _root_lock(files):
+        result = cluster.reconfigure()
+        cluster.save_state()
+    return {"root": cluster.root, "seconds": round(result.seconds, 2),
+            "restarted": list(result.restarted)}
+
+
+def down(root: str, purge: bool = False) -> dict:
+    """Cancel jobs, stop every daemon, remove the cgroup directories; ``purge``: the files too.
+
+    Idempotent: a stopped (or never started) sandbox gives a result with nothing stopped.
+    """
+    files = SandboxFiles(root)
+    result = {"root": files.root, "was_running": False, "stopped": {}, "cancelled": [],
+              "purged": False}
+    if not os.path.isdir(files.root):
+        return result
+    if files.read_spec() is None and os.listdir(files.root):
+        raise InputError(f"--root {files.root} holds no sandbox ({SPEC_FILE}); not touching it")
+    with _root_lock(files):
+        cluster = _attach(files.root)
+        if cluster is not None:
+            before = cluster.daemon_pids()
+            result["was_running"] = any(before.values())
+            if before["slurmctld"]:
+                proc = cluster.command(["squeue", "-h", "-o", "%i"], timeout=10, check=False)
+                result["cancelled"] = sorted(int(j) for j in proc.stdout.split() if j.isdigit())
+            cluster.stop()
+            left = {k: v for k, v in cluster.daemon_pids().items() if v}
+            if left:
+                raise SandboxError(f"still running after stop: {_pids_text(left)}; "
+                                   f"logs in {cluster.paths.log}")
+            result["stopped"] = {k: v for k, v in before.items() if v}
+        if purge:
+            _clear(files.root)
+    if purge:
+        with contextlib.suppress(OSError):
+            os.unlink(files.lock)
+        with contextlib.suppress(OSError):
+            os.rmdir(files.root)
+        result["purged"] = not os.path.exists(files.root)
+    return result
+
+
+def _pids_text(pids: Dict[str, List[int]]) -> str:
+    return ", ".join(f"{k} (pid {','.join(map(str, v))})" for k, v in sorted(pids.items()))
+
+
+def status(root: str) -> dict:
+    """Daemons, nodes as Slurm sees them, each node's simulated GPUs and the job records."""
+    from ..slurm.scontrol import parse_pairs, parse_scontrol_nodes
+
+    cluster, files = _attached(root)
+    pids = cluster.daemon_pids()
+    slurm_nodes, extra, queue = {}, {}, []
+    if pids["slurmctld"]:
+        proc = cluster.command(["scontrol", "show", "node", "-o"], timeout=10, check=False)
+        if proc.returncode == 0:
+            slurm_nodes = parse_scontrol_nodes(proc.stdout)
+            extra = {p["NodeName"]: p for p in map(parse_pairs, proc.stdout.splitlines())
+                     if "NodeName" in p}
+        proc = cluster.command(["squeue", "-h", "-o", "%i|%T|%N|%b"], timeout=10, check=False)
+        for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+            job, state, node, gres = (line.split("|") + ["", "", ""])[:4]
+            if job.strip().isdigit():
+                queue.append({"job_id": int(job), "state": state, "node": node or None,
+                              "gres": gres if gres not in ("", "N/A") else None})
+    iso = cluster.isolation
+    return {
+        "root": cluster.root,
+        "running": all(pids.values()),
+        "spec": files.read_spec(),
+        "daemons": pids,
+        "isolation": {"mode": iso.mode, "devices": iso.devices, "reason": iso.reason},
+        "env": {"SLURM_CONF": cluster.paths.slurm_conf},
+        "nodes": [_node_status(files, n, slurm_nodes.get(n), extra.get(n, {}))
+                  for n in cluster.nodes],
+        "queue": queue,
+    }
+
+
+def _node_status(files: SandboxFiles, node: str, slurm, pairs: dict) -> dict:
+    from ..commands import status as gpu_status
+    from ..config import load_config
+    from ..gpu import make_backend
+    from ..jobs import list_jobs
+
+    config = load_config(files.node_config(node))
+    backend = make_backend("sim", sim_root=config.sim.root)
+    try:
+        gpus = gpu_status(config, backend)["gpus"]
+    finally:
+        backend.close()
+    keep = ("profile", "start", "gi_id", "ci_id", "uuid", "jobs", "pids", "busy")
+    return {
+        "name": node,
+        "config": files.node_config(node),
+        "state": slurm.state if slurm else "down",
+        "flags": sorted(slurm.flags) if slurm else [],
+        "gres": dict(slurm.gres) if slurm else {},
+        "gres_used": pairs.get("GresUsed", ""),
+        "reason": slurm.reason if slurm else "",
+        "gpus": [{"index": g["index"], "model": g["model"], "layout": g["layout"],
+                  "instances": [{k: i[k] for k in keep} for i in g["instances"]]} for g in gpus],
+        "jobs": [{"job_id": int(r["job_id"]),
+                  "instances": [{k: i.get(k) for k in ("index", "type", "gpu", "gi_id", "ci_id",
+                                                         "uuid")} for i in r.get("instances", ())]}
+                 for r in list_jobs(config.paths.state_dir)],
+    }
+
+
+def sim_job_argv(files: SandboxFiles, profile: str, count: int = 1,
+                 command: Tuple[str, ...] = ("sleep", "2"), node: Optional[str] = None) -> List[str]:
+    """``sbatch`` arguments (after ``sbatch``) for a sim-job holding ``count`` × ``profile``."""
+    args = [f"--gres=gpu:{profile}:{count}", "--job-name", f"sim-{profile}"]
+    if node:
+        args += ["-w", node]
+    return args + [files.sim_job, *command]
+
+
+def read_seen(files: SandboxFiles, job_id: int) -> Optional[dict]:
+    """What a sim-job reported (``hooks.sim_run``'s JSON), or None before it has."""
+    try:
+        with open(files.seen_file(job_id)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

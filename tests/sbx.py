@@ -1,0 +1,213 @@
+"""A real sandbox cluster whose nodes have simulated GPUs and slurm-mig's hooks (shared by tests).
+
+Each node gets its own config, simulator and state under ``<root>/nodes/<node>``; its layout
+is applied with ``slurm-mig apply``, then gres.conf and the node Gres= come from
+``slurm-mig gres-conf/node-conf --write`` into the sandbox's files.  Prolog=/Epilog= are globs
+over directories holding the shipped hook scripts (plus a marker script that proves the glob
+runs every file).  Jobs run through ``sim-run`` (attach to their instances) and a probe that
+opens every cap file of their node.
+
+The root is under /var/tmp, not pytest's tmp_path: munged needs o+x on every parent of its
+socket (docs/sandbox-notes.md).  Set SLURM_MIG_KEEP_SANDBOX=1 to keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+
+from slurm_mig.cli import main as cli_main
+from slurm_mig.config import load_config
+from slurm_mig.gpu.simdriver import SimDriver
+from slurm_mig.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+from slurm_mig.sandbox import SandboxCluster
+from slurm_mig.sandbox.host import which
+from slurm_mig.slurm.client import CommandSlurm
+from slurm_mig.slurm.scontrol import parse_pairs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The job: attach to its instance(s) through `sim run`, then probe every cap file of its node.
+JOB = textwrap.dedent("""\
+    #!/bin/bash
+    export SLURM_MIG_CONFIG={root}/nodes/$SLURMD_NODENAME/config.toml
+    exec {python} -m slurm_mig.hooks sim-run --out {root}/seen/$SLURM_JOB_ID.json -- \\
+        {python} {root}/probe.py {root}/records.json {root}/seen/$SLURM_JOB_ID.probe.json {sleep}
+    """)
+PROBE = textwrap.dedent("""\
+    import errno, json, os, sys, time
+    records = json.load(open(sys.argv[1]))[os.environ["SLURMD_NODENAME"]]
+    mine = {int(i) for i in os.environ.get("SLURM_JOB_GPUS", "").split(",") if i}
+    out = {"mine": sorted(mine), "own": {}, "other": {}}
+    for idx, files in enumerate(records):
+        for path in files[1:]:
+            try:
+                os.close(os.open(path, os.O_RDONLY))
+                name = "OPENED"
+            except OSError as err:
+                name = errno.errorcode.get(err.errno, str(err.errno))
+            out["own" if idx in mine else "other"][path] = name
+    json.dump(out, open(sys.argv[2], "w"))
+    time.sleep(float(sys.argv[3]))
+    """)
+
+
+class Sbx:
+    def __init__(self, cluster: SandboxCluster, nodes: Sequence[str]):
+        self.cluster = cluster
+        self.root = cluster.root
+        self.nodes = list(nodes)
+
+    def config_path(self, node: str) -> str:
+        return os.path.join(self.root, "nodes", node, "config.toml")
+
+    def config(self, node: str):
+        return load_config(self.config_path(node))
+
+    def records(self, node: str):
+        etc = self.cluster.paths
+        recs = parse_gres_conf(open(etc.gres_conf).read(), node)
+        return slurm_order(recs, parse_node_gres_types(open(etc.nodes_conf).read(), node))
+
+    def write_records(self) -> None:
+        """``records.json``: each node's gres files in Slurm's order, for the probe."""
+        records = {n: [list(r.files) for r in self.records(n)] for n in self.nodes}
+        with open(os.path.join(self.root, "records.json"), "w") as f:
+            json.dump(records, f)
+
+    def node_gres(self) -> Dict[str, str]:
+        """node -> the Gres= of its line in the node include, as slurm-mig wrote it."""
+        out = {}
+        with open(self.cluster.paths.nodes_conf) as f:
+            for line in f:
+                pairs = parse_pairs(line.partition("#")[0])
+                if pairs.get("NodeName") in self.nodes:
+                    out[pairs["NodeName"]] = pairs.get("Gres", "")
+        return out
+
+    def adopt_files(self) -> None:
+        """Tell the sandbox the Gres= and gres.conf slurm-mig wrote (it renders the include
+        the same way; checked), so that its reconfigure() knows what to wait for."""
+        nodes_conf = open(self.cluster.paths.nodes_conf).read()
+        self.cluster.write_layout(self.node_gres(), open(self.cluster.paths.gres_conf).read())
+        assert open(self.cluster.paths.nodes_conf).read() == nodes_conf  # same text either way
+
+    def submit(self, args: List[str], sleep: float = 0.0) -> int:
+        script = JOB.format(root=self.root, python=sys.executable, sleep=sleep)
+        return self.cluster.submit(args, script)
+
+    def seen(self, job: int) -> dict:
+        with open(os.path.join(self.root, "seen", f"{job}.json")) as f:
+            return json.load(f)
+
+    def probe(self, job: int) -> dict:
+        with open(os.path.join(self.root, "seen", f"{job}.probe.json")) as f:
+            return json.load(f)
+
+    def slurmd_log(self, node: str) -> str:
+        with open(self.cluster.paths.slurmd_log(node)) as f:
+            return f.read()
+
+    def job_records(self, node: str) -> List[str]:
+        d = os.path.join(self.config(node).paths.state_dir, "jobs")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def slurm_client(self) -> "SandboxSlurm":
+        return SandboxSlurm(self)
+
+
+class SandboxSlurm(CommandSlurm):
+    """The real scontrol adapter against the sandbox; reconfigure() is the sandbox's, which
+    restarts slurmctld on 22.05 when the layout changed (docs/sandbox-notes.md) and waits
+    until every node registered with its gres."""
+
+    def __init__(self, sbx: Sbx):
+        super().__init__(which("scontrol") or "scontrol", env=sbx.cluster.env())
+        self.sbx = sbx
+        self.reconfigured: List[object] = []
+
+    def reconfigure(self) -> None:
+        self.sbx.adopt_files()
+        self.reconfigured.append(self.sbx.cluster.reconfigure())
+
+
+def cli(*args: str) -> None:
+    assert cli_main([str(a) for a in args]) == 0, args
+
+
+def write_hooks(root: str) -> None:
+    with open(os.path.join(root, "slurm-mig.env"), "w") as f:
+        f.write(f"SLURM_MIG_PYTHON={sys.executable}\n"
+                f"SLURM_MIG_CONFIG={root}/nodes/${{SLURMD_NODENAME}}/config.toml\n")
+    for which_hook in ("prolog", "epilog"):
+        d = os.path.join(root, f"{which_hook}.d")
+        os.makedirs(d)
+        scripts = {
+            # Proves the glob runs every file, in order.
+            "10-mark": f"#!/bin/bash\necho ran >> {root}/marks/$SLURM_JOB_ID.{which_hook}\n",
+            "50-slurm-mig": (f"#!/bin/bash\nexport SLURM_MIG_DEFAULTS={root}/slurm-mig.env\n"
+                             f"exec {REPO}/{which_hook}.d/50-slurm-mig\n"),
+        }
+        for name, text in scripts.items():
+            path = os.path.join(d, name)
+            with open(path, "w") as f:
+                f.write(text)
+            os.chmod(path, 0o755)
+
+
+@contextlib.contextmanager
+def sandbox(prefix: str, gpus: Mapping[str, List[str]],
+            layouts: Mapping[str, List[Tuple[str, str]]], *, cpus_per_node: int = 8,
+            config_extra: str = "") -> Iterator[Sbx]:
+    """A started cluster with nodes ``gpus`` (node -> simulated models), each GPU cut as
+    ``layouts`` says (node -> [(gpu index, layout)]).  ``config_extra`` goes at the end of
+    every node's config.toml.  Stopped (and removed) on exit."""
+    root = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    # 8 CPUs a node on a smaller machine (config_overrides): 7 jobs at once on n1's instances.
+    cluster = SandboxCluster(root, list(gpus), cpus_per_node=cpus_per_node)
+    try:
+        for d in ("seen", "marks"):
+            os.makedirs(os.path.join(root, d))
+        with open(os.path.join(root, "probe.py"), "w") as f:
+            f.write(PROBE)
+        write_hooks(root)
+        cluster.write_config({n: "" for n in gpus}, "", {
+            "Prolog": f"{root}/prolog.d/*", "Epilog": f"{root}/epilog.d/*",
+            "SlurmdParameters": "config_overrides"})
+        for node, models in gpus.items():
+            nroot = os.path.join(root, "nodes", node)
+            os.makedirs(nroot)
+            cfg = os.path.join(nroot, "config.toml")
+            with open(cfg, "w") as f:
+                f.write(textwrap.dedent(f"""\
+                    version = 1
+                    backend = "sim"
+                    [paths]
+                    state_dir = "{nroot}/state"
+                    gres_conf = "{cluster.paths.gres_conf}"
+                    node_gres_include = "{cluster.paths.nodes_conf}"
+                    [sim]
+                    root = "{nroot}/sim"
+                    gpus = {json.dumps(models)}
+                    """) + textwrap.dedent(config_extra))
+            SimDriver.create(os.path.join(nroot, "sim"), models)
+            for gpu, layout in layouts[node]:
+                cli("--config", cfg, "apply", layout, "--gpu", gpu)
+            cli("--config", cfg, "gres-conf", "--node", node, "--write")
+            cli("--config", cfg, "node-conf", "--node", node, "--write")
+        sbx = Sbx(cluster, list(gpus))
+        sbx.adopt_files()
+        sbx.write_records()
+        cluster.start()
+        yield sbx
+    finally:
+        cluster.stop()
+        print(f"\n{root}: timings {cluster.timings}; isolation {cluster.isolation}")
+        if not os.environ.get("SLURM_MIG_KEEP_SANDBOX"):
+            shutil.rmtree(root, ignore_errors=True)

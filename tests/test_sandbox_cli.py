@@ -1,0 +1,337 @@
+"""``slurm-mig sandbox up|status|reconfigure|down`` and ``slurm-mig demo`` against a real Slurm.
+
+Every command runs as its own process (``python -m slurm_mig``), as a person would run it: the
+cluster ``up`` starts must outlive ``up`` and be stopped by a later ``down``.  The cluster tests
+need root, munge and Slurm and are skipped with the reason otherwise; the bad-input tests run
+anywhere.  Set SLURM_MIG_KEEP_SANDBOX=1 to keep the sandbox directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import pytest
+
+from slurm_mig.sandbox import missing_requirements
+from slurm_mig.slurm.scontrol import parse_scontrol_nodes
+
+MISSING = missing_requirements()
+needs_slurm = [pytest.mark.slurm,
+               pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))]
+
+LAYOUT = {"1g.10gb": 4, "3g.40gb": 1}  # the default layout, 1g.10gb:4,3g.40gb:1
+UP_KEYS = {"root", "already_up", "seconds", "nodes", "gpus", "layout", "gres", "isolation", "env",
+           "sim_job", "node_configs"}
+STATUS_KEYS = {"root", "running", "spec", "daemons", "isolation", "env", "nodes", "queue"}
+NODE_KEYS = {"name", "config", "state", "flags", "gres", "gres_used", "reason", "gpus", "jobs"}
+GPU_KEYS = {"index", "model", "layout", "instances"}
+INSTANCE_KEYS = {"profile", "start", "gi_id", "ci_id", "uuid", "jobs", "pids", "busy"}
+DOWN_KEYS = {"root", "was_running", "stopped", "cancelled", "purged"}
+
+
+def _env() -> Dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "SBATCH"))}
+
+
+def slurm_mig(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slurm_mig", *args], capture_output=True,
+                          text=True, env=_env(), timeout=timeout)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def _new_root(tag: str) -> str:
+    return tempfile.mkdtemp(prefix=f"smig-{tag}-", dir="/var/tmp")
+
+
+class Sandbox:
+    def __init__(self, root: str, up_text: str):
+        self.root = root
+        self.up_text = up_text
+        found = re.search(r"^export SLURM_CONF=(\S+)$", up_text, re.M)
+        assert found, up_text
+        self.slurm_conf = found.group(1)
+
+    def slurm(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """A Slurm client command with only the SLURM_CONF that `up` printed."""
+        env = dict(_env(), SLURM_CONF=self.slurm_conf)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=30,
+                              cwd=os.path.join(self.root, "jobs"))  # job output files go there
+        assert not check or proc.returncode == 0, (argv, proc.stderr)
+        return proc
+
+    def nodes(self):
+        return parse_scontrol_nodes(self.slurm("scontrol", "show", "node", "-o").stdout)
+
+    def sbatch(self, *args: str) -> int:
+        return int(self.slurm("sbatch", "--parsable", *args).stdout.strip().split(";")[0])
+
+    def sim_job(self, gres: str, *command: str, node: str = "") -> int:
+        where = ["-w", node] if node else []
+        return self.sbatch(f"--gres=gpu:{gres}", *where, f"{self.root}/bin/sim-job", *command)
+
+    def job_state(self, job: int) -> str:
+        out = self.slurm("scontrol", "show", "job", "-o", str(job)).stdout
+        return re.search(r"JobState=(\S+)", out).group(1)
+
+    def wait_jobs(self, jobs: List[int], timeout: float = 30) -> Dict[int, str]:
+        deadline = time.monotonic() + timeout
+        states = {}
+        for j in jobs:
+            while True:
+                states[j] = self.job_state(j)
+                if states[j] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+                    break
+                assert time.monotonic() < deadline, states
+                time.sleep(0.2)
+        return states
+
+    def seen(self, job: int, timeout: float = 0.0) -> dict:
+        path = os.path.join(self.root, "seen", f"{job}.json")
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with open(path) as f:
+            return json.load(f)
+
+    def status(self) -> dict:
+        proc = slurm_mig("sandbox", "status", "--root", self.root, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def wait_idle(self, timeout: float = 30):
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.nodes()
+            if all(n.state == "idle" and n.responding for n in nodes.values()):
+                return nodes
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.2)
+
+
+def _up(root: str, *options: str) -> Sandbox:
+    t0 = time.monotonic()
+    proc = slurm_mig("sandbox", "up", "--root", root, *options)
+    assert proc.returncode == 0, proc.stderr
+    print(f"\nsandbox up {' '.join(options)}: {time.monotonic() - t0:.1f}s")
+    return Sandbox(root, proc.stdout)
+
+
+def _purge(root: str) -> None:
+    proc = slurm_mig("sandbox", "down", "--root", root, "--purge")
+    if os.environ.get("SLURM_MIG_KEEP_SANDBOX"):
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def sbx():
+    if MISSING:
+        pytest.skip("needs " + "; ".join(MISSING))
+    root = _new_root("cli")
+    try:
+        yield _up(root)
+    finally:
+        _purge(root)
+
+
+# ----------------------------------------------------------------------------- a running sandbox
+
+
+class TestRunningSandbox:
+    pytestmark = needs_slurm
+
+    def test_up_prints_shell_lines_and_every_node_is_idle_with_the_layout_gres(self, sbx):
+        nodes = sbx.nodes()
+        assert sorted(nodes) == ["n1", "n2"]
+        assert {n: (s.state, dict(s.gres)) for n, s in nodes.items()} == {
+            "n1": ("idle", LAYOUT), "n2": ("idle", LAYOUT)}
+        shell = subprocess.run(["bash", "-c", 'eval "$1"; echo "$SLURM_CONF $SLURM_MIG_CONFIG"',
+                                "-", sbx.up_text], capture_output=True, text=True, check=True)
+        assert shell.stdout.split() == [sbx.slurm_conf, f"{sbx.root}/nodes/n1/config.toml"]
+
+    def test_a_job_per_profile_reaches_the_instance_slurm_gave_it(self, sbx):
+        jobs = {sbx.sim_job(f"{p}:1", "sleep", "0.5"): p for p in ("3g.40gb", "1g.10gb")}
+        assert set(sbx.wait_jobs(list(jobs)).values()) == {"COMPLETED"}
+        status = sbx.status()
+        fenced = status["isolation"]["devices"]
+        for job, profile in jobs.items():
+            seen = sbx.seen(job)
+            [inst] = seen["instances"]
+            assert inst["type"] == profile
+            node = next(n for n in status["nodes"] if n["name"] == seen["node"])
+            [match] = [i for g in node["gpus"] for i in g["instances"]
+                       if (i["gi_id"], i["ci_id"]) == (inst["gi_id"], inst["ci_id"])]
+            assert (match["profile"], match["uuid"]) == (profile, inst["uuid"])
+            if fenced:  # ENXIO: the cgroup let the job open its own fake device files
+                assert set(inst["access"].values()) == {"ENXIO"}, inst
+
+    def test_status_json_has_stable_keys_layouts_and_the_job_holding_an_instance(self, sbx):
+        job = sbx.sim_job("3g.40gb:1", "sleep", "30", node="n1")
+        try:
+            sbx.seen(job, timeout=20)
+            status = sbx.status()
+        finally:
+            sbx.slurm("scancel", str(job))
+        assert set(status) == STATUS_KEYS and status["running"] is True
+        assert set(status["daemons"]) == {"munged", "slurmctld", "slurmd-n1", "slurmd-n2"}
+        n1 = next(n for n in status["nodes"] if n["name"] == "n1")
+        assert set(n1) == NODE_KEYS and n1["gres"] == LAYOUT
+        [gpu] = n1["gpus"]
+        assert set(gpu) == GPU_KEYS and set(gpu["instances"][0]) == INSTANCE_KEYS
+        assert (gpu["model"], gpu["layout"]) == (
+            "A100-80GB", "1g.10gb@0,1g.10gb@1,1g.10gb@2,1g.10gb@3,3g.40gb@4")
+        [held] = [i for i in gpu["instances"] if i["jobs"]]
+        assert (held["profile"], held["jobs"], held["busy"]) == ("3g.40gb", [str(job)], True)
+        assert [r["job_id"] for r in n1["jobs"]] == [job]
+        assert [(q["job_id"], q["state"], q["node"]) for q in status["queue"]] == [
+            (job, "RUNNING", "n1")]
+
+    def test_up_again_is_a_no_op_and_other_options_are_refused_while_it_runs(self, sbx):
+        before = sbx.status()["daemons"]
+        proc = slurm_mig("--json", "sandbox", "up", "--root", sbx.root)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert set(result) == UP_KEYS and result["already_up"] is True
+        proc = slurm_mig("sandbox", "up", "--root", sbx.root, "--nodes", "3")
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.startswith("slurm-mig: error: a sandbox with 2 node(s)")
+        assert proc.stderr.count("\n") == 1 and "sandbox down" in proc.stderr
+        assert sbx.status()["daemons"] == before
+
+    def test_sandbox_reconfigure_brings_a_new_layout_to_slurm(self, sbx):
+        config = f"{sbx.root}/nodes/n2/config.toml"
+        sbx.slurm("scontrol", "update", "nodename=n2", "state=drain", "reason=relayout")
+        for args in (["apply", "3g.40gb:2"], ["gres-conf", "--write"], ["node-conf", "--write"]):
+            proc = slurm_mig("--config", config, *args)
+            assert proc.returncode == 0, proc.stderr
+        proc = slurm_mig("sandbox", "reconfigure", "--root", sbx.root)
+        assert proc.returncode == 0, proc.stderr
+        print(proc.stdout.strip())
+        sbx.slurm("scontrol", "update", "nodename=n2", "state=resume")
+        assert dict(sbx.wait_idle()["n2"].gres) == {"3g.40gb": 2}
+        jobs = [sbx.sim_job("3g.40gb:1", "true", node="n2") for _ in range(2)]
+        assert set(sbx.wait_jobs(jobs).values()) == {"COMPLETED"}
+        assert sorted(sbx.seen(j)["instances"][0]["gi_id"] for j in jobs) == [1, 2]
+        # `slurm-mig sync` reaches Slurm through the node's reconfigure_command (the sandbox's).
+        proc = slurm_mig("--config", config, "sync")  # back to [layout] default
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert dict(sbx.wait_idle()["n2"].gres) == LAYOUT
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))
+def test_down_from_another_process_stops_every_daemon_and_up_rebuilds_a_stopped_sandbox():
+    root = _new_root("down")
+    try:
+        sbx = _up(root, "--nodes", "2", "--gpus", "H100-80GB,A100-80GB", "--layout", "3g.40gb:2")
+        assert {n: dict(s.gres) for n, s in sbx.wait_idle().items()} == {
+            "n1": {"3g.40gb": 4}, "n2": {"3g.40gb": 4}}
+        job = sbx.sim_job("3g.40gb:1", "sleep", "60")
+        sbx.seen(job, timeout=20)
+        pids = [p for ps in sbx.status()["daemons"].values() for p in ps]
+        assert len(pids) == 4 and all(_alive(p) for p in pids)
+        t0 = time.monotonic()
+        proc = slurm_mig("--json", "sandbox", "down", "--root", root)
+        print(f"\nsandbox down: {time.monotonic() - t0:.1f}s")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert set(result) == DOWN_KEYS
+        assert (result["was_running"], result["cancelled"], result["purged"]) == (True, [job], False)
+        assert [p for p in pids if _alive(p)] == []
+        again = slurm_mig("sandbox", "down", "--root", root)
+        assert again.returncode == 0 and "nothing was running" in again.stdout
+        sbx = _up(root)  # a stopped sandbox, other options: rebuilt from scratch
+        assert {n: dict(s.gres) for n, s in sbx.wait_idle().items()} == {"n1": LAYOUT, "n2": LAYOUT}
+        assert not os.listdir(os.path.join(root, "seen"))
+    finally:
+        _purge(root)
+    assert not os.path.exists(root)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))
+def test_demo_runs_jobs_on_instances_and_leaves_the_cluster_up_for_the_reader():
+    root = _new_root("demo")
+    try:
+        t0 = time.monotonic()
+        proc = slurm_mig("demo", "--root", root, timeout=90)
+        elapsed = time.monotonic() - t0
+        print(f"\ndemo: {elapsed:.1f}s")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+        out = proc.stdout
+        table = out[out.index("MIG UUID"):].split("\n\n")[0].splitlines()[1:]
+        rows = [r.split() for r in table]
+        assert sorted(r[2] for r in rows) == ["1g.10gb"] * 4 + ["3g.40gb"] * 2  # 5 jobs
+        assert all(r[6].startswith("MIG-") for r in rows)
+        assert f"export SLURM_CONF={root}/etc/slurm.conf" in out
+        assert f"slurm-mig sandbox down --root {root}" in out
+        assert slurm_mig("sandbox", "status", "--root", root).returncode == 0  # still up
+        assert elapsed < 60
+    finally:
+        _purge(root)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--gpus", "X100"], "unknown GPU model 'X100'"),
+    (["--gpus", "A100-40GB", "--layout", "3g.40gb:1"], "--layout '3g.40gb:1' on A100-40GB"),
+    (["--layout", "7g.80gb:2"], "does not fit"),
+    (["--nodes", "0"], "--nodes 0"),
+])
+def test_bad_input_to_up_exits_2_with_one_line_and_creates_nothing(cli, tmp_path, options,
+                                                                    message):
+    root = tmp_path / "sbx"
+    code, out, err = cli("sandbox", "up", "--root", root, *options)
+    assert (code, out) == (2, "")
+    assert err.startswith("slurm-mig: error: ") and err.count("\n") == 1 and message in err
+    assert not root.exists()
+
+
+def test_without_root_or_slurm_up_and_demo_say_to_run_setup(cli, tmp_path, monkeypatch):
+    from slurm_mig.sandbox import mig
+
+    monkeypatch.setattr(mig, "missing_requirements", lambda: ["root (slurmd needs it)"])
+    for args in (["sandbox", "up", "--root", tmp_path / "sbx"], ["demo", "--root", tmp_path / "d"]):
+        code, out, err = cli(*args)
+        assert code == 3 and err.count("\n") == 1, err
+        assert "needs root" in err and "bash .ci/setup` as root" in err
+    assert "--no-slurm" in err  # the demo's line also names the way without Slurm
+    assert not (tmp_path / "sbx").exists() and not (tmp_path / "d").exists()
+
+
+def test_down_without_a_sandbox_stops_nothing_and_never_touches_a_foreign_directory(cli, tmp_path):
+    code, out, _ = cli("sandbox", "down", "--root", tmp_path / "none")
+    assert code == 0 and "nothing was running" in out
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("data")
+    code, out, err = cli("sandbox", "down", "--root", tmp_path / "mine", "--purge")
+    assert code == 2 and "holds no sandbox" in err
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "data"
+
+
+def test_no_slurm_demo_still_walks_through_the_simulator(cli, tmp_path):
+    code, out, _ = cli("demo", "--no-slurm", "--root", tmp_path / "d")
+    assert code == 0 and "(exit code 5: refused)" in out

@@ -244,7 +244,7 @@ def gres_conf_cmd(obj: Context, node, write, non_mig_type):
     from .commands import gres_conf
     from .hooks import node_name
 
-    result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or getattr(obj.config.slurm, "node_name", None)), write=write,
+    result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
                        non_mig_type=non_mig_type)
     obj.emit(result, render.gres_conf_text)
 
@@ -259,7 +259,7 @@ def node_conf_cmd(obj: Context, node, write, non_mig_type):
     from .commands import node_conf
     from .hooks import node_name
 
-    result = node_conf(obj.config, obj.backend, node_name(os.environ, node or getattr(obj.config.slurm, "node_name", None)), write=write,
+    result = node_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
                        non_mig_type=non_mig_type)
     obj.emit(result, render.node_conf_text)
 

@@ -1,0 +1,198 @@
+"""pyslurm objects -> :class:`PendingJob` / :class:`NodeInfo` (the optional ``[pyslurm]`` extra).
+
+pyslurm on PyPI (25.11.x) builds only against Slurm 25.11 exactly, which no Debian release
+ships, so this adapter has never run against a live pyslurm here: it is tested on hand-made
+objects with the attributes pyslurm's ``Jobs.load()`` / ``Nodes.load()`` expose (read from
+pyslurm's source: ``Job.id, state, state_reason, priority, partition, user_name,
+num_nodes, ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting,
+array_tasks_parallel, gres_per_node``; ``Node.name, state, partitions, configured_gres,
+allocated_gres, extra, comment, reason``).  docs/slurm-json.md says what that leaves out.
+
+``pyslurm`` is imported only when a reader is made without a ``module``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..errors import SlurmError
+from . import gresspec
+from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
+
+_RAW_PER = (("tres_per_node", "node"), ("tres_per_job", "job"), ("tres_per_task", "task"),
+            ("tres_per_socket", "socket"))
+
+
+def import_pyslurm():
+    """The pyslurm module, or a SlurmError that says how to do without it."""
+    try:
+        import pyslurm  # noqa: PLC0415  (optional, lazy by design)
+    except ImportError as err:
+        raise SlurmError(f"pyslurm is not importable ({err}); install slurm-mig[pyslurm] "
+                         f"against Slurm 25.11, or read Slurm through its JSON commands "
+                         f"(prefer='json')") from err
+    return pyslurm
+
+
+def _values(collection: Any) -> List[Any]:
+    """pyslurm collections are dicts (or multi-cluster maps) of objects."""
+    values = getattr(collection, "values", None)
+    return list(values()) if callable(values) else list(collection)
+
+
+def _fail(what: str, ident: Any, attr: str, value: Any) -> SlurmOutputError:
+    return SlurmOutputError(f"pyslurm {what} {ident}: {attr} = {value!r:.80} is not a form this "
+                            f"adapter reads (docs/slurm-json.md)")
+
+
+def _int(what: str, ident: Any, attr: str, value: Any, default: Optional[int] = None) -> Optional[int]:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise _fail(what, ident, attr, value)
+    try:
+        return int(value)
+    except (TypeError, ValueError) as err:
+        raise _fail(what, ident, attr, value) from err
+
+
+def _gres_dict_requests(job_id: Any, gres: Any) -> Tuple[GresRequest, ...]:
+    """pyslurm's ``gres_per_node`` ({"gpu:1g.10gb": 2, "gpu": 1}) -> per-node requests."""
+    if not gres:
+        return ()
+    if not isinstance(gres, Mapping):
+        raise _fail("job", job_id, "gres_per_node", gres)
+    out = []
+    for key, count in gres.items():
+        name, _, gtype = str(key).replace("gres/", "").replace("gres:", "").partition(":")
+        if name != "gpu":
+            continue
+        if isinstance(count, Mapping):
+            count = count.get("count")
+        n = _int("job", job_id, f"gres_per_node[{key!r}]", count, 0)
+        if n:
+            out.append(GresRequest(gtype or None, n, "node"))
+    return tuple(out)
+
+
+def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
+    """One pyslurm Job -> PendingJob, or None when it is not pending."""
+    job_id = _int("job", "?", "id", getattr(job, "id", None))
+    if job_id is None:
+        raise _fail("job", "?", "id", None)
+    state = str(getattr(job, "state", "") or "")
+    if state.upper() != "PENDING":
+        return None
+    requests: Tuple[GresRequest, ...] = ()
+    raw = [(getattr(job, attr, None), per) for attr, per in _RAW_PER]
+    if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
+        reqs = []
+        for value, per in raw:
+            try:
+                reqs.extend(gresspec.parse_tres_per(value if isinstance(value, str) else "", per))
+            except ValueError as err:
+                raise _fail("job", job_id, f"tres_per_{per}", value) from err
+        requests = tuple(reqs)
+    else:
+        requests = _gres_dict_requests(job_id, getattr(job, "gres_per_node", None))
+    array_id = _int("job", job_id, "array_id", getattr(job, "array_id", None)) or None
+    waiting = getattr(job, "array_tasks_waiting", None)
+    throttle = _int("job", job_id, "array_tasks_parallel", getattr(job, "array_tasks_parallel", None)) or None
+    array_task, pending = None, 1
+    if array_id and waiting:
+        try:
+            pending = gresspec.array_task_count(str(waiting))
+        except ValueError as err:
+            raise _fail("job", job_id, "array_tasks_waiting", waiting) from err
+        array_task = f"{waiting}%{throttle}" if throttle else str(waiting)  # Slurm's own spec
+    elif array_id and getattr(job, "array_task_id", None) is not None:
+        array_task = str(job.array_task_id)
+    reason = str(getattr(job, "state_reason", "") or "")
+    partition = getattr(job, "partition", "") or ""
+    return PendingJob(
+        job_id=job_id, array_job_id=array_id, array_task=array_task, array_tasks_pending=pending,
+        priority=_int("job", job_id, "priority", getattr(job, "priority", None), 0),
+        partition=tuple(p for p in str(partition).split(",") if p),
+        reason=reason, user=str(getattr(job, "user_name", "") or ""), requests=requests,
+        nodes_requested=_int("job", job_id, "num_nodes", getattr(job, "num_nodes", None), 1) or 1,
+        state="PENDING",
+        tasks=_int("job", job_id, "ntasks", getattr(job, "ntasks", None), 1) or 1,
+        sockets_per_node=_int("job", job_id, "sockets_per_node", getattr(job, "sockets_per_node", None)),
+        array_throttle=throttle if array_task else None,
+        held=reason in HELD_REASONS,
+        name=str(getattr(job, "name", "") or ""),
+    )
+
+
+def _gres_counts(name: str, attr: str, gres: Any) -> Tuple[Dict[str, int], Dict[str, Tuple[int, ...]]]:
+    """pyslurm's gres dicts: {"gpu:1g.10gb": 4} or {"gpu:1g.10gb": {"count": "4", "indexes": "0-3"}}."""
+    counts: Dict[str, int] = {}
+    idx: Dict[str, Tuple[int, ...]] = {}
+    if not gres:
+        return counts, idx
+    if isinstance(gres, str):  # a raw gres string
+        try:
+            used, found = gresspec.parse_gres_used(gres)
+        except ValueError as err:
+            raise _fail("node", name, attr, gres) from err
+        return used, found
+    if not isinstance(gres, Mapping):
+        raise _fail("node", name, attr, gres)
+    for key, value in gres.items():
+        kind, _, gtype = str(key).partition(":")
+        if kind != "gpu":
+            continue
+        indexes = None
+        if isinstance(value, Mapping):
+            value, indexes = value.get("count"), value.get("indexes")
+        n = _int("node", name, f"{attr}[{key!r}]", value, 0)
+        if n:
+            counts[gtype] = counts.get(gtype, 0) + n
+        if n and indexes and str(indexes) != "N/A":
+            try:
+                idx[gtype] = tuple(gresspec.expand_ranges(str(indexes)))
+            except ValueError as err:
+                raise _fail("node", name, f"{attr}[{key!r}].indexes", indexes) from err
+    return counts, idx
+
+
+def node_from_pyslurm(node: Any) -> NodeInfo:
+    name = str(getattr(node, "name", "") or "")
+    if not name:
+        raise _fail("node", "?", "name", getattr(node, "name", None))
+    state, flags = gresspec.normalize_state(str(getattr(node, "state", "") or "").split("+"))
+    gres, _ = _gres_counts(name, "configured_gres", getattr(node, "configured_gres", None))
+    used, idx = _gres_counts(name, "allocated_gres", getattr(node, "allocated_gres", None))
+    parts = getattr(node, "partitions", None) or ()
+    if isinstance(parts, str):
+        parts = [p for p in parts.split(",") if p]
+    return NodeInfo(name=name, state=state, flags=flags, partitions=tuple(parts), gres=gres,
+                    gres_used=used, gres_used_idx=idx,
+                    extra=str(getattr(node, "extra", "") or ""),
+                    comment=str(getattr(node, "comment", "") or ""),
+                    reason=str(getattr(node, "reason", "") or ""))
+
+
+class PyslurmReader:
+    """:class:`~.reader.SlurmReader` over pyslurm (``module`` for tests; imported lazily)."""
+
+    name = "pyslurm"
+
+    def __init__(self, module: Any = None):
+        self._module = module
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = import_pyslurm()
+        return self._module
+
+    def pending_jobs(self) -> List[PendingJob]:
+        jobs = [job_from_pyslurm(j) for j in _values(self.module.Jobs.load())]
+        return [j for j in jobs if j is not None]
+
+    def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
+        nodes = {n.name: n for n in (node_from_pyslurm(x) for x in _values(self.module.Nodes.load()))}
+        if names is not None:
+            nodes = {k: v for k, v in nodes.items() if k in set(names)}
+        return nodes

@@ -1,0 +1,446 @@
+"""squeue/sinfo JSON (recorded 22.05, hand-made 24.11) and pyslurm objects -> the same values.
+
+The 22.05 files were printed by a real cluster (tests/data/slurm/README.md); the 24.11 and
+node-object files are hand-made from the documented data_parser schema.  Every source of the
+same cluster state must give equal PendingJob / NodeInfo values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import sys
+import types
+
+import pytest
+
+from slurm_mig.errors import SlurmError
+from slurm_mig.slurm import gresspec, jsonread
+from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob, SlurmOutputError
+from slurm_mig.slurm.pyslurm_adapter import PyslurmReader
+from slurm_mig.slurm.reader import SlurmJsonClient, slurm_reader
+from slurm_mig.slurm.scontrol import parse_scontrol_nodes
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "slurm")
+SQUEUE = {"22.05": "22.05/squeue.json", "24.11-handmade": "handmade/24.11/squeue.json"}
+SINFO = {"22.05": "22.05/sinfo-N.json", "24.11-handmade": "handmade/24.11/sinfo-N.json",
+         "nodes-v0.0.40-handmade": "handmade/nodes-v0.0.40/sinfo-N.json"}
+DRAINED = {k: v.replace("sinfo-N.json", "sinfo-N-drained.json") for k, v in SINFO.items()}
+
+
+def data(path: str) -> str:
+    with open(os.path.join(DATA, path)) as f:
+        return f.read()
+
+
+def by_name(jobs):
+    return {j.name: j for j in jobs}
+
+
+def R(gtype, count, per="node"):
+    return GresRequest(gtype, count, per)
+
+
+# -- squeue ---------------------------------------------------------------------------------
+
+@pytest.fixture(params=sorted(SQUEUE))
+def pending(request):
+    return by_name(jsonread.read_pending_jobs(data(SQUEUE[request.param])))
+
+
+def test_only_pending_records_are_kept(pending):
+    assert len(pending) == 19
+    assert not {"fill-n1-1g", "fill-n2-1g", "fill-n1-3g", "fill-n2-3g"} & set(pending)
+    assert all(j.state == "PENDING" for j in pending.values())
+
+
+@pytest.mark.parametrize("name, requests, nodes, tasks", [
+    ("gres-1g-2", (R("1g.10gb", 2),), 1, 1),
+    ("gres-3g-1", (R("3g.40gb", 1),), 1, 1),
+    ("gpus-1g-1", (R("1g.10gb", 1, "job"),), 1, 1),
+    ("gpn-1g-1", (R("1g.10gb", 1),), 1, 1),
+    ("gpt-1g-1", (R("1g.10gb", 1, "task"),), 1, 2),
+    ("gps", (R("1g.10gb", 1, "socket"),), 1, 1),
+    ("gres-untyped", (R(None, 1),), 1, 1),
+    ("gpus-untyped", (R(None, 2, "job"),), 1, 1),
+    ("multi", (R("1g.10gb", 1), R("3g.40gb", 1)), 1, 1),
+    ("gpus-multi", (R("1g.10gb", 2, "job"), R("3g.40gb", 1, "job")), 1, 1),
+    ("two-nodes", (R("1g.10gb", 1),), 2, 2),
+    ("cpu-only", (), 1, 8),
+])
+def test_every_request_form_is_read(pending, name, requests, nodes, tasks):
+    job = pending[name]
+    assert (job.requests, job.nodes_requested, job.tasks) == (requests, nodes, tasks)
+
+
+def test_per_socket_request_keeps_sockets_per_node(pending):
+    assert pending["gps"].sockets_per_node == 1
+    assert pending["gres-1g-2"].sockets_per_node is None
+
+
+@pytest.mark.parametrize("name, task, count, throttle", [
+    ("arr-split", "1-4", 4, None),  # task 0 runs; its record is not pending
+    ("arr-pct", "0-9%2", 10, 2),
+    ("arr-list", "0,3,5-7", 5, None),
+])
+def test_pending_array_tasks_are_counted(pending, name, task, count, throttle):
+    job = pending[name]
+    assert (job.array_task, job.array_tasks_pending, job.array_throttle) == (task, count, throttle)
+    assert job.array_job_id == job.job_id
+
+
+def test_plain_job_is_no_array(pending):
+    job = pending["gres-1g-2"]
+    assert (job.array_job_id, job.array_task, job.array_tasks_pending) == (None, None, 1)
+
+
+def test_priority_hold_and_reason(pending):
+    assert pending["held"].held and pending["held"].priority == 0
+    assert pending["held"].reason == "JobHeldUser"
+    assert pending["bumped"].priority == 5000
+    assert pending["nice"].priority < pending["bumped"].priority or pending["nice"].priority > 5000
+    assert pending["nice"].priority < pending["multi"].priority  # --nice=100 sinks it
+    assert pending["arr-split"].reason == "Resources"
+    assert pending["gres-1g-2"].reason == "Priority"
+    assert not pending["gres-1g-2"].held
+
+
+def test_job_naming_two_partitions(pending):
+    assert pending["two-parts"].partition == ("debug", "big")
+    assert pending["gres-1g-2"].partition == ("debug",)
+    assert pending["gres-1g-2"].user == "root"
+
+
+def test_recorded_and_handmade_queues_read_the_same():
+    a = jsonread.read_pending_jobs(data(SQUEUE["22.05"]))
+    b = jsonread.read_pending_jobs(data(SQUEUE["24.11-handmade"]))
+    assert a == b
+
+
+@pytest.mark.parametrize("path, release, parser, family", [
+    ("22.05/squeue.json", "22.05.8", "openapi/v0.0.38", "openapi"),
+    ("handmade/24.11/squeue.json", "24.11.5", "data_parser/v0.0.42", "data_parser"),
+    ("handmade/nodes-v0.0.40/sinfo-N.json", "23.11.10", "data_parser/v0.0.40", "data_parser"),
+])
+def test_shape_is_told_from_meta(path, release, parser, family):
+    _, src = jsonread.load(data(path), "cmd")
+    assert (src.release, src.parser, src.family) == (release, parser, family)
+
+
+def test_document_without_meta_is_read_by_field_forms():
+    doc = {"jobs": [{"job_id": 7, "job_state": ["PENDING"], "priority": {"set": True, "number": 9},
+                     "tres_per_node": "gres/gpu:2g.20gb:1", "partition": "p"}]}
+    [job] = jsonread.read_pending_jobs(doc)
+    assert (job.job_id, job.priority, job.requests) == (7, 9, (R("2g.20gb", 1),))
+
+
+# -- shapes we do not know: one line naming the command, version, parser and field ------------
+
+def _mutated(path, edit):
+    doc = json.loads(data(path))
+    edit(doc)
+    return doc
+
+
+def test_unknown_field_form_names_field_and_version():
+    doc = _mutated("handmade/24.11/squeue.json", lambda d: d["jobs"][6].__setitem__("priority", [5]))
+    with pytest.raises(SlurmOutputError) as err:
+        jsonread.read_pending_jobs(doc)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "squeue --json from Slurm 24.11.5 (data_parser/v0.0.42): jobs[6].priority" in msg
+
+
+def test_unreadable_request_string_names_field():
+    doc = _mutated("22.05/squeue.json", lambda d: d["jobs"][6].__setitem__("tres_per_node", "gres:gpu:1g.10gb:x2"))
+    with pytest.raises(SlurmOutputError, match=r"Slurm 22.05.8 \(openapi/v0.0.38\): jobs\[6\].tres_per_node"):
+        jsonread.read_pending_jobs(doc)
+
+
+def test_missing_jobs_list_and_non_json_are_one_line():
+    with pytest.raises(SlurmOutputError, match=r"squeue --json from Slurm 22.05.8 .*: jobs: no list"):
+        jsonread.read_pending_jobs({"meta": json.loads(data("22.05/squeue.json"))["meta"]})
+    with pytest.raises(SlurmOutputError, match="squeue --json: output is not JSON"):
+        jsonread.read_pending_jobs("squeue: error: Invalid user")
+    with pytest.raises(SlurmOutputError, match="sinfo -N --json from Slurm unknown .*no list of nodes"):
+        jsonread.read_nodes({"partitions": []})
+
+
+def test_sinfo_record_for_several_nodes_with_used_gres_is_refused():
+    def group(d):
+        d["sinfo"][0]["nodes"]["nodes"] = ["n1", "n9"]
+    with pytest.raises(SlurmOutputError, match=r"sinfo\[0\].gres.used: one record for 2 nodes"):
+        jsonread.read_nodes(_mutated(SINFO["24.11-handmade"], group))
+
+
+# -- sinfo ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", sorted(SINFO))
+def test_nodes_busy_and_draining(source):
+    nodes = jsonread.read_nodes(data(SINFO[source]))
+    n1, n2 = nodes["n1"], nodes["n2"]
+    assert (n1.state, n1.flags, n1.partitions) == ("mixed", (), ("debug",))
+    assert n1.gres == {"1g.10gb": 4, "3g.40gb": 1} == n1.gres_used
+    assert n1.gres_used_idx == {"1g.10gb": (0, 1, 2, 3), "3g.40gb": (4,)}
+    assert (n1.extra, n1.comment, n1.reason) == ("slurm-mig:want=3g.40gb:2", "layout 1g.10gb:4,3g.40gb:1", "")
+    assert (n2.state, n2.flags, n2.partitions) == ("draining", ("DRAIN",), ("debug", "big"))
+    assert n2.reason == "slurm-mig: relayout to 3g.40gb:2"
+
+
+@pytest.mark.parametrize("source", sorted(DRAINED))
+def test_drained_idle_node_uses_nothing(source):
+    n2 = jsonread.read_nodes(data(DRAINED[source]))["n2"]
+    assert (n2.state, n2.gres_used, n2.gres_used_idx) == ("drained", {}, {})
+    assert n2.gres_free == {"1g.10gb": 4, "3g.40gb": 1}
+
+
+def test_every_sinfo_shape_reads_the_same():
+    for files in (SINFO, DRAINED):
+        values = [jsonread.read_nodes(data(p)) for p in files.values()]
+        assert all(v == values[0] for v in values)
+
+
+def test_sinfo_agrees_with_scontrol_show_node():
+    for js, txt in (("sinfo-N.json", "scontrol-show-node.txt"),
+                    ("sinfo-N-drained.json", "scontrol-show-node-drained.txt")):
+        nodes = jsonread.read_nodes(data(f"22.05/{js}"))
+        scontrol = parse_scontrol_nodes(data(f"22.05/{txt}"))
+        for name, node in nodes.items():
+            assert dict(scontrol[name].gres) == node.gres
+            assert ("DRAIN" in scontrol[name].flags) == ("DRAIN" in node.flags)
+
+
+def test_nodes_filter_by_name():
+    assert list(jsonread.read_nodes(data(SINFO["22.05"]), names=["n2"])) == ["n2"]
+
+
+# -- the strings ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, per, want", [
+    ("gres:gpu:1g.10gb:2", "node", (R("1g.10gb", 2),)),
+    ("gres/gpu:1g.10gb:2", "node", (R("1g.10gb", 2),)),
+    ("gres/gpu:1g.10gb=2", "node", (R("1g.10gb", 2),)),
+    ("gres:gpu:1g.10gb=2", "node", (R("1g.10gb", 2),)),
+    ("gpu:1g.10gb:1", "job", (R("1g.10gb", 1, "job"),)),
+    ("gpu:1g.10gb", "node", (R("1g.10gb", 1),)),
+    ("gres:gpu:1", "node", (R(None, 1),)),
+    ("gres/gpu=3", "task", (R(None, 3, "task"),)),
+    ("gres/gpu", "node", (R(None, 1),)),
+    ("cpu=2,gres/gpu:3g.40gb=1", "task", (R("3g.40gb", 1, "task"),)),
+    ("gres:gpu:1g.10gb:1,gres:gpu:3g.40gb:1", "node", (R("1g.10gb", 1), R("3g.40gb", 1))),
+    ("gres:gpu:1g.10gb:1,gres:gpu:1g.10gb:2", "node", (R("1g.10gb", 3),)),
+    ("gres/gpu:nvidia_a100-sxm4-80gb_1g.10gb:2", "node", (R("nvidia_a100-sxm4-80gb_1g.10gb", 2),)),
+    ("gres:shard:4,license:x:1", "node", ()),
+    ("gres:gpu:1g.10gb:0", "node", ()),
+    ("", "node", ()), ("N/A", "node", ()), (None, "node", ()),
+])
+def test_request_strings(text, per, want):
+    assert gresspec.parse_tres_per(text, per) == want
+
+
+def test_node_gres_with_sockets_and_indices():
+    assert gresspec.parse_gres_counts("gpu:1g.10gb:4(S:0-1),gpu:3g.40gb:1,gpu:2,shard:8") == \
+        {"1g.10gb": 4, "3g.40gb": 1, "": 2}
+    used, idx = gresspec.parse_gres_used("gpu:1g.10gb:2(IDX:0,2),gpu:3g.40gb:0(IDX:N/A)")
+    assert (used, idx) == ({"1g.10gb": 2}, {"1g.10gb": (0, 2)})
+    assert gresspec.parse_gres_counts("(null)") == {} == gresspec.parse_gres_counts("N/A")
+
+
+@pytest.mark.parametrize("spec, count, throttle", [
+    ("1-10%2", 10, 2), ("0,3,5-7", 5, None), ("4", 1, None), ("1-10:3", 4, None),
+    ("0x2F", 5, None), ("0-3,5,...", 5, None), ("1-4%0", 4, None),
+])
+def test_array_specs(spec, count, throttle):
+    assert gresspec.array_task_count(spec) == count
+    assert gresspec.array_throttle(spec) == throttle
+
+
+@pytest.mark.parametrize("words, want", [
+    (["mixed"], ("mixed", ())),
+    (["mixed", "DRAIN"], ("draining", ("DRAIN",))),
+    (["IDLE", "DRAIN"], ("drained", ("DRAIN",))),
+    (["IDLE", "COMPLETING", "DRAIN"], ("draining", ("COMPLETING", "DRAIN"))),
+    (["ALLOCATED"], ("allocated", ())),
+    (["DOWN", "DRAIN", "NOT_RESPONDING"], ("down", ("DRAIN", "NOT_RESPONDING"))),
+    (["IDLE*"], ("idle", ("NOT_RESPONDING",))),
+    (["UNKNOWN", "DRAIN"], ("drained", ("DRAIN",))),
+    (["IDLE", "INVALID_REG"], ("idle", ("INVALID_REG",))),
+    (["PLANNED"], ("unknown", ("PLANNED",))),
+    (["mix"], ("mixed", ())),
+])
+def test_node_states(words, want):
+    assert gresspec.normalize_state(words) == want
+
+
+def test_hostlists_and_profiles():
+    assert gresspec.expand_hostlist("n[1-3,07],gpu01") == ["n1", "n2", "n3", "n07", "gpu01"]
+    assert gresspec.mig_profile("nvidia_a100-sxm4-80gb_1g.10gb") == "1g.10gb"
+    assert gresspec.mig_profile("1g.10gb+me") == "1g.10gb+me"
+    assert gresspec.mig_profile("a100") is None and gresspec.mig_profile(None) is None
+
+
+def test_gres_request_rejects_unknown_per():
+    with pytest.raises(ValueError, match="per must be one of"):
+        GresRequest("1g.10gb", 1, "rack")
+
+
+# -- the command client, through a stand-in command -------------------------------------------
+
+def _stand_in(tmp_path, name, out_file, rc=0):
+    """A tiny script that records its arguments and prints a recorded file."""
+    script = tmp_path / name
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/{name}.args\n"
+                      f"cat {os.path.join(DATA, out_file)}\nexit {rc}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_client_runs_squeue_and_sinfo_with_json(tmp_path):
+    client = SlurmJsonClient(squeue=_stand_in(tmp_path, "squeue", "22.05/squeue.json"),
+                             sinfo=_stand_in(tmp_path, "sinfo", "22.05/sinfo-N.json"))
+    jobs = client.pending_jobs()
+    assert jobs == jsonread.read_pending_jobs(data("22.05/squeue.json"))
+    assert (tmp_path / "squeue.args").read_text().split() == ["--json", "--states=PENDING"]
+    assert set(client.nodes()) == {"n1", "n2"}
+    assert list(client.nodes(["n1"])) == ["n1"]
+    assert (tmp_path / "sinfo.args").read_text().split() == ["-N", "--json"]
+
+
+def test_client_reports_a_failed_or_missing_command(tmp_path):
+    failing = tmp_path / "squeue"
+    failing.write_text("#!/bin/sh\necho 'squeue: error: slurm_load_jobs error: Unable to contact "
+                       "slurm controller' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(SlurmError, match="read the pending jobs: .* failed: squeue: error: "
+                                         "slurm_load_jobs error"):
+        SlurmJsonClient(squeue=str(failing)).pending_jobs()
+    with pytest.raises(SlurmError, match="not found; install Slurm's client commands"):
+        SlurmJsonClient(sinfo=str(tmp_path / "nope")).nodes()
+
+
+def test_client_passes_env(tmp_path):
+    script = tmp_path / "sinfo"
+    script.write_text(f"#!/bin/sh\n[ \"$SLURM_CONF\" = /x/slurm.conf ] || exit 3\n"
+                      f"cat {os.path.join(DATA, '22.05/sinfo-N.json')}\n")
+    script.chmod(0o755)
+    client = SlurmJsonClient(sinfo=str(script), env={"SLURM_CONF": "/x/slurm.conf",
+                                                       "PATH": os.environ.get("PATH", "")})
+    assert set(client.nodes()) == {"n1", "n2"}
+
+
+# -- pyslurm (hand-made objects: pyslurm 25.11 needs Slurm 25.11, not installable here) -------
+
+def _pyslurm_job(**kw):
+    base = dict(id=1, name="", state="PENDING", state_reason="Priority", priority=10,
+                partition="debug", user_name="root", num_nodes=1, ntasks=1,
+                sockets_per_node=None, array_id=None, array_task_id=None,
+                array_tasks_waiting=None, array_tasks_parallel=None, gres_per_node={})
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def _fake_pyslurm(jobs, nodes):
+    class Jobs(dict):
+        @staticmethod
+        def load():
+            return Jobs({j.id: j for j in jobs})
+
+    class Nodes(dict):
+        @staticmethod
+        def load():
+            return Nodes({n.name: n for n in nodes})
+
+    return types.SimpleNamespace(Jobs=Jobs, Nodes=Nodes, __name__="pyslurm")
+
+
+def _recorded_as_pyslurm():
+    """The recorded 22.05 queue and nodes as pyslurm would hand them over (per-node gres only:
+    the pyslurm source read for this exposes ``gres_per_node``, not tres_per_job/task)."""
+    doc = json.loads(data("22.05/squeue.json"))
+    jobs = []
+    for j in doc["jobs"]:
+        gres = {}
+        for item in gresspec.split_top(j["tres_per_node"]):
+            key, _, count = item.replace("gres:", "").rpartition(":")
+            gres[key] = int(count)
+        spec = j["array_task_string"]
+        jobs.append(_pyslurm_job(
+            id=j["job_id"], name=j["name"], state=j["job_state"], state_reason=j["state_reason"],
+            priority=j["priority"], partition=j["partition"], user_name=j["user_name"],
+            num_nodes=j["node_count"], ntasks=j["tasks"], sockets_per_node=j["sockets_per_node"],
+            array_id=j["array_job_id"] or None, array_task_id=j["array_task_id"],
+            array_tasks_waiting=spec.split("%")[0] or None,
+            array_tasks_parallel=j["array_max_tasks"] or None, gres_per_node=gres))
+    nodes = []
+    for n in json.loads(data("22.05/sinfo-N.json"))["nodes"]:
+        used = {}
+        for item in gresspec.split_top(n["gres_used"]):
+            key, count, idx = re.fullmatch(r"(.*):(\d+)\(IDX:([^)]*)\)", item).groups()
+            used[key] = {"count": count, "indexes": idx}
+        nodes.append(types.SimpleNamespace(
+            name=n["name"], state="+".join([n["state"].upper()] + n["state_flags"]),
+            partitions=n["partitions"],
+            configured_gres={k: int(v) for k, _, v in (i.rpartition(":") for i in n["gres"].split(","))},
+            allocated_gres=used, extra=n["extra"], comment=n["comment"], reason=n["reason"]))
+    return _fake_pyslurm(jobs, nodes)
+
+
+def test_pyslurm_reader_matches_json_for_per_node_requests():
+    reader = PyslurmReader(_recorded_as_pyslurm())
+    from_json = by_name(jsonread.read_pending_jobs(data("22.05/squeue.json")))
+    from_pyslurm = by_name(reader.pending_jobs())
+    assert set(from_pyslurm) == set(from_json)
+    for name, job in from_json.items():
+        if all(r.per == "node" for r in job.requests):
+            assert from_pyslurm[name] == job, name
+    assert from_pyslurm["gpus-1g-1"].requests == ()  # --gpus: invisible through gres_per_node
+
+
+def test_pyslurm_reader_nodes_match_json():
+    reader = PyslurmReader(_recorded_as_pyslurm())
+    assert reader.nodes() == jsonread.read_nodes(data("22.05/sinfo-N.json"))
+    assert list(reader.nodes(["n2"])) == ["n2"]
+
+
+def test_pyslurm_reader_uses_tres_strings_when_exposed():
+    job = _pyslurm_job(tres_per_job="gres/gpu:1g.10gb:2", tres_per_task="", gres_per_node={})
+    [got] = PyslurmReader(_fake_pyslurm([job], [])).pending_jobs()
+    assert got.requests == (R("1g.10gb", 2, "job"),)
+
+
+def test_pyslurm_reader_skips_running_and_names_bad_values():
+    running = _pyslurm_job(id=2, state="RUNNING")
+    assert PyslurmReader(_fake_pyslurm([running], [])).pending_jobs() == []
+    bad = _pyslurm_job(id=3, priority="high")
+    with pytest.raises(SlurmOutputError, match="pyslurm job 3: priority = 'high'"):
+        PyslurmReader(_fake_pyslurm([bad], [])).pending_jobs()
+
+
+def test_factory_picks_by_preference(monkeypatch):
+    assert isinstance(slurm_reader("json"), SlurmJsonClient)
+    fake = _fake_pyslurm([], [])
+    assert isinstance(slurm_reader("pyslurm", pyslurm_module=fake), PyslurmReader)
+    monkeypatch.setitem(sys.modules, "pyslurm", fake)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: True)
+    auto = slurm_reader("auto")
+    assert isinstance(auto, PyslurmReader) and auto.module is fake
+
+
+def test_factory_falls_back_to_json_without_pyslurm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyslurm", None)  # import pyslurm -> ImportError
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: False)
+    assert isinstance(slurm_reader("auto", sinfo="/x/sinfo"), SlurmJsonClient)
+    with pytest.raises(SlurmError, match="pyslurm is not importable .*prefer='json'"):
+        slurm_reader("pyslurm")
+    with pytest.raises(SlurmError, match="not one of auto, json, pyslurm"):
+        slurm_reader("rest")
+
+
+def test_values_are_frozen():
+    job = PendingJob(job_id=1)
+    with pytest.raises(Exception):
+        job.priority = 5  # type: ignore[misc]
+    with pytest.raises(Exception):
+        NodeInfo("n1").state = "idle"  # type: ignore[misc]

@@ -10,6 +10,10 @@ prolog`` for a job on one instance, then ``epilog`` for the same job, against a
 simulated node of ``--gpus`` A100s cut into seven instances each (gres.conf and the node
 include written by slurm-mig itself).  Bytecode is compiled first, as a package install
 does; this machine sets PYTHONDONTWRITEBYTECODE, which would otherwise hide that.
+
+The hooks run with ``SLURM_MIG_HOOK_REPORT=1``, and the table says how many took the fast
+path (docs/hooks.md): the first prolog takes the full path and writes the snapshot.  The
+"full path" rows are the same hooks with ``SLURM_MIG_HOOK_FAST=0``, on other records.
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ def node(root: str, gpus: int) -> str:
     return config
 
 
-def timed(argv, env) -> float:
+def timed(argv, env, paths=None) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - t0
     if done.returncode:
         raise SystemExit(f"bench: {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    if paths is not None:
+        paths.append(done.stderr.endswith(": fast path\n"))
     return elapsed
 
 
@@ -73,15 +79,22 @@ def main() -> int:
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
                 "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000"}
         records = args.gpus * 7
-        times = {"python3 -c pass": [], "prolog": [], "epilog": [], "prolog (CPU job, script)": []}
+        times = {"python3 -c pass": [], "prolog": [], "epilog": [], "prolog, full path": [],
+                 "epilog, full path": [], "prolog (CPU job, script)": []}
+        fast = {"prolog": [], "epilog": []}
+        hook = [sys.executable, "-m", "slurm_mig.hooks"]
         script = os.path.join(REPO, "prolog.d", "50-slurm-mig")
         for i in range(args.runs):
             job = str(1000 + i)
-            env = dict(base, SLURM_JOB_ID=job, SLURM_JOB_GPUS=str(i % records))
+            env = dict(base, SLURM_JOB_ID=job, SLURM_JOB_GPUS=str(i % records),
+                       SLURM_MIG_HOOK_REPORT="1")
             times["python3 -c pass"].append(timed([sys.executable, "-c", "pass"], base))
-            times["prolog"].append(timed([sys.executable, "-m", "slurm_mig.hooks", "prolog"], env))
-            times["epilog"].append(timed([sys.executable, "-m", "slurm_mig.hooks", "epilog"],
-                                         dict(env, SLURM_JOB_GPUS="")))
+            times["prolog"].append(timed(hook + ["prolog"], env, fast["prolog"]))
+            times["epilog"].append(timed(hook + ["epilog"], dict(env, SLURM_JOB_GPUS=""), fast["epilog"]))
+            full = dict(base, SLURM_JOB_ID=str(5000 + i), SLURM_JOB_GPUS=str((i + 1) % records),
+                        SLURM_MIG_HOOK_FAST="0")
+            times["prolog, full path"].append(timed(hook + ["prolog"], full))
+            times["epilog, full path"].append(timed(hook + ["epilog"], dict(full, SLURM_JOB_GPUS="")))
             times["prolog (CPU job, script)"].append(timed([script], dict(base, SLURM_JOB_ID=job)))
     ref = statistics.median(times["python3 -c pass"])
     print(f"hooks on the simulator: {args.gpus} GPUs x 7 instances, {args.runs} runs each, "
@@ -92,6 +105,8 @@ def main() -> int:
         p90 = values[int(0.9 * (len(values) - 1))]
         print(f"{name:28} {statistics.median(values) * 1e3:10.1f} {p90 * 1e3:8.1f} "
               f"{statistics.median(values) / ref:17.2f}")
+    print(f"fast path taken: prolog {sum(fast['prolog'])}/{args.runs}, "
+          f"epilog {sum(fast['epilog'])}/{args.runs}")
     print("target: prolog and epilog <= 3.00x")
     return 0
 

@@ -18,6 +18,12 @@ epilog
   instances to wipe them (``SLURM_MIG_EPILOG_WIPE=1``); removes the job record.  No record:
   logged, exit 0 (epilogs may run twice).
 
+Fast path
+  :mod:`slurm_mig.hookfast` runs first: it only verifies, without loading this engine, that
+  the facts a full prolog derived (``<state_dir>/hook-snapshot.json``, written below) still
+  hold and that the instance is idle and free; then it writes the same job record.  Any
+  doubt, and every failure, goes to the full hook here.  Design and invariants: docs/hooks.md.
+
 A failure prints one line, ``slurm-mig prolog: error: job <id>: <what>; <fix>``, to stderr
 (slurmd logs it), writes it to ``<state_dir>/last-error`` and exits non-zero: Slurm drains
 the node and requeues the job held.
@@ -27,10 +33,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence
 
 from .errors import (EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, GpuError, InputError,
                      SlurmMigError)
+
+TYPE_CHECKING = False  # no `typing` at run time: the hooks start on every job (docs/benchmarks.md)
+if TYPE_CHECKING:
+    from typing import Mapping, Sequence
 
 #: Overrides of [hooks] epilog_wipe / kill_grace for one run ("1"/"0", seconds).
 WIPE_ENV = "SLURM_MIG_EPILOG_WIPE"
@@ -56,7 +65,7 @@ class InstanceMismatch(SlurmMigError):
     exit_code = 3
 
 
-def parse_job_gpus(text: Optional[str]) -> List[int]:
+def parse_job_gpus(text: str | None) -> list[int]:
     """``"0,2"``, ``"0-2,5"`` -> indexes (sorted, unique); ``""``/None -> [] (a CPU job)."""
     text = (text or "").strip()
     if not text:
@@ -74,7 +83,7 @@ def parse_job_gpus(text: Optional[str]) -> List[int]:
     return sorted(out)
 
 
-def node_name(environ: Mapping[str, str], option: Optional[str] = None) -> str:
+def node_name(environ: Mapping[str, str], option: str | None = None) -> str:
     """``--node``, else ``$SLURMD_NODENAME``, else the short host name."""
     if option:
         return option
@@ -97,7 +106,7 @@ def _backend(config):
     return make_backend(config.backend, sim_root=config.sim.root)
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
@@ -111,6 +120,11 @@ def _read(path: str) -> Optional[str]:
 
 def node_gres_records(config, node: str) -> list:
     """The node's gres.conf records, in the order Slurm numbers them."""
+    return _node_gres(config, node)[0]
+
+
+def _node_gres(config, node: str) -> tuple:
+    """(records in Slurm's order, gres.conf text, node include text or None)."""
     from .gresconf import GresConfError, parse_gres_conf, parse_node_gres_types, slurm_order
 
     text = _read(config.paths.gres_conf)
@@ -119,10 +133,10 @@ def node_gres_records(config, node: str) -> list:
     records = parse_gres_conf(text, node, source=config.paths.gres_conf)
     include = _read(config.paths.node_gres_include)
     order = parse_node_gres_types(include, node, config.paths.node_gres_include) if include else None
-    return slurm_order(records, order) if records else records
+    return (slurm_order(records, order) if records else records), text, include
 
 
-def _foreign_pids(pids: Sequence[int], job: str, proc_root: str) -> Dict[int, Optional[str]]:
+def _foreign_pids(pids: Sequence[int], job: str, proc_root: str) -> dict[int, str | None]:
     from .jobs import job_of_pid
 
     out = {}
@@ -146,17 +160,23 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
     if not indexes:
         return {"job_id": job, "node": None, "instances": []}
     node = node_name(environ)
-    records = node_gres_records(config, node)
+    records, gres_text, include_text = _node_gres(config, node)
     for i in indexes:
         if i >= len(records):
             raise InstanceMismatch(
                 f"SLURM_JOB_GPUS index {i} but {config.paths.gres_conf} has {len(records)} gpu "
                 f"record(s) for node {node}; Slurm and gres.conf disagree: {FIX_GRES}")
     from .commands import host_paths
-    from .devices import read_mig_minors
+    from .devices import MIG_MINORS_RELPATH, read_mig_minors
     from .gresconf import reverse_minors
+    from .hookfast import fingerprint
 
     dev_root, mig_proc = host_paths(config)
+    minors_path = os.path.join(mig_proc, MIG_MINORS_RELPATH)
+    try:  # before the parse: a change in between leaves the snapshot stale, never wrong
+        minors_print = fingerprint(minors_path)
+    except (OSError, ValueError):
+        minors_print = "unreadable"  # matches nothing: the fast path stays off
     minors = read_mig_minors(mig_proc)
     reverse = reverse_minors(minors)
     state_dir = config.paths.state_dir
@@ -170,24 +190,71 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
         record = {"version": 1, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),
                   "node": node, "boot_id": boot, "instances": got}
         write_job(state_dir, record)
+        if config.backend == "sim":
+            sources = {"gres_conf": (config.paths.gres_conf, gres_text),
+                       "node_gres_include": (config.paths.node_gres_include, include_text),
+                       "mig_minors": (minors_path, minors_print)}
+            _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources)
     return record
 
 
-def _realise(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_root) -> dict:
-    from .devices import DeviceFilesError
+def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources) -> None:
+    """What this full prolog derived from gres.conf, for the fast path (:mod:`.hookfast`).
+
+    Each record goes through the same static checks as :func:`_realise` (:func:`_resolve`);
+    one that fails is ``None`` there, so a job on it always gets the full prolog.  Remade
+    when its sources changed or it is damaged (the first job it sends to the full path
+    repairs it).  Best effort: a snapshot that cannot be made keeps the hooks on the full
+    path."""
+    from .hookfast import code_fingerprint, read_snapshot, text_fingerprint, write_snapshot
+
+    driver = getattr(backend, "driver", None)
+    if driver is None:
+        return
+    try:
+        head = {"version": 1, "node": node, "code": code_fingerprint(),
+                "gpus": {str(g["index"]): [g["uuid"], g["name"], g["model"]] for g in driver.gpus()}}
+        for key, (path, content) in sources.items():
+            fp = content if key == "mig_minors" else text_fingerprint(content)
+            head[key] = {"path": path, "fingerprint": fp}
+        if _snapshot_current(read_snapshot(config.paths.state_dir), head, len(records)):
+            return
+        out = []
+        for i, rec in enumerate(records):
+            try:
+                if not rec.mig:
+                    raise InputError("not a MIG record")
+                info, gi, ci, profile, _, _ = _resolve(backend, i, rec, gpus, minors, reverse, cache)
+            except SlurmMigError:
+                out.append(None)
+                continue
+            out.append({"type": rec.type, "files": list(rec.files), "gpu": info.index,
+                        "minor": info.minor, "profile_id": profile.id, "start": rec.start,
+                        "gi_id": gi, "ci_id": ci})
+        write_snapshot(config.paths.state_dir, dict(head, records=out))
+    except (SlurmMigError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no snapshot: the next prologs take the full path too, and try again
+
+
+_SNAPSHOT_KEYS = {"type", "files", "gpu", "minor", "profile_id", "start", "gi_id", "ci_id"}
+
+
+def _snapshot_current(old, head: dict, count: int) -> bool:
+    """The stored snapshot has these sources and well-formed records: nothing to redo."""
+    if not isinstance(old, dict) or any(old.get(k) != v for k, v in head.items()):
+        return False
+    recs = old.get("records")
+    return isinstance(recs, list) and len(recs) == count and all(
+        r is None or (isinstance(r, dict) and set(r) == _SNAPSHOT_KEYS) for r in recs)
+
+
+def _resolve(backend, index, rec, gpus, minors, reverse, cache) -> tuple:
+    """What a MIG record names, checked against mig-minors, the GPUs and their profiles:
+    (GpuInfo, gi id, ci id, profile, model, description for messages)."""
     from .gresconf import instance_ids
     from .inventory import gpu_model
 
     what = f"gres record {index} ({rec.type or 'gpu'}"
-    entry = {"index": index, "type": rec.type, "files": list(rec.files), "gpu": rec.gpu,
-             "profile_id": None, "start": None, "gi_id": None, "ci_id": None, "uuid": None,
-             "created": False}
-    if not rec.mig:
-        missing = [f for f in rec.files if not os.path.exists(f)]
-        if missing:
-            raise DeviceFilesError(f"{what}): device file {', '.join(missing)} is missing; "
-                                   f"check the driver (nvidia-smi) and gres.conf")
-        return entry
     gpu_minor, gi, ci = instance_ids(rec, minors, reverse)
     info = gpus.get(gpu_minor)
     if info is None:
@@ -210,6 +277,23 @@ def _realise(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_
     if rec.profile_id is not None and rec.profile_id != profile.id:
         raise InstanceMismatch(f"{where}: Type={rec.type} is profile id {profile.id} on "
                                f"{info.name}, the comment says {rec.profile_id}; {FIX_GRES}")
+    return info, gi, ci, profile, model, where
+
+
+def _realise(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_root) -> dict:
+    from .devices import DeviceFilesError
+
+    what = f"gres record {index} ({rec.type or 'gpu'}"
+    entry = {"index": index, "type": rec.type, "files": list(rec.files), "gpu": rec.gpu,
+             "profile_id": None, "start": None, "gi_id": None, "ci_id": None, "uuid": None,
+             "created": False}
+    if not rec.mig:
+        missing = [f for f in rec.files if not os.path.exists(f)]
+        if missing:
+            raise DeviceFilesError(f"{what}): device file {', '.join(missing)} is missing; "
+                                   f"check the driver (nvidia-smi) and gres.conf")
+        return entry
+    info, gi, ci, profile, model, where = _resolve(backend, index, rec, gpus, minors, reverse, cache)
     holder = held.get((info.index, gi))
     if holder is not None and holder != job:
         raise InstanceRefused(f"{where} is held by job {holder} (record in the jobs directory); "
@@ -275,8 +359,8 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
 
     job = check_job_id(environ.get("SLURM_JOB_ID"))
     state_dir = config.paths.state_dir
-    mine: List[int] = []
-    others: List[int] = []
+    mine: list[int] = []
+    others: list[int] = []
     for info in backend.gpus():
         if not info.mig_current:
             continue
@@ -298,7 +382,7 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
             "other_pids": sorted(set(others)), "recreated": recreated}
 
 
-def _wipe(backend, record: dict) -> List[dict]:
+def _wipe(backend, record: dict) -> list[dict]:
     """Destroy and re-create each instance of the job at its placement; the ids must return."""
     out = []
     for inst in record.get("instances", ()):
@@ -319,7 +403,7 @@ def _wipe(backend, record: dict) -> List[dict]:
 
 
 def sim_run(config, environ: Mapping[str, str], command: Sequence[str],
-            out_path: Optional[str] = None) -> dict:
+            out_path: str | None = None) -> dict:
     """Inside a job (simulator only): attach this process to the job's instances, report
     what it reached as JSON (to ``out_path`` or stdout), then exec ``command``."""
     import errno
@@ -386,7 +470,38 @@ def _record_error(config, line: str) -> None:
         pass
 
 
-def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
+def _fast(which: str, environ: Mapping[str, str]) -> dict | None:
+    """The hook's result through :mod:`.hookfast`, or None: then the full hook runs."""
+    from . import hookfast
+
+    if environ.get(hookfast.FAST_ENV) == "0":
+        return None
+    try:
+        if which == "prolog":
+            result = hookfast.prolog(environ, parse_job_gpus(environ.get("SLURM_JOB_GPUS")))
+        else:
+            result = hookfast.epilog(environ, WIPE_ENV)
+    except (hookfast.Doubt, SlurmMigError, OSError, ValueError, KeyError, TypeError,
+            AttributeError, IndexError) as err:
+        if environ.get(hookfast.REPORT_ENV) == "1":
+            why = str(err) if isinstance(err, (hookfast.Doubt, SlurmMigError)) else repr(err)
+            sys.stderr.write(f"slurm-mig {which}: job {environ.get('SLURM_JOB_ID')}: full path ({why})\n")
+        return None
+    if environ.get(hookfast.REPORT_ENV) == "1":
+        sys.stderr.write(f"slurm-mig {which}: job {environ.get('SLURM_JOB_ID')}: fast path\n")
+    return result
+
+
+def _epilog_messages(job: str, result: dict) -> None:
+    if not result["record"]:
+        sys.stderr.write(f"slurm-mig epilog: job {job}: no job record (already cleaned up, or the "
+                         f"job had no gpu); nothing to do\n")
+    if result["other_pids"]:
+        sys.stderr.write(f"slurm-mig epilog: job {job}: left pids "
+                         f"{', '.join(map(str, result['other_pids']))} alone (other jobs')\n")
+
+
+def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
              proc_root: str = "/proc", config=None, backend=None) -> int:
     """Run ``prolog`` or ``epilog`` with one-line errors; returns the exit code."""
     environ = os.environ if environ is None else environ
@@ -398,8 +513,17 @@ def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
 
             check_job_id(environ.get("SLURM_JOB_ID"))
             return 0  # a job without gpus: nothing to do, nothing loaded
+        if config is None and backend is None and proc_root == "/proc":
+            fast = _fast(which, environ)
+            if fast is not None:
+                if which == "epilog":
+                    _epilog_messages(job, fast)
+                return 0
         if config is None:
             config = _load_config(environ)
+            from .hookfast import config_path, write_config_cache
+
+            write_config_cache(config_path(environ))
         if backend is None:
             backend = _backend(config)
         if which == "prolog":
@@ -410,12 +534,7 @@ def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
                 wipe = environ[WIPE_ENV] in ("1", "yes", "true")
             grace = float(environ.get(GRACE_ENV) or config.hooks.kill_grace)
             result = epilog(config, backend, environ, proc_root=proc_root, wipe=wipe, grace=grace)
-            if not result["record"]:
-                sys.stderr.write(f"slurm-mig epilog: job {job}: no job record (already cleaned "
-                                 f"up, or the job had no gpu); nothing to do\n")
-            if result["other_pids"]:
-                sys.stderr.write(f"slurm-mig epilog: job {job}: left pids "
-                                 f"{', '.join(map(str, result['other_pids']))} alone (other jobs')\n")
+            _epilog_messages(job, result)
         return 0
     except SlurmMigError as err:
         line = f"slurm-mig {which}: error: job {job}: {err}"
@@ -437,7 +556,7 @@ def run_hook(which: str, environ: Optional[Mapping[str, str]] = None, *,
     return code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python3 -m slurm_mig.hooks prolog|epilog|sim-run [--out FILE] [--] CMD...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("prolog", "epilog") and len(argv) == 1:

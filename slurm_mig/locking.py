@@ -18,16 +18,19 @@ import errno
 import fcntl
 import os
 import time
-from typing import Iterator, Optional
 
 from .errors import LockBusy
+
+TYPE_CHECKING = False  # no `typing` at run time: the hooks take this lock on every job
+if TYPE_CHECKING:
+    from typing import Iterator
 
 #: How often a waiting run retries, in seconds.
 POLL_INTERVAL = 0.02
 
 
 @contextlib.contextmanager
-def node_lock(path: str, timeout: Optional[float] = 60.0) -> Iterator[str]:
+def node_lock(path: str, timeout: float | None = 60.0) -> Iterator[str]:
     """Hold an exclusive lock on ``path`` for the ``with`` block; yield the path.
 
     The file is created ``0600`` and its directory ``0700`` where missing.  Waits up
@@ -48,7 +51,7 @@ def node_lock(path: str, timeout: Optional[float] = 60.0) -> Iterator[str]:
         os.close(fd)
 
 
-def _acquire(fd: int, path: str, timeout: Optional[float]) -> None:
+def _acquire(fd: int, path: str, timeout: float | None) -> None:
     if timeout is None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         return

@@ -388,3 +388,40 @@ def test_cli_prolog_and_epilog_are_the_same_hooks(node, cli, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "90")
     assert cli("epilog", config=node.config_path)[0] == 0
     assert node.record_of("90") is None
+
+
+# ----------------------------------------------------------------------------- job of a pid
+
+
+def _fake_proc(tmp_path, pid: int, cgroup: str, environ: bytes) -> str:
+    d = tmp_path / "proc" / str(pid)
+    d.mkdir(parents=True)
+    (d / "cgroup").write_text(cgroup)
+    (d / "environ").write_bytes(environ)
+    return str(tmp_path / "proc")
+
+
+@pytest.mark.parametrize("cgroup, job", [
+    ("0::/system.slice/slurmstepd.scope/job_812/step_0/user/task_0\n", "812"),
+    ("12:devices:/slurm/uid_1000/job_44\n0::/\n", "44"),
+    ("0::/job_12x/job_7/\n", "7"),
+    ("0::/user.slice/user-0.slice/session-1.scope\n", "from-env"),
+])
+def test_job_of_pid_reads_the_cgroup_then_the_environment(tmp_path, cgroup, job):
+    proc = _fake_proc(tmp_path, 4242, cgroup, b"A=1\0SLURM_JOB_ID=from-env\0")
+    assert jobs.job_of_pid(4242, proc) == job
+
+
+def test_job_of_pid_reads_again_an_environment_that_is_empty_during_exec(tmp_path):
+    import threading
+
+    proc = _fake_proc(tmp_path, 4243, "0::/\n", b"")
+    path = os.path.join(proc, "4243", "environ")
+    timer = threading.Timer(0.03, lambda: open(path, "wb").write(b"SLURM_JOB_ID=70\0"))
+    timer.start()
+    try:
+        assert jobs.job_of_pid(4243, proc) == "70"
+    finally:
+        timer.join()
+    open(path, "wb").close()
+    assert jobs.job_of_pid(4243, proc) is None  # a process without environment, after the retry

@@ -26,13 +26,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import random
 import stat
 import time
-import uuid as uuidlib
 from typing import Iterator, List, Optional, Sequence
 
 from ..catalog import GpuModel, load_catalog
@@ -71,6 +68,8 @@ class SimNvmlError(GpuError):
 
 def _id_permutation(seed: int, n: int) -> List[int]:
     """A per-GPU, never-identity permutation of ``n`` swizzle-id slots."""
+    import random  # here, not at import: the hooks start on every job and rarely get here
+
     slots = list(range(n))
     if n < 2:
         return slots
@@ -113,6 +112,9 @@ class SimDriver:
         ``models`` are catalog keys or names; an entry ``"nomig:<name>"`` is a GPU
         without MIG support.  Existing state is replaced.
         """
+        import hashlib
+        import uuid as uuidlib
+
         from ..devices import render_mig_minors
 
         catalog = load_catalog()
@@ -393,6 +395,8 @@ class SimDriver:
             used = sum(CI_PROFILE_SLICES[ci["profile_id"]] for ci in gi["cis"])
             if used + slices > gi_slices:
                 raise SimNvmlError(rc.INSUFFICIENT_RESOURCES, f"gpu {gpu} gi {gi_id}: CI profile {ci_profile}")
+            import uuid as uuidlib  # here, not at import: see _id_permutation
+
             taken = {ci["id"] for ci in gi["cis"]}
             ci_id = next(i for i in range(8) if i not in taken)
             ci = {"id": ci_id, "profile_id": ci_profile, "uuid": "MIG-" + str(uuidlib.uuid4()), "procs": []}

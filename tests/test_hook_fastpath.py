@@ -1,0 +1,395 @@
+"""The hooks' fast path (:mod:`slurm_mig.hookfast`): taken in the common case, and every
+doubt sends the hook to the full path, which gives the same result as without a fast path.
+
+The node is the one of ``test_hooks.py`` (three simulated A100-40GB, seven 1g.5gb each).
+``SLURM_MIG_HOOK_REPORT=1`` makes a hook name the path it took on stderr; these tests read
+that line, then check the outcome itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from slurm_mig import config as config_mod
+from slurm_mig import devices, hookfast, hooks, jobs
+from slurm_mig.gpu import simdriver
+from slurm_mig.gpu.sim import SimBackend
+
+from test_hooks import NODE, Node, node, one_error_line, run_sub  # noqa: F401 (fixture)
+
+FAST = "fast path"
+
+
+def hook(node: Node, which: str, env: dict, capsys) -> tuple:
+    """Run a hook in-process with the report on: (exit code, path taken, other stderr)."""
+    env = dict(env, **{hookfast.REPORT_ENV: "1"})
+    code = hooks.run_hook(which, env)
+    out, err = capsys.readouterr()
+    assert out == ""
+    report = f"slurm-mig {which}: job {env.get('SLURM_JOB_ID')}: "
+    lines = err.splitlines(keepends=True)
+    assert lines and lines[0].startswith(report), err
+    return code, lines[0][len(report):].strip(), "".join(lines[1:])
+
+
+def full_only(node: Node, which: str, env: dict, capsys) -> tuple:
+    """The same hook with the fast path switched off: (exit code, stderr)."""
+    code = hooks.run_hook(which, dict(env, **{hookfast.FAST_ENV: "0"}))
+    out, err = capsys.readouterr()
+    return code, err
+
+
+@pytest.fixture
+def warm(node, capsys):
+    """The node after one full prolog and epilog: config cache and snapshot written."""
+    code, path, err = hook(node, "prolog", node.env("1", "20"), capsys)
+    assert code == 0 and path.startswith("full path (no config cache"), (path, err)
+    assert hook(node, "epilog", node.env("1"), capsys)[:2] == (0, FAST)
+    assert os.path.exists(hookfast.snapshot_path(node.config.paths.state_dir))
+    assert os.path.exists(hookfast.cache_path(node.config_path))
+    return node
+
+
+def _expect_full(node, which, env, capsys, reason: str) -> tuple:
+    code, path, err = hook(node, which, env, capsys)
+    assert path.startswith("full path (") and reason in path, path
+    return code, err
+
+
+# ----------------------------------------------------------------------------- common case
+
+
+def test_prolog_and_epilog_take_the_fast_path_once_warm(warm, capsys):
+    recs = warm.records()
+    code, path, err = hook(warm, "prolog", warm.env("10", "0,8"), capsys)
+    assert (code, path, err) == (0, FAST, "")
+    record = warm.record_of("10")
+    for got, rec in zip(record["instances"], [recs[0], recs[8]]):
+        assert (got["gpu"], got["gi_id"], got["ci_id"], got["start"]) == (rec.gpu, rec.gi_id, rec.ci_id, rec.start)
+        assert got["uuid"] == warm.instance(rec.gpu, rec.gi_id).uuid and got["created"] is False
+    path_ = jobs.job_path(warm.config.paths.state_dir, "10")
+    assert oct(os.stat(path_).st_mode & 0o777) == "0o600"
+    assert hook(warm, "epilog", warm.env("10"), capsys) == (0, FAST, "")
+    assert warm.record_of("10") is None
+
+
+def test_the_fast_prolog_writes_the_bytes_the_full_prolog_writes(warm, capsys):
+    path = jobs.job_path(warm.config.paths.state_dir, "11")
+    assert full_only(warm, "prolog", warm.env("11", "3,4"), capsys) == (0, "")
+    full = open(path, "rb").read()
+    os.unlink(path)
+    assert hook(warm, "prolog", warm.env("11", "3,4"), capsys) == (0, FAST, "")
+    assert open(path, "rb").read() == full
+
+
+def test_the_fast_path_imports_no_engine(warm):
+    code = ("import sys; from slurm_mig.hooks import main; rc = main(['prolog']); "
+            "print(rc, sorted(m for m in ('slurm_mig.catalog', 'slurm_mig.config', 'slurm_mig.gresconf', "
+            "'slurm_mig.gpu', 'typing', 'dataclasses', 'tomllib', 'tempfile') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], env=warm.env("12", "5"),
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.stdout, proc.stderr) == ("0 []\n", "")
+    assert warm.record_of("12") is not None
+
+
+def test_a_subprocess_hook_reports_its_path(warm):
+    proc = run_sub("prolog", warm.env("13", "6", **{hookfast.REPORT_ENV: "1"}))
+    assert (proc.returncode, proc.stderr) == (0, "slurm-mig prolog: job 13: fast path\n")
+    proc = run_sub("epilog", warm.env("13", **{hookfast.REPORT_ENV: "1"}))
+    assert (proc.returncode, proc.stderr) == (0, "slurm-mig epilog: job 13: fast path\n")
+
+
+def test_the_same_jobs_prolog_again_is_fast(warm, capsys):
+    assert hook(warm, "prolog", warm.env("14", "7"), capsys)[:2] == (0, FAST)
+    assert hook(warm, "prolog", warm.env("14", "7"), capsys)[:2] == (0, FAST)
+
+
+def test_fast_epilog_without_a_record_says_so(warm, capsys):
+    code, path, err = hook(warm, "epilog", warm.env("15"), capsys)
+    assert (code, path) == (0, FAST)
+    assert err == ("slurm-mig epilog: job 15: no job record (already cleaned up, or the job had "
+                   "no gpu); nothing to do\n")
+
+
+def test_fast_epilog_names_other_jobs_processes_and_leaves_them(warm, capsys):
+    rec = warm.records()[2]
+    assert hook(warm, "prolog", warm.env("16", "1"), capsys)[:2] == (0, FAST)
+    theirs = warm.spawn("99")
+    warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, theirs.pid, track=True)
+    code, path, err = hook(warm, "epilog", warm.env("16"), capsys)
+    assert (code, path) == (0, FAST)
+    assert err == f"slurm-mig epilog: job 16: left pids {theirs.pid} alone (other jobs')\n"
+    assert theirs.poll() is None and warm.record_of("16") is None
+
+
+def test_switched_off_it_is_the_full_path(warm, capsys):
+    env = warm.env("17", "2", **{hookfast.FAST_ENV: "0", hookfast.REPORT_ENV: "1"})
+    assert hooks.run_hook("prolog", env) == 0
+    assert capsys.readouterr().err == ""  # no report: the fast path was not even tried
+    assert warm.record_of("17") is not None
+
+
+# ----------------------------------------------------------------------------- doubts: prolog
+
+
+def test_no_snapshot_then_full_path_writes_it(warm, capsys):
+    os.unlink(hookfast.snapshot_path(warm.config.paths.state_dir))
+    assert _expect_full(warm, "prolog", warm.env("20", "2"), capsys, "no readable snapshot") == (0, "")
+    assert warm.record_of("20") is not None
+    assert hook(warm, "prolog", warm.env("21", "3"), capsys)[:2] == (0, FAST)
+
+
+@pytest.mark.parametrize("garbage", ["", "{not json", "[]", '{"version": 99}'])
+def test_a_corrupt_snapshot_is_a_doubt_and_gets_rewritten(warm, capsys, garbage):
+    with open(hookfast.snapshot_path(warm.config.paths.state_dir), "w") as f:
+        f.write(garbage)
+    assert _expect_full(warm, "prolog", warm.env("22", "2"), capsys, "snapshot")[0] == 0
+    assert hook(warm, "prolog", warm.env("23", "3"), capsys)[:2] == (0, FAST)
+
+
+def test_a_snapshot_with_broken_records_is_a_doubt(warm, capsys):
+    path = hookfast.snapshot_path(warm.config.paths.state_dir)
+    snap = json.load(open(path))
+    snap["records"][2] = {"gpu": 0}
+    json.dump(snap, open(path, "w"))
+    code, _ = _expect_full(warm, "prolog", warm.env("24", "2"), capsys, "KeyError")
+    assert code == 0 and warm.record_of("24")["instances"][0]["gi_id"] == warm.records()[2].gi_id
+    assert hook(warm, "epilog", warm.env("24"), capsys)[:2] == (0, FAST)
+    assert hook(warm, "prolog", warm.env("25", "2"), capsys)[:2] == (0, FAST)  # repaired
+
+
+def test_missing_instance_falls_back_and_is_created(warm, capsys):
+    rec = warm.records()[3]
+    SimBackend(warm.config.sim.root).destroy_instance(rec.gpu, rec.gi_id)
+    code, err = _expect_full(warm, "prolog", warm.env("25", "3"), capsys, f"has no gi {rec.gi_id}")
+    assert (code, err) == (0, "")
+    assert warm.record_of("25")["instances"][0]["created"] is True
+    assert warm.instance(rec.gpu, rec.gi_id).ci_id == rec.ci_id
+
+
+def test_instance_without_its_compute_instance_falls_back_and_is_completed(warm, capsys):
+    rec = warm.records()[4]
+    warm.driver.destroy_compute_instance(rec.gpu, rec.gi_id, rec.ci_id)
+    code, err = _expect_full(warm, "prolog", warm.env("26", "4"), capsys, "no compute instance")
+    assert (code, err) == (0, "")
+    assert warm.instance(rec.gpu, rec.gi_id).ci_id == rec.ci_id
+
+
+def _edit_sim_state(node: Node, edit) -> None:
+    path = os.path.join(node.config.sim.root, "state.json")
+    state = json.load(open(path))
+    edit(state)
+    json.dump(state, open(path, "w"))
+
+
+def test_other_ids_in_the_driver_fall_back_to_the_full_paths_error(warm, capsys):
+    rec = warm.records()[0]
+    used = {m.gi_id for m in SimBackend(warm.config.sim.root).instances(rec.gpu)}
+    free = next(g for g in range(7, 15) if g not in used)
+
+    def renumber(state):
+        gpu = next(g for g in state["gpus"] if g["index"] == rec.gpu)
+        next(gi for gi in gpu["gis"] if gi["id"] == rec.gi_id)["id"] = free
+
+    _edit_sim_state(warm, renumber)
+    env = warm.env("27", "0")
+    code, err = _expect_full(warm, "prolog", env, capsys, f"has no gi {rec.gi_id}")
+    assert code == 4 and "the instance is missing and creating it failed" in one_error_line(err, "27")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+    assert warm.record_of("27") is None
+
+
+def test_a_compute_instance_with_another_id_falls_back(warm, capsys):
+    rec = warm.records()[5]
+
+    def renumber(state):
+        gpu = next(g for g in state["gpus"] if g["index"] == rec.gpu)
+        next(gi for gi in gpu["gis"] if gi["id"] == rec.gi_id)["cis"][0]["id"] = 3
+
+    _edit_sim_state(warm, renumber)
+    env = warm.env("28", "5")
+    code, err = _expect_full(warm, "prolog", env, capsys, "compute instance is ci 3")
+    assert code == 3 and "compute instance is ci 3, gres.conf names ci 0" in one_error_line(err, "28")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+
+
+def test_a_replaced_gpu_falls_back(warm, capsys):
+    def new_uuid(state):
+        state["gpus"][0]["uuid"] = "GPU-00000000-0000-0000-0000-000000000000"
+
+    _edit_sim_state(warm, new_uuid)
+    assert _expect_full(warm, "prolog", warm.env("29", "0"), capsys, "not the GPU of the snapshot")[0] == 0
+    assert hook(warm, "prolog", warm.env("30", "1"), capsys)[:2] == (0, FAST)  # snapshot renewed
+
+
+def test_gres_conf_changed_after_the_snapshot_falls_back(warm, capsys):
+    with open(warm.config.paths.gres_conf, "a") as f:
+        f.write("# a comment the admin added\n")
+    code, err = _expect_full(warm, "prolog", warm.env("31", "2"), capsys, "changed since the snapshot")
+    assert (code, err) == (0, "")
+    assert hook(warm, "prolog", warm.env("32", "3"), capsys)[:2] == (0, FAST)
+
+
+def test_a_rewritten_record_in_gres_conf_gets_the_full_paths_error(warm, capsys):
+    from test_hooks import _rewrite_record
+
+    rec = warm.records()[0]
+    used = {m.gi_id for m in SimBackend(warm.config.sim.root).instances(rec.gpu)}
+    _rewrite_record(warm, 0, next(g for g in range(15) if g not in used))
+    env = warm.env("33", "0")
+    code, err = _expect_full(warm, "prolog", env, capsys, "changed since the snapshot")
+    assert code == 4 and "the instance is missing and creating it failed" in one_error_line(err, "33")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+
+
+def test_node_include_changed_after_the_snapshot_falls_back(warm, capsys):
+    with open(warm.config.paths.node_gres_include, "a") as f:
+        f.write("# edited\n")
+    assert _expect_full(warm, "prolog", warm.env("34", "2"), capsys, "changed since the snapshot")[0] == 0
+
+
+def test_mig_minors_changed_after_the_snapshot_falls_back(warm, capsys):
+    path = os.path.join(warm.config.sim.root, "proc", devices.MIG_MINORS_RELPATH)
+    with open(path, "a") as f:
+        f.write("\n")
+    assert _expect_full(warm, "prolog", warm.env("35", "2"), capsys, "changed since the snapshot")[0] == 0
+
+
+def test_config_changed_after_its_cache_falls_back(warm, capsys):
+    with open(warm.config_path, "a") as f:
+        f.write("[hooks]\nkill_grace = 1\n")
+    assert _expect_full(warm, "prolog", warm.env("36", "2"), capsys, "config changed")[0] == 0
+    assert hook(warm, "prolog", warm.env("37", "3"), capsys)[:2] == (0, FAST)  # cache renewed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the cache another owner")
+def test_a_config_cache_of_another_owner_is_not_trusted(warm, capsys):
+    os.chown(hookfast.cache_path(warm.config_path), 12345, -1)
+    assert _expect_full(warm, "prolog", warm.env("38", "2"), capsys, "another owner")[0] == 0
+
+
+def test_missing_device_file_falls_back_to_exit_4(warm, capsys):
+    rec = warm.records()[2]
+    os.unlink(rec.files[2])
+    env = warm.env("39", "2")
+    code, err = _expect_full(warm, "prolog", env, capsys, f"{rec.files[2]} is missing")
+    assert code == 4 and f"device file(s) {rec.files[2]} missing" in one_error_line(err, "39")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+
+
+def test_instance_held_by_another_job_falls_back_to_exit_5(warm, capsys):
+    assert hook(warm, "prolog", warm.env("40", "5"), capsys)[:2] == (0, FAST)
+    env = warm.env("41", "5")
+    code, err = _expect_full(warm, "prolog", env, capsys, "held by job 40")
+    assert code == 5 and "is held by job 40" in one_error_line(err, "41")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+
+
+def test_instance_with_processes_falls_back(warm, capsys):
+    rec = warm.records()[6]
+    other = warm.spawn("77")
+    warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, other.pid, track=True)
+    env = warm.env("42", "6")
+    code, err = _expect_full(warm, "prolog", env, capsys, "processes run on it")
+    assert code == 5 and f"pid {other.pid} (job 77)" in one_error_line(err, "42")
+    assert full_only(warm, "prolog", env, capsys) == (code, err)
+    other.kill()
+    other.wait()
+    assert hook(warm, "prolog", warm.env("43", "6"), capsys)[:2] == (0, FAST)  # tracked pid gone
+
+
+def test_index_past_the_records_falls_back_to_exit_3(warm, capsys):
+    env = warm.env("44", "21")
+    code, err = _expect_full(warm, "prolog", env, capsys, "not in the snapshot")
+    assert code == 3 and "SLURM_JOB_GPUS index 21 but" in one_error_line(err, "44")
+
+
+@pytest.mark.parametrize("job, gpus", [("4x", "0"), ("44", "0,zero")])
+def test_garbled_input_falls_back_to_exit_2(warm, capsys, job, gpus):
+    code, path, err = hook(warm, "prolog", warm.env(job, gpus), capsys)
+    assert path.startswith("full path (") and code == 2
+    one_error_line(err, job)
+
+
+def test_no_node_name_falls_back(warm, capsys):
+    env = warm.env("45", "2")
+    del env["SLURMD_NODENAME"]
+    code, path, _ = hook(warm, "prolog", env, capsys)
+    assert path == "full path (SLURMD_NODENAME is not set)"
+
+
+def test_a_snapshot_of_another_node_is_not_used(warm, capsys):
+    env = warm.env("46", "2", SLURMD_NODENAME="n2")
+    code, path, err = hook(warm, "prolog", env, capsys)
+    assert path == "full path (snapshot is for node n1)" and code == 3  # n2 has no records
+
+
+# ----------------------------------------------------------------------------- doubts: epilog
+
+
+def test_epilog_with_the_jobs_process_takes_the_full_path_and_ends_it(warm, capsys):
+    rec = warm.records()[2]
+    assert hook(warm, "prolog", warm.env("50", "2"), capsys)[:2] == (0, FAST)
+    mine = warm.spawn("50")
+    warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, mine.pid, track=True)
+    code, err = _expect_full(warm, "epilog", warm.env("50"), capsys, f"pid {mine.pid} of the job")
+    assert (code, err) == (0, "")
+    mine.wait(timeout=10)
+    assert warm.record_of("50") is None
+
+
+def test_epilog_wipe_takes_the_full_path(warm, capsys):
+    rec = warm.records()[9]
+    assert hook(warm, "prolog", warm.env("51", "9"), capsys)[:2] == (0, FAST)
+    before = warm.instance(rec.gpu, rec.gi_id).uuid
+    env = warm.env("51", **{hooks.WIPE_ENV: "1"})
+    assert _expect_full(warm, "epilog", env, capsys, "wipes") == (0, "")
+    assert warm.instance(rec.gpu, rec.gi_id).uuid != before
+
+
+def test_epilog_with_an_unreadable_record_gets_the_full_paths_error(warm, capsys):
+    os.makedirs(jobs.jobs_dir(warm.config.paths.state_dir), exist_ok=True)
+    with open(jobs.job_path(warm.config.paths.state_dir, "52"), "w") as f:
+        f.write("{")
+    code, err = _expect_full(warm, "epilog", warm.env("52"), capsys, "unreadable")
+    assert code == 2 and "job record" in one_error_line(err, "52", "epilog")
+
+
+# ----------------------------------------------------------------------------- contracts
+
+
+def test_the_fast_path_names_what_the_engine_names():
+    assert hookfast.CONFIG_ENV == config_mod.ENV_VAR
+    assert hookfast.DEFAULT_CONFIG == config_mod.DEFAULT_PATH
+    assert hookfast.MIG_MINORS_RELPATH == devices.MIG_MINORS_RELPATH
+    assert hookfast.SIM_STATE_VERSION == simdriver.STATE_VERSION
+
+
+def test_nvml_has_no_fast_path(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("version = 1\n")
+    hookfast.write_config_cache(str(cfg))
+    assert hookfast.load_settings({"SLURM_MIG_CONFIG": str(cfg)})["backend"] == "nvml"
+    env = {"SLURM_MIG_CONFIG": str(cfg), "SLURM_JOB_ID": "5", "SLURMD_NODENAME": NODE}
+    with pytest.raises(hookfast.Doubt, match="only the simulator"):
+        hookfast.prolog(env, [0])
+    with pytest.raises(hookfast.Doubt, match="only the simulator"):
+        hookfast.epilog(env, hooks.WIPE_ENV)
+
+
+def test_an_unwritable_config_dir_only_means_no_cache(tmp_path, monkeypatch):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("version = 1\n")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(hookfast.os, "open", refuse)
+    hookfast.write_config_cache(str(cfg))  # no exception
+    monkeypatch.undo()
+    assert not os.path.exists(hookfast.cache_path(str(cfg)))

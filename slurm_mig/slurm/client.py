@@ -16,6 +16,24 @@ from ..errors import SlurmError
 from .scontrol import NodeStatus, parse_scontrol_nodes
 
 
+def run_command(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]] = None,
+                timeout: float = 60.0) -> str:
+    """Run ``argv`` (no shell) and return stdout; a failure is one SlurmError line."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as err:
+        raise SlurmError(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
+                         f"its path in [slurm] of config.toml") from err
+    except subprocess.TimeoutExpired as err:
+        raise SlurmError(f"{what}: `{' '.join(argv)}` did not finish in {timeout:.0f}s; "
+                         f"is slurmctld up? (`scontrol ping`)") from err
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+        raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {detail}")
+    return done.stdout
+
+
 class CommandSlurm:
     """Talk to slurmctld through the Slurm commands."""
 
@@ -27,19 +45,7 @@ class CommandSlurm:
         self.timeout = timeout
 
     def _run(self, argv: Sequence[str], what: str) -> str:
-        try:
-            done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env,
-                                  timeout=self.timeout, check=False)
-        except FileNotFoundError as err:
-            raise SlurmError(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
-                             f"[slurm] scontrol in config.toml") from err
-        except subprocess.TimeoutExpired as err:
-            raise SlurmError(f"{what}: `{' '.join(argv)}` did not finish in {self.timeout:.0f}s; "
-                             f"is slurmctld up? (`scontrol ping`)") from err
-        if done.returncode != 0:
-            detail = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
-            raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {detail}")
-        return done.stdout
+        return run_command(argv, what, self.env, self.timeout)
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeStatus]:
         argv = [self.scontrol, "show", "node", "-o"]

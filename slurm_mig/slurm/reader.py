@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from ..errors import SlurmError
 from . import jsonread
+from .client import run_command
 from .model import NodeInfo, PendingJob
 from .pyslurm_adapter import PyslurmReader, import_pyslurm
 
@@ -29,24 +29,6 @@ class SlurmReader(Protocol):
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
         """Nodes by name (all, or those named)."""
-
-
-def run_command(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]] = None,
-                timeout: float = 60.0) -> str:
-    """Run ``argv`` (no shell) and return stdout; a failure is one SlurmError line."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
-                              timeout=timeout, check=False)
-    except FileNotFoundError as err:
-        raise SlurmError(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
-                         f"its path in [slurm] of config.toml") from err
-    except subprocess.TimeoutExpired as err:
-        raise SlurmError(f"{what}: `{' '.join(argv)}` did not finish in {timeout:.0f}s; "
-                         f"is slurmctld up? (`scontrol ping`)") from err
-    if done.returncode != 0:
-        detail = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
-        raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {detail}")
-    return done.stdout
 
 
 class SlurmJsonClient:

@@ -378,17 +378,45 @@ def sandbox_down(obj: Context, root, purge):
 @click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
 @click.option("--node", default=None,
               help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")
+@click.option("--pending", is_flag=True,
+              help="apply the layout rebalance left for this node in its Extra field, if any; "
+                   "else publish the current layout there (docs/rebalance.md)")
 @pass_ctx
-def sync_cmd(obj: Context, layout, wait_s, dry_run, node):
+def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
     """Drain, wait for idle, apply, rewrite gres.conf and Gres=, reconfigure, check, resume.
 
     A failure leaves the node drained with a reason that says what to do.  See docs/sync.md.
     """
+    if pending:
+        if layout is not None:
+            raise click.UsageError("--pending takes the layout from rebalance; drop --layout")
+        from .commands import sync_pending
+
+        result = sync_pending(obj.config, obj.backend, os.environ, node=node, wait=wait_s,
+                              dry_run=dry_run)
+        obj.emit(result, render.sync_pending_text)
+        return
     from .commands import sync
 
     result = sync(obj.config, obj.backend, os.environ, node=node, layout=layout, wait=wait_s,
                   dry_run=dry_run)
     obj.emit(result, render.sync_text)
+
+
+@cli.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="plan and print, change nothing (reads Slurm)")
+@click.option("--explain", is_flag=True, help="say why each node keeps or gets its layout")
+@pass_ctx
+def rebalance_cmd(obj: Context, dry_run, explain):
+    """Controller side: re-plan idle nodes' MIG layouts from the pending queue.
+
+    Drains each chosen node with a reason naming its new layout and leaves the layout in the
+    node's Extra field; `slurm-mig sync --pending` on the node applies it.  docs/rebalance.md.
+    """
+    from .commands import rebalance
+
+    result = rebalance(obj.config, os.environ, dry_run=dry_run)
+    obj.emit(result, lambda r: render.rebalance_text(r, explain))
 
 
 def main(argv=None) -> int:

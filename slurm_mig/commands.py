@@ -237,3 +237,27 @@ def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
                      layout=layout, wait=wait, dry_run=dry_run)
+
+
+# ----------------------------------------------------------------------------- rebalance
+
+
+def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None,
+                 wait: Optional[float] = None, dry_run: bool = False) -> dict:
+    """``slurm-mig sync --pending``: apply the layout rebalance left for this node."""
+    from .channel import ScontrolExtra
+    from .hooks import node_name
+    from .pending import sync_pending as run
+    from .slurm.client import CommandSlurm
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
+               node_name(environ, node or config.slurm.node_name), wait=wait, dry_run=dry_run)
+
+
+def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
+    """``slurm-mig rebalance``: one controller cycle (:mod:`slurm_mig.rebalance`)."""
+    from .rebalance import default_collaborators, rebalance as run
+
+    reader, slurm, channel = default_collaborators(config)
+    return run(config, reader, slurm, channel, dry_run=dry_run)

@@ -94,6 +94,21 @@ class HookSettings:
 
 
 @dataclass(frozen=True)
+class RebalanceSettings:
+    """The controller's queue-driven repartitioning (docs/rebalance.md)."""
+
+    enabled: bool = False  #: rebalance changes nothing unless true (dry runs always work)
+    partitions: Optional[Tuple[str, ...]] = None  #: None: every partition
+    nodes: Optional[Tuple[str, ...]] = None  #: None: every node; entries may be patterns
+    floor: Tuple[Tuple[str, int], ...] = ()  #: (Slurm GPU type, instances kept somewhere)
+    max_nodes_per_cycle: int = 4
+    hysteresis_cycles: int = 3
+    drain_mixed: bool = False  #: also drain nodes with running jobs (their instances kept)
+    lock: str = "/var/lib/slurm-mig/rebalance.lock"
+    state_file: str = "/var/lib/slurm-mig/rebalance.json"
+
+
+@dataclass(frozen=True)
 class Config:
     version: int = VERSION
     backend: str = "nvml"
@@ -103,6 +118,7 @@ class Config:
     apply: ApplySettings = ApplySettings()
     slurm: SlurmSettings = SlurmSettings()
     hooks: HookSettings = HookSettings()
+    rebalance: RebalanceSettings = RebalanceSettings()
     source: str = field(default=DEFAULTS_SOURCE, compare=False)  #: file it came from
 
     def layout_for(self, gpu_index: int) -> Optional[str]:
@@ -190,13 +206,14 @@ class _Reader:
 
     def config(self, doc: Mapping) -> Config:
         self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm",
-                                  "hooks"))
+                                  "hooks", "rebalance"))
         self.version(doc)
         backend = self.string(doc.get("backend", "nvml"), "backend")
         if backend not in BACKENDS:
             raise self.error("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
         paths, sim_root = self.paths(doc)
         sim = self.sim(doc, sim_root, backend)
+        rebalance = self.rebalance(doc, paths.state_dir)
         return Config(
             version=VERSION,
             backend=backend,
@@ -206,6 +223,7 @@ class _Reader:
             apply=self.apply(doc),
             slurm=self.slurm(doc),
             hooks=self.hooks(doc),
+            rebalance=rebalance,
             source=self.source,
         )
 
@@ -240,6 +258,7 @@ class _Reader:
         def under_root(p: str) -> str:
             return posixpath.join(root, p.lstrip("/")) if root else p
 
+        self.under_root = under_root
         return HostPaths(**{n: under_root(v) for n, v in values.items()}), under_root(sim_root)
 
     def sim(self, doc: Mapping, root: str, backend: str) -> SimSettings:
@@ -326,3 +345,49 @@ class _Reader:
         if not 0 <= timeout:  # also rejects nan
             raise self.error("apply.lock_timeout", f"must be 0 or more seconds, got {timeout!r}")
         return ApplySettings(partial=partial, lock_timeout=timeout)
+
+    def names(self, value: Any, path: str) -> Tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise self.error(path, f"expected a list of names (strings), got {value!r}")
+        return tuple(v.strip() for v in value)
+
+    def count(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(path, f"expected a whole number, 0 or more, got {value!r}")
+        return value
+
+    def rebalance(self, doc: Mapping, state_dir: str) -> RebalanceSettings:
+        known = tuple(RebalanceSettings.__dataclass_fields__)
+        t = self.table(doc, "", "rebalance", known)
+        d = RebalanceSettings()
+        flags = {}
+        for key in ("enabled", "drain_mixed"):
+            flags[key] = t.get(key, getattr(d, key))
+            if not isinstance(flags[key], bool):
+                raise self.error(f"rebalance.{key}", f"expected true or false, got {flags[key]!r}")
+        floor = t.get("floor", {})
+        if not isinstance(floor, dict):
+            raise self.error("rebalance.floor", f"expected a table of GPU type = count, got {floor!r}")
+        floors = []
+        for k, v in floor.items():
+            if not re.fullmatch(r"[0-9]+g\.[0-9]+gb(\+[a-z]+)?", k):
+                raise self.error(f"rebalance.floor.{k}", "not a MIG type as Slurm names it "
+                                                         "(e.g. '3g.40gb'); quote it: \"3g.40gb\" = 1")
+            floors.append((k, self.count(v, f"rebalance.floor.{k}")))
+        paths = {}
+        for key, name in (("lock", "rebalance.lock"), ("state_file", "rebalance.json")):
+            paths[key] = (self.under_root(self.path(t[key], f"rebalance.{key}")) if key in t
+                          else posixpath.join(state_dir, name))
+        return RebalanceSettings(
+            enabled=flags["enabled"],
+            partitions=self.names(t["partitions"], "rebalance.partitions") if "partitions" in t else None,
+            nodes=self.names(t["nodes"], "rebalance.nodes") if "nodes" in t else None,
+            floor=tuple(sorted(floors)),
+            max_nodes_per_cycle=self.count(t.get("max_nodes_per_cycle", d.max_nodes_per_cycle),
+                                           "rebalance.max_nodes_per_cycle"),
+            hysteresis_cycles=self.count(t.get("hysteresis_cycles", d.hysteresis_cycles),
+                                         "rebalance.hysteresis_cycles"),
+            drain_mixed=flags["drain_mixed"],
+            lock=paths["lock"],
+            state_file=paths["state_file"],
+        )

@@ -142,3 +142,25 @@ def sync_text(result: dict) -> str:
                     gi = f" (GI {a['gi_id']})" if a.get("gi_id") is not None else ""
                     out.append(f"           gpu {g['gpu']}: {a['action']} {a['profile']}@{a['start']}{gi}")
     return "\n".join(out)
+
+
+def sync_pending_text(result: dict) -> str:
+    want = "; ".join(f"gpu {w['gpu']} {w['layout']}" for w in result["want"]) or "none"
+    out = [f"node {result['node']}: want {want}: {result['action']}"
+           + (" (layout published)" if result["published"] else "")]
+    if result["sync"] is not None:
+        out.append(sync_text(result["sync"]))
+    return "\n".join(out)
+
+
+def rebalance_text(result: dict, explain: bool = False) -> str:
+    """The action lines (greppable: ``slurm-mig rebalance: cycle N: node n1: ...``), then
+    notes; with ``explain``, one line per node on why."""
+    out = list(result["actions"])
+    if not out:
+        out.append(f"slurm-mig rebalance: cycle {result['cycle']}: no change"
+                   + (" (dry run)" if result["dry_run"] else ""))
+    out += [f"note: {n}" for n in result["notes"]]
+    if explain:
+        out += [f"explain: {line}" for line in result["explain"]]
+    return "\n".join(out)

@@ -1,0 +1,259 @@
+"""``slurm-mig rebalance``: one controller-side cycle of queue-driven repartitioning.
+
+The cycle (docs/rebalance.md)::
+
+    lock      <rebalance.lock>; a second run exits 7 at once
+    read      pending jobs and nodes (one squeue, one sinfo: states, gres, Extra)
+    recover   a node drained by rebalance whose want is gone is resumed (crash repair)
+    plan      nodes' published layouts (Extra ``have``) + demand -> the pure planner
+    record    per changed node: its want in Extra first, then the drain; a greppable line
+    save      cycle number and last-changed cycle per node in <rebalance.state_file>
+
+The node applies its want with ``slurm-mig sync --pending`` (:mod:`slurm_mig.pending`).
+Want before drain: a crash between the two leaves a want on a node that is not drained,
+which ``sync --pending`` applies anyway (sync drains by itself); the reverse order could
+leave a drained node with nothing to do.  A node drained by rebalance whose want is missing
+is resumed by the next cycle, so no node stays drained without a reason saying what to do.
+
+Orchestration only: the reader, the Slurm client, the channel and the planner are
+parameters.  Returns a dict with stable keys; :mod:`slurm_mig.render` prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+from .catalog import load_catalog
+from .channel import Channel, ChannelError, format_channel, parse_channel
+from .config import Config
+from .errors import ConfigError, InputError, LockBusy
+from .layout import Layout, format_counts, format_layout, parse_layout
+from .locking import node_lock
+from .planning import DemandItem, PlanGpu, PlanNode, Policy, plan
+from .slurm.demand import demand as queue_demand
+from .slurmfiles import write_json_atomic
+from .sync import REASON_MAX, reason_text
+
+log = logging.getLogger(__name__)
+
+TAG = "slurm-mig rebalance"
+
+
+# ----------------------------------------------------------------------------- state file
+
+
+def read_state(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {"cycle": 0, "last_changed": {}}
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the rebalance state: {err}; move it aside "
+                          f"(the next cycle starts again at cycle 1, hysteresis forgotten)") from err
+    if not isinstance(data, dict) or not isinstance(data.get("cycle"), int):
+        raise ConfigError(f"{path}: not a rebalance state file; move it aside")
+    data.setdefault("last_changed", {})
+    return data
+
+
+# ----------------------------------------------------------------------------- Slurm -> planner
+
+
+def _state_text(info) -> str:
+    return "+".join([info.state] + [f.lower() for f in info.flags])
+
+
+def plan_node(info, ch: Optional[Channel], last_changed: Optional[int], catalog
+              ) -> Tuple[Optional[PlanNode], Optional[str]]:
+    """The planner's view of one node, or (None, why it is left out)."""
+    if ch is None or not ch.have:
+        return None, (f"node {info.name}: left out: no layout published in its Extra field; "
+                      f"run `slurm-mig sync --pending` on it (its timer does)")
+    gpus, counts = [], {}
+    used = {t for t, n in info.gres_used.items() if n > 0}
+    want = dict(ch.want)
+    for index, key, text in ch.have:
+        try:
+            layout = parse_layout(text, catalog.model(key))
+            wanted = parse_layout(want[index], catalog.model(key)) if index in want else None
+        except InputError as err:
+            return None, f"node {info.name}: left out: layout of gpu {index} unreadable: {err}"
+        for name, n in layout.counts().items():
+            counts[name] = counts.get(name, 0) + n
+        if wanted is not None:  # a change in progress: the planner sees the layout to come
+            gpus.append(PlanGpu(index, key, wanted))
+            continue
+        # Slurm says how many of a type are in use, not which: every instance of a used
+        # type counts as busy (never touched; only matters with drain_mixed).
+        busy = frozenset((i.profile_id, i.start) for i in layout if i.name in used)
+        gpus.append(PlanGpu(index, key, layout, busy))
+    slurm_counts = {t: n for t, n in info.gres.items() if n}
+    if counts != slurm_counts:
+        return None, (f"node {info.name}: left out: its published layout ({_counts(counts)}) "
+                      f"disagrees with Slurm's gres ({_counts(slurm_counts)}); run "
+                      f"`slurm-mig sync --pending` on it")
+    state = _state_text(info)
+    if ch.want:
+        state = "drained"  # a change is in progress: not re-planned, still counted for floors
+    return PlanNode(info.name, tuple(info.partitions), state, tuple(gpus),
+                    last_changed_cycle=last_changed), None
+
+
+def _counts(counts: Dict[str, int]) -> str:
+    return ",".join(f"{t}:{n}" for t, n in sorted(counts.items())) or "none"
+
+
+def plan_demand(jobs, coming: Optional[Dict[str, int]] = None) -> List[DemandItem]:
+    """The planner's demand; ``coming``: instances per type that changes in progress will
+    offer (wants not yet applied), taken off first so the same demand is not served twice."""
+    left = dict(coming or {})
+    out = []
+    for d in queue_demand(jobs):
+        if d.type is None or d.instances <= 0:
+            continue  # an untyped gpu:N is served by any instance; no layout helps it
+        served = min(left.get(d.type, 0), d.instances)
+        left[d.type] = left.get(d.type, 0) - served
+        if d.instances - served <= 0:
+            continue
+        out.append(DemandItem(d.type, d.instances - served,
+                              d.weight / d.instances if d.weight else 1.0, d.partitions, len(d.jobs)))
+    return out
+
+
+def _coming(nodes: List[PlanNode], in_progress: set) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for n in nodes:
+        if n.name in in_progress:
+            for g in n.gpus:
+                for name, k in g.layout.counts().items():
+                    out[name] = out.get(name, 0) + k
+    return out
+
+
+def policy_of(config: Config) -> Policy:
+    r = config.rebalance
+    return Policy(max_nodes_per_cycle=r.max_nodes_per_cycle, floor=dict(r.floor),
+                  hysteresis_cycles=r.hysteresis_cycles, drain_mixed=r.drain_mixed,
+                  nodes=r.nodes, partitions=r.partitions)
+
+
+def drain_reason(cycle: int, wanted: Dict[int, Layout]) -> str:
+    by: Dict[str, List[int]] = {}
+    for gpu, layout in sorted(wanted.items()):
+        by.setdefault(format_counts(layout), []).append(gpu)
+    what = "; ".join(f"{c} on gpu {','.join(map(str, g))}" for c, g in by.items())
+    text = reason_text(f"{TAG}: cycle {cycle}: new layout {what}; slurm-mig sync --pending on "
+                       f"the node applies it and resumes the node")
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- the cycle
+
+
+def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False) -> dict:
+    """One cycle; see the module doc.  ``reader``: a SlurmReader (pending jobs, nodes with
+    Extra); ``slurm``: a SlurmClient (drain, resume); ``channel``: read/write a node's Extra."""
+    r = config.rebalance
+    if not r.enabled and not dry_run:
+        raise ConfigError(f"{config.source}: rebalance.enabled: rebalance is off; set "
+                          f"[rebalance] enabled = true (try `slurm-mig rebalance --dry-run` first)")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(node_lock(r.lock, 0))
+        except LockBusy as err:
+            raise LockBusy(f"another slurm-mig rebalance is running (lock {r.lock}); it ends by "
+                           f"itself, find it with `fuser {r.lock}`") from err
+        return _cycle(config, reader, slurm, channel, dry_run)
+
+
+def _cycle(config: Config, reader, slurm, channel, dry_run: bool) -> dict:
+    r = config.rebalance
+    state = read_state(r.state_file)
+    cycle = state["cycle"] + 1
+    last_changed: Dict[str, int] = dict(state["last_changed"])
+    jobs = reader.pending_jobs()
+    infos = reader.nodes()
+    catalog = load_catalog()
+    notes: List[str] = []
+    actions: List[str] = []
+    resumed: List[str] = []
+    nodes: List[PlanNode] = []
+    in_progress = set()
+    for name, info in sorted(infos.items()):
+        try:
+            ch = parse_channel(info.extra, name)
+        except ChannelError as err:
+            notes.append(f"node {name}: left out: {err}")
+            continue
+        ours = "DRAIN" in info.flags and info.reason.startswith(TAG)
+        if ours and (ch is None or not ch.want):
+            line = (f"{TAG}: cycle {cycle}: node {name}: resume: drained by rebalance but no "
+                    f"layout is waiting for it (a crash or a cleared want)")
+            actions.append(line + (" (dry run)" if dry_run else ""))
+            if not dry_run:
+                slurm.resume(name)
+                log.info("%s", line)
+            resumed.append(name)
+            continue  # planned again next cycle, from its state after the resume
+        pn, why = plan_node(info, ch, last_changed.get(name), catalog)
+        if pn is None:
+            notes.append(why)
+            continue
+        if ch is not None and ch.want:
+            in_progress.add(name)
+            notes.append(f"node {name}: layout change from cycle {ch.cycle} in progress "
+                         f"(want {'; '.join(f'gpu {g} {l}' for g, l in ch.want)}); waits for "
+                         f"`slurm-mig sync --pending` on the node")
+        nodes.append(pn)
+    the_plan = plan(nodes, plan_demand(jobs, _coming(nodes, in_progress)), policy_of(config), cycle)
+    changed = []
+    for np_ in the_plan.changed():
+        wanted = np_.wanted()
+        reason = drain_reason(cycle, wanted)
+        want = {g: format_layout(l) for g, l in wanted.items()}
+        line = (f"{TAG}: cycle {cycle}: node {np_.name}: drain for "
+                f"{'; '.join(f'gpu {g} {format_counts(l)}' for g, l in sorted(wanted.items()))} "
+                f"({' '.join(np_.explain)})")
+        if not dry_run:
+            ch = parse_channel(infos[np_.name].extra, np_.name) or Channel()
+            channel.write(np_.name, format_channel(ch.with_want(want, cycle)))  # want first
+            slurm.drain(np_.name, reason)
+            last_changed[np_.name] = cycle
+            log.info("%s", line)
+        actions.append(line + (" (dry run)" if dry_run else ""))
+        changed.append({"node": np_.name, "want": {str(g): l for g, l in sorted(want.items())},
+                        "reason": reason})
+    if not dry_run:
+        write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed})
+    return {
+        "cycle": cycle,
+        "dry_run": dry_run,
+        "changed": changed,
+        "resumed": resumed,
+        "actions": actions,
+        "notes": notes + list(the_plan.notes),
+        "explain": list(the_plan.explain()),
+        "plan": the_plan.as_dict(),
+    }
+
+
+def default_collaborators(config: Config, environ=None):
+    """The real reader (squeue/sinfo JSON), scontrol client and Extra channel."""
+    from .channel import ScontrolExtra
+    from .slurm.client import CommandSlurm
+    from .slurm.reader import SlurmJsonClient
+
+    scontrol = config.slurm.scontrol
+    bindir = os.path.dirname(scontrol)
+    squeue = os.path.join(bindir, "squeue") if bindir else "squeue"
+    sinfo = os.path.join(bindir, "sinfo") if bindir else "sinfo"
+    return (SlurmJsonClient(squeue, sinfo, env=environ), CommandSlurm(scontrol, env=environ),
+            ScontrolExtra(scontrol, env=environ))
+
+
+__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "policy_of", "drain_reason"]

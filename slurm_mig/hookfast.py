@@ -228,17 +228,7 @@ def _sim_state(root: str) -> dict:
 def _live_pids(gi: dict) -> list:
     """Processes on a GPU instance, as the simulator lists them (tracked pids that ended dropped)."""
     return sorted({p["pid"] for ci in gi["cis"] for p in ci["procs"]
-                   if not p.get("track") or _pid_alive(p["pid"])})
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+                   if not p.get("track") or jobs.pid_alive(p["pid"])})
 
 
 # ----------------------------------------------------------------------------- prolog

@@ -117,6 +117,17 @@ def holders(state_dir: str, current_boot: str | None) -> dict[tuple[int, int], s
 # ----------------------------------------------------------------------------- processes
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal still exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def job_of_pid(pid: int, proc_root: str = "/proc") -> str | None:
     """The Slurm job a process belongs to: its cgroup path (``/job_<id>/``), else its
     ``SLURM_JOB_ID`` environment variable; None when neither says (or it is gone)."""

@@ -34,6 +34,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from ..catalog import GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
+from ..jobs import pid_alive
 from ..layout import is_media_extension
 from ..slurmfiles import write_json_atomic
 from . import nvmlcodes as rc
@@ -199,7 +200,7 @@ class SimDriver:
         for gpu in state["gpus"]:
             for gi in gpu["gis"]:
                 for ci in gi["cis"]:
-                    ci["procs"] = [p for p in ci["procs"] if not p.get("track") or _pid_alive(p["pid"])]
+                    ci["procs"] = [p for p in ci["procs"] if not p.get("track") or pid_alive(p["pid"])]
 
     def _fault(self, state: dict, op: str, when: str) -> None:
         """Fire a matching injected fault.  Called with the state lock held."""
@@ -466,16 +467,6 @@ def _exclusive(path: str, timeout: float) -> Iterator[None]:
 
 def _atomic_write_json(path: str, data: dict) -> None:
     write_json_atomic(path, data, mode=0o644, durable=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _make_device_files(dev_root: str, minors: Sequence[int], device_nodes: bool) -> None:

@@ -25,29 +25,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from slurm_mig.cli import main as cli  # noqa: E402
+from slurm_mig.config import sim_config_text  # noqa: E402
 
 NODE = "bench1"
 
 
 def node(root: str, gpus: int) -> str:
     config = os.path.join(root, "config.toml")
-    models = ", ".join(['"A100-40GB"'] * gpus)
     with open(config, "w") as f:
-        f.write(textwrap.dedent(f"""\
-            version = 1
-            backend = "sim"
-            [paths]
-            root = "{root}/host"
-            [sim]
-            gpus = [{models}]
-            """))
+        f.write(sim_config_text(root, ["A100-40GB"] * gpus))
     for argv in (["apply", "1g.5gb:7"], ["gres-conf", "--node", NODE, "--write"],
                  ["node-conf", "--node", NODE, "--write"]):
         code = cli(["--config", config, *argv])

@@ -129,6 +129,17 @@ def default_config() -> Config:
     return Config()
 
 
+def sim_config_text(root: str, models, extra: str = "") -> str:
+    """A config that puts simulated GPUs and every host path under ``root/host``.
+
+    What the demo, the benchmarks and the tests write: one setting (``paths.root``)
+    moves the simulator, the state and the Slurm files into a private tree.
+    """
+    gpus = ", ".join(f'"{m}"' for m in models)
+    return (f'version = 1\nbackend = "sim"\n[paths]\nroot = "{root}/host"\n'
+            f"[sim]\ngpus = [{gpus}]\n") + extra
+
+
 def resolve_config_path(option: Optional[str], environ: Mapping[str, str]) -> Optional[str]:
     """The explicitly chosen file (``--config``, then ``$SLURM_MIG_CONFIG``), or None for the default."""
     return option or environ.get(ENV_VAR) or None

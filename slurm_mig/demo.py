@@ -157,15 +157,9 @@ def _job_table(files, jobs: List[int]) -> str:
 
 
 def _config_text(root: str) -> str:
-    models = ", ".join(f'"{m}"' for m in DEMO_GPUS)
-    return textwrap.dedent(f"""\
-        version = 1
-        backend = "sim"
-        [paths]
-        root = "{root}/host"
-        [sim]
-        gpus = [{models}]
-        """)
+    from .config import sim_config_text
+
+    return sim_config_text(root, DEMO_GPUS)
 
 
 def run_sim_demo(root: Optional[str], echo: Echo) -> int:

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from slurm_mig.cli import main
+from slurm_mig.config import sim_config_text
 
 
 @pytest.fixture
@@ -18,15 +19,7 @@ def node_config(tmp_path):
 
     def write(gpus=("A100-40GB", "H100-80GB"), extra: str = "") -> str:
         path = tmp_path / "config.toml"
-        models = ", ".join(f'"{g}"' for g in gpus)
-        path.write_text(textwrap.dedent(f"""\
-            version = 1
-            backend = "sim"
-            [paths]
-            root = "{tmp_path}/host"
-            [sim]
-            gpus = [{models}]
-            """) + textwrap.dedent(extra))
+        path.write_text(sim_config_text(str(tmp_path), gpus, textwrap.dedent(extra)))
         return str(path)
 
     return write

@@ -17,7 +17,7 @@ import pytest
 
 from slurm_mig import jobs
 from slurm_mig.commands import apply_layout, gres_conf, node_conf
-from slurm_mig.config import load_config
+from slurm_mig.config import load_config, sim_config_text
 from slurm_mig.errors import ApplyRefused, GpuError, InputError, LayoutError, LockBusy, SlurmError
 from slurm_mig.gpu import nvmlcodes
 from slurm_mig.gpu.sim import SimBackend
@@ -124,16 +124,8 @@ class Node:
         self.root = tmp_path
         self.config_path = str(tmp_path / "config.toml")
         with open(self.config_path, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                version = 1
-                backend = "sim"
-                [paths]
-                root = "{tmp_path}/host"
-                [sim]
-                gpus = ["A100-40GB"]
-                [slurm]
-                register_timeout = 30
-                """) + textwrap.dedent(config_extra))
+            f.write(sim_config_text(str(tmp_path), ["A100-40GB"],
+                                    "[slurm]\nregister_timeout = 30\n" + textwrap.dedent(config_extra)))
         self.config = load_config(self.config_path)
         SimDriver.create(self.config.sim.root, ["A100-40GB"])
         self.backend = SimBackend(self.config.sim.root)

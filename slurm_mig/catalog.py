@@ -178,6 +178,15 @@ def load_catalog() -> Catalog:
 # --------------------------------------------------------------------------- NVML vs catalog
 
 
+#: NVML_GPU_INSTANCE_PROFILE_* enum indexes, by the name after the prefix.
+GI_PROFILE_ENUMS = {
+    "1_SLICE": 0x0, "2_SLICE": 0x1, "3_SLICE": 0x2, "4_SLICE": 0x3, "7_SLICE": 0x4, "8_SLICE": 0x5,
+    "6_SLICE": 0x6, "1_SLICE_REV1": 0x7, "2_SLICE_REV1": 0x8, "1_SLICE_REV2": 0x9,
+    "1_SLICE_GFX": 0xA, "2_SLICE_GFX": 0xB, "4_SLICE_GFX": 0xC, "1_SLICE_NO_ME": 0xD,
+    "2_SLICE_NO_ME": 0xE, "1_SLICE_ALL_ME": 0xF, "2_SLICE_ALL_ME": 0x10, "3_SLICE_GFX": 0x11,
+}
+
+
 @dataclass(frozen=True)
 class ObservedProfile:
     """A GPU-instance profile as the driver reported it (from profile info + placements)."""
@@ -281,6 +290,7 @@ def verify(model: Optional[GpuModel], gpu_name: str, observed: Iterable[Observed
             ("placements", list(p.placements), list(o.placements), None),
             ("placement_size", p.placement_size, o.placement_size, None),
             ("memory_mib", p.memory_mib, o.memory_mib, True if p.memory_mib is None else None),
+            ("enum", GI_PROFILE_ENUMS.get(p.enum), o.enum, True if o.enum < 0 else None),
         ]
         for name, want, got, known_ok in checks:
             if not (known_ok or want == got):

@@ -141,12 +141,21 @@ def test_profile_enum_the_gpu_lacks_is_not_supported(nv):
         nv.nvmlDeviceGetGpuInstanceProfileInfo(dev, pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT)
 
 
-def test_profile_info_with_mig_off_is_not_supported(tmp_path):
+def test_mig_off_answers_profiles_but_lists_no_instances_and_refuses_creates(tmp_path):
+    # As a real H200 on driver 580.159.04 answered (tests/data/nvml/): profiles,
+    # placements and capacity with MIG off; creating needs MIG mode.
     SimDriver.create(str(tmp_path), [A100], mig_enabled=False)
     nv = fake_pynvml(str(tmp_path))
     nv.nvmlInit()
+    dev = nv.nvmlDeviceGetHandleByIndex(0)
+    assert nv.nvmlDeviceGetGpuInstanceProfileInfo(dev, 0).id == P_1G5
+    assert nv.nvmlDeviceGetGpuInstanceRemainingCapacity(dev, P_1G5) == 7
+    array = (pynvml.c_nvmlGpuInstance_t * 7)()
+    count = ctypes.c_uint(7)
+    nv.nvmlDeviceGetGpuInstances(dev, P_1G5, array, ctypes.byref(count))
+    assert count.value == 0
     with pytest.raises(pynvml.NVMLError_NotSupported):
-        nv.nvmlDeviceGetGpuInstanceProfileInfo(nv.nvmlDeviceGetHandleByIndex(0), 0)
+        nv.nvmlDeviceCreateGpuInstance(dev, P_1G5)
 
 
 def test_driver_without_v2_profile_info_raises_function_not_found(driver):

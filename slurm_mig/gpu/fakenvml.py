@@ -43,9 +43,9 @@ DRIVER_VERSION = "580.82.07"
 #: The pynvml functions the fake provides (aliases included).
 FUNCTIONS = (
     "nvmlInit", "nvmlInitWithFlags", "nvmlShutdown", "nvmlErrorString",
-    "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
+    "nvmlSystemGetDriverVersion", "nvmlSystemGetNVMLVersion", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
     "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetMinorNumber", "nvmlDeviceGetPciInfo",
-    "nvmlDeviceGetMigMode", "nvmlDeviceSetMigMode",
+    "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMigMode", "nvmlDeviceSetMigMode",
     "nvmlDeviceGetGpuInstanceProfileInfo", "nvmlDeviceGetGpuInstanceProfileInfoV",
     "nvmlDeviceGetGpuInstanceProfileInfoById", "nvmlDeviceGetGpuInstanceProfileInfoByIdV",
     "nvmlDeviceGetGpuInstancePossiblePlacements", "nvmlDeviceGetGpuInstanceRemainingCapacity",
@@ -250,6 +250,10 @@ class FakeNvml:
         self._require_init()
         return self.driver_version
 
+    def nvmlSystemGetNVMLVersion(self):
+        self._require_init()
+        return "13." + self.driver_version  # as a real 580 driver answers: 13.580.159.04
+
     # ------------------------------------------------------------------ devices
 
     def nvmlDeviceGetCount(self):
@@ -291,6 +295,16 @@ class FakeNvml:
         info.domain, info.bus, info.device = 0, bus, 0
         info.pciDeviceId = int(g["pci_device_id"], 16)
         info.pciSubSystemId = 0
+        return info
+
+    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
+        """The full-GPU profile's memory as the total (the catalog holds no other figure)."""
+        _, gpu, _, _ = self._ids(handle, _DEVICE)
+        g = self._gpu_record(gpu)
+        info = _real.c_nvmlMemory_t()
+        if g["model"] is not None:
+            full = max(load_catalog().model(g["model"]).profiles, key=lambda p: p.memory_mib or 0)
+            info.total = info.free = (full.memory_mib or 0) * 1024 * 1024
         return info
 
     def nvmlDeviceGetMigMode(self, device):

@@ -152,10 +152,13 @@ class NvmlBackend:
     # ------------------------------------------------------------------ profiles
 
     def profiles(self, gpu: int) -> List[ObservedProfile]:
-        return list(self._profile_table(gpu, f"read the MIG profiles of gpu {gpu}"))
+        """The GPU-instance profiles NVML offers, MIG mode on or off: a real H200 on
+        driver 580.159.04 answered every profile and placement with MIG off
+        (tests/data/nvml/).  A driver that answers nothing with MIG off gives []."""
+        return list(self._profile_table(gpu))
 
-    def _profile_table(self, gpu: int, what: str) -> List[ObservedProfile]:
-        h = self._require_mig(gpu, what)
+    def _profile_table(self, gpu: int) -> List[ObservedProfile]:
+        h = self._device(gpu)
         if gpu not in self._profiles:
             nv = self._module
             found: Dict[int, ObservedProfile] = {}
@@ -229,8 +232,8 @@ class NvmlBackend:
     # ------------------------------------------------------------------ instances
 
     def instances(self, gpu: int) -> List[MigInstance]:
-        table = self._profile_table(gpu, f"list the MIG instances of gpu {gpu}")
-        h = self._device(gpu)
+        h = self._require_mig(gpu, f"list the MIG instances of gpu {gpu}")
+        table = self._profile_table(gpu)
         mig = self._mig_devices(gpu, h)
         out = []
         for profile in table:
@@ -331,7 +334,8 @@ class NvmlBackend:
 
     def create_instance(self, gpu: int, profile_id: int, start: int) -> MigInstance:
         nv = self.nvml
-        table = {p.id: p for p in self._profile_table(gpu, f"create a GPU instance on gpu {gpu}")}
+        self._require_mig(gpu, f"create a GPU instance on gpu {gpu}")
+        table = {p.id: p for p in self._profile_table(gpu)}
         profile = table.get(profile_id)
         label = f"{profile.name}@{start}" if profile else f"profile id {profile_id} at {start}"
         what = f"create GPU instance {label} on gpu {gpu}"
@@ -351,7 +355,8 @@ class NvmlBackend:
 
     def create_compute_instance(self, gpu: int, gi_id: int) -> MigInstance:
         nv = self.nvml
-        table = {p.id: p for p in self._profile_table(gpu, f"create a compute instance on gpu {gpu}")}
+        self._require_mig(gpu, f"create a compute instance on gpu {gpu}")
+        table = {p.id: p for p in self._profile_table(gpu)}
         h = self._device(gpu)
         gi = self._call(f"find gpu {gpu} gi {gi_id}", nv.nvmlDeviceGetGpuInstanceById, h, gi_id)
         info = self._call(f"read gpu {gpu} gi {gi_id}", nv.nvmlGpuInstanceGetInfo, gi)

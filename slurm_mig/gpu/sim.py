@@ -38,7 +38,7 @@ class SimBackend:
         ]
 
     def profiles(self, gpu: int) -> List[ObservedProfile]:
-        model = self._call(f"read profiles of gpu {gpu}", self.driver.mig_model, gpu)
+        model = self._call(f"read profiles of gpu {gpu}", self.driver.profile_model, gpu)
         return [
             ObservedProfile(
                 id=p.id, name=p.name, compute_slices=p.compute_slices, max_count=p.max_count,
@@ -49,7 +49,9 @@ class SimBackend:
         ]
 
     def instances(self, gpu: int) -> List[MigInstance]:
-        gis = self._call(f"list instances of gpu {gpu}", self.driver.gpu_instances, gpu)
+        what = f"list instances of gpu {gpu}"
+        self._call(what, self.driver.mig_model, gpu)  # MIG mode off: NOT_SUPPORTED, as NvmlBackend
+        gis = self._call(what, self.driver.gpu_instances, gpu)
         return [self._instance(gpu, gi) for gi in gis]
 
     @staticmethod

@@ -12,6 +12,9 @@ above it must cope with it:
   (overlap, count exhausted), NOT_SUPPORTED (MIG off), and IN_USE on destroy while
   processes (compute instance) or compute instances (GPU instance) exist.
 * MIG mode: Ampere GPUs (A100, A30) keep the change pending until a GPU reset.
+  With MIG mode off, profile info, placements and remaining capacity still answer and
+  the instance lists are empty, as a real H200 on driver 580.159.04 did
+  (tests/data/nvml/); creating an instance then fails with NOT_SUPPORTED.
 * Processes attached to an instance make it "in use"; a tracked process disappears
   from the listing once the real pid is gone, as with the real driver.
 * Faults: fail the Nth call of an operation with an NVML code, or crash (raise or
@@ -32,7 +35,7 @@ import stat
 import time
 from typing import Iterator, List, Optional, Sequence
 
-from ..catalog import GpuModel, load_catalog
+from ..catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
 from ..jobs import pid_alive
 from ..layout import is_media_extension
@@ -41,13 +44,6 @@ from . import nvmlcodes as rc
 
 STATE_VERSION = 1
 ID_RANGES = {"FULL": (0,), "HALF": (1, 2), "QUARTER": (3, 4, 5, 6), "EIGHTH": tuple(range(7, 15))}
-#: NVML_GPU_INSTANCE_PROFILE_* enum indexes, by the name after the prefix.
-GI_PROFILE_ENUMS = {
-    "1_SLICE": 0x0, "2_SLICE": 0x1, "3_SLICE": 0x2, "4_SLICE": 0x3, "7_SLICE": 0x4, "8_SLICE": 0x5,
-    "6_SLICE": 0x6, "1_SLICE_REV1": 0x7, "2_SLICE_REV1": 0x8, "1_SLICE_REV2": 0x9,
-    "1_SLICE_GFX": 0xA, "2_SLICE_GFX": 0xB, "4_SLICE_GFX": 0xC, "1_SLICE_NO_ME": 0xD,
-    "2_SLICE_NO_ME": 0xE, "1_SLICE_ALL_ME": 0xF, "2_SLICE_ALL_ME": 0x10, "3_SLICE_GFX": 0x11,
-}
 GI_PROFILE_COUNT = 0x12
 #: NVML_COMPUTE_INSTANCE_PROFILE_* enum index -> compute slices (the CI profile id is the enum).
 CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1}
@@ -301,6 +297,12 @@ class SimDriver:
             self._model(g)
             return int(g["mig_current"]), int(g["mig_pending"])
 
+    def profile_model(self, gpu: int) -> GpuModel:
+        """The catalog model of a MIG-capable GPU, MIG mode on or off (profile reads
+        answer either way); NOT_SUPPORTED for a GPU without MIG."""
+        with self._state() as state:
+            return self._model(self._gpu(state, gpu))
+
     def mig_model(self, gpu: int) -> GpuModel:
         """The catalog model of a GPU in MIG mode; NOT_SUPPORTED otherwise."""
         with self._state() as state:
@@ -309,7 +311,7 @@ class SimDriver:
     def profile_by_enum(self, gpu: int, enum: int):
         """The catalog profile at NVML enum index ``enum``; NOT_SUPPORTED when absent."""
         with self._state() as state:
-            model = self._mig_model(self._gpu(state, gpu))
+            model = self._model(self._gpu(state, gpu))  # MIG mode off too (module doc)
         for p in model.profiles:
             if GI_PROFILE_ENUMS.get(p.enum) == enum:
                 return model, p
@@ -317,7 +319,7 @@ class SimDriver:
 
     def profile_by_id(self, gpu: int, profile_id: int):
         with self._state() as state:
-            model = self._mig_model(self._gpu(state, gpu))
+            model = self._model(self._gpu(state, gpu))  # MIG mode off too (module doc)
         for p in model.profiles:
             if p.id == profile_id:
                 return model, p
@@ -326,14 +328,18 @@ class SimDriver:
     def gpu_instances(self, gpu: int) -> List[dict]:
         with self._state() as state:
             g = self._gpu(state, gpu)
-            self._mig_model(g)
+            self._model(g)  # MIG mode off: no instances, not an error (as NVML 580 answers)
             self._prune_dead(state)
             return sorted(g["gis"], key=lambda gi: gi["id"])
 
     def remaining_capacity(self, gpu: int, profile_id: int) -> int:
+        """How many more of a profile fit: free placements, capped by the profile's count
+        (a real H200 answers 1, not 7, for 1g.18gb+me on an empty GPU)."""
         model, profile = self.profile_by_id(gpu, profile_id)
         gis = self.gpu_instances(gpu)
-        return sum(1 for s in profile.placements if self._fits(model, gis, profile, s))
+        fits = sum(1 for s in profile.placements if self._fits(model, gis, profile, s))
+        existing = sum(1 for gi in gis if gi["profile_id"] == profile.id)
+        return max(0, min(fits, profile.max_count - existing))
 
     @staticmethod
     def _fits(model: GpuModel, gis: List[dict], profile, start: int) -> bool:

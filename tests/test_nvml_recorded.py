@@ -18,6 +18,7 @@ import pytest
 from slurm_mig import catalog as catalog_mod
 from slurm_mig import commands
 from slurm_mig.catalog import GI_PROFILE_ENUMS, ObservedProfile
+from slurm_mig.devices import formula_minors, parse_mig_minors, render_mig_minors
 from slurm_mig.errors import NotSupported
 from slurm_mig.gpu.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
@@ -155,3 +156,11 @@ def test_catalog_verify_on_a_gpu_without_mig(tmp_path, kind):
     backend = SimBackend(root) if kind == "sim" else NvmlBackend(fake_pynvml(root))
     entry = commands.catalog_verify(backend)["gpus"][0]
     assert (entry["model"], entry["differences"], entry["note"]) == (None, [], "no MIG profiles: not a MIG GPU")
+
+
+def test_real_mig_minors_file_is_the_formula_byte_for_byte():
+    # /proc/driver/nvidia-caps/mig-minors of the lent H200 (MIG off, driver 580.159.04):
+    # 32 GPUs x 15 GIs x 8 CIs.  The formula is still only a fallback (docs/gres.md).
+    text = (DATA / "h200-580.159.04-mig-minors").read_text()
+    assert text == render_mig_minors()
+    assert parse_mig_minors(text, "recorded") == formula_minors()

@@ -1,0 +1,76 @@
+"""The files shipped in etc/ call slurm-mig the way the CLI parses it, and the units
+are complete: a typo in an ExecStart or a cron line would only show on a cluster."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import warnings
+from pathlib import Path
+
+import click
+import pytest
+
+from slurm_mig.cli import cli
+
+ETC = Path(__file__).resolve().parents[1] / "etc"
+UNITS = sorted(ETC.glob("*.service"))
+
+
+def slurm_mig_argv(command: str):
+    argv = [w for w in shlex.split(command.split("|")[0]) if not w[:1].isdigit() and not w.startswith(">")]
+    assert argv[0].endswith("/slurm-mig"), command
+    return argv[1:]  # without the shell's redirections
+
+
+def parses(argv) -> None:
+    """Parse ``argv`` down to its subcommand without running anything."""
+    ctx = cli.make_context("slurm-mig", list(argv), resilient_parsing=False)
+    with warnings.catch_warnings():  # click 8.2 deprecates protected_args, 9 drops it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        words = [*getattr(ctx, "protected_args", ()), *ctx.args]
+    name, sub, rest = cli.resolve_command(ctx, words)
+    assert isinstance(sub, click.Command), argv
+    sub.make_context(name, rest, parent=ctx)
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=True, interpolation=None)
+    parser.optionxform = str
+    parser.read(path)
+    return parser
+
+
+def test_there_is_a_controller_and_a_node_unit_each_with_a_timer():
+    names = {p.stem for p in UNITS}
+    assert {"slurm-mig-rebalance", "slurm-mig-node"} <= names
+    for name in names:
+        timer = unit(ETC / f"{name}.timer")
+        assert timer["Install"]["WantedBy"] == "timers.target"
+        assert timer["Timer"]["OnUnitInactiveSec"]
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_service_exec_start_parses(path):
+    service = unit(path)["Service"]
+    assert service["Type"] == "oneshot"
+    parses(slurm_mig_argv(service["ExecStart"]))
+
+
+def test_cron_lines_parse_and_cover_both_sides():
+    lines = [l for l in (ETC / "slurm-mig.cron").read_text().splitlines() if l and not l.startswith("#")]
+    commands = []
+    for line in lines:
+        fields = line.split(None, 6)
+        assert len(fields) == 7 and fields[5] == "root", line
+        argv = slurm_mig_argv(fields[6])
+        parses(argv)
+        commands.append(argv)
+    assert ["rebalance"] in commands and ["sync", "--pending"] in commands
+
+
+def test_the_parser_check_would_catch_a_typo():
+    with pytest.raises(click.UsageError):
+        parses(["sync", "--pendin"])
+    with pytest.raises(click.UsageError):
+        parses(["rebalnce"])

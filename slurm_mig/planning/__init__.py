@@ -6,8 +6,9 @@ a :class:`Plan` with a keep/change decision per node, per-GPU before/after layou
 one-line reason per node.
 
 Modules: :mod:`.model` (input and output values), :mod:`.flow` (demand matched to free
-instances, per type), :mod:`.candidates` (the layouts a GPU may get), :mod:`.search`
-(the greedy), :mod:`.explain` (reasons and totals).
+instances, per type), :mod:`.candidates` (the layouts a GPU may get), :mod:`.problem`
+(the inputs indexed by type and partition set), :mod:`.scoring` (what a change is
+worth), :mod:`.search` (the greedy), :mod:`.explain` (reasons and totals).
 """
 
 from .model import (

@@ -15,7 +15,12 @@ next ``word=``) and no commas::
 ``have`` is published by the node (``sync --pending``, from its timer): every GPU in MIG
 mode, its catalog model and its canonical layout; the controller cannot see NVML.
 ``want`` (GPU index -> canonical layout) and ``cycle`` are written by rebalance and cleared
-by the node once applied.  Pure parsing here; :class:`ScontrolExtra` does the I/O.
+by the node once applied.  ``applied:7`` is then set by the node: it applied cycle 7's want
+and wrote its gres.conf, and the controller still has to write its ``Gres=``, reconfigure
+Slurm and resume it (rebalance's finish step, which drops the marker).  The marker matters
+when the counts per type did not change (only placements did): ``have`` then agrees with
+Slurm, but slurmd must still re-read gres.conf.  Pure parsing here; :class:`ScontrolExtra`
+does the I/O.
 """
 
 from __future__ import annotations
@@ -41,12 +46,24 @@ class Channel:
     have: Tuple[Tuple[int, str, str], ...] = ()  #: (gpu index, model key, canonical layout)
     want: Tuple[Tuple[int, str], ...] = ()  #: (gpu index, canonical layout)
     cycle: Optional[int] = None  #: the rebalance cycle that set ``want``
+    applied: Optional[int] = None  #: the cycle whose want the node applied; Slurm not told yet
 
     def with_want(self, want: Mapping[int, str], cycle: int) -> "Channel":
-        return Channel(self.have, tuple(sorted(want.items())), cycle)
+        """A new want (rebalance's record step); an older applied marker is kept: that change
+        still needs the controller's finish step."""
+        return Channel(self.have, tuple(sorted(want.items())), cycle, self.applied)
 
-    def cleared(self, have: Optional[Tuple[Tuple[int, str, str], ...]] = None) -> "Channel":
-        return Channel(self.have if have is None else have, (), None)
+    def published(self, have: Tuple[Tuple[int, str, str], ...]) -> "Channel":
+        """The node's current layout, everything else kept."""
+        return Channel(tuple(sorted(have)), self.want, self.cycle, self.applied)
+
+    def applied_as(self, have: Tuple[Tuple[int, str, str], ...]) -> "Channel":
+        """The node applied the want (``sync --pending``): new ``have``, want cleared, marker set."""
+        return Channel(tuple(sorted(have)), (), None, self.cycle if self.cycle is not None else 0)
+
+    def finished(self) -> "Channel":
+        """Slurm reconfigured and the node registered (rebalance's finish step): marker dropped."""
+        return Channel(self.have, self.want, self.cycle, None)
 
 
 def _layout_out(text: str) -> str:
@@ -65,9 +82,11 @@ def format_channel(ch: Channel) -> str:
         parts.append("want:" + "|".join(f"{g}/{_layout_out(l)}" for g, l in ch.want))
         if ch.cycle is not None:
             parts.append(f"cycle:{ch.cycle}")
+    if ch.applied is not None:
+        parts.append(f"applied:{ch.applied}")
     text = ";".join(parts)
-    if any(c in text for c in " =\t\n"):
-        raise ChannelError(f"channel text {text!r} would hold a blank or '='; report this")
+    if any(c in text for c in " =,\t\n"):
+        raise ChannelError(f"channel text {text!r} would hold a blank, '=' or ','; report this")
     return text
 
 
@@ -82,7 +101,7 @@ def parse_channel(text: str, node: str = "?") -> Optional[Channel]:
                            f"slurm-mig uses Extra to talk to the node: clear it with "
                            f"`scontrol update nodename={node} extra=` or leave the node out of "
                            f"[rebalance] nodes")
-    have, want, cycle = [], [], None
+    have, want, cycle, applied = [], [], None, None
     try:
         for part in parts[1:]:
             key, _, value = part.partition(":")
@@ -96,13 +115,15 @@ def parse_channel(text: str, node: str = "?") -> Optional[Channel]:
                     want.append((int(g), _layout_in(l)))
             elif key == "cycle":
                 cycle = int(value)
+            elif key == "applied":
+                applied = int(value)
             else:
                 raise ValueError(f"unknown part {key!r}")
     except ValueError as err:
         raise ChannelError(f"node {node}: cannot read its Extra field {text!r}: {err}; clear it "
                            f"with `scontrol update nodename={node} extra=` and run "
                            f"`slurm-mig sync --pending` on the node") from err
-    return Channel(tuple(sorted(have)), tuple(sorted(want)), cycle)
+    return Channel(tuple(sorted(have)), tuple(sorted(want)), cycle, applied)
 
 
 class ScontrolExtra:

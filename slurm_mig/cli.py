@@ -15,8 +15,8 @@ from typing import Optional
 import click
 
 from . import __version__, render
-from .errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, SimulatedCrash,
-                     SlurmMigError)
+from .errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_SLURM, EXIT_USAGE,
+                     SimulatedCrash, SlurmMigError)
 
 
 class Context:
@@ -411,12 +411,17 @@ def rebalance_cmd(obj: Context, dry_run, explain):
     """Controller side: re-plan idle nodes' MIG layouts from the pending queue.
 
     Drains each chosen node with a reason naming its new layout and leaves the layout in the
-    node's Extra field; `slurm-mig sync --pending` on the node applies it.  docs/rebalance.md.
+    node's Extra field; `slurm-mig sync --pending` on the node applies it.  Then, for every
+    node that applied its layout: its Gres= in the node include, one reconfigure, resume.
+    Exit 8 when finishing a node failed (it stays drained, its reason says what to do).
+    docs/rebalance.md.
     """
     from .commands import rebalance
 
     result = rebalance(obj.config, os.environ, dry_run=dry_run)
     obj.emit(result, lambda r: render.rebalance_text(r, explain))
+    if result["failed"]:
+        sys.exit(EXIT_SLURM)
 
 
 def main(argv=None) -> int:

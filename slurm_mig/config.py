@@ -104,6 +104,7 @@ class RebalanceSettings:
     max_nodes_per_cycle: int = 4
     hysteresis_cycles: int = 3
     drain_mixed: bool = False  #: also drain nodes with running jobs (their instances kept)
+    apply_wait: float = 90  #: seconds a cycle waits for its nodes' sync --pending (0: next cycle)
     lock: str = "/var/lib/slurm-mig/rebalance.lock"
     state_file: str = "/var/lib/slurm-mig/rebalance.json"
 
@@ -399,6 +400,7 @@ class _Reader:
             hysteresis_cycles=self.count(t.get("hysteresis_cycles", d.hysteresis_cycles),
                                          "rebalance.hysteresis_cycles"),
             drain_mixed=flags["drain_mixed"],
+            apply_wait=self.seconds(t.get("apply_wait", d.apply_wait), "rebalance.apply_wait"),
             lock=paths["lock"],
             state_file=paths["state_file"],
         )

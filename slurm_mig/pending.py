@@ -1,35 +1,53 @@
 """``slurm-mig sync --pending``: the node side of rebalance.
 
-Run from a timer on every node (etc/slurm-mig-rebalance.timer is the controller's; the
-node's is in docs/rebalance.md).  Each run:
+Run from a timer on every node (etc/slurm-mig-node.timer, or etc/slurm-mig.cron).  Each run:
 
 * reads this node's Extra field (:mod:`slurm_mig.channel`);
 * no ``want``: publishes the node's current layout (``have``) if Extra does not already
   say it, and does nothing else: no drain, no Slurm change;
+* a ``want`` and the node drained by someone else (a reason not starting ``slurm-mig``):
+  leaves it alone; their drain means something we cannot judge;
 * a ``want`` and the node still running jobs: makes sure the node is drained (so no new
   job lands) and returns at once: the next run tries again;
-* a ``want`` and the node idle: the normal sync (:func:`slurm_mig.sync.sync_node`) with
-  the wanted layout per GPU (drain, apply, gres files, reconfigure, register, resume),
-  then publishes the new ``have`` and clears the want.
+* a ``want`` and the node idle: drain (if not already), apply the wanted layout, write this
+  node's gres.conf lines, publish the new ``have`` with ``applied:<cycle>`` and the want
+  cleared, and set the drain reason to say that the next ``slurm-mig rebalance`` run
+  reconfigures Slurm and resumes the node.
 
-A failure inside sync leaves the node drained with sync's own reason and the want in
-place; the next run retries it.
+It does NOT write the node's ``Gres=`` in the node include, reconfigure or resume: those are
+the controller's (:mod:`slurm_mig.finish`), once per cycle for every node changed, because
+on Slurm < 23.11 a reconfigure that changes gres is a slurmctld restart (docs/sync.md).  The
+node stays drained meanwhile, and slurmctld keeps the old Gres= until then.
+
+A failure leaves the node drained with the reason ``slurm-mig rebalance: cycle N: node-side
+<step> failed: <error>; fix it, then slurm-mig sync --pending on the node retries`` and the
+want in place; the next run retries (apply and the file write are idempotent).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from typing import Callable, Optional, Tuple
 
 from .apply import JobAwareBackend
 from .channel import Channel, format_channel, parse_channel
+from .commands import gres_conf
 from .config import Config, LayoutSettings
+from .errors import SlurmError
+from .gresconf import check_node_name
 from .inventory import current_layout, gpu_model
 from .layout import format_layout
-from .sync import REASON_MAX, reason_text, sync_node
+from .syncsteps import (StepLog, apply_layouts, apply_summary, fit_reason, idle, one_line,
+                        state_text, sync_lock, with_context)
+from .sync import layout_summary, resolve_wanted
+
+log = logging.getLogger(__name__)
 
 TAG = "slurm-mig rebalance"
+OURS = "slurm-mig"  #: a drain reason starting with this is rebalance's or sync's, not an admin's
+NEXT = "the next slurm-mig rebalance run reconfigures Slurm and resumes the node"
 
 
 def node_have(backend) -> Tuple[Tuple[int, str, str], ...]:
@@ -42,39 +60,115 @@ def node_have(backend) -> Tuple[Tuple[int, str, str], ...]:
     return tuple(sorted(out))
 
 
+def applied_reason(cycle: Optional[int], summary: str) -> str:
+    return fit_reason(f"{TAG}: cycle {cycle}: layout ", summary, f" applied on the node; {NEXT}")
+
+
+def node_failure_reason(cycle: Optional[int], step: str, err: BaseException) -> str:
+    return fit_reason(f"{TAG}: cycle {cycle}: node-side {step} failed: ", one_line(err),
+                      "; fix it, then slurm-mig sync --pending on the node retries")
+
+
 def sync_pending(config: Config, backend, slurm, channel, node: str, *, wait: Optional[float] = None,
                  dry_run: bool = False, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, poll: float = 2.0) -> dict:
+    """One node-side run; see the module doc.  ``slurm``: a SlurmClient (node state, drain);
+    ``channel``: read/write this node's Extra.  ``wait``, ``sleep`` and ``poll`` are accepted
+    for the CLI's sake and unused: a busy node is not waited for, the next run looks again."""
+    del wait, sleep, poll
+    check_node_name(node)
+    jb = JobAwareBackend(backend, config.paths.state_dir)
     ch = parse_channel(channel.read(node), node) or Channel()
-    have = node_have(JobAwareBackend(backend, config.paths.state_dir))
-    result = {"node": node, "dry_run": dry_run, "want": [{"gpu": g, "layout": l} for g, l in ch.want],
-              "cycle": ch.cycle, "action": "", "published": False, "sync": None}
+    have = node_have(jb)
+    steps = StepLog(f"{TAG}: node {node}", clock, log)
+    result = {"node": node, "dry_run": dry_run,
+              "want": [{"gpu": g, "layout": l} for g, l in ch.want], "cycle": ch.cycle,
+              "action": "", "published": False, "applied": False, "gres_conf": None,
+              "apply": [], "steps": steps.items}
     if not ch.want:
         result["action"] = "nothing wanted"
         if ch.have != have:
             if not dry_run:
-                channel.write(node, format_channel(ch.cleared(have)))
+                channel.write(node, format_channel(ch.published(have)))
             result["published"] = True
         return result
     st = slurm.nodes([node]).get(node)
-    idle = st is not None and st.base == "idle" and "COMPLETING" not in st.flags
-    if not idle:
-        state = "not reported" if st is None else "+".join([st.base.upper(), *sorted(st.flags)])
-        result["action"] = f"waiting: node {state}; the next run tries again"
-        if st is not None and "DRAIN" not in st.flags and not dry_run:
-            text = reason_text(f"{TAG}: cycle {ch.cycle}: new layout waits for running jobs; "
-                               f"slurm-mig sync --pending on the node applies it")
-            slurm.drain(node, text[:REASON_MAX])
+    if st is None:
+        raise SlurmError(f"node {node} is not known to slurmctld; check --node or [slurm] "
+                         f"node_name in {config.source} (`scontrol show node`)")
+    if "DRAIN" in st.flags and not st.reason.startswith(OURS):
+        result["action"] = (f"waiting: drained by someone else ({st.reason or 'no reason'}); left "
+                            f"alone until they resume it, or cancel the change with "
+                            f"`scontrol update nodename={node} extra=`")
+        return result
+    if not idle(st):
+        result["action"] = f"waiting: node {state_text(st).split(' ')[0]}; the next run tries again"
+        if "DRAIN" not in st.flags and not dry_run:
+            slurm.drain(node, fit_reason(f"{TAG}: cycle {ch.cycle}: new layout waits for running "
+                                         f"jobs; slurm-mig sync --pending on the node applies it"))
             result["action"] += " (drained it so no new job lands)"
         return result
-    wanted = replace(config, layout=LayoutSettings(default=None, gpus=tuple(ch.want)))
-    result["sync"] = sync_node(wanted, backend, slurm, node, wait=wait, dry_run=dry_run,
-                               clock=clock, sleep=sleep, poll=poll)
+    wanted_config = replace(config, layout=LayoutSettings(default=None, gpus=tuple(ch.want)))
     if dry_run:
-        result["action"] = "would sync to the wanted layout"
+        wanted = resolve_wanted(wanted_config, jb)
+        for step, detail in (("drain", "if not drained yet"),
+                             ("apply", layout_summary(wanted)),
+                             ("write", f"{config.paths.gres_conf}: node {node}'s lines"),
+                             ("publish", f"have, applied:{ch.cycle}, want cleared"),
+                             ("reason", applied_reason(ch.cycle, layout_summary(wanted)))):
+            steps.add(step, "planned", detail)
+        result["action"] = "would apply the wanted layout and hand over to rebalance"
         return result
-    now = parse_channel(channel.read(node), node) or Channel()  # a restart may have reset it
-    channel.write(node, format_channel(now.cleared(node_have(JobAwareBackend(backend, config.paths.state_dir)))))
-    result["action"] = "synced to the wanted layout; want cleared"
-    result["published"] = True
+    with sync_lock(config.paths.state_dir):
+        _apply_want(config, wanted_config, jb, slurm, channel, node, ch, st, steps, result, clock)
     return result
+
+
+def _apply_want(config, wanted_config, jb, slurm, channel, node, ch, st, steps, result, clock) -> None:
+    step, t0 = "check", clock()
+    try:
+        wanted = resolve_wanted(wanted_config, jb)  # a want the GPU cannot take: fails here
+        summary = layout_summary(wanted)
+        step = "drain"
+        if "DRAIN" not in st.flags:
+            slurm.drain(node, fit_reason(f"{TAG}: cycle {ch.cycle}: applying ", summary,
+                                         " on the node (slurm-mig sync --pending)"))
+            now = slurm.nodes([node]).get(node)
+            if now is None or not idle(now):  # a job landed between the look and the drain
+                steps.add("drain", "done", "a job landed before the drain; the next run applies")
+                result["action"] = "waiting: a job started before the drain; the next run tries again"
+                return
+            steps.add("drain", "done", "drained", t0)
+        step, t0 = "apply", clock()
+        results = apply_layouts(config, jb, {g: w for g, (_, w, _) in wanted.items()})
+        result["apply"] = [r.as_dict() for r in results]
+        steps.add("apply", "done", apply_summary(results), t0)
+        step, t0 = "write", clock()
+        g = gres_conf(config, jb, node, write=True)
+        result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],
+                               "gres": g["gres"]}
+        steps.add("write", "done", f"{g['path']} ({'written' if g['changed'] else 'unchanged'}, "
+                                   f"Gres={g['gres'] or '(none)'} for the controller)", t0)
+        step, t0 = "publish", clock()
+        channel.write(node, format_channel(ch.applied_as(node_have(jb))))
+        result["published"] = result["applied"] = True
+        steps.add("publish", "done", f"have, applied:{ch.cycle}, want cleared", t0)
+        step, t0 = "reason", clock()
+        reason = applied_reason(ch.cycle, summary)
+        slurm.drain(node, reason)
+        steps.add("reason", "done", reason, t0)
+        result["action"] = f"applied; {NEXT}"
+    except Exception as err:
+        steps.add(step, "failed", one_line(err), t0)
+        where = f"sync --pending stopped at {step}: node {node} left drained"
+        try:
+            slurm.drain(node, node_failure_reason(ch.cycle, step, err))
+        except Exception as drain_err:  # the first error is the one raised
+            where += f" (and setting its drain reason failed too: {one_line(drain_err)})"
+        message = (f"{one_line(err)}; {where}, the want kept; fix it, then the node's "
+                   f"slurm-mig sync --pending retries")
+        log.error("%s: node %s: %s", TAG, node, message)
+        new = with_context(err, message)
+        if new is err:
+            raise
+        raise new from err

@@ -2,21 +2,29 @@
 
 The cycle (docs/rebalance.md)::
 
-    lock      <rebalance.lock>; a second run exits 7 at once
+    lock      <rebalance.lock>; a second run exits 7 at once; held to the end
     read      pending jobs and nodes (one squeue, one sinfo: states, gres, Extra)
-    recover   a node drained by rebalance whose want is gone is resumed (crash repair)
+    sort      nodes drained by rebalance with no want: applied (or Slurm disagrees) ->
+              to finish; agrees -> resumed (crash repair); nothing published -> wait
     plan      nodes' published layouts (Extra ``have``) + demand -> the pure planner
     record    per changed node: its want in Extra first, then the drain; a greppable line
     save      cycle number and last-changed cycle per node in <rebalance.state_file>
+    wait      up to [rebalance] apply_wait for the changed nodes' ``sync --pending``
+    finish    for every node that applied: its Gres= in the node include, ONE reconfigure,
+              registration, resume (:mod:`slurm_mig.finish`)
 
-The node applies its want with ``slurm-mig sync --pending`` (:mod:`slurm_mig.pending`).
+The node applies its want with ``slurm-mig sync --pending`` (:mod:`slurm_mig.pending`) and
+hands back with ``applied:<cycle>`` in Extra; it never reconfigures Slurm: on Slurm < 23.11
+that is a slurmctld restart, so the controller does it once for all the nodes of a cycle.
+With the node's timer running within ``apply_wait``, one rebalance run is a whole change.
+
 Want before drain: a crash between the two leaves a want on a node that is not drained,
-which ``sync --pending`` applies anyway (sync drains by itself); the reverse order could
-leave a drained node with nothing to do.  A node drained by rebalance whose want is missing
-is resumed by the next cycle, so no node stays drained without a reason saying what to do.
+which ``sync --pending`` applies anyway (it drains by itself); the reverse order could
+leave a drained node with nothing to do.  A node drained by rebalance is finished or
+resumed by a later cycle, so no node stays drained without a reason saying what to do.
 
-Orchestration only: the reader, the Slurm client, the channel and the planner are
-parameters.  Returns a dict with stable keys; :mod:`slurm_mig.render` prints it.
+Orchestration only: the reader, the Slurm client, the channel, the clock and the planner
+are parameters.  Returns a dict with stable keys; :mod:`slurm_mig.render` prints it.
 """
 
 from __future__ import annotations
@@ -25,18 +33,20 @@ import contextlib
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .catalog import load_catalog
 from .channel import Channel, ChannelError, format_channel, parse_channel
 from .config import Config
-from .errors import ConfigError, InputError, LockBusy
+from .errors import ConfigError, InputError, LockBusy, SlurmError
+from .finish import Ready, finish, have_gres, verdict
 from .layout import Layout, format_counts, format_layout, parse_layout
 from .locking import node_lock
 from .planning import DemandItem, PlanGpu, PlanNode, Policy, plan
 from .slurm.demand import demand as queue_demand
 from .slurmfiles import write_json_atomic
-from .sync import REASON_MAX, reason_text
+from .syncsteps import fit_reason
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +157,56 @@ def drain_reason(cycle: int, wanted: Dict[int, Layout]) -> str:
     for gpu, layout in sorted(wanted.items()):
         by.setdefault(format_counts(layout), []).append(gpu)
     what = "; ".join(f"{c} on gpu {','.join(map(str, g))}" for c, g in by.items())
-    text = reason_text(f"{TAG}: cycle {cycle}: new layout {what}; slurm-mig sync --pending on "
-                       f"the node applies it and resumes the node")
-    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
+    return fit_reason(f"{TAG}: cycle {cycle}: new layout ", what,
+                      "; slurm-mig sync --pending on the node applies it, then slurm-mig "
+                      "rebalance reconfigures Slurm and resumes the node")
+
+
+def finishing_node(info, ch: Channel, catalog, last_changed: Optional[int]) -> PlanNode:
+    """A node that applied its layout and waits for the finish step, as the planner sees it:
+    drained (not changeable), with the layout it is about to offer."""
+    gpus = tuple(PlanGpu(index, key, parse_layout(text, catalog.model(key)))
+                 for index, key, text in ch.have)
+    return PlanNode(info.name, tuple(info.partitions), "drained", gpus,
+                    last_changed_cycle=last_changed)
+
+
+def wait_applied(channel, names: List[str], wait: float, *, clock: Callable[[], float],
+                 sleep: Callable[[float], None], poll: float) -> dict:
+    """Look at the nodes' Extra (one ``scontrol show node`` each) until none of them has a
+    want left, or ``wait`` seconds have passed.  ``applied``: nodes that now say
+    ``applied``; ``pending``: nodes whose want is still there."""
+    t0 = clock()
+    deadline = t0 + wait
+    left, applied = set(names), []
+    while left:
+        for n in sorted(left):
+            try:
+                ch = parse_channel(channel.read(n), n)
+            except ChannelError:  # not ours any more: nothing to wait for
+                left.discard(n)
+                continue
+            except SlurmError:  # slurmctld busy or restarting: look again
+                continue
+            if ch is None or not ch.want:
+                left.discard(n)
+                if ch is not None and ch.applied is not None:
+                    applied.append(n)
+        if not left or clock() >= deadline:
+            break
+        sleep(max(0.0, min(poll, deadline - clock())))
+    return {"seconds": round(clock() - t0, 3), "applied": sorted(applied), "pending": sorted(left)}
 
 
 # ----------------------------------------------------------------------------- the cycle
 
 
-def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False) -> dict:
+def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False,
+              clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep, poll: float = 1.0) -> dict:
     """One cycle; see the module doc.  ``reader``: a SlurmReader (pending jobs, nodes with
-    Extra); ``slurm``: a SlurmClient (drain, resume); ``channel``: read/write a node's Extra."""
+    Extra); ``slurm``: a SlurmClient (node state, drain, resume, reconfigure); ``channel``:
+    read/write a node's Extra.  ``poll``: seconds between two looks while waiting."""
     r = config.rebalance
     if not r.enabled and not dry_run:
         raise ConfigError(f"{config.source}: rebalance.enabled: rebalance is off; set "
@@ -168,10 +217,32 @@ def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False) 
         except LockBusy as err:
             raise LockBusy(f"another slurm-mig rebalance is running (lock {r.lock}); it ends by "
                            f"itself, find it with `fuser {r.lock}`") from err
-        return _cycle(config, reader, slurm, channel, dry_run)
+        return _cycle(config, reader, slurm, channel, dry_run, clock, sleep, max(poll, 0.0))
 
 
-def _cycle(config: Config, reader, slurm, channel, dry_run: bool) -> dict:
+def _ours(info) -> bool:
+    return "DRAIN" in info.flags and info.reason.startswith(TAG)
+
+
+def _to_finish(infos, catalog, names=None) -> Dict[str, Tuple[Ready, str]]:
+    """Nodes drained by rebalance, no want left, and a layout Slurm has not been told of."""
+    out = {}
+    for name, info in sorted(infos.items()):
+        if (names is not None and name not in names) or not _ours(info):
+            continue
+        try:
+            ch = parse_channel(info.extra, name)
+        except ChannelError:
+            continue
+        if ch is not None and ch.want:
+            continue
+        what, why = verdict(info, ch, catalog)
+        if what == "finish":
+            out[name] = (Ready(name, ch, have_gres(name, ch, catalog)), why)
+    return out
+
+
+def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, poll: float) -> dict:
     r = config.rebalance
     state = read_state(r.state_file)
     cycle = state["cycle"] + 1
@@ -184,22 +255,40 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool) -> dict:
     resumed: List[str] = []
     nodes: List[PlanNode] = []
     in_progress = set()
+    ready = _to_finish(infos, catalog)
+    held = []  #: nodes whose finish failed before: no new change until that is fixed
     for name, info in sorted(infos.items()):
         try:
             ch = parse_channel(info.extra, name)
         except ChannelError as err:
             notes.append(f"node {name}: left out: {err}")
             continue
-        ours = "DRAIN" in info.flags and info.reason.startswith(TAG)
-        if ours and (ch is None or not ch.want):
-            line = (f"{TAG}: cycle {cycle}: node {name}: resume: drained by rebalance but no "
-                    f"layout is waiting for it (a crash or a cleared want)")
+        if name in ready:
+            fin, why = ready[name]
+            nodes.append(finishing_node(info, ch, catalog, last_changed.get(name)))
+            in_progress.add(name)
+            notes.append(f"node {name}: {why}; finishing it in this cycle")
+            if " failed: " in info.reason:
+                held.append(name)
+            continue
+        if _ours(info) and (ch is None or not ch.want):
+            what, why = verdict(info, ch, catalog)
+            if what == "wait":
+                notes.append(why)
+                continue
+            line = f"{TAG}: cycle {cycle}: node {name}: resume: {why}"
             actions.append(line + (" (dry run)" if dry_run else ""))
             if not dry_run:
                 slurm.resume(name)
                 log.info("%s", line)
             resumed.append(name)
             continue  # planned again next cycle, from its state after the resume
+        if ch is not None and ch.applied is not None and not ch.want:
+            notes.append(f"node {name}: left out: it applied the layout of cycle {ch.applied} but "
+                         f"is not drained by rebalance any more ({_state_text(info)}); drain it "
+                         f"with a reason starting '{TAG}' and the next cycle reconfigures Slurm "
+                         f"and resumes it")
+            continue
         pn, why = plan_node(info, ch, last_changed.get(name), catalog)
         if pn is None:
             notes.append(why)
@@ -212,7 +301,10 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool) -> dict:
         nodes.append(pn)
     the_plan = plan(nodes, plan_demand(jobs, _coming(nodes, in_progress)), policy_of(config), cycle)
     changed = []
-    for np_ in the_plan.changed():
+    if held and the_plan.changed():
+        notes.append(f"no new layout in this cycle: finishing {', '.join(held)} failed before "
+                     f"(see its drain reason); fix that first")
+    for np_ in [] if held else the_plan.changed():
         wanted = np_.wanted()
         reason = drain_reason(cycle, wanted)
         want = {g: format_layout(l) for g, l in wanted.items()}
@@ -228,13 +320,30 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool) -> dict:
         actions.append(line + (" (dry run)" if dry_run else ""))
         changed.append({"node": np_.name, "want": {str(g): l for g, l in sorted(want.items())},
                         "reason": reason})
+    waited = {"seconds": 0.0, "applied": [], "pending": []}
     if not dry_run:
         write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed})
+        if changed and r.apply_wait > 0:
+            waited = wait_applied(channel, [c["node"] for c in changed], r.apply_wait,
+                                  clock=clock, sleep=sleep, poll=poll)
+            if waited["applied"]:  # read again: the nodes' reasons and Extra have changed
+                more = _to_finish(reader.nodes(waited["applied"]), catalog, set(waited["applied"]))
+                ready.update(more)
+            if waited["pending"]:
+                notes.append(f"not applied within [rebalance] apply_wait ({r.apply_wait:g}s): "
+                             f"{', '.join(waited['pending'])}; a later cycle finishes them")
+    done = finish(config, slurm, channel, [ready[n][0] for n in sorted(ready)], cycle,
+                  dry_run=dry_run, clock=clock, sleep=sleep, poll=poll)
+    actions += done["actions"]
     return {
         "cycle": cycle,
         "dry_run": dry_run,
         "changed": changed,
         "resumed": resumed,
+        "finished": done["finished"],
+        "reconfigured": done["reconfigured"],
+        "failed": done["failed"],
+        "wait": waited,
         "actions": actions,
         "notes": notes + list(the_plan.notes),
         "explain": list(the_plan.explain()),
@@ -252,8 +361,10 @@ def default_collaborators(config: Config, environ=None):
     bindir = os.path.dirname(scontrol)
     squeue = os.path.join(bindir, "squeue") if bindir else "squeue"
     sinfo = os.path.join(bindir, "sinfo") if bindir else "sinfo"
-    return (SlurmJsonClient(squeue, sinfo, env=environ), CommandSlurm(scontrol, env=environ),
+    return (SlurmJsonClient(squeue, sinfo, env=environ),
+            CommandSlurm(scontrol, config.slurm.reconfigure_command, env=environ),
             ScontrolExtra(scontrol, env=environ))
 
 
-__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "policy_of", "drain_reason"]
+__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "policy_of", "drain_reason",
+           "wait_applied"]

@@ -148,18 +148,32 @@ def sync_pending_text(result: dict) -> str:
     want = "; ".join(f"gpu {w['gpu']} {w['layout']}" for w in result["want"]) or "none"
     out = [f"node {result['node']}: want {want}: {result['action']}"
            + (" (layout published)" if result["published"] else "")]
-    if result["sync"] is not None:
-        out.append(sync_text(result["sync"]))
+    for s in result["steps"]:
+        secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""
+        out.append(f"{s['status']:>8} {s['step']}: {s['detail']}{secs}")
     return "\n".join(out)
 
 
 def rebalance_text(result: dict, explain: bool = False) -> str:
-    """The action lines (greppable: ``slurm-mig rebalance: cycle N: node n1: ...``), then
-    notes; with ``explain``, one line per node on why."""
+    """The action lines (greppable: ``slurm-mig rebalance: cycle N: node n1: ...``), a summary
+    line when anything happened (changed, finished, reconfigured, failed), then notes; with
+    ``explain``, one line per node on why."""
+    head = f"slurm-mig rebalance: cycle {result['cycle']}:"
+    dry = " (dry run)" if result["dry_run"] else ""
     out = list(result["actions"])
+    names = lambda items: ", ".join(items) or "none"  # noqa: E731
     if not out:
-        out.append(f"slurm-mig rebalance: cycle {result['cycle']}: no change"
-                   + (" (dry run)" if result["dry_run"] else ""))
+        out.append(f"{head} no change{dry}")
+    else:
+        wait = result["wait"]
+        waited = (f"; waited {wait['seconds']:g}s for sync --pending (applied: "
+                  f"{names(wait['applied'])}; not yet: {names(wait['pending'])})"
+                  if wait["seconds"] or wait["pending"] else "")
+        failed = sorted({f["node"] for f in result["failed"]})
+        out.append(f"{head} changed {names([c['node'] for c in result['changed']])}; finished "
+                   f"{names(result['finished'])}; reconfigured "
+                   f"{'once' if result['reconfigured'] else 'no'}; resumed "
+                   f"{names(result['resumed'])}; failed {names(failed)}{waited}{dry}")
     out += [f"note: {n}" for n in result["notes"]]
     if explain:
         out += [f"explain: {line}" for line in result["explain"]]

@@ -27,29 +27,26 @@ simulator.  Returns a dict with stable keys (``--json``); :mod:`slurm_mig.render
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .apply import JobAwareBackend, apply_node
 from .commands import gres_conf, node_conf, node_gres_records
 from .config import Config
-from .errors import (ConfigError, InputError, LayoutError, LockBusy, MigNotEnabled, SlurmError,
-                     SlurmMigError)
+from .errors import ConfigError, InputError, LayoutError, MigNotEnabled, SlurmError
 from .gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
                        node_gres_value)
 from .inventory import current_layout, gpu_model
 from .layout import Layout, format_counts, format_layout, parse_layout
-from .locking import node_lock
 from .slurm.scontrol import NodeStatus, parse_gres
+from .syncsteps import (StepLog, apply_layouts, apply_summary, check_registered, fit_reason, idle,
+                        one_line, read_text, state_text, sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 
 TAG = "slurm-mig"  #: drain reasons that start with this are ours (a previous sync's)
 FIX = "fix and rerun slurm-mig sync"
-REASON_MAX = 300  #: Slurm reasons are one line; keep them readable in sinfo/scontrol
 
 STEPS = ("check", "drain", "wait", "apply", "write", "reconfigure", "register", "resume")
 
@@ -120,78 +117,9 @@ def expected_gres(current: Sequence[GresRecord], wanted: Dict[int, Tuple[str, La
 # ----------------------------------------------------------------------------- the run
 
 
-class _Steps:
-    """The steps of one run, with timings; each one logged as it ends."""
-
-    def __init__(self, node: str, clock: Callable[[], float]):
-        self.node = node
-        self.clock = clock
-        self.items: List[dict] = []
-        self.t0 = clock()
-
-    def add(self, name: str, status: str, detail: str, started: Optional[float] = None) -> dict:
-        seconds = round(self.clock() - started, 3) if started is not None else 0.0
-        item = {"step": name, "status": status, "detail": detail, "seconds": seconds}
-        self.items.append(item)
-        level = logging.WARNING if status == "failed" else logging.INFO
-        log.log(level, "%s sync: node %s: %s %s: %s", TAG, self.node, name, status, detail)
-        return item
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
-def _with_context(err: BaseException, message: str) -> BaseException:
-    """The same kind of error with a longer message (the original stays as the cause)."""
-    if isinstance(err, SlurmMigError):
-        try:
-            new = type(err)(message)
-        except Exception:  # another constructor: keep the error as it is
-            return err
-        new.__cause__ = err
-        return new
-    return err
-
-
-def reason_text(text: str) -> str:
-    """One line with no ``=``: ``scontrol show node -o`` ends a Reason= value at the next
-    ``word=`` (measured: ``... reports IDLE+DRAIN gres=gpu:...`` came back cut before ``gres=``),
-    so an ``=`` in a reason would hide the rest of it from whoever reads it back."""
-    return " ".join(text.replace("=", ":").split())
-
-
 def failure_reason(step: str, err: BaseException) -> str:
     """``slurm-mig sync failed at apply: <error>; fix and rerun slurm-mig sync``, one short line."""
-    head, tail = f"{TAG} sync failed at {step}: ", f"; {FIX}"
-    room = REASON_MAX - len(head) - len(tail)
-    text = reason_text(_one_line(err))
-    if len(text) > room:
-        text = text[: room - 3].rstrip() + "..."
-    return head + text + tail
-
-
-def _idle(st: NodeStatus) -> bool:
-    return st.base == "idle" and "COMPLETING" not in st.flags
-
-
-def _state_text(st: Optional[NodeStatus]) -> str:
-    if st is None:
-        return "not reported"
-    return "+".join([st.base.upper(), *sorted(st.flags)]) + f" gres={st.gres_text or '-'}"
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as err:
-        from .gresconf import GresConfError
-
-        raise GresConfError(f"cannot read {path}: {err}; check the file") from err
+    return fit_reason(f"{TAG} sync failed at {step}: ", one_line(err), f"; {FIX}")
 
 
 def sync_node(
@@ -222,13 +150,7 @@ def sync_node(
     if dry_run:
         return _Run(config, backend, slurm, node, wanted, layout, wait, clock, sleep, poll,
                     dry_run=True).run()
-    lock = os.path.join(state_dir, "sync.lock")
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(node_lock(lock, 0))
-        except LockBusy as err:
-            raise LockBusy(f"another slurm-mig sync is running on this node (lock {lock}); "
-                           f"wait for it, or find it with `fuser {lock}`") from err
+    with sync_lock(state_dir):
         return _Run(config, backend, slurm, node, wanted, layout, wait, clock, sleep, poll,
                     dry_run=False).run()
 
@@ -247,7 +169,7 @@ class _Run:
         self.sleep = sleep
         self.poll = max(poll, 0.0)
         self.dry_run = dry_run
-        self.steps = _Steps(node, clock)
+        self.steps = StepLog(f"{TAG} sync: node {node}", clock, log)
         self.apply_results: List[dict] = []
         self.files = {"gres_conf": None, "node_include": None}
         self.drained_by_us = False
@@ -287,8 +209,8 @@ class _Run:
 
     def files_match(self, records: Sequence[GresRecord]) -> bool:
         paths = self.config.paths
-        gres_text = _read_text(paths.gres_conf)
-        include = _read_text(paths.node_gres_include)
+        gres_text = read_text(paths.gres_conf)
+        include = read_text(paths.node_gres_include)
         return (merge_gres_conf(gres_text, self.node, records, source=paths.gres_conf) == gres_text
                 and merge_node_include(include, self.node, node_gres_value(records),
                                        source=paths.node_gres_include) == include)
@@ -311,14 +233,14 @@ class _Run:
             self.drained_before = st.reason or "(no reason)"
         if gpus_match and files_match and st.gres == parse_gres(self.gres_before):
             self.steps.add("check", "done", f"already in sync: {self.gres_before or 'no gres'}; "
-                                            f"Slurm reports {_state_text(st)}")
+                                            f"Slurm reports {state_text(st)}")
             if ours:  # a previous sync failed after draining; it is consistent now
                 self.resume(f"left drained by an earlier sync ({st.reason})")
             return self.result(True)
         why = [w for w, ok in (("gpus", gpus_match), ("files", files_match),
                                (f"Slurm gres {st.gres_text or '-'}",
                                 st.gres == parse_gres(self.gres_before))) if not ok]
-        self.steps.add("check", "done", f"to change: {', '.join(why)}; Slurm reports {_state_text(st)}")
+        self.steps.add("check", "done", f"to change: {', '.join(why)}; Slurm reports {state_text(st)}")
         if self.dry_run:
             return self.plan(st, preview)
         self.drain(st, ours)
@@ -355,7 +277,7 @@ class _Run:
                                     f"their reason is kept")
         else:
             add("drain", "planned", f"reason '{self.drain_reason()}'")
-        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {_state_text(st)})")
+        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
         self.apply_results = [r.as_dict() for r in preview]
         changes = sum(len(r.steps) for r in preview)
         add("apply", "planned", f"{changes} change(s): " + "; ".join(
@@ -374,8 +296,7 @@ class _Run:
         return self.result(False)
 
     def drain_reason(self) -> str:
-        reason = reason_text(f"{TAG} sync: applying {layout_summary(self.wanted)}")
-        return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 3] + "..."
+        return fit_reason(f"{TAG} sync: applying ", layout_summary(self.wanted))
 
     def drain(self, st: NodeStatus, ours: bool) -> None:
         t0 = self.clock()
@@ -399,13 +320,13 @@ class _Run:
                 last, last_err = self.status(), None
             except SlurmError as err:  # slurmctld busy or restarting: look again
                 last_err = err
-            if last is not None and last_err is None and _idle(last):
+            if last is not None and last_err is None and idle(last):
                 if "DRAIN" not in last.flags:  # resumed behind our back: jobs may land any time
                     raise SlurmError(
-                        f"node {self.node} is no longer drained ({_state_text(last)}): someone "
+                        f"node {self.node} is no longer drained ({state_text(last)}): someone "
                         f"resumed it during the wait; nothing was changed on its GPUs; rerun "
                         f"slurm-mig sync")
-                self.steps.add("wait", "done", f"node idle ({_state_text(last)})", t0)
+                self.steps.add("wait", "done", f"node idle ({state_text(last)})", t0)
                 return
             if self.clock() >= deadline:
                 break
@@ -423,7 +344,7 @@ class _Run:
             for m in self.backend.instances(g):
                 jobs.update(m.jobs)
                 pids.update(m.pids)
-        state = _state_text(st).split(" ")[0]
+        state = state_text(st).split(" ")[0]
         if jobs:
             ids = sorted(jobs, key=lambda j: (len(j), j))
             verb = "job still runs" if len(ids) == 1 else "jobs still run"
@@ -436,17 +357,17 @@ class _Run:
     def after_wait_failure(self, st: NodeStatus, err: BaseException) -> None:
         """Nothing changed on the GPUs: undo our drain if the node was not drained before."""
         t0 = self.clock()
-        self.steps.add("wait", "failed", _one_line(err), t0)
+        self.steps.add("wait", "failed", one_line(err), t0)
         if "DRAIN" not in st.flags:
             try:
                 self.slurm.resume(self.node)
                 self.resumed = True
                 self.steps.add("resume", "done", "nothing was changed: drain undone", t0)
             except Exception as resume_err:  # say so; the wait error is the one raised
-                self.steps.add("resume", "failed", _one_line(resume_err), t0)
+                self.steps.add("resume", "failed", one_line(resume_err), t0)
                 log.error("%s sync: node %s: could not resume it after the failed wait: %s; "
                           "resume it with `scontrol update nodename=%s state=resume`",
-                          TAG, self.node, _one_line(resume_err), self.node)
+                          TAG, self.node, one_line(resume_err), self.node)
         elif self.drained_before is None:
             # Drained by an earlier failed sync: its GPUs may still be half-changed.
             self.set_failure_reason("wait", err)
@@ -455,13 +376,10 @@ class _Run:
         t0 = self.clock()
         # Again, now that the node is idle: a count form keeps what the GPU has now.
         self.wanted = resolve_wanted(self.config, self.backend, self.layout)
-        results = apply_node(self.backend, {g: w for g, (_, w, _) in self.wanted.items()},
-                             state_dir=self.config.paths.state_dir, partial=False,
-                             lock_timeout=self.config.apply.lock_timeout)
+        results = apply_layouts(self.config, self.backend,
+                                {g: w for g, (_, w, _) in self.wanted.items()})
         self.apply_results = [r.as_dict() for r in results]
-        done = [f"gpu {r.gpu} {r.before} -> {r.after} ({len(r.steps)} change(s))" if r.changed
-                else f"gpu {r.gpu} {r.after} unchanged" for r in results]
-        self.steps.add("apply", "done", "; ".join(done), t0)
+        self.steps.add("apply", "done", apply_summary(results), t0)
 
     def write(self) -> None:
         t0 = self.clock()
@@ -486,28 +404,10 @@ class _Run:
 
     def register(self) -> None:
         t0 = self.clock()
-        timeout = self.config.slurm.register_timeout
-        deadline = t0 + timeout
-        want = parse_gres(self.gres_after)
-        last: Optional[NodeStatus] = None
-        last_err: Optional[SlurmError] = None
-        while True:
-            try:
-                last, last_err = self.status(), None
-            except SlurmError as err:  # slurmctld may be restarting
-                last_err = err
-            if last_err is None and last is not None and last.registered and last.gres == want:
-                self.steps.add("register", "done", f"slurmctld reports {_state_text(last)}", t0)
-                return
-            if self.clock() >= deadline:
-                break
-            self.sleep(max(0.0, min(self.poll, deadline - self.clock())))
-        seen = f"last error: {last_err}" if last_err is not None else f"slurmctld reports {_state_text(last)}"
-        raise SlurmError(
-            f"node {self.node} did not register with gres {self.gres_after or '(none)'} within "
-            f"{timeout:g}s ({seen}); before Slurm 23.11 a new gres count or type needs a "
-            f"slurmctld restart (docs/sync.md); else see slurmd's log on {self.node} or raise "
-            f"[slurm] register_timeout")
+        seen = check_registered(self.slurm, self.node, self.gres_after,
+                                self.config.slurm.register_timeout, clock=self.clock,
+                                sleep=self.sleep, poll=self.poll)
+        self.steps.add("register", "done", seen, t0)
 
     def resume(self, why: str) -> None:
         t0 = self.clock()
@@ -528,17 +428,17 @@ class _Run:
             self.slurm.drain(self.node, failure_reason(step, err))
             return None
         except Exception as drain_err:
-            return _one_line(drain_err)
+            return one_line(drain_err)
 
     def leave_drained(self, step: str, err: BaseException) -> BaseException:
         t0 = self.clock()
-        self.steps.add(step, "failed", _one_line(err), t0)
+        self.steps.add(step, "failed", one_line(err), t0)
         problem = self.set_failure_reason(step, err)
         where = f"sync stopped at {step}: node {self.node} left drained"
         if problem is not None:
             where += f" (and setting its drain reason failed too: {problem})"
         elif self.drained_before is not None:
             where += f" (it was drained before by someone else: {self.drained_before})"
-        message = f"{_one_line(err)}; {where}; {FIX}"
+        message = f"{one_line(err)}; {where}; {FIX}"
         log.error("%s sync: node %s: %s", TAG, self.node, message)
-        return _with_context(err, message)
+        return with_context(err, message)

@@ -20,7 +20,8 @@ import shutil
 import sys
 import tempfile
 import textwrap
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
+import time
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from slurm_mig.cli import main as cli_main
 from slurm_mig.config import load_config
@@ -106,6 +107,13 @@ class Sbx:
         with open(os.path.join(self.root, "seen", f"{job}.json")) as f:
             return json.load(f)
 
+    def seen_done(self, job: int) -> Optional[dict]:
+        """What the job reached, once its file is complete; None before."""
+        try:
+            return self.seen(job)
+        except (OSError, ValueError):
+            return None
+
     def probe(self, job: int) -> dict:
         with open(os.path.join(self.root, "seen", f"{job}.probe.json")) as f:
             return json.load(f)
@@ -135,6 +143,18 @@ class SandboxSlurm(CommandSlurm):
     def reconfigure(self) -> None:
         self.sbx.adopt_files()
         self.reconfigured.append(self.sbx.cluster.reconfigure())
+
+
+def until(what: str, check, timeout: float = 30.0):
+    """``check()``'s first truthy answer, polled every 0.1 s; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout}s")
+        time.sleep(0.1)
 
 
 def cli(*args: str) -> None:

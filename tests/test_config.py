@@ -346,3 +346,14 @@ def test_hooks_section():
     assert c.hooks.epilog_wipe is True and c.hooks.kill_grace == 2
     with pytest.raises(ConfigError, match="hooks.epilog_wipe: expected true or false"):
         parse_config('version = 1\n[hooks]\nepilog_wipe = "yes"\n', "t.toml")
+
+
+def test_rebalance_apply_wait_defaults_to_90_seconds_and_names_its_key_when_bad():
+    from slurm_mig.config import parse_config
+
+    assert parse_config("version = 1\n", "t.toml").rebalance.apply_wait == 90
+    assert parse_config("version = 1\n[rebalance]\napply_wait = 0\n", "t.toml").rebalance.apply_wait == 0
+    with pytest.raises(ConfigError, match=r"t.toml: rebalance.apply_wait: must be 0 or more seconds, got -5"):
+        parse_config("version = 1\n[rebalance]\napply_wait = -5\n", "t.toml")
+    with pytest.raises(ConfigError, match=r"rebalance.apply_wait: expected a number, got 'soon'"):
+        parse_config('version = 1\n[rebalance]\napply_wait = "soon"\n', "t.toml")

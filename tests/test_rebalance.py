@@ -3,29 +3,61 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
 
-from slurm_mig.channel import Channel, MemoryExtra, format_channel, parse_channel
+from slurm_mig.channel import Channel, ChannelError, MemoryExtra, format_channel, parse_channel
 from slurm_mig.config import parse_config
-from slurm_mig.errors import ConfigError, LockBusy
+from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError
+from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.locking import node_lock
+from slurm_mig.pending import applied_reason
 from slurm_mig.rebalance import rebalance
 from slurm_mig.render import rebalance_text
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
+from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 
 ONE_G = ",".join(f"1g.5gb@{i}" for i in range(7))
+TWO_3G = "3g.20gb@0,3g.20gb@4"
+OLD_HAVE = ((0, "A100-40GB", ONE_G),)
+NEW_HAVE = ((0, "A100-40GB", TWO_3G),)
+
+
+class Crash(BaseException):
+    """The process dies here (kill -9, power): nothing after it runs."""
 
 
 class FakeSlurm:
-    """Reader and client at once: nodes, pending jobs, drains and resumes in memory."""
+    """An in-memory Slurm: nodes, pending jobs, Extra (``channel``) and the calls made.
 
-    def __init__(self, channel: MemoryExtra, nodes, jobs=()):
+    Read as the rebalance reader (``nodes()`` -> NodeInfo with Extra); ``client`` is the
+    SlurmClient view (NodeStatus, drain, resume, reconfigure).  As slurmctld does, a node's
+    gres change only on ``reconfigure``, from its ``Gres=`` in the node ``include`` file;
+    nodes in ``stale`` keep their old gres then (not registering).  ``fail``/``crash``: op ->
+    call numbers (1-based) that raise SlurmError / :class:`Crash`.
+    """
+
+    def __init__(self, channel: MemoryExtra, nodes, jobs=(), include=None):
         self.channel = channel
         self.infos = {n.name: n for n in nodes}
         self.jobs = list(jobs)
+        self.include = include
         self.calls = []
+        self.count = {}
+        self.fail = {}
+        self.crash = {}
+        self.stale = set()
+        self.client = FakeClient(self)
+
+    def _call(self, op, *args):
+        self.calls.append((op, *args))
+        self.count[op] = self.count.get(op, 0) + 1
+        if self.count[op] in self.crash.get(op, ()):
+            raise Crash(op)
+        if self.count[op] in self.fail.get(op, ()):
+            raise SlurmError(f"{op}: `scontrol {op}` failed: Unable to contact slurm controller")
 
     def pending_jobs(self):
         return list(self.jobs)
@@ -35,14 +67,66 @@ class FakeSlurm:
                 if names is None or n in names}
 
     def drain(self, node, reason):
-        self.calls.append(("drain", node, reason))
+        self._call("drain", node, reason)
         i = self.infos[node]
         self.infos[node] = replace(i, state="drained", flags=tuple(set(i.flags) | {"DRAIN"}), reason=reason)
 
     def resume(self, node):
-        self.calls.append(("resume", node))
+        self._call("resume", node)
         i = self.infos[node]
         self.infos[node] = replace(i, state="idle", flags=tuple(f for f in i.flags if f != "DRAIN"), reason="")
+
+    def reconfigure(self):
+        self._call("reconfigure")
+        with open(self.include) as f:
+            for line in f:
+                pairs = parse_pairs(line.partition("#")[0])
+                name = pairs.get("NodeName")
+                if name in self.infos and name not in self.stale:
+                    self.infos[name] = replace(self.infos[name], gres=parse_gres(pairs.get("Gres", "")))
+
+    def reasons(self):
+        return {n: i.reason for n, i in self.infos.items()}
+
+
+class FakeClient:
+    def __init__(self, cluster: FakeSlurm):
+        self.cluster = cluster
+
+    def nodes(self, names=None):
+        out = {}
+        for n, i in self.cluster.nodes(names).items():
+            base = {"drained": "idle", "draining": "mixed"}.get(i.state, i.state)
+            text = ",".join(f"gpu:{t}:{k}" for t, k in sorted(i.gres.items()))
+            out[n] = NodeStatus(n, base, frozenset(i.flags), dict(i.gres), text, i.reason)
+        return out
+
+    def drain(self, node, reason):
+        self.cluster.drain(node, reason)
+
+    def resume(self, node):
+        self.cluster.resume(node)
+
+    def reconfigure(self):
+        self.cluster.reconfigure()
+
+
+class Clock:
+    """A fake clock; ``on_sleep(now)`` runs at every sleep (what other hosts do meanwhile)."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept = []
+        self.on_sleep = None
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self.now)
 
 
 def _node(name, state="idle", gres=None, used=None):
@@ -55,23 +139,58 @@ def _job(jid, gtype="3g.20gb", count=1, priority=100):
                       requests=(GresRequest(gtype, count),))
 
 
+def node_applies(cluster: FakeSlurm, node: str) -> None:
+    """What ``slurm-mig sync --pending`` on ``node`` leaves behind: the want as ``have``, the
+    applied marker, the hand-over reason; Slurm's gres unchanged (no reconfigure)."""
+    ch = parse_channel(cluster.channel.read(node))
+    have = tuple((g, "A100-40GB", layout) for g, layout in ch.want)
+    cluster.channel.write(node, format_channel(ch.applied_as(have)))
+    cluster.drain(node, applied_reason(ch.cycle, "..."))
+
+
 @pytest.fixture
 def config(tmp_path):
     def make(extra=""):
         return parse_config(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                            f'node_gres_include = "{tmp_path}/nodes.conf"\n'
+                            f'[slurm]\nregister_timeout = 10\n'
                             f'[rebalance]\nenabled = true\n{extra}', "test.toml")
     return make
 
 
 @pytest.fixture
-def cluster():
-    channel = MemoryExtra({n: format_channel(Channel(have=((0, "A100-40GB", ONE_G),)))
-                           for n in ("n1", "n2")})
-    return FakeSlurm(channel, [_node("n1"), _node("n2")], [_job(10)])
+def cluster(tmp_path):
+    include = tmp_path / "nodes.conf"
+    include.write_text("NodeName=n1 CPUs=8 Gres=gpu:1g.5gb:7\nNodeName=n2 CPUs=8 Gres=gpu:1g.5gb:7\n")
+    channel = MemoryExtra({n: format_channel(Channel(have=OLD_HAVE)) for n in ("n1", "n2")})
+    return FakeSlurm(channel, [_node("n1"), _node("n2")], [_job(10)], str(include))
 
 
-def _run(config, cluster, **kw):
-    return rebalance(config, cluster, cluster, cluster.channel, **kw)
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def _run(config, cluster, clock=None, **kw):
+    clock = clock or Clock()
+    return rebalance(config, cluster, cluster.client, cluster.channel, clock=clock,
+                     sleep=clock.sleep, poll=1.0, **kw)
+
+
+def _applied(cluster, *nodes, cycle=1):
+    """``nodes`` as ``sync --pending`` leaves them after applying cycle ``cycle``'s 3g.20gb:2."""
+    for n in nodes:
+        cluster.channel.write(n, format_channel(Channel(have=OLD_HAVE, want=((0, TWO_3G),),
+                                                        cycle=cycle)))
+        node_applies(cluster, n)
+    cluster.calls.clear()
+    cluster.channel.writes.clear()
+
+
+def _gres_in_include(cluster):
+    with open(cluster.include) as f:
+        return {parse_pairs(l)["NodeName"]: parse_pairs(l).get("Gres", "") for l in f
+                if l.startswith("NodeName=")}
 
 
 def test_pending_3g_job_drains_one_all_1g_node_with_the_layout_in_its_reason_and_extra(config, cluster):
@@ -187,6 +306,21 @@ def test_channel_text_round_trips_and_has_no_blank_or_equals():
     assert parse_channel(text) == ch
 
 
+def test_channel_applied_marker_round_trips_and_finished_drops_it():
+    ch = Channel(have=NEW_HAVE, applied=4)
+    text = format_channel(ch)
+    assert text.endswith(";applied:4") and " " not in text and "=" not in text and "," not in text
+    assert parse_channel(text) == ch
+    assert Channel(have=OLD_HAVE, want=((0, TWO_3G),), cycle=4).applied_as(NEW_HAVE) == ch
+    assert ch.finished() == Channel(have=NEW_HAVE)
+    assert ch.with_want({0: ONE_G}, 5).applied == 4  # that change still needs finishing
+
+
+def test_channel_refuses_text_that_scontrol_would_cut():
+    with pytest.raises(ChannelError, match="blank, '=' or ','"):
+        format_channel(Channel(have=((0, "A100 40GB", ONE_G),)))
+
+
 def test_foreign_extra_field_is_not_overwritten(config, cluster):
     cluster.channel.fields["n1"] = "rack 7"
     result = _run(config(), cluster)
@@ -214,21 +348,73 @@ def _pending(n, channel):
 def test_sync_pending_without_a_want_publishes_the_layout_once_and_touches_nothing(sim_node):
     channel = MemoryExtra()
     first = _pending(sim_node, channel)
-    assert first["published"] and first["sync"] is None
+    assert first["published"] and first["steps"] == []
     assert parse_channel(channel.read("n1")).have == ((0, "A100-40GB", ONE_G),)
     assert _pending(sim_node, channel)["published"] is False and len(channel.writes) == 1
     assert not [c for c in sim_node.slurm.calls if c[0] != "nodes"]
 
 
-def test_sync_pending_applies_the_want_resumes_the_node_and_clears_the_want(sim_node):
-    channel = MemoryExtra({"n1": format_channel(Channel(have=((0, "A100-40GB", ONE_G),),
-                                                        want=((0, "3g.20gb@0,3g.20gb@4"),), cycle=2))})
+def _wanting(cycle=2):
+    return MemoryExtra({"n1": format_channel(Channel(have=OLD_HAVE, want=((0, TWO_3G),), cycle=cycle))})
+
+
+def test_sync_pending_applies_the_want_and_hands_over_without_reconfiguring_or_resuming(sim_node):
+    channel = _wanting()
     sim_node.slurm.drain("n1", "slurm-mig rebalance: cycle 2: new layout 3g.20gb:2 on gpu 0")
+    include = sim_node.include()
     result = _pending(sim_node, channel)
-    assert result["sync"]["resumed"] and "DRAIN" not in sim_node.slurm.flags
-    assert sim_node.layout() == "3g.20gb@0,3g.20gb@4"
-    assert parse_channel(channel.read("n1")) == Channel(have=((0, "A100-40GB", "3g.20gb@0,3g.20gb@4"),))
-    assert sim_node.slurm.gres == {"3g.20gb": 2}
+    assert result["applied"] and result["published"]
+    assert [(s["step"], s["status"]) for s in result["steps"]] == [
+        ("apply", "done"), ("write", "done"), ("publish", "done"), ("reason", "done")]
+    assert sim_node.layout() == TWO_3G
+    assert sim_node.gres_lines() == ["3g.20gb", "3g.20gb"]  # the node-local gres.conf
+    assert sim_node.include() == include  # the node include is the controller's to write
+    assert parse_channel(channel.read("n1")) == Channel(have=NEW_HAVE, applied=2)
+    ops = [c[0] for c in sim_node.slurm.calls if c[0] != "nodes"]
+    assert "reconfigure" not in ops and "resume" not in ops
+    assert "DRAIN" in sim_node.slurm.flags and sim_node.slurm.gres == {"1g.5gb": 7}
+    assert sim_node.slurm.reason == ("slurm-mig rebalance: cycle 2: layout 3g.20gb:2 on gpu 0 applied "
+                                     "on the node; the next slurm-mig rebalance run reconfigures "
+                                     "Slurm and resumes the node")
+    # Its next run (the timer) finds nothing to do until the controller has finished.
+    calls = list(sim_node.slurm.calls)
+    again = _pending(sim_node, channel)
+    assert again["action"] == "nothing wanted" and not again["published"]
+    assert [c for c in sim_node.slurm.calls[len(calls):] if c[0] != "nodes"] == []
+
+
+def test_sync_pending_drains_a_node_the_controller_did_not_drain_before_applying(sim_node):
+    channel = _wanting()  # the controller died between writing the want and the drain
+    result = _pending(sim_node, channel)
+    drains = [c for c in sim_node.slurm.calls if c[0] == "drain"]
+    assert drains[0][2].startswith("slurm-mig rebalance: cycle 2: applying 3g.20gb:2 on gpu 0")
+    assert result["applied"] and sim_node.layout() == TWO_3G
+    assert "DRAIN" in sim_node.slurm.flags
+
+
+def test_sync_pending_leaves_a_node_drained_by_an_admin_alone(sim_node):
+    channel = _wanting()
+    sim_node.slurm.drain("n1", "admin: bad fan")
+    result = _pending(sim_node, channel)
+    assert result["action"].startswith("waiting: drained by someone else (admin: bad fan)")
+    assert sim_node.layout() == ONE_G and sim_node.slurm.reason == "admin: bad fan"
+    assert parse_channel(channel.read("n1")).want
+
+
+def test_sync_pending_apply_failure_keeps_the_want_and_says_what_to_do(sim_node):
+    from slurm_mig.gpu.sim import SimBackend
+
+    channel = _wanting()
+    sim_node.slurm.drain("n1", "slurm-mig rebalance: cycle 2: new layout 3g.20gb:2 on gpu 0")
+    gi = SimBackend(sim_node.config.sim.root).instances(0)[0].gi_id
+    SimDriver(sim_node.config.sim.root).attach_process(0, gi, 0, 4242)
+    with pytest.raises(ApplyRefused) as err:
+        _pending(sim_node, channel)
+    assert "sync --pending stopped at apply: node n1 left drained, the want kept" in str(err.value)
+    assert sim_node.slurm.reason.startswith("slurm-mig rebalance: cycle 2: node-side apply failed: ")
+    assert sim_node.slurm.reason.endswith("; fix it, then slurm-mig sync --pending on the node retries")
+    assert "pid 4242" in sim_node.slurm.reason and "=" not in sim_node.slurm.reason
+    assert parse_channel(channel.read("n1")).want == ((0, TWO_3G),)
 
 
 def test_sync_pending_on_a_busy_node_drains_it_and_returns_at_once(sim_node):
@@ -236,6 +422,166 @@ def test_sync_pending_on_a_busy_node_drains_it_and_returns_at_once(sim_node):
                                                         want=((0, "3g.20gb@0,3g.20gb@4"),), cycle=2))})
     sim_node.slurm.busy_polls = 5
     result = _pending(sim_node, channel)
-    assert result["action"].startswith("waiting: node MIXED") and result["sync"] is None
+    assert result["action"].startswith("waiting: node MIXED") and result["steps"] == []
     assert "DRAIN" in sim_node.slurm.flags and "=" not in sim_node.slurm.reason
     assert parse_channel(channel.read("n1")).want  # kept for the next run
+
+
+# ----------------------------------------------------------------------------- finish step
+
+
+def test_finish_step_reconfigures_once_for_several_nodes_then_resumes_them(config, cluster):
+    _applied(cluster, "n1", "n2")
+    cluster.jobs = []
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1", "n2"] and result["reconfigured"] and result["failed"] == []
+    assert [c for c in cluster.calls if c[0] == "reconfigure"] == [("reconfigure",)]
+    assert cluster.calls == [("reconfigure",), ("resume", "n1"), ("resume", "n2")]
+    assert _gres_in_include(cluster) == {"n1": "gpu:3g.20gb:2", "n2": "gpu:3g.20gb:2"}
+    assert "CPUs=8" in open(cluster.include).read()  # the rest of each line kept
+    assert os.path.exists(cluster.include + ".prev")
+    for n in ("n1", "n2"):
+        assert cluster.infos[n].gres == {"3g.20gb": 2} and "DRAIN" not in cluster.infos[n].flags
+        assert parse_channel(cluster.channel.read(n)) == Channel(have=NEW_HAVE)  # marker dropped
+    text = rebalance_text(result)
+    assert "slurm-mig rebalance: cycle 1: reconfigured Slurm once for n1, n2" in text
+    assert ("slurm-mig rebalance: cycle 1: changed none; finished n1, n2; reconfigured once; "
+            "resumed none; failed none") in text
+    # Nothing left to do: the next cycle neither reconfigures nor touches a node.
+    again = _run(config(), cluster)
+    assert again["finished"] == [] and not again["reconfigured"]
+    assert [c[0] for c in cluster.calls] == ["reconfigure", "resume", "resume"]
+
+
+def test_crash_between_include_write_and_reconfigure_converges_on_the_next_cycle(config, cluster):
+    _applied(cluster, "n1")
+    cluster.jobs = []
+    cluster.crash = {"reconfigure": {1}}
+    cfg = config()
+    with pytest.raises(Crash):
+        _run(cfg, cluster)
+    assert _gres_in_include(cluster)["n1"] == "gpu:3g.20gb:2"  # written before the crash
+    assert "DRAIN" in cluster.infos["n1"].flags and cluster.infos["n1"].gres == {"1g.5gb": 7}
+    assert cluster.infos["n1"].reason.startswith("slurm-mig rebalance: cycle 1: layout")
+    result = _run(cfg, cluster)  # the lock was released with the dead process
+    assert result["cycle"] == 2 and result["finished"] == ["n1"] and result["reconfigured"]
+    assert [c[0] for c in cluster.calls] == ["reconfigure", "reconfigure", "resume"]
+    assert cluster.infos["n1"].gres == {"3g.20gb": 2} and "DRAIN" not in cluster.infos["n1"].flags
+
+
+def test_reconfigure_failure_leaves_the_nodes_drained_with_what_to_do_then_the_next_cycle_retries(
+        config, cluster):
+    _applied(cluster, "n1", "n2")
+    cluster.fail = {"reconfigure": {1}}
+    result = _run(config(), cluster)
+    assert result["finished"] == [] and not result["reconfigured"]
+    assert [(f["node"], f["step"]) for f in result["failed"]] == [("n1", "reconfigure"), ("n2", "reconfigure")]
+    for n in ("n1", "n2"):
+        reason = cluster.infos[n].reason
+        assert reason.startswith("slurm-mig rebalance: cycle 1: reconfigure failed: reconfigure: ")
+        assert reason.endswith("; fix and rerun slurm-mig rebalance") and "=" not in reason
+        assert "DRAIN" in cluster.infos[n].flags
+        assert parse_channel(cluster.channel.read(n)).applied == 1  # still to finish
+    assert "failed n1, n2" in rebalance_text(result)
+    # The next cycle retries; while a finish failure stands it starts no new change.
+    cluster.infos["n3"] = _node("n3")
+    cluster.channel.write("n3", format_channel(Channel(have=OLD_HAVE)))
+    cluster.jobs = [_job(j) for j in range(10, 16)]  # more 3g than n1 and n2 will offer
+    again = _run(config(), cluster)
+    assert again["finished"] == ["n1", "n2"] and again["changed"] == []
+    assert any(n.startswith("no new layout in this cycle: finishing n1, n2 failed before")
+               for n in again["notes"])
+    assert "DRAIN" not in cluster.infos["n1"].flags and "DRAIN" not in cluster.infos["n2"].flags
+
+
+def test_a_node_that_does_not_register_stays_drained_and_the_others_resume(config, cluster):
+    _applied(cluster, "n1", "n2")
+    cluster.jobs = []
+    cluster.stale = {"n2"}
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1"] and result["reconfigured"]
+    assert [(f["node"], f["step"]) for f in result["failed"]] == [("n2", "register")]
+    assert cluster.infos["n2"].reason.startswith(
+        "slurm-mig rebalance: cycle 1: register failed: node n2 did not register with gres "
+        "gpu:3g.20gb:2 within 10s")
+    assert "DRAIN" in cluster.infos["n2"].flags and "DRAIN" not in cluster.infos["n1"].flags
+
+
+def test_cli_exits_8_when_finishing_a_node_failed(cli, tmp_path, monkeypatch, cluster):
+    import slurm_mig.rebalance as mod
+
+    _applied(cluster, "n1")
+    cluster.fail = {"reconfigure": {1}}
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                   f'node_gres_include = "{cluster.include}"\n[slurm]\nregister_timeout = 1\n'
+                   f'[rebalance]\nenabled = true\napply_wait = 0\n')
+    monkeypatch.setattr(mod, "default_collaborators",
+                        lambda config, environ=None: (cluster, cluster.client, cluster.channel))
+    code, out, err = cli("rebalance", config=str(cfg))
+    assert code == 8, (out, err)
+    assert "slurm-mig rebalance: cycle 1: node n1: reconfigure failed: " in out
+
+
+def test_apply_wait_finishes_the_change_in_the_same_run(config, cluster, clock):
+    def node_timer(now):  # the node's sync --pending runs 3 s into the wait
+        if now >= 1003 and parse_channel(cluster.channel.read("n1")).want:
+            node_applies(cluster, "n1")
+
+    clock.on_sleep = node_timer
+    result = _run(config("apply_wait = 30\n"), cluster, clock)
+    assert [c["node"] for c in result["changed"]] == ["n1"]
+    assert result["wait"] == {"seconds": 3.0, "applied": ["n1"], "pending": []}
+    assert result["finished"] == ["n1"] and result["reconfigured"]
+    ops = [c[:2] for c in cluster.calls]
+    assert ops == [("drain", "n1"), ("drain", "n1"), ("reconfigure",), ("resume", "n1")]
+    want = parse_channel(cluster.channel.read("n1")).have[0][2]
+    assert cluster.infos["n1"].gres.get("3g.20gb", 0) >= 1 and "3g.20gb@" in want
+    assert "DRAIN" not in cluster.infos["n1"].flags
+    # The same queue again (the job has not started yet): nothing changes, no flapping.
+    cluster.calls.clear()
+    writes = list(cluster.channel.writes)
+    again = _run(config("apply_wait = 30\n"), cluster, Clock())
+    assert again["changed"] == [] and again["finished"] == [] and not again["reconfigured"]
+    assert cluster.calls == [] and cluster.channel.writes == writes
+
+
+def test_apply_wait_0_records_now_and_finishes_on_the_next_cycle(config, cluster, clock):
+    cfg = config("apply_wait = 0\n")
+    first = _run(cfg, cluster, clock)
+    assert [c["node"] for c in first["changed"]] == ["n1"] and first["finished"] == []
+    assert clock.slept == [] and ("reconfigure",) not in cluster.calls
+    node_applies(cluster, "n1")
+    second = _run(cfg, cluster, clock)
+    assert second["finished"] == ["n1"] and second["changed"] == []
+    assert [c[0] for c in cluster.calls].count("reconfigure") == 1
+
+
+def test_a_node_not_applying_within_apply_wait_is_finished_by_a_later_cycle(config, cluster, clock):
+    result = _run(config("apply_wait = 5\n"), cluster, clock)
+    assert result["wait"]["pending"] == ["n1"] and result["finished"] == []
+    assert sum(clock.slept) == 5
+    assert any(n.startswith("not applied within [rebalance] apply_wait (5s): n1") for n in result["notes"])
+
+
+def test_dry_run_says_which_nodes_it_would_finish(config, cluster):
+    _applied(cluster, "n1")
+    result = _run(config(), cluster, dry_run=True)
+    assert result["finished"] == ["n1"] and not result["reconfigured"]
+    assert cluster.calls == [] and not os.path.exists(cluster.include + ".prev")
+    assert any(a.endswith("(dry run)") and "node n1: finish" in a for a in result["actions"])
+
+
+def test_result_keys_are_stable(config, cluster):
+    result = _run(config(), cluster)
+    assert sorted(result) == ["actions", "changed", "cycle", "dry_run", "explain", "failed",
+                              "finished", "notes", "plan", "reconfigured", "resumed", "wait"]
+    assert sorted(result["wait"]) == ["applied", "pending", "seconds"]
+    assert sorted(result["changed"][0]) == ["node", "reason", "want"]
+
+
+def test_sync_pending_result_keys_are_stable(sim_node):
+    result = _pending(sim_node, _wanting())
+    assert sorted(result) == ["action", "applied", "apply", "cycle", "dry_run", "gres_conf", "node",
+                              "published", "steps", "want"]
+    assert sorted(result["gres_conf"]) == ["changed", "gres", "path", "prev"]

@@ -29,7 +29,7 @@ from slurm_mig.sandbox.host import which
 from slurm_mig.slurm.client import CommandSlurm
 from slurm_mig.sync import STEPS, sync_node
 
-from sbx import sandbox
+from sbx import sandbox, until
 
 MISSING = missing_requirements()
 pytestmark = [pytest.mark.slurm,
@@ -45,25 +45,6 @@ def sbx():
         yield s
 
 
-def _until(what: str, check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout}s")
-        time.sleep(0.1)
-
-
-def _seen(sbx, job: int):
-    """What the job reached, once its file is complete; None before."""
-    try:
-        return sbx.seen(job)
-    except (OSError, ValueError):
-        return None
-
-
 def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it(sbx):
     cluster = sbx.cluster
     cfg = sbx.config("n1")
@@ -75,10 +56,10 @@ def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it
         def running_and_seen():
             if not all(cluster.job(j).state == "RUNNING" for j in small):
                 return None
-            got = [_seen(sbx, j) for j in small]
+            got = [sbx.seen_done(j) for j in small]
             return got if all(got) else None
 
-        seen = _until("1g jobs running and on their instances", running_and_seen)
+        seen = until("1g jobs running and on their instances", running_and_seen)
         held = {j: s["instances"][0]["gi_id"] for j, s in zip(small, seen)}
         big = [sbx.submit(["--gres=gpu:3g.20gb:1"], sleep=0.5) for _ in range(2)]
         assert [cluster.job(j).state for j in big] == ["PENDING", "PENDING"]

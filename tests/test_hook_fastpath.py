@@ -20,8 +20,10 @@ from slurm_mig import devices, hookfast, hooks, jobs
 from slurm_mig.gpu import simdriver
 from slurm_mig.gpu.sim import SimBackend
 
-from test_hooks import NODE, Node, node, one_error_line, run_sub  # noqa: F401 (fixture)
+import test_hooks
+from test_hooks import NODE, Node, one_error_line, run_sub
 
+node = test_hooks.node  # the fixture, shared with test_hooks.py
 FAST = "fast path"
 
 

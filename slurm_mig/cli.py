@@ -320,7 +320,8 @@ def sandbox():
               help="MIG layout of every GPU (either form of `apply`)")
 @pass_ctx
 def sandbox_up(obj: Context, root, nodes, gpus, layout):
-    """Start the sandbox (detached) and print the shell lines that point Slurm commands at it.
+    """Start the sandbox and its node timers (detached) and print the shell lines that point
+    Slurm commands at it.
 
     The same options again while it runs do nothing; other options are refused until
     `sandbox down`.  `eval "$(slurm-mig sandbox up)"` sets SLURM_CONF in this shell.

@@ -2,8 +2,14 @@
 
 The default walkthrough brings up the sandbox cluster (:mod:`slurm_mig.sandbox.mig`), submits
 jobs for different MIG profiles with ``sbatch``, shows which job holds which instance while they
-run and what each job reached, and leaves the cluster up for the reader (``sandbox down`` ends
-it).  It needs root and Debian's Slurm packages (``bash .ci/setup``).
+run and what each job reached.  Then the point of the project, the cut following the queue:
+an admin recuts n1 for big jobs (``slurm-mig sync --layout 3g.40gb:2``), small 1g.10gb jobs
+fill the queue, n2's 1g instances run some and the rest wait while n1 sits idle, and one
+``slurm-mig rebalance`` (the controller's config of the sandbox) drains n1 for a 1g-rich
+layout, n1's node timer applies it, the same run reconfigures Slurm once and resumes n1, and
+the waiting jobs run there.  Every line shown is a real command's output.  The cluster stays
+up for the reader (``sandbox down`` ends it).  It needs root and Debian's Slurm packages
+(``bash .ci/setup``).
 
 ``--no-slurm`` keeps the older walkthrough that needs neither: the simulator alone (catalog,
 layouts, apply, a busy instance protecting itself).
@@ -11,8 +17,11 @@ layouts, apply, a busy instance protecting itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -25,6 +34,11 @@ DEMO_GPUS = ("A100-80GB", "H100-80GB")  # the simulator-only walkthrough
 DEMO_JOBS: Tuple[Tuple[str, int], ...] = (("3g.40gb", 1), ("3g.40gb", 1), ("1g.10gb", 1),
                                           ("1g.10gb", 2), ("1g.10gb", 1))
 JOB_SECONDS = 3
+# The rebalance story: n1 recut for big jobs, then more small jobs than n2's four 1g.10gb
+# instances take.  Long enough that n2 is still full when rebalance has resumed n1 (a run
+# takes ~3 s here), so the waiting jobs go to n1's new instances, not to n2's freed ones.
+BIG_LAYOUT = "3g.40gb:2"
+SMALL = ("1g.10gb", 10, 10)  # profile, jobs, seconds each
 
 
 def run_demo(root: Optional[str], echo: Echo, slurm: bool = True) -> int:
@@ -39,6 +53,7 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
     from .sandbox import mig
     from .sandbox.cluster import SandboxCluster
     from .sandbox.errors import SandboxError
+    from .sandbox.files import SandboxFiles, read_seen, sim_job_argv
     from .sandbox.text import export_lines, next_steps, root_option, status_text, up_text
 
     missing = mig.missing_requirements()
@@ -58,7 +73,7 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
     up = mig.up(spec)
     echo(up_text(up))
     cluster = SandboxCluster.attach(spec.root)
-    files = mig.SandboxFiles(spec.root)
+    files = SandboxFiles(spec.root)
 
     echo(_title("2. Slurm sees every MIG instance as a typed gpu"))
     _show(cluster, echo, ["sinfo", "-N", "-o", "%N %t %G"])
@@ -67,13 +82,13 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
                 f"`python -m slurm_mig.hooks sim-run`), then sleeps {JOB_SECONDS}s"))
     jobs: List[int] = []
     for profile, count in DEMO_JOBS:
-        args = mig.sim_job_argv(files, profile, count, ("sleep", str(JOB_SECONDS)))
+        args = sim_job_argv(files, profile, count, ("sleep", str(JOB_SECONDS)))
         proc = cluster.command(["sbatch", "--parsable", *args])
         jobs.append(int(proc.stdout.strip().split(";")[0]))
         echo(f"$ sbatch {' '.join(shlex.quote(a) for a in args)}   # job {jobs[-1]}")
 
     try:
-        _wait(lambda: all(mig.read_seen(files, j) for j in jobs), 30,
+        _wait(lambda: all(read_seen(files, j) for j in jobs), 30,
               lambda: _stuck(cluster, jobs))
         echo(_title("4. While they run: which job holds which instance (the prolog's job "
                     "records; the simulator lists each job's pid on its instance)"))
@@ -81,9 +96,8 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
         echo(status_text(mig.status(spec.root)))
         infos = [cluster.wait_job(j, timeout=30) for j in jobs]
     except SandboxError as err:
-        echo(f"\nThe jobs did not run as expected: {err}")
-        echo(f"Look at: slurm-mig sandbox status{opt}; {cluster.paths.log}/slurmd-n*.log; "
-             f"{cluster.paths.jobs}/slurm-<job>.out")
+        echo(f"\nThe jobs did not run as expected: {err}; look at: slurm-mig sandbox status{opt}, "
+             f"{cluster.paths.log}/slurmd-n*.log, {cluster.paths.jobs}/slurm-<job>.out")
         return EXIT_SLURM
     failed = [i for i in infos if i.state != "COMPLETED"]
 
@@ -94,6 +108,14 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
     _wait(lambda: not any(n["jobs"] for n in mig.status(spec.root)["nodes"]), 15, lambda: "")
     echo(_title("6. The epilogs ran: every instance is free again"))
     _show(cluster, echo, ["sinfo", "-N", "-o", "%N %t %G"])
+
+    try:
+        small = _rebalance_story(cluster, files, echo)
+    except SandboxError as err:
+        echo(f"\nThe rebalance part did not go as expected: {err}; look at: slurm-mig sandbox "
+             f"status{opt}, {cluster.paths.log}/timer-n1.log, reconfigure.log, slurmctld.log")
+        return EXIT_SLURM
+    failed += [i for i in small if i.state != "COMPLETED"]
 
     echo(_title(f"Done in {time.monotonic() - t0:.0f}s. The cluster is still up; in your shell:"))
     echo("\n".join(export_lines(up["env"])))
@@ -110,6 +132,142 @@ def run_slurm_demo(root: Optional[str], echo: Echo) -> int:
     return 0
 
 
+def _rebalance_story(cluster, files, echo: Echo) -> list:
+    """Sections 7-10 (the module doc's story); the small jobs' final states.  Raises
+    SandboxError saying what did not happen."""
+    from .sandbox import mig
+    from .sandbox.errors import SandboxError
+    from .sandbox.files import sim_job_argv
+    from .sandbox.timer import PERIOD
+
+    profile, count, seconds = SMALL
+    echo(_title("7. The cut should follow the queue. Say an admin recut n1 for big jobs "
+                "(drain, apply, gres.conf and Gres=, reconfigure, resume: docs/sync.md):"))
+    _slurm_mig(cluster, echo, ["--config", files.node_config("n1"), "sync", "--layout", BIG_LAYOUT])
+    _wait(lambda: _published(cluster, "n1"), 20, lambda: "n1's node timer did not publish its "
+          "new layout in its Extra field (log/timer-n1.log)")
+    _show_nodes(cluster, echo)
+
+    echo(_title(f"8. Then the queue fills with small jobs: {count} x {profile}, {seconds}s each. "
+                f"n2's {profile} instances take some; the rest wait, while n1 sits idle with "
+                f"instances nobody asks for"))
+    jobs: List[int] = []
+    for _ in range(count):
+        args = sim_job_argv(files, profile, 1, ("sleep", str(seconds)), name="small")
+        jobs.append(int(cluster.command(["sbatch", "--parsable", *args]).stdout.strip()
+                        .split(";")[0]))
+    echo(f"$ sbatch {' '.join(shlex.quote(a) for a in args)}   # {count} times: jobs "
+         f"{jobs[0]}..{jobs[-1]}")
+    queue = _wait(lambda: _settled(cluster, jobs), 30, lambda: _stuck(cluster, jobs))
+    waiting = [j for j in jobs if queue[j][0] == "PENDING"]
+    _show(cluster, echo, ["squeue", "-o", "%.8i %.6j %.8T %.6N %.22b %r"])
+    _show_nodes(cluster, echo)
+    if not waiting:
+        raise SandboxError(f"no {profile} job waited: the layout already served them all")
+
+    echo(_title(f"9. The controller's timer runs rebalance (here by hand). It plans from the "
+                f"queue, leaves n1 a new layout in its Slurm Extra field and drains it; n1's "
+                f"node timer (`slurm-mig sync --pending`, every {PERIOD:g} s) applies it and "
+                f"writes gres.conf; the same run writes n1's Gres=, reconfigures Slurm once "
+                f"and resumes n1"))
+    before = len(mig.reconfigures(files.root))
+    offset = _size(files.timer_log("n1"))
+    _slurm_mig(cluster, echo, ["--config", files.controller_config, "rebalance", "--explain"])
+    timer_lines = _read_from(files.timer_log("n1"), offset).rstrip()
+    if timer_lines:
+        echo(f"# meanwhile n1's node timer ({files.timer_log('n1')}):")
+        echo("\n".join("#   " + line for line in timer_lines.splitlines()))
+    n1 = cluster.status()["n1"]
+    if not n1.gres.get(profile) or "DRAIN" in n1.flags:
+        raise SandboxError(f"after rebalance n1 is {n1.state} with gres {n1.gres_text or '-'}"
+                           + (f" ({n1.reason})" if n1.reason else "") + f", not {profile} "
+                           f"instances for the waiting jobs")
+    reconfigures = mig.reconfigures(files.root)[before:]
+    echo(f"# reconfigures during the run ({files.reconfigure_log}): {len(reconfigures)}")
+    echo("\n".join("#   " + line for line in reconfigures))
+    _show_nodes(cluster, echo)
+
+    echo(_title(f"10. Where each {profile} job ran, and how long it waited in the queue"))
+    infos = {j: cluster.wait_job(j, timeout=3 * seconds + 30) for j in jobs}
+    echo(_job_table(files, jobs, infos))
+    moved = [j for j in waiting if infos[j].nodes == "n1"]
+    at_once = sorted({infos[j].nodes for j in jobs if j not in waiting})
+    echo(f"{len(moved)} of the {len(waiting)} jobs that waited ran on n1's new instances; "
+         f"the other {len(jobs) - len(waiting)} started at once on {', '.join(at_once)}")
+    return list(infos.values())
+
+
+def _slurm_mig(cluster, echo: Echo, args: List[str]) -> None:
+    """Run ``slurm-mig ARGS`` as its own process, as the reader would, and show it."""
+    from .sandbox.errors import SandboxError
+
+    echo("$ slurm-mig " + " ".join(shlex.quote(a) for a in args))
+    proc = subprocess.run([sys.executable, "-m", "slurm_mig", *args], capture_output=True,
+                          text=True, env=cluster.env(), cwd=cluster.paths.jobs, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    for text in (proc.stdout, proc.stderr):
+        if text.strip():
+            echo(text.rstrip())
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise SandboxError(f"`slurm-mig {' '.join(args[2:])}` exited {proc.returncode}: "
+                           f"{lines[-1] if lines else 'no output'}")
+
+
+def _show_nodes(cluster, echo: Echo) -> None:
+    """sinfo, once every node responds: right after slurmctld restarts (a reconfigure), a
+    node is ``idle*`` (not responding) for about a second, which says nothing here."""
+    from .sandbox.errors import SandboxError
+
+    with contextlib.suppress(SandboxError):
+        cluster.wait_nodes(lambda nodes: all(s.responding for s in nodes.values()), 10,
+                           "every node responding")
+    _show(cluster, echo, ["sinfo", "-N", "-o", "%N %t %G"])
+
+
+def _published(cluster, node: str) -> bool:
+    """The node's Extra says the layout Slurm has (its timer republished after a change)."""
+    from .catalog import load_catalog
+    from .channel import ChannelError, parse_channel
+    from .finish import have_counts
+    from .slurm.scontrol import parse_pairs, parse_scontrol_nodes
+
+    out = cluster.command(["scontrol", "show", "node", "-o", node], timeout=10).stdout
+    st = parse_scontrol_nodes(out).get(node)
+    try:
+        ch = parse_channel(parse_pairs(out.strip()).get("Extra", ""), node)
+    except ChannelError:
+        return False
+    return (st is not None and ch is not None and bool(ch.have)
+            and have_counts(ch, load_catalog()) == {t: n for t, n in st.gres.items() if n})
+
+
+def _settled(cluster, jobs: List[int]):
+    """job -> (state, reason) once each runs or waits with a reason; else None."""
+    out = cluster.command(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(map(str, jobs))],
+                          timeout=10).stdout
+    queue = {int(i): (t, r) for i, t, r in (l.split("|") for l in out.split())}
+    done = len(queue) == len(jobs) and all(
+        t == "RUNNING" or (t == "PENDING" and r not in ("", "None")) for t, r in queue.values())
+    return queue if done else None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _title(text: str) -> str:
     return "\n== " + text
 
@@ -119,11 +277,15 @@ def _show(cluster, echo: Echo, argv: List[str]) -> None:
     echo(cluster.command(argv).stdout.rstrip())
 
 
-def _wait(done: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
+def _wait(done: Callable[[], object], timeout: float, why: Callable[[], str]):
+    """``done()``'s first true value, looked at every 0.2 s for ``timeout`` seconds."""
     from .sandbox.errors import SandboxError
 
     deadline = time.monotonic() + timeout
-    while not done():
+    while True:
+        value = done()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise SandboxError(f"gave up after {timeout:g}s; {why()}")
         time.sleep(0.2)
@@ -138,19 +300,34 @@ def _stuck(cluster, jobs: List[int]) -> str:
     return ", ".join(states)
 
 
-def _job_table(files, jobs: List[int]) -> str:
-    from .sandbox import mig
+def _job_table(files, jobs: List[int], infos: Optional[dict] = None) -> str:
+    """One row per instance a job reached; with ``infos`` (job -> final JobInfo), how long
+    each job waited in the queue instead of what open() of its device files gave."""
+    from .sandbox.files import read_seen
     from .sandbox.text import table
 
     rows = []
     for j in jobs:
-        seen = mig.read_seen(files, j) or {"node": "?", "instances": []}
+        seen = read_seen(files, j) or {"node": "?", "instances": []}
         for inst in seen["instances"]:
-            access = sorted(set(inst.get("access", {}).values()))
+            last = (_waited(infos[j]) if infos else
+                    ",".join(sorted(set(inst.get("access", {}).values()))) or "-")
             rows.append([j, seen["node"], inst["type"], inst["gpu"], inst["gi_id"], inst["ci_id"],
-                         inst.get("uuid") or "-", ",".join(access) or "-"])
+                         inst.get("uuid") or "-", last])
     return "\n".join(table(rows, ["JOB", "NODE", "PROFILE", "GPU", "GI", "CI", "MIG UUID",
-                                   "OPEN()"]))
+                                   "WAITED" if infos else "OPEN()"]))
+
+
+def _waited(info) -> str:
+    """StartTime - SubmitTime of a finished job (Slurm's whole seconds)."""
+    from datetime import datetime
+
+    try:
+        start, submit = (datetime.strptime(info.fields[k], "%Y-%m-%dT%H:%M:%S")
+                         for k in ("StartTime", "SubmitTime"))
+    except (KeyError, ValueError):
+        return "?"
+    return f"{(start - submit).total_seconds():.0f}s"
 
 
 # ----------------------------------------------------------------------------- simulator only

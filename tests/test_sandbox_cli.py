@@ -29,9 +29,12 @@ needs_slurm = [pytest.mark.slurm,
 
 LAYOUT = {"1g.10gb": 4, "3g.40gb": 1}  # the default layout, 1g.10gb:4,3g.40gb:1
 UP_KEYS = {"root", "already_up", "seconds", "nodes", "gpus", "layout", "gres", "isolation", "env",
-           "sim_job", "node_configs"}
-STATUS_KEYS = {"root", "running", "spec", "daemons", "isolation", "env", "nodes", "queue"}
-NODE_KEYS = {"name", "config", "state", "flags", "gres", "gres_used", "reason", "gpus", "jobs"}
+           "sim_job", "node_configs", "controller_config", "timers"}
+STATUS_KEYS = {"root", "running", "spec", "daemons", "isolation", "env", "controller_config",
+               "nodes", "queue"}
+NODE_KEYS = {"name", "config", "state", "flags", "gres", "gres_used", "reason", "extra", "gpus",
+             "jobs"}
+DAEMONS = {"munged", "slurmctld", "slurmd-n1", "slurmd-n2", "timer-n1", "timer-n2"}
 GPU_KEYS = {"index", "model", "layout", "instances"}
 INSTANCE_KEYS = {"profile", "start", "gi_id", "ci_id", "uuid", "jobs", "pids", "busy"}
 DOWN_KEYS = {"root", "was_running", "stopped", "cancelled", "purged"}
@@ -44,6 +47,11 @@ def _env() -> Dict[str, str]:
 def slurm_mig(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slurm_mig", *args], capture_output=True,
                           text=True, env=_env(), timeout=timeout)
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
 
 
 def _alive(pid: int) -> bool:
@@ -89,6 +97,10 @@ class Sandbox:
     def job_state(self, job: int) -> str:
         out = self.slurm("scontrol", "show", "job", "-o", str(job)).stdout
         return re.search(r"JobState=(\S+)", out).group(1)
+
+    def job_node(self, job: int) -> str:
+        out = self.slurm("scontrol", "show", "job", "-o", str(job)).stdout
+        return re.search(r" NodeList=(\S+)", out).group(1)
 
     def wait_jobs(self, jobs: List[int], timeout: float = 30) -> Dict[int, str]:
         deadline = time.monotonic() + timeout
@@ -191,7 +203,7 @@ class TestRunningSandbox:
         finally:
             sbx.slurm("scancel", str(job))
         assert set(status) == STATUS_KEYS and status["running"] is True
-        assert set(status["daemons"]) == {"munged", "slurmctld", "slurmd-n1", "slurmd-n2"}
+        assert set(status["daemons"]) == DAEMONS
         n1 = next(n for n in status["nodes"] if n["name"] == "n1")
         assert set(n1) == NODE_KEYS and n1["gres"] == LAYOUT
         [gpu] = n1["gpus"]
@@ -203,6 +215,37 @@ class TestRunningSandbox:
         assert [r["job_id"] for r in n1["jobs"]] == [job]
         assert [(q["job_id"], q["state"], q["node"]) for q in status["queue"]] == [
             (job, "RUNNING", "n1")]
+
+    def test_up_starts_a_node_timer_per_node_that_publishes_its_layout_in_extra(self, sbx):
+        status = sbx.status()
+        timers = {k: v for k, v in status["daemons"].items() if k.startswith("timer-")}
+        assert sorted(timers) == ["timer-n1", "timer-n2"]
+        assert all(len(pids) == 1 and _comm(pids[0]) == "slurm-mig-timer" for pids in timers.values())
+        for node in status["nodes"]:  # the timer's first `sync --pending` published it
+            assert node["extra"].startswith("slurm-mig;have:0/A100-80GB/1g.10gb@0+"), node["extra"]
+        with open(f"{sbx.root}/log/timer-n1.log") as f:
+            log = f.read()
+        assert f"--config {sbx.root}/nodes/n1/config.toml sync --pending" in log
+        assert "nothing wanted (layout published)" in log
+
+    def test_controller_config_is_valid_and_rebalance_dry_run_reads_the_sandbox(self, sbx):
+        from slurm_mig.config import load_config
+
+        path = f"{sbx.root}/controller/config.toml"
+        assert f"slurm-mig --config {path} rebalance --explain" in sbx.up_text
+        config = load_config(path)
+        r = config.rebalance
+        assert r.enabled and dict(r.floor) == {"1g.10gb": 1, "3g.40gb": 1} and 0 < r.apply_wait <= 30
+        assert r.lock.startswith(f"{sbx.root}/") and r.state_file.startswith(f"{sbx.root}/")
+        assert config.paths.node_gres_include == f"{sbx.root}/etc/nodes.conf"
+        assert config.slurm.reconfigure_command[-4:] == ("sandbox", "reconfigure", "--root", sbx.root)
+        # Without SLURM_CONF (slurm_mig() drops it): the config's bin/ wrappers reach the sandbox.
+        proc = slurm_mig("--config", path, "--json", "rebalance", "--dry-run")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert (result["dry_run"], result["changed"], result["reconfigured"]) == (True, [], False)
+        assert [n for n in result["notes"] if "left out" in n] == []  # both layouts published
+        assert {line.split(":")[0] for line in result["explain"]} >= {"n1", "n2"}
 
     def test_up_again_is_a_no_op_and_other_options_are_refused_while_it_runs(self, sbx):
         before = sbx.status()["daemons"]
@@ -249,8 +292,10 @@ def test_down_from_another_process_stops_every_daemon_and_up_rebuilds_a_stopped_
             "n1": {"3g.40gb": 4}, "n2": {"3g.40gb": 4}}
         job = sbx.sim_job("3g.40gb:1", "sleep", "60")
         sbx.seen(job, timeout=20)
-        pids = [p for ps in sbx.status()["daemons"].values() for p in ps]
-        assert len(pids) == 4 and all(_alive(p) for p in pids)
+        daemons = sbx.status()["daemons"]
+        assert set(daemons) == DAEMONS  # the node timers too
+        pids = [p for ps in daemons.values() for p in ps]
+        assert len(pids) == 6 and all(_alive(p) for p in pids)
         t0 = time.monotonic()
         proc = slurm_mig("--json", "sandbox", "down", "--root", root)
         print(f"\nsandbox down: {time.monotonic() - t0:.1f}s")
@@ -271,11 +316,11 @@ def test_down_from_another_process_stops_every_daemon_and_up_rebuilds_a_stopped_
 
 @pytest.mark.slurm
 @pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))
-def test_demo_runs_jobs_on_instances_and_leaves_the_cluster_up_for_the_reader():
+def test_demo_runs_jobs_on_instances_rebalances_n1_for_the_queue_and_leaves_the_cluster_up():
     root = _new_root("demo")
     try:
         t0 = time.monotonic()
-        proc = slurm_mig("demo", "--root", root, timeout=90)
+        proc = slurm_mig("demo", "--root", root, timeout=120)
         elapsed = time.monotonic() - t0
         print(f"\ndemo: {elapsed:.1f}s")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
@@ -288,6 +333,24 @@ def test_demo_runs_jobs_on_instances_and_leaves_the_cluster_up_for_the_reader():
         assert f"slurm-mig sandbox down --root {root}" in out
         assert slurm_mig("sandbox", "status", "--root", root).returncode == 0  # still up
         assert elapsed < 60
+
+        # The rebalance part: the 1g jobs that waited while n1 held only 3g.40gb instances
+        # ran on n1 after one rebalance run, which changed n1's Gres= with one reconfigure.
+        queue = out[out.index("\n== 8."):out.index("\n== 9.")]
+        waited = [int(line.split()[0]) for line in queue.splitlines() if " PENDING " in line]
+        assert waited, queue
+        sbx = Sandbox(root, out)
+        assert {j: (sbx.job_state(j), sbx.job_node(j)) for j in waited} == {
+            j: ("COMPLETED", "n1") for j in waited}
+        assert all(sbx.seen(j)["instances"][0]["type"] == "1g.10gb" for j in waited)
+        n1 = dict(sbx.nodes()["n1"].gres)
+        assert n1.get("1g.10gb", 0) >= len(waited) and "3g.40gb" not in n1, n1
+        run = out[out.index("\n== 9."):out.index("\n== 10.")]
+        assert "changed n1; finished n1; reconfigured once" in run
+        with open(f"{root}/log/reconfigure.log") as f:
+            asked = [line.split("asked by: ")[1] for line in f.read().splitlines()]
+        assert len(asked) == 2, asked  # the admin's sync, then the one of rebalance
+        assert "sync --layout 3g.40gb:2" in asked[0] and asked[1].endswith("rebalance --explain")
     finally:
         _purge(root)
 
@@ -330,6 +393,21 @@ def test_down_without_a_sandbox_stops_nothing_and_never_touches_a_foreign_direct
     code, out, err = cli("sandbox", "down", "--root", tmp_path / "mine", "--purge")
     assert code == 2 and "holds no sandbox" in err
     assert (tmp_path / "mine" / "keep.txt").read_text() == "data"
+
+
+def test_controller_config_keeps_every_type_of_the_layout_submittable(tmp_path):
+    from slurm_mig.config import parse_config
+    from slurm_mig.sandbox.config import SandboxPaths
+    from slurm_mig.sandbox.controller import controller_config_text, layout_floors
+    from slurm_mig.sandbox.files import SandboxFiles
+
+    floors = layout_floors(("H100-80GB", "A100-80GB"), "1g.10gb:2,3g.40gb:1")
+    assert floors == {"1g.10gb": 1, "3g.40gb": 1}
+    files = SandboxFiles(str(tmp_path))
+    config = parse_config(controller_config_text(files, SandboxPaths(str(tmp_path)), floors),
+                          files.controller_config)
+    assert config.rebalance.enabled and dict(config.rebalance.floor) == floors
+    assert config.slurm.scontrol == f"{tmp_path}/bin/scontrol"  # squeue, sinfo: beside it
 
 
 def test_no_slurm_demo_still_walks_through_the_simulator(cli, tmp_path):

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 from .errors import SandboxError
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 try:
     _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -35,6 +36,13 @@ _SETHOSTNAME = ("import os, socket, sys; socket.sethostname(sys.argv[1]); "
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def set_process_name(name: str) -> None:
+    """Name this process as ``/proc/<pid>/stat`` shows it (15 bytes at most), so that a pid
+    file it writes can be checked against the name (:meth:`Daemon.pid_file_pid`)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def in_uts_namespace(unshare: str, hostname: str, argv: Sequence[str]) -> List[str]:
@@ -85,7 +93,8 @@ class Daemon:
                 raise SandboxError(f"cannot start {self.name} ({self.argv[0]}): "
                                    f"{err.strerror}") from err
 
-    def _pid_file_pid(self) -> Optional[int]:
+    def pid_file_pid(self) -> Optional[int]:
+        """The pid in the pid file, if that process is alive and has this daemon's name."""
         if not self.pid_file:
             return None
         try:
@@ -100,7 +109,7 @@ class Daemon:
         out = []
         if self.proc is not None and self.proc.poll() is None:
             out.append(self.proc.pid)
-        other = self._pid_file_pid()
+        other = self.pid_file_pid()
         if other is not None and other not in out:
             out.append(other)
         return out
@@ -110,7 +119,7 @@ class Daemon:
 
     def exit_status(self) -> Optional[int]:
         """Our child's exit status when it has exited and no successor holds the pid file."""
-        if self.proc is None or self.proc.poll() is None or self._pid_file_pid() is not None:
+        if self.proc is None or self.proc.poll() is None or self.pid_file_pid() is not None:
             return None
         return self.proc.returncode
 

@@ -44,7 +44,10 @@ def next_steps(result: dict) -> List[str]:
         [f"slurm-mig sandbox down{opt} [--purge]", "stop it (--purge: remove the files too)"],
     ]
     width = max(len(r[0]) for r in rows)
-    return [f"#   {c.ljust(width)}  {h}".rstrip() for c, h in rows]
+    return [f"#   {c.ljust(width)}  {h}".rstrip() for c, h in rows] + [
+        "# Re-cut idle nodes for what the queue waits for (the controller's timer on a real "
+        "cluster; docs/rebalance.md):",
+        f"#   slurm-mig --config {shlex.quote(result['controller_config'])} rebalance --explain"]
 
 
 def up_text(result: dict) -> str:
@@ -55,6 +58,10 @@ def up_text(result: dict) -> str:
     lines += [f"#   {n}: {gres_text(g)}" for n, g in result["gres"].items()]
     lines.append(f"# jobs fenced to their instance's device files: "
                  f"{'yes' if iso['devices'] else 'no'} ({iso['reason']})")
+    timers = result["timers"]
+    lines.append(f"# node timers: `slurm-mig sync --pending` every {timers['every']:g}s on each "
+                 f"node (log/timer-<node>.log), as etc/slurm-mig-node.timer would; "
+                 f"`rebalance` (below) relies on them")
     lines += export_lines(result["env"])
     lines.append("# Next (a job's script runs on a node; bin/sim-job picks that node's config):")
     lines += next_steps(result)
@@ -68,12 +75,21 @@ def status_text(result: dict) -> str:
     down = [k for k, v in result["daemons"].items() if not v]
     if down and result["running"] is False:
         lines.append(f"  not running: {', '.join(down)}")
+    timers = [f"{k[len('timer-'):]} pid {','.join(map(str, v))}"
+              for k, v in result["daemons"].items() if k.startswith("timer-") and v]
+    if timers:
+        lines.append(f"  node timers (slurm-mig sync --pending, log/timer-<node>.log): "
+                     f"{', '.join(timers)}")
+    lines.append(f"  rebalance: slurm-mig --config {shlex.quote(result['controller_config'])} "
+                 f"rebalance --explain")
     for node in result["nodes"]:
         flags = "+".join(node["flags"])
         lines.append(f"\n{node['name']}: {node['state']}{' (' + flags + ')' if flags else ''}  "
                      f"gres {gres_text(node['gres'])}"
                      + (f"  used {node['gres_used']}" if node["gres_used"] else "")
                      + (f"  reason: {node['reason']}" if node["reason"] else ""))
+        if node["extra"]:
+            lines.append(f"  Extra (rebalance's channel): {node['extra']}")
         for gpu in node["gpus"]:
             lines.append(f"  GPU {gpu['index']} {gpu['model']}: {gpu['layout'] or '(MIG off)'}")
             rows = [[f"{i['profile']}@{i['start']}", i["gi_id"],

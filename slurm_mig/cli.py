@@ -391,10 +391,12 @@ def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
     if pending:
         if layout is not None:
             raise click.UsageError("--pending takes the layout from rebalance; drop --layout")
+        if wait_s is not None:
+            raise click.UsageError("--pending never waits (a busy node is drained and the next "
+                                   "run looks again); drop --wait")
         from .commands import sync_pending
 
-        result = sync_pending(obj.config, obj.backend, os.environ, node=node, wait=wait_s,
-                              dry_run=dry_run)
+        result = sync_pending(obj.config, obj.backend, os.environ, node=node, dry_run=dry_run)
         obj.emit(result, render.sync_pending_text)
         return
     from .commands import sync

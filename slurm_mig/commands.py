@@ -261,7 +261,7 @@ def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout
 
 
 def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None,
-                 wait: Optional[float] = None, dry_run: bool = False) -> dict:
+                 dry_run: bool = False) -> dict:
     """``slurm-mig sync --pending``: apply the layout rebalance left for this node."""
     from .channel import ScontrolExtra
     from .hooks import node_name
@@ -270,7 +270,7 @@ def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
-               node_name(environ, node or config.slurm.node_name), wait=wait, dry_run=dry_run)
+               node_name(environ, node or config.slurm.node_name), dry_run=dry_run)
 
 
 def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:

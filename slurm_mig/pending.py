@@ -69,13 +69,16 @@ def node_failure_reason(cycle: Optional[int], step: str, err: BaseException) -> 
                       "; fix it, then slurm-mig sync --pending on the node retries")
 
 
-def sync_pending(config: Config, backend, slurm, channel, node: str, *, wait: Optional[float] = None,
-                 dry_run: bool = False, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, poll: float = 2.0) -> dict:
+def is_node_failure_reason(reason: str) -> bool:
+    """Whether a drain reason is :func:`node_failure_reason`'s: the node gave up until fixed."""
+    return reason.startswith(f"{TAG}: cycle ") and ": node-side " in reason and " failed: " in reason
+
+
+def sync_pending(config: Config, backend, slurm, channel, node: str, *, dry_run: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> dict:
     """One node-side run; see the module doc.  ``slurm``: a SlurmClient (node state, drain);
-    ``channel``: read/write this node's Extra.  ``wait``, ``sleep`` and ``poll`` are accepted
-    for the CLI's sake and unused: a busy node is not waited for, the next run looks again."""
-    del wait, sleep, poll
+    ``channel``: read/write this node's Extra.  It never waits: a busy node is drained and
+    the next run (the node's timer) looks again."""
     check_node_name(node)
     jb = JobAwareBackend(backend, config.paths.state_dir)
     ch = parse_channel(channel.read(node), node) or Channel()

@@ -43,6 +43,7 @@ from .errors import ConfigError, InputError, LockBusy, SlurmError
 from .finish import Ready, finish, have_gres, verdict
 from .layout import Layout, format_counts, format_layout, parse_layout
 from .locking import node_lock
+from .pending import is_node_failure_reason
 from .planning import DemandItem, PlanGpu, PlanNode, Policy, plan
 from .slurm.demand import demand as queue_demand
 from .slurmfiles import write_json_atomic
@@ -172,14 +173,25 @@ def finishing_node(info, ch: Channel, catalog, last_changed: Optional[int]) -> P
 
 
 def wait_applied(channel, names: List[str], wait: float, *, clock: Callable[[], float],
-                 sleep: Callable[[float], None], poll: float) -> dict:
+                 sleep: Callable[[float], None], poll: float, slurm=None) -> dict:
     """Look at the nodes' Extra (one ``scontrol show node`` each) until none of them has a
     want left, or ``wait`` seconds have passed.  ``applied``: nodes that now say
-    ``applied``; ``pending``: nodes whose want is still there."""
+    ``applied``; ``pending``: nodes whose want is still there; ``failed``: nodes whose own
+    ``sync --pending`` failed (their drain reason says so; ``slurm`` reads it): waiting
+    longer for them would only hold the lock and the other nodes' finish."""
     t0 = clock()
     deadline = t0 + wait
-    left, applied = set(names), []
+    left, applied, failed = set(names), [], []
     while left:
+        if slurm is not None:
+            try:
+                states = slurm.nodes(sorted(left))
+            except SlurmError:
+                states = {}
+            for n, st in states.items():
+                if is_node_failure_reason(st.reason):
+                    left.discard(n)
+                    failed.append(n)
         for n in sorted(left):
             try:
                 ch = parse_channel(channel.read(n), n)
@@ -195,7 +207,8 @@ def wait_applied(channel, names: List[str], wait: float, *, clock: Callable[[], 
         if not left or clock() >= deadline:
             break
         sleep(max(0.0, min(poll, deadline - clock())))
-    return {"seconds": round(clock() - t0, 3), "applied": sorted(applied), "pending": sorted(left)}
+    return {"seconds": round(clock() - t0, 3), "applied": sorted(applied), "pending": sorted(left),
+            "failed": sorted(failed)}
 
 
 # ----------------------------------------------------------------------------- the cycle
@@ -320,18 +333,21 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
         actions.append(line + (" (dry run)" if dry_run else ""))
         changed.append({"node": np_.name, "want": {str(g): l for g, l in sorted(want.items())},
                         "reason": reason})
-    waited = {"seconds": 0.0, "applied": [], "pending": []}
+    waited = {"seconds": 0.0, "applied": [], "pending": [], "failed": []}
     if not dry_run:
         write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed})
         if changed and r.apply_wait > 0:
             waited = wait_applied(channel, [c["node"] for c in changed], r.apply_wait,
-                                  clock=clock, sleep=sleep, poll=poll)
+                                  clock=clock, sleep=sleep, poll=poll, slurm=slurm)
             if waited["applied"]:  # read again: the nodes' reasons and Extra have changed
                 more = _to_finish(reader.nodes(waited["applied"]), catalog, set(waited["applied"]))
                 ready.update(more)
             if waited["pending"]:
                 notes.append(f"not applied within [rebalance] apply_wait ({r.apply_wait:g}s): "
                              f"{', '.join(waited['pending'])}; a later cycle finishes them")
+            if waited["failed"]:
+                notes.append(f"sync --pending failed on {', '.join(waited['failed'])} (see the "
+                             f"node's drain reason); the node's timer retries once it is fixed")
     done = finish(config, slurm, channel, [ready[n][0] for n in sorted(ready)], cycle,
                   dry_run=dry_run, clock=clock, sleep=sleep, poll=poll)
     actions += done["actions"]

@@ -167,8 +167,9 @@ def rebalance_text(result: dict, explain: bool = False) -> str:
     else:
         wait = result["wait"]
         waited = (f"; waited {wait['seconds']:g}s for sync --pending (applied: "
-                  f"{names(wait['applied'])}; not yet: {names(wait['pending'])})"
-                  if wait["seconds"] or wait["pending"] else "")
+                  f"{names(wait['applied'])}; not yet: {names(wait['pending'])}"
+                  + (f"; failed on the node: {names(wait['failed'])}" if wait.get("failed") else "")
+                  + ")" if wait["seconds"] or wait["pending"] or wait.get("failed") else "")
         failed = sorted({f["node"] for f in result["failed"]})
         out.append(f"{head} changed {names([c['node'] for c in result['changed']])}; finished "
                    f"{names(result['finished'])}; reconfigured "

@@ -13,7 +13,7 @@ from slurm_mig.config import parse_config
 from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.locking import node_lock
-from slurm_mig.pending import applied_reason
+from slurm_mig.pending import applied_reason, node_failure_reason
 from slurm_mig.rebalance import rebalance
 from slurm_mig.render import rebalance_text
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
@@ -341,8 +341,7 @@ def sim_node(tmp_path):
 def _pending(n, channel):
     from slurm_mig.pending import sync_pending
 
-    return sync_pending(n.config, n.backend, n.slurm, channel, "n1", wait=60, clock=n.clock,
-                        sleep=n.clock.sleep, poll=1.0)
+    return sync_pending(n.config, n.backend, n.slurm, channel, "n1", clock=n.clock)
 
 
 def test_sync_pending_without_a_want_publishes_the_layout_once_and_touches_nothing(sim_node):
@@ -531,7 +530,7 @@ def test_apply_wait_finishes_the_change_in_the_same_run(config, cluster, clock):
     clock.on_sleep = node_timer
     result = _run(config("apply_wait = 30\n"), cluster, clock)
     assert [c["node"] for c in result["changed"]] == ["n1"]
-    assert result["wait"] == {"seconds": 3.0, "applied": ["n1"], "pending": []}
+    assert result["wait"] == {"seconds": 3.0, "applied": ["n1"], "pending": [], "failed": []}
     assert result["finished"] == ["n1"] and result["reconfigured"]
     ops = [c[:2] for c in cluster.calls]
     assert ops == [("drain", "n1"), ("drain", "n1"), ("reconfigure",), ("resume", "n1")]
@@ -564,6 +563,20 @@ def test_a_node_not_applying_within_apply_wait_is_finished_by_a_later_cycle(conf
     assert any(n.startswith("not applied within [rebalance] apply_wait (5s): n1") for n in result["notes"])
 
 
+def test_the_wait_ends_early_when_the_node_side_fails(config, cluster, clock):
+    def node_timer(now):  # the node's sync --pending fails 2 s into the wait
+        if now >= 1002 and "node-side" not in cluster.infos["n1"].reason:
+            cluster.drain("n1", node_failure_reason(1, "apply", RuntimeError("gpu 0: no permission")))
+
+    clock.on_sleep = node_timer
+    result = _run(config("apply_wait = 60\n"), cluster, clock)
+    assert result["wait"] == {"seconds": 2.0, "applied": [], "pending": [], "failed": ["n1"]}
+    assert result["finished"] == [] and not result["reconfigured"]
+    assert any(n.startswith("sync --pending failed on n1") for n in result["notes"])
+    assert "failed on the node: n1" in rebalance_text(result)
+    assert parse_channel(cluster.channel.read("n1")).want  # kept for the node's retry
+
+
 def test_dry_run_says_which_nodes_it_would_finish(config, cluster):
     _applied(cluster, "n1")
     result = _run(config(), cluster, dry_run=True)
@@ -576,7 +589,7 @@ def test_result_keys_are_stable(config, cluster):
     result = _run(config(), cluster)
     assert sorted(result) == ["actions", "changed", "cycle", "dry_run", "explain", "failed",
                               "finished", "notes", "plan", "reconfigured", "resumed", "wait"]
-    assert sorted(result["wait"]) == ["applied", "pending", "seconds"]
+    assert sorted(result["wait"]) == ["applied", "failed", "pending", "seconds"]
     assert sorted(result["changed"][0]) == ["node", "reason", "want"]
 
 
@@ -585,3 +598,10 @@ def test_sync_pending_result_keys_are_stable(sim_node):
     assert sorted(result) == ["action", "applied", "apply", "cycle", "dry_run", "gres_conf", "node",
                               "published", "steps", "want"]
     assert sorted(result["gres_conf"]) == ["changed", "gres", "path", "prev"]
+
+
+@pytest.mark.parametrize("extra, words", [(("--layout", "1g.5gb:7"), "drop --layout"),
+                                          (("--wait", "60"), "drop --wait")])
+def test_sync_pending_refuses_options_it_would_not_honour(cli, node_config, extra, words):
+    code, out, err = cli("sync", "--pending", *extra, config=node_config())
+    assert code == 2 and words in err and out == ""

@@ -31,8 +31,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from .cgroups import Isolation, detect_isolation
 from .config import (NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf,
                      render_slurm_conf)
-from .daemons import (Daemon, check_socket_path, in_uts_namespace, stop_daemons, wait_for,
-                      write_munge_key)
+from .daemons import (Daemon, check_socket_path, in_uts_namespace, kill_daemons, stop_daemons,
+                      wait_for, write_munge_key)
 from .errors import SandboxError
 from .host import free_ports, missing_requirements, tail, which, write_atomic
 from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
@@ -534,6 +534,18 @@ class SandboxCluster:
         """Stop slurmctld and start it again, keeping its saved state (jobs, drained nodes)."""
         if self._ctld is not None:
             stop_daemons([self._ctld])
+        self._start_ctld_again()
+
+    def crash_slurmctld(self) -> None:
+        """SIGKILL slurmctld and start it again the way :meth:`restart_slurmctld` does (same
+        StateSaveLocation, no ``-c``): a crash of the controller.  Unlike a stop (SIGTERM),
+        slurmctld gets no chance to save its state: it comes back with what its last periodic
+        save wrote (measured in tests/test_slurmctld_crash.py)."""
+        if self._ctld is not None:
+            kill_daemons([self._ctld])
+        self._start_ctld_again()
+
+    def _start_ctld_again(self) -> None:
         self._ctld = self._new_ctld()
         self._ctld.start(self.env(), self.die_with_parent)
         if not wait_for(lambda: self.command(["scontrol", "ping"], timeout=10, check=False)

@@ -147,6 +147,24 @@ def stop_daemons(daemons: Iterable[Daemon], timeout: float = 5.0) -> None:
                 pass
 
 
+def kill_daemons(daemons: Iterable[Daemon], timeout: float = 5.0) -> None:
+    """SIGKILL every live daemon at once (a crash: no shutdown, no last state save) and
+    wait up to ``timeout`` until they are gone."""
+    daemons = list(daemons)
+    targets = {pid: d for d in daemons for pid in d.pids()}
+    for pid in targets:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p, targets[p]) for p in targets):
+        time.sleep(0.01)
+    for d in daemons:
+        if d.proc is not None:
+            try:
+                d.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # pragma: no cover - a SIGKILL is not refused
+                pass
+
+
 def _alive(pid: int, d: Daemon) -> bool:
     if d.proc is not None and d.proc.pid == pid:
         return d.proc.poll() is None

@@ -1,0 +1,183 @@
+"""What a slurmctld crash (SIGKILL, no shutdown) does to a node's Extra and drain, measured
+on the real sandbox (slurm_mig.sandbox; docs/rebalance.md relies on it).
+
+rebalance's channel is the node's ``Extra`` field and its "in progress" mark a drain with a
+reason starting ``slurm-mig rebalance``.  A stop (SIGTERM) makes slurmctld save its state
+(tests/test_rebalance_slurm.py: Extra survives the restart).  A crash does not: slurmctld
+comes back (same StateSaveLocation, no ``-c``: :meth:`SandboxCluster.crash_slurmctld`) with
+what its state-save thread last wrote.  Slurm 22.05's thread saves a change at once when it
+saved nothing in the last 5 s (``SAVE_MAX_WAIT``), and otherwise up to 5 s after that
+save, looking once a second.  A save writes every node as it is then, so what comes back is
+the cluster as it was at some earlier moment: later updates lost, none reordered.
+
+The tests run in order on one cluster (two nodes, no GPUs); each crash restarts slurmctld,
+whose new process starts with no save behind it.  Whether an update is on disk is read
+from the ``node_state`` file itself (Slurm packs Extra and the reason as plain strings).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+import time
+from typing import Dict, Tuple
+
+import pytest
+
+from slurm_mig.sandbox import SandboxCluster, missing_requirements
+from slurm_mig.slurm.scontrol import parse_pairs
+
+MISSING = missing_requirements()
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))]
+
+TAG = "slurm-mig rebalance"
+OLD = "slurm-mig;have:0/A100-40GB/1g.5gb@0+1g.5gb@1"
+NEW = "slurm-mig;have:0/A100-40GB/3g.20gb@0"
+APPLIED = f"{NEW};applied:3"  # the node's hand-back after applying cycle 3's want
+APPLIED_REASON = (f"{TAG}: cycle 3: layout 3g.20gb:1 on gpu 0 applied on the node; the next "
+                  f"slurm-mig rebalance run reconfigures Slurm and resumes the node")
+
+
+def extra(cycle: int) -> str:
+    """A want as rebalance's record step writes it (one token: no blanks, no '=')."""
+    return f"{OLD};want:0/3g.20gb@0;cycle:{cycle}"
+
+
+def reason(cycle: int) -> str:
+    return f"{TAG}: cycle {cycle}: new layout 3g.20gb:1 on gpu 0; test"
+
+
+class Ctl:
+    def __init__(self, cluster: SandboxCluster):
+        self.cluster = cluster
+        self.node_state = os.path.join(cluster.paths.state, "slurmctld", "node_state")
+        self.measured: Dict[str, float] = {}
+
+    def update(self, *args: str) -> None:
+        self.cluster.command(["scontrol", "update", *args])
+
+    def write(self, node: str, text: str) -> None:
+        self.update(f"nodename={node}", f"extra={text}")
+
+    def drain(self, node: str, why: str) -> None:
+        self.update(f"nodename={node}", "state=drain", f"reason={why}")
+
+    def node(self, node: str) -> Tuple[str, bool, str]:
+        """(Extra, drained, reason without scontrol's " [user@time]")."""
+        out = self.cluster.command(["scontrol", "show", "node", "-o", node]).stdout
+        pairs = parse_pairs(out.strip())
+        state = pairs.get("State", "")
+        why = pairs.get("Reason", "").rsplit(" [", 1)[0]
+        return pairs.get("Extra", ""), "DRAIN" in state.split("+"), why
+
+    def on_disk(self, text: str) -> bool:
+        """Whether the saved node state holds ``text`` as one whole string (Slurm packs a
+        string as its length + 1, 32 bits big-endian, then its bytes and a NUL)."""
+        data = text.encode() + b"\0"
+        try:
+            with open(self.node_state, "rb") as f:
+                return struct.pack(">I", len(data)) + data in f.read()
+        except FileNotFoundError:
+            return False
+
+    def wait_saved(self, *texts: str, timeout: float = 8.0) -> float:
+        """Seconds until every text is in the saved node state; fails after ``timeout``."""
+        t0 = time.monotonic()
+        while not all(self.on_disk(t) for t in texts):
+            assert time.monotonic() - t0 < timeout, f"{texts} not saved after {timeout}s"
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    def fresh_save(self, cycle: int) -> float:
+        """Make slurmctld save now (an update of n2, waited for): for the next 5 s, any
+        further update waits for the next periodic save."""
+        return self.wait_saved(self.write("n2", extra(cycle)) or extra(cycle))
+
+    def crash(self, name: str) -> None:
+        t0 = time.monotonic()
+        self.cluster.crash_slurmctld()
+        self.measured[f"crash+start {name}"] = round(time.monotonic() - t0, 2)
+
+
+@pytest.fixture(scope="module")
+def ctl():
+    root = tempfile.mkdtemp(prefix="sbx-crash-", dir="/var/tmp")  # munged: o+x above its socket
+    cluster = SandboxCluster(root, ["n1", "n2"])
+    c = Ctl(cluster)
+    try:
+        cluster.write_config({"n1": "", "n2": ""}, "")
+        cluster.start()
+        yield c
+    finally:
+        cluster.stop()
+        print(f"\n{root}: measured {c.measured}; timings {cluster.timings}")
+        if not os.environ.get("SLURM_MIG_KEEP_SANDBOX"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def test_quiet_slurmctld_saves_the_want_at_once_but_not_the_drain_right_after_it(ctl):
+    """rebalance's record step (want, then drain, milliseconds apart) on a slurmctld that
+    saved nothing in the last 5 s (here: none since it started), killed 0.1 s later: the
+    want was saved at once and survives; the drain waited for the next save and is lost."""
+    ctl.write("n1", extra(1))
+    ctl.drain("n1", reason(1))
+    time.sleep(0.1)
+    before_kill = (ctl.on_disk(extra(1)), ctl.on_disk(reason(1)))
+    ctl.crash("quiet")
+    after = ctl.node("n1")
+    ctl.measured["quiet: (want, drain) on disk at the kill"] = before_kill
+    print(f"\nquiet: on disk at the kill (want, drain) {before_kill}; after the crash {after}")
+    assert before_kill == (True, False)
+    assert after == (extra(1), False, "")
+
+
+def test_updates_within_5s_of_a_save_are_lost_when_killed_0_1s_later(ctl):
+    """Case (a): want and drain 0.1 s before the kill, just after another save: both lost;
+    Extra comes back as its older saved value (not empty), the node not drained."""
+    ctl.measured["a: saving n2 took"] = round(ctl.fresh_save(91), 2)
+    ctl.write("n1", extra(2))
+    ctl.drain("n1", reason(2))
+    time.sleep(0.1)
+    before_kill = (ctl.on_disk(extra(2)), ctl.on_disk(reason(2)))
+    ctl.crash("a")
+    after = ctl.node("n1")
+    print(f"\n(a): on disk at the kill (want, drain) {before_kill}; after the crash {after}")
+    assert before_kill == (False, False)
+    assert after == (extra(1), False, "")
+    assert ctl.node("n2")[0] == extra(91)  # the save before them is all there
+
+
+def test_a_few_seconds_after_the_updates_a_kill_loses_nothing(ctl):
+    """Case (b): the node side's hand-back (``applied`` in Extra, then its drain reason),
+    just after another save (the slowest case), then 6 s before the kill: the periodic save
+    wrote both (~5 s after the updates)."""
+    ctl.fresh_save(92)
+    t0 = time.monotonic()
+    ctl.write("n1", APPLIED)
+    ctl.drain("n1", APPLIED_REASON)
+    saved = ctl.wait_saved(APPLIED, APPLIED_REASON)
+    ctl.measured["b: updates saved after"] = round(saved, 2)
+    time.sleep(max(0.0, 6.0 - (time.monotonic() - t0)))
+    ctl.crash("b")
+    after = ctl.node("n1")
+    print(f"\n(b): saved {saved:.2f}s after the updates; after the crash {after}")
+    assert 3.0 < saved < 6.0  # deferred (not at once), within SAVE_MAX_WAIT (5 s) and a poll
+    assert after == (APPLIED, True, APPLIED_REASON)
+
+
+def test_a_lost_resume_brings_the_node_back_drained_with_its_applied_marker(ctl):
+    """The finish step's end (marker dropped from Extra, then resume) 0.1 s before a kill,
+    just after another save: the node comes back drained, reason and marker as before."""
+    ctl.fresh_save(93)
+    ctl.write("n1", NEW)
+    ctl.update("nodename=n1", "state=resume")
+    time.sleep(0.1)
+    before_kill = (ctl.on_disk(NEW), ctl.node("n1")[1])
+    ctl.crash("resume")
+    after = ctl.node("n1")
+    print(f"\nresume lost: (NEW on disk, drained) at the kill {before_kill}; after the crash {after}")
+    assert before_kill == (False, False)
+    assert after == (APPLIED, True, APPLIED_REASON)

@@ -5,6 +5,9 @@ Run from a timer on every node (etc/slurm-mig-node.timer, or etc/slurm-mig.cron)
 * reads this node's Extra field (:mod:`slurm_mig.channel`);
 * no ``want``: publishes the node's current layout (``have``) if Extra does not already
   say it, and does nothing else: no drain, no Slurm change;
+* no ``want`` but the GPUs ahead of Slurm (:func:`slurm_behind`: a slurmctld crash lost a
+  want the node had applied, or a layout changed by hand): hands the node to rebalance as
+  if it had applied a want, once idle (:func:`_catch_up`);
 * a ``want`` and the node drained by someone else (a reason not starting ``slurm-mig``):
   leaves it alone; their drain means something we cannot judge;
 * a ``want`` and the node still running jobs: makes sure the node is drained (so no new
@@ -35,7 +38,9 @@ from .apply import JobAwareBackend
 from .channel import Channel, format_channel, parse_channel
 from .commands import gres_conf
 from .config import Config, LayoutSettings
-from .errors import SlurmError
+from .catalog import load_catalog
+from .errors import InputError, SlurmError
+from .finish import have_counts
 from .gresconf import check_node_name
 from .inventory import current_layout, gpu_model
 from .layout import format_layout
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 TAG = "slurm-mig rebalance"
 OURS = "slurm-mig"  #: a drain reason starting with this is rebalance's or sync's, not an admin's
 NEXT = "the next slurm-mig rebalance run reconfigures Slurm and resumes the node"
+#: The reason of a node whose GPUs are ahead of Slurm, waiting for its jobs (not rebalance's own).
+DRIFT = "slurm-mig sync --pending: layout not in Slurm"
 
 
 def node_have(backend) -> Tuple[Tuple[int, str, str], ...]:
@@ -74,6 +81,62 @@ def is_node_failure_reason(reason: str) -> bool:
     return reason.startswith(f"{TAG}: cycle ") and ": node-side " in reason and " failed: " in reason
 
 
+def slurm_behind(jb, have, st) -> Optional[Tuple[str, str]]:
+    """(what the GPUs hold, what Slurm has registered) as counts text when they differ;
+    None when they agree.
+
+    Only for a node whose every GPU is in MIG mode (its whole ``Gres=`` is then slurm-mig's):
+    the GPUs may be ahead of Slurm after a slurmctld crash lost rebalance's want and drain
+    once the node had applied (docs/rebalance.md, crash table), or after a layout change
+    made outside rebalance and sync."""
+    if not have or any(not g.mig_current for g in jb.gpus()):
+        return None
+    try:
+        counts = have_counts(Channel(have=have), load_catalog())
+    except InputError:
+        return None
+    registered = {t: n for t, n in st.gres.items() if n}
+    if counts == registered:
+        return None
+    text = lambda c: ",".join(f"{t}:{n}" for t, n in sorted(c.items())) or "none"  # noqa: E731
+    return text(counts), text(registered)
+
+
+def _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, result, dry_run,
+              clock) -> None:
+    """The GPUs are ahead of Slurm with no change in flight: hand the node to rebalance as if
+    it had applied a want (gres.conf, ``applied`` marker, the hand-over reason), once idle;
+    drain it meanwhile with a reason rebalance does not take as its own, so that Slurm's gres
+    are not changed under running jobs."""
+    held, registered = behind
+    what = f"the GPUs hold {held} but Slurm has {registered}"
+    result["action"] = f"catching up: {what}"
+    if dry_run:
+        steps.add("catch-up", "planned", f"{what}: write gres.conf, publish applied, hand over")
+        return
+    if not idle(st):
+        if "DRAIN" not in st.flags:
+            slurm.drain(node, fit_reason(f"{DRIFT}: ", what, "; waits for running jobs, then "
+                                         "hands the node to slurm-mig rebalance"))
+        channel.write(node, format_channel(ch.published(have)))
+        result["published"] = True
+        result["action"] += "; waits for running jobs (drained)"
+        return
+    with sync_lock(config.paths.state_dir):
+        t0 = clock()
+        g = gres_conf(config, jb, node, write=True)
+        result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],
+                               "gres": g["gres"]}
+        steps.add("write", "done", f"{g['path']} ({'written' if g['changed'] else 'unchanged'})", t0)
+        handed = ch.applied_as(have)
+        channel.write(node, format_channel(handed))
+        result["published"] = result["applied"] = True
+        slurm.drain(node, applied_reason(handed.applied, held))
+    steps.add("publish", "done", f"have, applied:{handed.applied}")
+    result["action"] += f"; handed to rebalance: {NEXT}"
+    log.warning("%s: node %s: %s; handed to rebalance", TAG, node, what)
+
+
 def sync_pending(config: Config, backend, slurm, channel, node: str, *, dry_run: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> dict:
     """One node-side run; see the module doc.  ``slurm``: a SlurmClient (node state, drain);
@@ -88,17 +151,22 @@ def sync_pending(config: Config, backend, slurm, channel, node: str, *, dry_run:
               "want": [{"gpu": g, "layout": l} for g, l in ch.want], "cycle": ch.cycle,
               "action": "", "published": False, "applied": False, "gres_conf": None,
               "apply": [], "steps": steps.items}
+    st = slurm.nodes([node]).get(node)
+    if st is None:
+        raise SlurmError(f"node {node} is not known to slurmctld; check --node or [slurm] "
+                         f"node_name in {config.source} (`scontrol show node`)")
     if not ch.want:
+        behind = slurm_behind(jb, have, st)
+        if behind and ("DRAIN" not in st.flags or st.reason.startswith(DRIFT)):
+            _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, result,
+                      dry_run, clock)
+            return result
         result["action"] = "nothing wanted"
         if ch.have != have:
             if not dry_run:
                 channel.write(node, format_channel(ch.published(have)))
             result["published"] = True
         return result
-    st = slurm.nodes([node]).get(node)
-    if st is None:
-        raise SlurmError(f"node {node} is not known to slurmctld; check --node or [slurm] "
-                         f"node_name in {config.source} (`scontrol show node`)")
     if "DRAIN" in st.flags and not st.reason.startswith(OURS):
         result["action"] = (f"waiting: drained by someone else ({st.reason or 'no reason'}); left "
                             f"alone until they resume it, or cancel the change with "

@@ -605,3 +605,63 @@ def test_sync_pending_result_keys_are_stable(sim_node):
 def test_sync_pending_refuses_options_it_would_not_honour(cli, node_config, extra, words):
     code, out, err = cli("sync", "--pending", *extra, config=node_config())
     assert code == 2 and words in err and out == ""
+
+
+# ----------------------------------------------------------------------------- GPUs ahead of Slurm
+
+
+def _gpus_ahead(n):
+    """What a slurmctld crash can leave (docs/rebalance.md): the node applied a want and wrote
+    gres.conf, then the want and the drain were lost; Slurm still has the old gres."""
+    from slurm_mig.commands import apply_layout, gres_conf
+
+    apply_layout(n.config, n.backend, "3g.20gb:2")
+    gres_conf(n.config, n.backend, "n1", write=True)
+    return MemoryExtra({"n1": format_channel(Channel(have=OLD_HAVE))})
+
+
+def test_sync_pending_hands_an_idle_node_whose_gpus_are_ahead_of_slurm_to_rebalance(sim_node):
+    channel = _gpus_ahead(sim_node)
+    include = sim_node.include()
+    result = _pending(sim_node, channel)
+    assert result["applied"] and result["action"].startswith(
+        "catching up: the GPUs hold 3g.20gb:2 but Slurm has 1g.5gb:7")
+    assert parse_channel(channel.read("n1")) == Channel(have=NEW_HAVE, applied=0)
+    assert sim_node.slurm.reason.startswith("slurm-mig rebalance: cycle 0: layout 3g.20gb:2 applied on the node")
+    assert "DRAIN" in sim_node.slurm.flags and sim_node.gres_lines() == ["3g.20gb", "3g.20gb"]
+    assert sim_node.include() == include  # the controller writes Gres= and reconfigures
+    assert ("reconfigure",) not in sim_node.slurm.calls
+    # What the controller then sees: a node to finish.
+    from slurm_mig.catalog import load_catalog
+    from slurm_mig.finish import verdict
+
+    info = _node("n1", state="drained", gres={"1g.5gb": 7})
+    assert verdict(info, parse_channel(channel.read("n1")), load_catalog())[0] == "finish"
+
+
+def test_sync_pending_waits_for_jobs_before_handing_over_a_node_ahead_of_slurm(sim_node):
+    channel = _gpus_ahead(sim_node)
+    sim_node.slurm.busy_polls = 1
+    first = _pending(sim_node, channel)
+    assert first["action"].endswith("waits for running jobs (drained)") and not first["applied"]
+    assert sim_node.slurm.reason.startswith("slurm-mig sync --pending: layout not in Slurm: ")
+    assert not sim_node.slurm.reason.startswith("slurm-mig rebalance")  # not finished under jobs
+    assert parse_channel(channel.read("n1")) == Channel(have=NEW_HAVE)
+    second = _pending(sim_node, channel)  # the jobs ended
+    assert second["applied"] and parse_channel(channel.read("n1")).applied == 0
+    assert sim_node.slurm.reason.startswith("slurm-mig rebalance: cycle 0: layout 3g.20gb:2 applied")
+
+
+def test_sync_pending_leaves_an_admin_drained_node_ahead_of_slurm_to_the_admin(sim_node):
+    channel = _gpus_ahead(sim_node)
+    sim_node.slurm.drain("n1", "admin: reflashing")
+    result = _pending(sim_node, channel)
+    assert result["action"] == "nothing wanted" and sim_node.slurm.reason == "admin: reflashing"
+    assert parse_channel(channel.read("n1")) == Channel(have=NEW_HAVE)  # published, no marker
+
+
+def test_sync_pending_does_nothing_more_when_slurm_agrees(sim_node):
+    channel = MemoryExtra()
+    _pending(sim_node, channel)
+    assert _pending(sim_node, channel)["action"] == "nothing wanted"
+    assert [c[0] for c in sim_node.slurm.calls] == ["nodes", "nodes"]

@@ -102,6 +102,14 @@ def slurm_behind(jb, have, st) -> Optional[Tuple[str, str]]:
     return text(counts), text(registered)
 
 
+def slurm_gres_drain(st) -> bool:
+    """Whether slurmctld drained the node itself because the gres it registered are not its
+    ``Gres=`` (measured on 22.05 after a slurmctld crash: flags DRAIN+INVALID_REG, reason
+    ``gres/gpu count reported lower than configured (0 < 7)``).  That drain means exactly
+    what :func:`slurm_behind` found, so catching up may replace it."""
+    return "INVALID_REG" in st.flags and st.reason.startswith("gres/")
+
+
 def _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, result, dry_run,
               clock) -> None:
     """The GPUs are ahead of Slurm with no change in flight: hand the node to rebalance as if
@@ -157,7 +165,8 @@ def sync_pending(config: Config, backend, slurm, channel, node: str, *, dry_run:
                          f"node_name in {config.source} (`scontrol show node`)")
     if not ch.want:
         behind = slurm_behind(jb, have, st)
-        if behind and ("DRAIN" not in st.flags or st.reason.startswith(DRIFT)):
+        if behind and ("DRAIN" not in st.flags or st.reason.startswith(DRIFT)
+                       or slurm_gres_drain(st)):
             _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, result,
                       dry_run, clock)
             return result

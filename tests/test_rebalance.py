@@ -665,3 +665,14 @@ def test_sync_pending_does_nothing_more_when_slurm_agrees(sim_node):
     _pending(sim_node, channel)
     assert _pending(sim_node, channel)["action"] == "nothing wanted"
     assert [c[0] for c in sim_node.slurm.calls] == ["nodes", "nodes"]
+
+
+def test_sync_pending_catches_up_a_node_slurm_drained_for_its_gres(sim_node):
+    # After a slurmctld crash, slurmd registering the new gres.conf gets the node drained by
+    # slurmctld itself (measured: tests/test_slurmctld_crash.py).
+    channel = _gpus_ahead(sim_node)
+    sim_node.slurm.drain("n1", "gres/gpu count reported lower than configured (0 < 7)")
+    sim_node.slurm.flags.add("INVALID_REG")
+    result = _pending(sim_node, channel)
+    assert result["applied"] and parse_channel(channel.read("n1")).applied == 0
+    assert sim_node.slurm.reason.startswith("slurm-mig rebalance: cycle 0: layout 3g.20gb:2 applied")

@@ -17,10 +17,14 @@ from the ``node_state`` file itself (Slurm packs Extra and the reason as plain s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from typing import Dict, Tuple
 
@@ -181,3 +185,140 @@ def test_a_lost_resume_brings_the_node_back_drained_with_its_applied_marker(ctl)
     print(f"\nresume lost: (NEW on disk, drained) at the kill {before_kill}; after the crash {after}")
     assert before_kill == (False, False)
     assert after == (APPLIED, True, APPLIED_REASON)
+
+
+# -- the crash that loses a node's applied layout: sync --pending catches up ----------------
+
+GNODE = "g1"  # not n1/n2: the cluster above may still run (cgroup names are per node name)
+OLD_LAYOUT, NEW_LAYOUT = "1g.5gb:7", "3g.20gb:2"
+
+
+def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(tmp_path):
+    """The case docs/rebalance.md's crash table left open, reproduced by a real crash: a
+    want + rebalance's drain, the node's ``sync --pending`` applies it (GPU at 3g.20gb:2,
+    gres.conf written, applied marker + hand-over reason), all within 5 s of a save (here a
+    node Comment, waited for), then slurmctld is killed: it comes back with the node's old
+    Extra (no want, no marker), not drained, Gres= still 1g.5gb:7; its restart's reconfigure
+    then makes slurmd reread gres.conf (3g.20gb) and slurmctld drains the node itself,
+    INVALID_REG, "gres/gpu count reported lower than configured (0 < 7)" (a reason that is
+    not slurm-mig's; ``scontrol update state=resume`` is refused).  Then the node's
+    ``sync --pending`` once (it sees its GPUs ahead of Slurm and hands itself to rebalance)
+    and ``slurm-mig rebalance`` once (finish: include, ONE reconfigure, registration,
+    resume): the node is back in service with the new gres and runs a 3g.20gb job."""
+    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # its reconfigure bridge
+
+    from slurm_mig.channel import parse_channel
+    from slurm_mig.commands import status
+    from slurm_mig.gpu.sim import SimBackend
+    from slurm_mig.gresconf import parse_gres_conf
+    from slurm_mig.sandbox.host import which
+    from sbx import REPO, sandbox, until
+
+    script = tmp_path / "reconfigure.py"
+    script.write_text(RECONFIGURE)
+    sock, count = str(tmp_path / "reconf.sock"), str(tmp_path / "reconfigures.log")
+    reconf = lambda who: json.dumps([sys.executable, str(script), sock, count, who])  # noqa: E731
+    t_start = time.monotonic()
+    with sandbox("sbx-crash-gpu-", {GNODE: ["A100-40GB"]}, {GNODE: [("0", OLD_LAYOUT)]},
+                 config_extra=f"[slurm]\nreconfigure_command = {reconf('node')}\n") as sbx:
+        cluster, c = sbx.cluster, Ctl(sbx.cluster)
+        ctl_cfg = os.path.join(sbx.root, "ctl", "config.toml")
+        os.makedirs(os.path.dirname(ctl_cfg))
+        with open(ctl_cfg, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                version = 1
+                [paths]
+                state_dir = "{sbx.root}/ctl/state"
+                node_gres_include = "{cluster.paths.nodes_conf}"
+                [slurm]
+                scontrol = "{which('scontrol') or 'scontrol'}"
+                reconfigure_command = {reconf('controller')}
+                register_timeout = 30
+                [rebalance]
+                enabled = true
+                apply_wait = 5
+                """))
+        server = ReconfigureServer(sbx, sock)
+        timings = {"cluster up": round(time.monotonic() - t_start, 1)}
+
+        def run(*args: str, config: str) -> dict:
+            t0 = time.monotonic()
+            proc = subprocess.run([sys.executable, "-m", "slurm_mig", "--config", config, "--json",
+                                   *args], capture_output=True, text=True, timeout=180,
+                                  env=cluster.env(), cwd=REPO)
+            timings[args[0] + (" --pending" if "--pending" in args else "")] = \
+                round(time.monotonic() - t0, 2)
+            assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+            return json.loads(proc.stdout)
+
+        def gres() -> Dict[str, int]:
+            return {t: n for t, n in cluster.status()[GNODE].gres.items() if n}
+
+        def sync_pending() -> dict:
+            return run("sync", "--pending", "--node", GNODE, config=sbx.config_path(GNODE))
+
+        try:
+            assert sync_pending()["published"]  # its timer's first run: have published
+            old_extra = c.node(GNODE)[0]
+            assert parse_channel(old_extra, GNODE).have and gres() == {"1g.5gb": 7}
+            want = f"{old_extra};want:0/3g.20gb@0+3g.20gb@4;cycle:1"
+            why = f"{TAG}: cycle 1: new layout 3g.20gb:2 on gpu 0; test"
+
+            # A save now (a Comment, waited for): what follows waits ~5 s for the next one.
+            c.wait_saved(c.update(f"nodename={GNODE}", "comment=crash-test-save") or
+                         "crash-test-save")
+            t0 = time.monotonic()
+            c.write(GNODE, want)
+            c.drain(GNODE, why)
+            applied = sync_pending()
+            assert applied["applied"], applied
+            handed = c.node(GNODE)
+            at_kill = (c.on_disk(want), c.on_disk(why), c.on_disk(handed[0]), c.on_disk(handed[2]))
+            timings["want..kill"] = round(time.monotonic() - t0, 2)
+            c.crash("gpu")
+            after = c.node(GNODE)
+            print(f"\nhanded over {handed}; on disk at the kill (want, drain, applied, reason) "
+                  f"{at_kill}; after the crash {after}")
+            assert handed[1] and handed[2].startswith(TAG) and ";applied:1" in handed[0]
+            assert at_kill == (False, False, False, False), "a save came before the kill"
+            # The loss: the old Extra back, not drained, Slurm's Gres= the old layout ...
+            assert after == (old_extra, False, "") and gres() == {"1g.5gb": 7}
+            # ... while the GPU and gres.conf hold the new one.
+            gpu = SimBackend(sbx.config(GNODE).sim.root)
+            new = {i["gi_id"] for i in status(sbx.config(GNODE), gpu)["gpus"][0]["instances"]
+                   if i["profile"] == "3g.20gb"}
+            assert len(new) == 2 and len(gpu.instances(0)) == 2
+            with open(cluster.paths.gres_conf) as f:
+                assert [r.type for r in parse_gres_conf(f.read(), GNODE)] == ["3g.20gb"] * 2
+
+            # The crash's restart reconfigures (SandboxCluster.crash_slurmctld): slurmd rereads
+            # gres.conf and registers 3g.20gb against Gres=gpu:1g.5gb:7; slurmctld drains it.
+            reg = until("g1's registration refused", lambda: (lambda s: s if "INVALID_REG" in s.flags
+                        else None)(cluster.status()[GNODE]), timeout=10)
+            print(f"\nafter the registration: {sorted(reg.flags)} {reg.reason!r}")
+            caught = sync_pending()
+            print(f"\nsync --pending after the crash: {caught['action']}")
+            assert caught["applied"] and c.node(GNODE)[1], (caught["action"], reg)
+            result = run("rebalance", config=ctl_cfg)
+            print("\nrebalance:\n" + "\n".join(result["actions"]))
+            assert result["finished"] == [GNODE] and result["reconfigured"], result
+            assert result["changed"] == [] and result["failed"] == []
+            with open(count) as f:
+                assert [line.split()[0] for line in f] == ["controller"]  # ONE reconfigure
+            assert len(server.done) == 1
+
+            extra_now, drained, reason_now = c.node(GNODE)
+            assert not drained and reason_now == "", (drained, reason_now)
+            assert gres() == {"3g.20gb": 2}
+            ch = parse_channel(extra_now, GNODE)
+            assert ch.want == () and ch.applied is None and ch.have
+
+            sbx.write_records()
+            job = sbx.submit(["--gres=gpu:3g.20gb:1", "-w", GNODE])
+            done = cluster.wait_job(job, 30)
+            assert (done.state, done.nodes) == ("COMPLETED", GNODE), done
+            assert sbx.seen(job)["instances"][0]["gi_id"] in new
+        finally:
+            server.close()
+            timings["total"] = round(time.monotonic() - t_start, 1)
+            print(f"\ntimings {timings}; measured {c.measured}")

@@ -146,7 +146,7 @@ def sync_text(result: dict) -> str:
 
 def sync_pending_text(result: dict) -> str:
     want = "; ".join(f"gpu {w['gpu']} {w['layout']}" for w in result["want"]) or "none"
-    out = [f"node {result['node']}: want {want}: {result['action']}"
+    out = [f"slurm-mig sync --pending: node {result['node']}: want {want}: {result['action']}"
            + (" (layout published)" if result["published"] else "")]
     for s in result["steps"]:
         secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""

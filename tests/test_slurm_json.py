@@ -444,3 +444,59 @@ def test_values_are_frozen():
         job.priority = 5  # type: ignore[misc]
     with pytest.raises(Exception):
         NodeInfo("n1").state = "idle"  # type: ignore[misc]
+
+
+# -- shapes seen in real outputs (tests/data/slurm/real-shapes/README.md cites each) ----------
+
+def test_real_23_02_squeue_shape():
+    """23.02.6 as recorded in a public project's ``fake_squeue`` (squeue -u ... --json):
+    ``meta.plugins`` (plural) and ``meta.Slurm`` with int versions, ``job_state`` a string,
+    number objects for priority/array fields but plain int times, ``gres:gpu:...`` requests."""
+    text = data("real-shapes/squeue-23.02.json")
+    _, src = jsonread.load(text, "squeue --json")
+    assert (src.release, src.parser, src.family) == ("23.02.6", "data_parser/v0.0.39", "data_parser")
+    jobs = by_name(jsonread.read_pending_jobs(text))
+    assert set(jobs) == {"pend-1g", "pend-arr", "held"}  # RUNNING record dropped
+    assert jobs["pend-1g"].requests == (R("1g.10gb", 2),) and jobs["pend-1g"].priority == 1200
+    assert jobs["pend-1g"].array_job_id is None  # {"set": true, "number": 0}
+    arr = jobs["pend-arr"]
+    assert (arr.array_job_id, arr.array_tasks_pending, arr.array_throttle) == (103, 10, 2)
+    assert arr.partition == ("gpu_p2", "gpu_p5") and arr.requests == (R("3g.40gb", 1, "job"),)
+    assert jobs["held"].held and jobs["held"].priority == 0
+
+
+def test_real_23_02_meta_names_the_parser_in_errors():
+    doc = json.loads(data("real-shapes/squeue-23.02.json"))
+    doc["jobs"][1]["priority"] = "high"
+    with pytest.raises(SlurmOutputError, match=r"Slurm 23.02.6 \(data_parser/v0.0.39\): jobs\[1\].priority"):
+        jsonread.read_pending_jobs(doc)
+
+
+def test_real_24_11_sinfo_records_with_plain_reason_and_non_gpu_gres():
+    """24.11 ``sinfo -N --json`` as documented from a real cluster by a pestat port:
+    ``reason`` a plain string, ``tmpsize:7T`` beside the GPUs in gres.total/used."""
+    nodes = jsonread.read_nodes(data("real-shapes/sinfo-N-24.11.json"))
+    a, b = nodes["gpu001"], nodes["gpu002"]
+    assert (a.state, a.partitions, a.reason) == ("mixed", ("gpu",), "")
+    assert a.gres == {"3g.40gb": 1, "1g.10gb": 4}
+    assert (a.gres_used, a.gres_used_idx) == ({"3g.40gb": 1, "1g.10gb": 2}, {"3g.40gb": (0,), "1g.10gb": (1, 3)})
+    assert (b.state, b.flags, b.gres_used, b.reason) == ("drained", ("DRAIN",), {}, "slurm-mig: relayout")
+
+
+def test_real_24_11_node_objects():
+    """24.11.7 node-object shape (rackslab/Slurm-web slurmrestd asset)."""
+    [node] = jsonread.read_nodes(data("real-shapes/nodes-24.11.json")).values()
+    assert (node.name, node.state, node.partitions) == ("ia1", "mixed", ("standard",))
+    assert node.gres == {"3g.40gb": 2, "1g.10gb": 1}
+    assert (node.gres_used, node.gres_used_idx) == ({"3g.40gb": 1}, {"3g.40gb": (0,)})
+
+
+@pytest.mark.parametrize("text, want", [
+    ("gres/gpu:6", (R(None, 6, "job"),)),                          # 24.11.5 --gpus=6
+    ("gres/gpu:h100:1,gres/gpu:h200:1", (R("h100", 1, "job"), R("h200", 1, "job"))),  # 23.11.10
+    ("gres:gpu:8", (R(None, 8, "job"),)),                          # 23.02.6
+])
+def test_real_request_strings(text, want):
+    """Request strings as printed by real 23.02.6 / 23.11.10 / 24.11.5 (sources in
+    tests/data/slurm/real-shapes/README.md and docs/slurm-json.md)."""
+    assert gresspec.parse_tres_per(text, "job") == want

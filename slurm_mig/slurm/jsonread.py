@@ -71,7 +71,10 @@ def load(doc: Doc, command: str) -> Tuple[Mapping[str, Any], Source]:
 
 def _source(doc: Mapping[str, Any], command: str) -> Source:
     meta = doc.get("meta") if isinstance(doc.get("meta"), Mapping) else {}
-    plugin = meta.get("plugin") if isinstance(meta.get("plugin"), Mapping) else {}
+    # 23.02 (data_parser/v0.0.39) prints ``meta.plugins`` and ``meta.Slurm`` with int
+    # versions; 23.11+ print ``meta.plugin`` and ``meta.slurm`` with string versions.
+    plugin = meta.get("plugin") or meta.get("plugins")
+    plugin = plugin if isinstance(plugin, Mapping) else {}
     parser = plugin.get("data_parser") or plugin.get("type") or "unknown"
     slurm = meta.get("slurm") or meta.get("Slurm") or {}
     release = "unknown"

@@ -1,8 +1,10 @@
-"""squeue/sinfo JSON (recorded 22.05, hand-made 24.11) and pyslurm objects -> the same values.
+"""squeue/sinfo JSON (recorded 22.05, hand-made 24.11, real shapes 23.02-25.05) and pyslurm
+objects -> the same values.
 
-The 22.05 files were printed by a real cluster (tests/data/slurm/README.md); the 24.11 and
-node-object files are hand-made from the documented data_parser schema.  Every source of the
-same cluster state must give equal PendingJob / NodeInfo values.
+The 22.05 files were printed by a real cluster (tests/data/slurm/README.md); the handmade/
+files follow the documented data_parser schema; real-shapes/ files are written in the shapes
+of real 23.02-25.05 output found in public repositories (sources in their README).  Every
+source of the same cluster state must give equal PendingJob / NodeInfo values.
 """
 
 from __future__ import annotations
@@ -500,3 +502,47 @@ def test_real_request_strings(text, want):
     """Request strings as printed by real 23.02.6 / 23.11.10 / 24.11.5 (sources in
     tests/data/slurm/real-shapes/README.md and docs/slurm-json.md)."""
     assert gresspec.parse_tres_per(text, "job") == want
+
+
+@pytest.mark.parametrize("version, release, parser", [
+    ("24.05", "24.05.3", "data_parser/v0.0.41"),
+    ("25.05", "25.05.4", "data_parser/v0.0.43"),
+])
+def test_real_slurmrestd_24_05_and_25_05_meta(version, release, parser):
+    """Slurm-web 24.05.3 / 25.05.4 slurmrestd assets: ``meta.plugin.data_parser`` and
+    ``meta.slurm`` with string versions (``minor: "05"``)."""
+    for name in (f"squeue-{version}.json", f"nodes-{version}.json"):
+        _, src = jsonread.load(data(f"real-shapes/{name}"), "squeue --json")
+        assert (src.release, src.parser, src.family) == (release, parser, "data_parser")
+
+
+def test_real_24_05_jobs_and_nodes():
+    """24.05.3 (v0.0.41): plain jobs with ``array_job_id {set: true, number: 0}``,
+    ``array_task_id {set: false}``, ``job_resources: {}`` when pending, ``gres_detail: []``;
+    node ``state`` a list and ``gres_used`` with ``IDX:N/A`` for an unused type."""
+    jobs = by_name(jsonread.read_pending_jobs(data("real-shapes/squeue-24.05.json")))
+    assert set(jobs) == {"pend-job-3g", "pend-socket"}  # RUNNING record dropped
+    a, s = jobs["pend-job-3g"], jobs["pend-socket"]
+    assert (a.job_id, a.array_job_id, a.array_task, a.priority, a.reason) == (4101, None, None, 909, "Resources")
+    assert a.requests == (R("3g.40gb", 4, "job"),) and a.partition == ("gpu",) and a.user == "alice"
+    assert s.requests == (R("1g.10gb", 2, "socket"),) and s.sockets_per_node == 2
+    nodes = jsonread.read_nodes(data("real-shapes/nodes-24.05.json"))
+    g1, g2 = nodes["gpu1"], nodes["gpu2"]
+    assert (g1.state, g1.partitions, g1.gres) == ("allocated", ("normal",), {"3g.40gb": 2, "1g.10gb": 1})
+    assert (g1.gres_used, g1.gres_used_idx) == ({"3g.40gb": 1}, {"3g.40gb": (0,)})
+    assert (g2.state, g2.flags, g2.partitions, g2.reason) == ("drained", ("DRAIN",), ("normal", "gpu"), "slurm-mig: relayout")
+
+
+def test_real_25_05_jobs_and_nodes():
+    """25.05.4 (v0.0.43): ``job_resources: null`` when pending, new job fields
+    (``priority_by_partition``, ``segment_size``, ``stdin_expanded``) and node fields
+    (``tls_cert_last_renewal``, ``cert_flags``, ``topology``) are ignored; untyped
+    ``gres/gpu:4`` per job; several types per node plus a per-task request."""
+    jobs = by_name(jsonread.read_pending_jobs(data("real-shapes/squeue-25.05.json")))
+    u, m = jobs["pend-untyped"], jobs["pend-multi"]
+    assert (u.job_id, u.array_job_id, u.priority, u.requests) == (4745, None, 363, (R(None, 4, "job"),))
+    assert m.requests == (R("3g.40gb", 1), R("1g.10gb", 1), R("2g.20gb", 1, "task")) and m.tasks == 2
+    assert m.reason == "BeginTime"
+    [node] = jsonread.read_nodes(data("real-shapes/nodes-25.05.json")).values()
+    assert (node.name, node.state, node.partitions, node.extra) == ("gpu1", "mixed", ("gpu",), "mig=ok")
+    assert (node.gres_used, node.gres_used_idx) == ({"3g.40gb": 1, "1g.10gb": 1}, {"3g.40gb": (1,), "1g.10gb": (2,)})

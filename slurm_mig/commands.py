@@ -64,7 +64,7 @@ def catalog_verify(backend) -> dict:
     out = []
     for info in backend.gpus():
         entry = {"index": info.index, "name": info.name, "model": None, "mig": info.mig_current,
-                 "differences": []}
+                 "compared": False, "differences": []}
         base = catalog_model(info)
         entry["model"] = base.key if base else None
         observed = _profiles_for_verify(backend, info)
@@ -74,6 +74,7 @@ def catalog_verify(backend) -> dict:
         else:
             if not info.mig_current:
                 entry["note"] = "MIG mode is off; profiles read anyway (this driver offers them)"
+            entry["compared"] = True
             diffs = catalog_mod.verify(base, info.name, observed)
             entry["differences"] = [
                 {"profile_id": d.profile_id, "field": d.field, "catalog": d.catalog, "nvml": d.nvml}

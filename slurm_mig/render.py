@@ -63,9 +63,12 @@ def verify_text(result: dict) -> str:
     out = []
     for g in result["gpus"]:
         head = f"GPU {g['index']}: {g['name']} ({g['model'] or 'not in catalog'})"
-        if g.get("note"):
+        if not g["compared"]:
             out.append(f"{head}: {g['note']}")
-        elif not g["differences"]:
+            continue
+        if g.get("note"):  # MIG off, profiles read anyway
+            head += f": {g['note']}"
+        if not g["differences"]:
             out.append(f"{head}: matches the catalog")
         else:
             out.append(f"{head}: {len(g['differences'])} difference(s); NVML wins")

@@ -164,3 +164,16 @@ def test_real_mig_minors_file_is_the_formula_byte_for_byte():
     text = (DATA / "h200-580.159.04-mig-minors").read_text()
     assert text == render_mig_minors()
     assert parse_mig_minors(text, "recorded") == formula_minors()
+
+
+def test_verify_text_says_whether_a_mig_off_gpu_matched(sim_h200_mig_off):
+    from slurm_mig.render import verify_text
+
+    result = commands.catalog_verify(SimBackend(sim_h200_mig_off))
+    assert sorted(result["gpus"][0]) == ["compared", "differences", "index", "mig", "model", "name", "note"]
+    assert result["gpus"][0]["compared"] is True
+    assert verify_text(result) == ("GPU 0: NVIDIA H200 (H200): MIG mode is off; profiles read anyway "
+                                   "(this driver offers them): matches the catalog")
+    off = {"index": 1, "name": "Tesla T4", "model": None, "mig": False, "compared": False,
+           "differences": [], "note": "no MIG profiles: not a MIG GPU"}
+    assert verify_text({"gpus": [off]}) == "GPU 1: Tesla T4 (not in catalog): no MIG profiles: not a MIG GPU"

@@ -409,8 +409,11 @@ def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
 @cli.command("rebalance")
 @click.option("--dry-run", is_flag=True, help="plan and print, change nothing (reads Slurm)")
 @click.option("--explain", is_flag=True, help="say why each node keeps or gets its layout")
+@click.option("--last", is_flag=True,
+              help="run nothing: show the decisions of the latest cycle that did something, "
+                   "and when the latest cycle ran ([rebalance] state_file)")
 @pass_ctx
-def rebalance_cmd(obj: Context, dry_run, explain):
+def rebalance_cmd(obj: Context, dry_run, explain, last):
     """Controller side: re-plan idle nodes' MIG layouts from the pending queue.
 
     Drains each chosen node with a reason naming its new layout and leaves the layout in the
@@ -419,6 +422,13 @@ def rebalance_cmd(obj: Context, dry_run, explain):
     Exit 8 when finishing a node failed (it stays drained, its reason says what to do).
     docs/rebalance.md.
     """
+    if last:
+        if dry_run:
+            raise click.UsageError("--last runs nothing; drop --dry-run")
+        from .rebalance import read_last
+
+        obj.emit(read_last(obj.config.rebalance.state_file), render.rebalance_last_text)
+        return
     from .commands import rebalance
 
     result = rebalance(obj.config, os.environ, dry_run=dry_run)

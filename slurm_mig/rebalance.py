@@ -72,6 +72,35 @@ def read_state(path: str) -> dict:
     return data
 
 
+#: What the state file keeps of a cycle's result, for `rebalance --last` (not the whole plan).
+LAST_KEYS = ("cycle", "dry_run", "changed", "resumed", "finished", "reconfigured", "failed",
+             "wait", "actions", "notes", "explain")
+
+
+def _did_something(result: dict) -> bool:
+    return bool(result["changed"] or result["resumed"] or result["finished"] or result["failed"])
+
+
+def save_last(path: str, result: dict, now: float) -> None:
+    """Keep the cycle's decisions beside the cycle number: ``last`` (this cycle) and
+    ``last_action`` (the latest cycle that changed, finished, resumed or failed something),
+    so that `slurm-mig rebalance --last` can say at 3 a.m. why a node was drained, without
+    the logs and after many quiet cycles."""
+    state = read_state(path)
+    kept = {k: result[k] for k in LAST_KEYS}
+    kept["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    state["last"] = kept
+    if _did_something(result):
+        state["last_action"] = kept
+    write_json_atomic(path, state)
+
+
+def read_last(path: str) -> dict:
+    """``{"last": ..., "last_action": ...}`` from the state file (None where absent)."""
+    state = read_state(path)
+    return {"state_file": path, "last": state.get("last"), "last_action": state.get("last_action")}
+
+
 # ----------------------------------------------------------------------------- Slurm -> planner
 
 
@@ -216,7 +245,8 @@ def wait_applied(channel, names: List[str], wait: float, *, clock: Callable[[], 
 
 def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False,
               clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep, poll: float = 1.0) -> dict:
+              sleep: Callable[[float], None] = time.sleep, poll: float = 1.0,
+              wall: Callable[[], float] = time.time) -> dict:
     """One cycle; see the module doc.  ``reader``: a SlurmReader (pending jobs, nodes with
     Extra); ``slurm``: a SlurmClient (node state, drain, resume, reconfigure); ``channel``:
     read/write a node's Extra.  ``poll``: seconds between two looks while waiting."""
@@ -230,7 +260,10 @@ def rebalance(config: Config, reader, slurm, channel, *, dry_run: bool = False,
         except LockBusy as err:
             raise LockBusy(f"another slurm-mig rebalance is running (lock {r.lock}); it ends by "
                            f"itself, find it with `fuser {r.lock}`") from err
-        return _cycle(config, reader, slurm, channel, dry_run, clock, sleep, max(poll, 0.0))
+        result = _cycle(config, reader, slurm, channel, dry_run, clock, sleep, max(poll, 0.0))
+        if not dry_run:
+            save_last(r.state_file, result, wall())
+        return result
 
 
 def _ours(info) -> bool:
@@ -335,7 +368,8 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
                         "reason": reason})
     waited = {"seconds": 0.0, "applied": [], "pending": [], "failed": []}
     if not dry_run:
-        write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed})
+        kept = {k: state[k] for k in ("last", "last_action") if k in state}
+        write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed, **kept})
         if changed and r.apply_wait > 0:
             waited = wait_applied(channel, [c["node"] for c in changed], r.apply_wait,
                                   clock=clock, sleep=sleep, poll=poll, slurm=slurm)

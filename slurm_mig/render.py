@@ -157,6 +157,24 @@ def sync_pending_text(result: dict) -> str:
     return "\n".join(out)
 
 
+def rebalance_last_text(result: dict) -> str:
+    """`rebalance --last`: the latest cycle that did something, in full with its reasons,
+    and a line for the latest cycle if it was a quiet one after it."""
+    last, action = result["last"], result["last_action"]
+    if last is None:
+        return f"no rebalance cycle has run yet (nothing in {result['state_file']})"
+    out = []
+    if action is None:
+        out.append(f"no cycle has changed anything yet; the latest, cycle {last['cycle']}, "
+                   f"ran at {last['at']}")
+        return "\n".join(out + [rebalance_text(last, explain=True)])
+    out.append(f"cycle {action['cycle']} at {action['at']}, the latest that did something:")
+    out.append(rebalance_text(action, explain=True))
+    if last["cycle"] != action["cycle"]:
+        out.append(f"(the latest cycle, {last['cycle']}, ran at {last['at']} and changed nothing)")
+    return "\n".join(out)
+
+
 def rebalance_text(result: dict, explain: bool = False) -> str:
     """The action lines (greppable: ``slurm-mig rebalance: cycle N: node n1: ...``), a summary
     line when anything happened (changed, finished, reconfigured, failed), then notes; with

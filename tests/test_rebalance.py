@@ -295,7 +295,37 @@ def test_hysteresis_state_is_saved_per_node(config, cluster):
     cfg = config()
     _run(cfg, cluster)
     with open(cfg.rebalance.state_file) as f:
-        assert json.load(f) == {"cycle": 1, "last_changed": {"n1": 1}}
+        state = json.load(f)
+    assert (state["cycle"], state["last_changed"]) == (1, {"n1": 1})
+    assert sorted(state) == ["cycle", "last", "last_action", "last_changed"]
+
+
+def test_last_shows_the_latest_decision_after_quiet_cycles(config, cluster, cli, monkeypatch, tmp_path):
+    import slurm_mig.rebalance as mod
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                   f'node_gres_include = "{tmp_path}/nodes.conf"\n[rebalance]\nenabled = true\n'
+                   f'apply_wait = 0\n')
+    code, out, err = cli("rebalance", "--last", config=str(cfg))
+    assert code == 0 and out.startswith("no rebalance cycle has run yet")
+    monkeypatch.setattr(mod, "default_collaborators",
+                        lambda config, environ=None: (cluster, cluster.client, cluster.channel))
+    assert cli("rebalance", config=str(cfg))[0] == 0          # cycle 1 drains n1
+    cluster.jobs = []
+    assert cli("rebalance", config=str(cfg))[0] == 0          # cycle 2: nothing to do
+    code, out, err = cli("rebalance", "--last", config=str(cfg))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("cycle 1 at 20") and lines[0].endswith("the latest that did something:")
+    assert lines[1].startswith("slurm-mig rebalance: cycle 1: node n1: drain for gpu 0 ")
+    assert any(l.startswith("explain: n1: 3g.20gb x1 wanted by 1 pending job") for l in lines)
+    assert lines[-1].startswith("(the latest cycle, 2, ran at 20") and "changed nothing" in lines[-1]
+    code, out, _ = cli("--json", "rebalance", "--last", config=str(cfg))
+    data = json.loads(out)
+    assert sorted(data) == ["last", "last_action", "state_file"]
+    assert (data["last"]["cycle"], data["last_action"]["cycle"]) == (2, 1)
+    assert cli("rebalance", "--last", "--dry-run", config=str(cfg))[0] == 2
 
 
 def test_channel_text_round_trips_and_has_no_blank_or_equals():

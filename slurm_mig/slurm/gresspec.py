@@ -57,7 +57,7 @@ def _gpu_item(item: str) -> Optional[Tuple[Optional[str], int, str]]:
     for prefix in ("gres/", "gres:"):
         if item.startswith(prefix):
             item = item[len(prefix):]
-    name = re.split(r"[:=]", item, 1)[0]
+    name = re.split(r"[:=]", item, maxsplit=1)[0]
     if name != "gpu":
         return None
     rest = item[len(name):]

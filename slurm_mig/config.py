@@ -83,6 +83,9 @@ class SlurmSettings:
     reconfigure_command: Tuple[str, ...] = ("scontrol", "reconfigure")
     sync_wait: float = 3600  #: seconds sync waits for running jobs to end after draining
     register_timeout: float = 120  #: seconds sync waits for the node to register its new gres
+    #: how rebalance reads the queue and the nodes: "auto" (pyslurm when it imports against
+    #: this Slurm, else the commands' JSON), "json", or "pyslurm" (an error without it)
+    reader: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,8 @@ class _Reader:
         return value
 
     def slurm(self, doc: Mapping) -> SlurmSettings:
-        known = ("node_name", "scontrol", "reconfigure_command", "sync_wait", "register_timeout")
+        known = ("node_name", "scontrol", "reconfigure_command", "sync_wait", "register_timeout",
+                 "reader")
         t = self.table(doc, "", "slurm", known)
         d = SlurmSettings()
         node = t.get("node_name")
@@ -336,7 +340,14 @@ class _Reader:
             sync_wait=self.seconds(t.get("sync_wait", d.sync_wait), "slurm.sync_wait"),
             register_timeout=self.seconds(t.get("register_timeout", d.register_timeout),
                                           "slurm.register_timeout"),
+            reader=self.reader(t.get("reader", d.reader)),
         )
+
+    def reader(self, value) -> str:
+        value = self.string(value, "slurm.reader")
+        if value not in ("auto", "json", "pyslurm"):
+            raise self.error("slurm.reader", f"{value!r} is not one of auto, json, pyslurm")
+        return value
 
     def hooks(self, doc: Mapping) -> HookSettings:
         t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace"))

@@ -402,16 +402,18 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
 
 
 def default_collaborators(config: Config, environ=None):
-    """The real reader (squeue/sinfo JSON), scontrol client and Extra channel."""
+    """The reader ([slurm] reader: pyslurm when it imports against this Slurm, else the
+    commands' JSON), the scontrol client and the Extra channel."""
     from .channel import ScontrolExtra
     from .slurm.client import CommandSlurm
-    from .slurm.reader import SlurmJsonClient
+    from .slurm.reader import slurm_reader
 
     scontrol = config.slurm.scontrol
     bindir = os.path.dirname(scontrol)
     squeue = os.path.join(bindir, "squeue") if bindir else "squeue"
     sinfo = os.path.join(bindir, "sinfo") if bindir else "sinfo"
-    return (SlurmJsonClient(squeue, sinfo, env=environ),
+    reader = slurm_reader(config.slurm.reader, squeue=squeue, sinfo=sinfo, env=environ)
+    return (reader,
             CommandSlurm(scontrol, config.slurm.reconfigure_command, env=environ),
             ScontrolExtra(scontrol, env=environ))
 

@@ -74,3 +74,18 @@ def test_the_parser_check_would_catch_a_typo():
         parses(["sync", "--pendin"])
     with pytest.raises(click.UsageError):
         parses(["rebalnce"])
+
+
+def test_example_config_parses_as_shipped_and_with_every_setting_uncommented():
+    """etc/config.toml documents each key as a commented `key = default` line: all of them
+    together must still be a valid config (a renamed key or a bad example shows here)."""
+    import re
+
+    from slurm_mig.config import parse_config
+
+    text = (ETC / "config.toml").read_text()
+    parse_config(text, "etc/config.toml")
+    settings = re.findall(r"(?m)^# ?([a-z_]+) = ", text)
+    assert len(settings) >= 20 and "reader" in settings and "apply_wait" in settings
+    every = parse_config(re.sub(r"(?m)^# ?([a-z_]+ = .*)$", r"\1", text), "uncommented")
+    assert every.slurm.reader == "auto" and every.rebalance.apply_wait == 90

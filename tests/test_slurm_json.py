@@ -440,6 +440,36 @@ def test_factory_falls_back_to_json_without_pyslurm(monkeypatch):
         slurm_reader("rest")
 
 
+def test_rebalance_reads_through_the_configured_reader(monkeypatch):
+    """[slurm] reader: auto picks pyslurm when it imports, else the commands; the choice
+    reaches rebalance's collaborators (slurm_mig.rebalance.default_collaborators)."""
+    from slurm_mig.config import parse_config
+    from slurm_mig.rebalance import default_collaborators
+
+    def reader_of(text):
+        return default_collaborators(parse_config("version = 1\n" + text, "t.toml"))[0]
+
+    monkeypatch.setitem(sys.modules, "pyslurm", None)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: False)
+    got = reader_of('[slurm]\nscontrol = "/opt/slurm/bin/scontrol"\n')
+    assert isinstance(got, SlurmJsonClient) and got.squeue == "/opt/slurm/bin/squeue"
+    with pytest.raises(SlurmError, match="pyslurm is not importable"):
+        reader_of('[slurm]\nreader = "pyslurm"\n')
+    fake = _fake_pyslurm([], [])
+    monkeypatch.setitem(sys.modules, "pyslurm", fake)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: True)
+    assert reader_of("").module is fake
+    assert isinstance(reader_of('[slurm]\nreader = "json"\n'), SlurmJsonClient)
+
+
+def test_reader_setting_is_checked():
+    from slurm_mig.config import parse_config
+    from slurm_mig.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="slurm.reader: 'rest' is not one of auto, json, pyslurm"):
+        parse_config('version = 1\n[slurm]\nreader = "rest"\n', "t.toml")
+
+
 def test_values_are_frozen():
     job = PendingJob(job_id=1)
     with pytest.raises(Exception):

@@ -89,3 +89,52 @@ def test_example_config_parses_as_shipped_and_with_every_setting_uncommented():
     assert len(settings) >= 20 and "reader" in settings and "apply_wait" in settings
     every = parse_config(re.sub(r"(?m)^# ?([a-z_]+ = .*)$", r"\1", text), "uncommented")
     assert every.slurm.reader == "auto" and every.rebalance.apply_wait == 90
+
+
+def _stubs(tmp_path, ping_fails: int = 0, systemctl_rc: int = 0):
+    """scontrol and systemctl stand-ins that log their arguments; ping fails N times first."""
+    log = tmp_path / "calls"
+    count = tmp_path / "pings"
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text(
+        "#!/bin/sh\n"
+        f'echo "scontrol $*" >> {log}\n'
+        'if [ "$1" = ping ]; then\n'
+        f'  n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n'
+        f'  [ "$n" -ge {ping_fails} ] || exit 1\n'
+        "fi\n")
+    (bin_ / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}\nexit {systemctl_rc}\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return bin_, log
+
+
+def _run_reconfigure(bin_, **env):
+    import os
+    import subprocess
+
+    full = {"PATH": f"{bin_}:/usr/bin:/bin", "SLURM_MIG_PING_TIMEOUT": "3", **env}
+    return subprocess.run([str(ETC / "slurm-mig-reconfigure")], env=full, capture_output=True,
+                          text=True, timeout=30, cwd=os.getcwd())
+
+
+def test_reconfigure_script_reconfigures_restarts_and_waits_for_slurmctld(tmp_path):
+    bin_, log = _stubs(tmp_path, ping_fails=1)
+    proc = _run_reconfigure(bin_, SLURM_MIG_CTLD_UNIT="slurm-ctld")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert log.read_text().splitlines() == ["scontrol reconfigure", "systemctl restart slurm-ctld",
+                                            "scontrol ping", "scontrol ping"]
+
+
+def test_reconfigure_script_fails_in_one_line(tmp_path):
+    bin_, log = _stubs(tmp_path, systemctl_rc=5)
+    proc = _run_reconfigure(bin_)
+    assert proc.returncode == 1
+    assert proc.stderr == "slurm-mig-reconfigure: systemctl restart slurmctld failed\n"
+    assert "scontrol ping" not in log.read_text()
+    down = tmp_path / "down"
+    down.mkdir()
+    bin2, _ = _stubs(down, ping_fails=99)  # slurmctld never comes back
+    proc = _run_reconfigure(bin2, SLURM_MIG_PING_TIMEOUT="1")
+    assert proc.returncode == 1 and "did not answer within 1s" in proc.stderr

@@ -29,6 +29,7 @@ want in place; the next run retries (apply and the file write are idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -39,7 +40,7 @@ from .channel import Channel, format_channel, parse_channel
 from .commands import gres_conf
 from .config import Config, LayoutSettings
 from .catalog import load_catalog
-from .errors import InputError, SlurmError
+from .errors import InputError, LockBusy, SlurmError
 from .finish import have_counts
 from .gresconf import check_node_name
 from .inventory import current_layout, gpu_model
@@ -130,7 +131,18 @@ def _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, res
         result["published"] = True
         result["action"] += "; waits for running jobs (drained)"
         return
-    with sync_lock(config.paths.state_dir):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(sync_lock(config.paths.state_dir))
+        except LockBusy:  # an admin's sync is changing the node: it settles Slurm itself
+            result["action"] += "; a slurm-mig sync is running on the node, the next run looks again"
+            return
+        # Looked at before the lock: a sync that just ended may have settled it.
+        now = slurm.nodes([node]).get(node)
+        have = node_have(jb)
+        if now is None or slurm_behind(jb, have, now) is None or not idle(now):
+            result["action"] += "; settled or busy meanwhile, the next run looks again"
+            return
         t0 = clock()
         g = gres_conf(config, jb, node, write=True)
         result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],

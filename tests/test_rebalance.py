@@ -706,3 +706,20 @@ def test_sync_pending_catches_up_a_node_slurm_drained_for_its_gres(sim_node):
     result = _pending(sim_node, channel)
     assert result["applied"] and parse_channel(channel.read("n1")).applied == 0
     assert sim_node.slurm.reason.startswith("slurm-mig rebalance: cycle 0: layout 3g.20gb:2 applied")
+
+
+def test_catch_up_leaves_a_node_to_an_admin_sync_in_progress(sim_node):
+    # An admin's `slurm-mig sync` holds the node's sync lock from its drain to its resume;
+    # slurmctld may drain the node for its gres meanwhile (INVALID_REG): not ours to take.
+    from slurm_mig.syncsteps import sync_lock
+
+    channel = _gpus_ahead(sim_node)
+    sim_node.slurm.drain("n1", "gres/gpu count reported lower than configured (0 < 7)")
+    sim_node.slurm.flags.add("INVALID_REG")
+    before = sim_node.files()
+    with sync_lock(sim_node.config.paths.state_dir):
+        result = _pending(sim_node, channel)
+    assert result["action"].endswith("a slurm-mig sync is running on the node, the next run looks again")
+    assert not result["applied"] and sim_node.slurm.reason.startswith("gres/gpu count")
+    assert parse_channel(channel.read("n1")).applied is None
+    assert sim_node.files() == before

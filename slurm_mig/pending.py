@@ -143,16 +143,8 @@ def _catch_up(config, jb, slurm, channel, node, ch, st, have, behind, steps, res
         if now is None or slurm_behind(jb, have, now) is None or not idle(now):
             result["action"] += "; settled or busy meanwhile, the next run looks again"
             return
-        t0 = clock()
-        g = gres_conf(config, jb, node, write=True)
-        result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],
-                               "gres": g["gres"]}
-        steps.add("write", "done", f"{g['path']} ({'written' if g['changed'] else 'unchanged'})", t0)
-        handed = ch.applied_as(have)
-        channel.write(node, format_channel(handed))
-        result["published"] = result["applied"] = True
-        slurm.drain(node, applied_reason(handed.applied, held))
-    steps.add("publish", "done", f"have, applied:{handed.applied}")
+        _hand_over(config, jb, slurm, channel, node, ch, have, held, steps, result,
+                   lambda step: clock())
     result["action"] += f"; handed to rebalance: {NEXT}"
     log.warning("%s: node %s: %s; handed to rebalance", TAG, node, what)
 
@@ -216,6 +208,29 @@ def sync_pending(config: Config, backend, slurm, channel, node: str, *, dry_run:
     return result
 
 
+def _hand_over(config, jb, slurm, channel, node, ch, have, summary: str, steps, result,
+               begin: Callable[[str], float]) -> None:
+    """What a node does once its GPUs hold a layout Slurm has not been told of (a want it
+    applied, or one it caught up on): its gres.conf lines, ``have`` with the ``applied``
+    marker (want cleared), and the reason that hands it to rebalance's finish step.
+    ``begin(step)`` is called before each step and returns its start time."""
+    t0 = begin("write")
+    g = gres_conf(config, jb, node, write=True)
+    result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],
+                           "gres": g["gres"]}
+    steps.add("write", "done", f"{g['path']} ({'written' if g['changed'] else 'unchanged'}, "
+                               f"Gres={g['gres'] or '(none)'} for the controller)", t0)
+    t0 = begin("publish")
+    handed = ch.applied_as(have)
+    channel.write(node, format_channel(handed))
+    result["published"] = result["applied"] = True
+    steps.add("publish", "done", f"have, applied:{handed.applied}, want cleared", t0)
+    t0 = begin("reason")
+    reason = applied_reason(handed.applied, summary)
+    slurm.drain(node, reason)
+    steps.add("reason", "done", reason, t0)
+
+
 def _apply_want(config, wanted_config, jb, slurm, channel, node, ch, st, steps, result, clock) -> None:
     step, t0 = "check", clock()
     try:
@@ -235,20 +250,13 @@ def _apply_want(config, wanted_config, jb, slurm, channel, node, ch, st, steps, 
         results = apply_layouts(config, jb, {g: w for g, (_, w, _) in wanted.items()})
         result["apply"] = [r.as_dict() for r in results]
         steps.add("apply", "done", apply_summary(results), t0)
-        step, t0 = "write", clock()
-        g = gres_conf(config, jb, node, write=True)
-        result["gres_conf"] = {"path": g["path"], "changed": g["changed"], "prev": g["prev"],
-                               "gres": g["gres"]}
-        steps.add("write", "done", f"{g['path']} ({'written' if g['changed'] else 'unchanged'}, "
-                                   f"Gres={g['gres'] or '(none)'} for the controller)", t0)
-        step, t0 = "publish", clock()
-        channel.write(node, format_channel(ch.applied_as(node_have(jb))))
-        result["published"] = result["applied"] = True
-        steps.add("publish", "done", f"have, applied:{ch.cycle}, want cleared", t0)
-        step, t0 = "reason", clock()
-        reason = applied_reason(ch.cycle, summary)
-        slurm.drain(node, reason)
-        steps.add("reason", "done", reason, t0)
+
+        def begin(name: str) -> float:
+            nonlocal step, t0
+            step, t0 = name, clock()
+            return t0
+
+        _hand_over(config, jb, slurm, channel, node, ch, node_have(jb), summary, steps, result, begin)
         result["action"] = f"applied; {NEXT}"
     except Exception as err:
         steps.add(step, "failed", one_line(err), t0)

@@ -201,26 +201,25 @@ def finishing_node(info, ch: Channel, catalog, last_changed: Optional[int]) -> P
                     last_changed_cycle=last_changed)
 
 
-def wait_applied(channel, names: List[str], wait: float, *, clock: Callable[[], float],
-                 sleep: Callable[[float], None], poll: float, slurm=None) -> dict:
+def wait_applied(channel, slurm, names: List[str], wait: float, *, clock: Callable[[], float],
+                 sleep: Callable[[float], None], poll: float) -> dict:
     """Look at the nodes' Extra (one ``scontrol show node`` each) until none of them has a
     want left, or ``wait`` seconds have passed.  ``applied``: nodes that now say
     ``applied``; ``pending``: nodes whose want is still there; ``failed``: nodes whose own
-    ``sync --pending`` failed (their drain reason says so; ``slurm`` reads it): waiting
+    ``sync --pending`` failed (their drain reason says so, read through ``slurm``): waiting
     longer for them would only hold the lock and the other nodes' finish."""
     t0 = clock()
     deadline = t0 + wait
     left, applied, failed = set(names), [], []
     while left:
-        if slurm is not None:
-            try:
-                states = slurm.nodes(sorted(left))
-            except SlurmError:
-                states = {}
-            for n, st in states.items():
-                if is_node_failure_reason(st.reason):
-                    left.discard(n)
-                    failed.append(n)
+        try:
+            states = slurm.nodes(sorted(left))
+        except SlurmError:
+            states = {}
+        for n, st in states.items():
+            if is_node_failure_reason(st.reason):
+                left.discard(n)
+                failed.append(n)
         for n in sorted(left):
             try:
                 ch = parse_channel(channel.read(n), n)
@@ -371,8 +370,8 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
         kept = {k: state[k] for k in ("last", "last_action") if k in state}
         write_json_atomic(r.state_file, {"cycle": cycle, "last_changed": last_changed, **kept})
         if changed and r.apply_wait > 0:
-            waited = wait_applied(channel, [c["node"] for c in changed], r.apply_wait,
-                                  clock=clock, sleep=sleep, poll=poll, slurm=slurm)
+            waited = wait_applied(channel, slurm, [c["node"] for c in changed], r.apply_wait,
+                                  clock=clock, sleep=sleep, poll=poll)
             if waited["applied"]:  # read again: the nodes' reasons and Extra have changed
                 more = _to_finish(reader.nodes(waited["applied"]), catalog, set(waited["applied"]))
                 ready.update(more)

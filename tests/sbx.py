@@ -107,6 +107,20 @@ class Sbx:
         with open(os.path.join(self.root, "seen", f"{job}.json")) as f:
             return json.load(f)
 
+    def write_controller_config(self, reconfigure_command: List[str], rebalance: str) -> str:
+        """A controller config (``<root>/ctl/config.toml``) for ``slurm-mig rebalance`` on this
+        sandbox: its node include, its scontrol, ``reconfigure_command``; ``rebalance``: the
+        lines of ``[rebalance]`` after ``enabled = true``.  Returns its path."""
+        path = os.path.join(self.root, "ctl", "config.toml")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write(f'version = 1\n[paths]\nstate_dir = "{self.root}/ctl/state"\n'
+                    f'node_gres_include = "{self.cluster.paths.nodes_conf}"\n'
+                    f'[slurm]\nscontrol = "{which("scontrol") or "scontrol"}"\n'
+                    f"reconfigure_command = {json.dumps(list(reconfigure_command))}\n"
+                    f"register_timeout = 30\n[rebalance]\nenabled = true\n{rebalance}")
+        return path
+
     def seen_done(self, job: int) -> Optional[dict]:
         """What the job reached, once its file is complete; None before."""
         try:

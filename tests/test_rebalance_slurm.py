@@ -24,7 +24,6 @@ Needs root, munge and Slurm; skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -39,7 +38,6 @@ from slurm_mig.channel import parse_channel
 from slurm_mig.commands import status
 from slurm_mig.gpu.sim import SimBackend
 from slurm_mig.sandbox import missing_requirements
-from slurm_mig.sandbox.host import which
 from slurm_mig.slurm.scontrol import parse_pairs
 
 from sbx import REPO, sandbox, until
@@ -171,24 +169,10 @@ def world(tmp_path_factory):
     node_extra = (f"[slurm]\nreconfigure_command = "
                   f"{json.dumps([sys.executable, str(script), sock, count, 'node'])}\n")
     with sandbox("sbx-rebal-", GPUS, LAYOUTS, config_extra=node_extra) as sbx:
-        ctl = os.path.join(sbx.root, "ctl", "config.toml")
-        os.makedirs(os.path.dirname(ctl))
         floor = ", ".join(f'"{t}" = {n}' for t, n in FLOOR.items())
-        with open(ctl, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                version = 1
-                [paths]
-                state_dir = "{sbx.root}/ctl/state"
-                node_gres_include = "{sbx.cluster.paths.nodes_conf}"
-                [slurm]
-                scontrol = "{which('scontrol') or 'scontrol'}"
-                reconfigure_command = {json.dumps([sys.executable, str(script), sock, count, 'controller'])}
-                register_timeout = 30
-                [rebalance]
-                enabled = true
-                floor = {{ {floor} }}
-                apply_wait = 30
-                """))
+        ctl = sbx.write_controller_config(
+            [sys.executable, str(script), sock, count, "controller"],
+            f"floor = {{ {floor} }}\napply_wait = 30\n")
         sbx.cluster.drain("n3", ADMIN)
         server = ReconfigureServer(sbx, sock)
         timers = NodeTimers(sbx)

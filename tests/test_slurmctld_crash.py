@@ -24,7 +24,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from typing import Dict, Tuple
 
@@ -214,7 +213,6 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
     from slurm_mig.commands import status
     from slurm_mig.gpu.sim import SimBackend
     from slurm_mig.gresconf import parse_gres_conf
-    from slurm_mig.sandbox.host import which
     from sbx import REPO, sandbox, until
 
     script = tmp_path / "reconfigure.py"
@@ -225,22 +223,8 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
     with sandbox("sbx-crash-gpu-", {GNODE: ["A100-40GB"]}, {GNODE: [("0", OLD_LAYOUT)]},
                  config_extra=f"[slurm]\nreconfigure_command = {reconf('node')}\n") as sbx:
         cluster, c = sbx.cluster, Ctl(sbx.cluster)
-        ctl_cfg = os.path.join(sbx.root, "ctl", "config.toml")
-        os.makedirs(os.path.dirname(ctl_cfg))
-        with open(ctl_cfg, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                version = 1
-                [paths]
-                state_dir = "{sbx.root}/ctl/state"
-                node_gres_include = "{cluster.paths.nodes_conf}"
-                [slurm]
-                scontrol = "{which('scontrol') or 'scontrol'}"
-                reconfigure_command = {reconf('controller')}
-                register_timeout = 30
-                [rebalance]
-                enabled = true
-                apply_wait = 5
-                """))
+        ctl_cfg = sbx.write_controller_config(
+            [sys.executable, str(script), sock, count, "controller"], "apply_wait = 5\n")
         server = ReconfigureServer(sbx, sock)
         timings = {"cluster up": round(time.monotonic() - t_start, 1)}
 

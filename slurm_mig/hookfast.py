@@ -47,7 +47,7 @@ import json
 import os
 import zlib
 
-from . import jobs
+from . import jobs, safefs
 from .errors import SlurmMigError
 
 FAST_ENV = "SLURM_MIG_HOOK_FAST"  #: "0": always the full path
@@ -136,7 +136,8 @@ def write_config_cache(path: str) -> None:
         except (OSError, ValueError, AttributeError):
             pass
         values = settings(parse_config(text, path))
-        _write_json(cache, {"version": FORMAT, "config": text, "settings": values}, 0o644)
+        safefs.check_dir(os.path.dirname(cache), "config directory")
+        _write_json(cache, {"version": FORMAT, "config": text, "settings": values}, 0o600)
     except (OSError, ValueError, SlurmMigError):
         return  # no cache: the hooks stay on the full path
 
@@ -144,6 +145,10 @@ def write_config_cache(path: str) -> None:
 def load_settings(environ) -> dict:
     """The cached settings, when the config file's text is still the one they came from."""
     path = config_path(environ)
+    try:
+        safefs.check_dir(os.path.dirname(os.path.abspath(path)), "config directory")
+    except (OSError, SlurmMigError) as err:
+        raise Doubt(f"the config directory is not trusted ({err})") from None
     try:
         with open(path, "rb") as f:
             owner = os.fstat(f.fileno()).st_uid
@@ -260,9 +265,7 @@ def prolog(environ, indexes: list) -> dict:
         got = [_check(job, i, rec, snap["gpus"], state, held) for i, rec in wanted]
         record = {"version": jobs.RECORD_VERSION, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),
                   "node": node, "boot_id": boot, "instances": got}
-        directory = jobs.jobs_dir(state_dir)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        safefs.ensure_dir(jobs.jobs_dir(state_dir), 0o700, "job records directory", tighten=True)
         _write_json(jobs.job_path(state_dir, job), record, 0o600)
     return record
 

@@ -462,10 +462,12 @@ def _record_error(config, line: str) -> None:
     if config is None:
         return
     try:
+        from .safefs import ensure_dir
         from .slurmfiles import write_atomic
 
-        os.makedirs(config.paths.state_dir, mode=0o700, exist_ok=True)
-        write_atomic(os.path.join(config.paths.state_dir, LAST_ERROR), line + "\n", keep_prev=False)
+        ensure_dir(config.paths.state_dir, 0o700, "state directory")
+        write_atomic(os.path.join(config.paths.state_dir, LAST_ERROR), line + "\n", mode=0o600,
+                     keep_prev=False, follow=False)
     except Exception:  # the error line on stderr is what matters
         pass
 

@@ -59,10 +59,9 @@ def boot_id(proc_root: str = "/proc") -> str | None:
 def write_job(state_dir: str, record: dict) -> str:
     from .slurmfiles import write_json_atomic
 
-    d = jobs_dir(state_dir)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.chmod(d, 0o700)
+    from .safefs import ensure_dir
+
+    ensure_dir(jobs_dir(state_dir), 0o700, "job records directory", tighten=True)
     path = job_path(state_dir, record["job_id"])
     write_json_atomic(path, record, mode=0o600)
     return path

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .errors import SlurmMigError
+from .safefs import ensure_dir
 from .slurmfiles import fsync_dir as _fsync_dir, write_json_atomic
 
 JOURNAL_VERSION = 1
@@ -95,7 +96,7 @@ def journal_path(state_dir: str, uuid: str) -> str:
 def write_intent(state_dir: str, intent: Intent) -> str:
     """Record ``intent`` atomically (temp file, fsync, rename); return the file's path."""
     path = journal_path(state_dir, intent.uuid)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    ensure_dir(os.path.dirname(path), 0o700, "journal directory", tighten=True)
     write_json_atomic(path, intent.to_json(), mode=0o600)
     return path
 

@@ -20,6 +20,7 @@ import os
 import time
 
 from .errors import LockBusy
+from .safefs import ensure_dir, open_file
 
 TYPE_CHECKING = False  # no `typing` at run time: the hooks take this lock on every job
 if TYPE_CHECKING:
@@ -30,16 +31,18 @@ POLL_INTERVAL = 0.02
 
 
 @contextlib.contextmanager
-def node_lock(path: str, timeout: float | None = 60.0) -> Iterator[str]:
+def node_lock(path: str, timeout: float | None = 60.0, *, dir_mode: int = 0o700) -> Iterator[str]:
     """Hold an exclusive lock on ``path`` for the ``with`` block; yield the path.
 
-    The file is created ``0600`` and its directory ``0700`` where missing.  Waits up
-    to ``timeout`` seconds (``0``: one try; ``None``: no limit), then raises
-    :class:`~slurm_mig.errors.LockBusy` naming the file and how to find the holder.
+    The file is created ``0600`` and its directory ``dir_mode`` where missing; the
+    directory must be trusted and the file a regular one (a planted symlink is refused,
+    never followed: :mod:`slurm_mig.safefs`).  Waits up to ``timeout`` seconds (``0``:
+    one try; ``None``: no limit), then raises :class:`~slurm_mig.errors.LockBusy` naming
+    the file and how to find the holder.
     """
     path = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    ensure_dir(os.path.dirname(path), dir_mode, "lock directory")
+    fd = open_file(path, os.O_RDWR | os.O_CREAT, 0o600, "lock file")
     try:
         _acquire(fd, path, timeout)
         try:

@@ -10,13 +10,16 @@ read-merge-write of a file shared by several nodes, under a lock next to the fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .errors import SlurmMigError
+from .safefs import UnsafePath, ensure_dir, resolve_link
 
 PREV_SUFFIX = ".prev"
 
@@ -69,26 +72,26 @@ def _keep_prev(path: str, directory: str) -> Optional[str]:
 
 
 def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = True,
-                 durable: bool = True) -> WriteResult:
+                 durable: bool = True, follow: bool = True) -> WriteResult:
     """Replace ``path`` with ``text`` all at once; unchanged content is not rewritten.
 
     ``durable=False`` (the simulator's state, rewritten on every driver call) skips the
     unchanged-content check and the directory fsync; the rename is still atomic.
+
+    ``path`` may be a symbolic link that root or this user made (a gres.conf shared by
+    several nodes): with ``follow`` the write lands on its target, atomically in the
+    target's directory, and the link stays; a link anyone else made is refused.  State
+    files pass ``follow=False``: a link in their place is replaced, never written through.
+    The directory must be trusted (:mod:`slurm_mig.safefs`); a missing one is made 0755.
+    The file gets exactly ``mode``, whatever the umask.
     """
-    path = os.path.abspath(path)
+    path = resolve_link(path, "file") if follow else os.path.abspath(path)
     directory = os.path.dirname(path)
     data = text.encode()
+    ensure_dir(directory, 0o755, f"directory of {os.path.basename(path)}")
+    if durable and _same_content(path, data):
+        return WriteResult(path, False, None)
     try:
-        if durable:
-            with open(path, "rb") as f:
-                if f.read() == data:
-                    return WriteResult(path, False, None)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise WriteFailed(f"cannot read {path}: {err.strerror}; check the path and permissions") from err
-    try:
-        os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     except OSError as err:
         raise WriteFailed(f"cannot write in {directory}: {err.strerror}; {path} is unchanged") from err
@@ -96,8 +99,8 @@ def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = T
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         prev = _keep_prev(path, directory) if keep_prev else None
         os.replace(tmp, path)
     except BaseException as err:
@@ -112,10 +115,30 @@ def write_atomic(path: str, text: str, *, mode: int = 0o644, keep_prev: bool = T
     return WriteResult(path, True, prev)
 
 
+def _same_content(path: str, data: bytes) -> bool:
+    """Whether ``path`` (a regular file, never followed if a link) holds exactly ``data``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return False  # a link in a state file's place: replaced
+        raise WriteFailed(f"cannot read {path}: {err.strerror}; check the path and permissions") from err
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePath(f"{path} is not a regular file; remove it (slurm-mig writes its own)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(len(data) + 1) == data
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: str, data: dict, *, mode: int = 0o600, durable: bool = True) -> None:
-    """A JSON state file (job records, journal, simulator): atomic, no ``.prev``."""
+    """A JSON state file (job records, journal, simulator): atomic, no ``.prev``, never
+    written through a symlink."""
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode, keep_prev=False,
-                 durable=durable)
+                 durable=durable, follow=False)
 
 
 def lock_path_for(path: str) -> str:
@@ -129,7 +152,8 @@ def update_file(path: str, transform: Callable[[str], str], *, mode: int = 0o644
     """Read ``path`` ('' when absent), write ``transform(text)``, all under the file's lock."""
     from .locking import node_lock
 
-    with node_lock(lock_path_for(path), lock_timeout):
+    path = resolve_link(path, "file")  # a shared file behind a link: lock beside the file itself
+    with node_lock(lock_path_for(path), lock_timeout, dir_mode=0o755):
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()

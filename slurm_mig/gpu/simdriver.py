@@ -39,7 +39,8 @@ from ..catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
 from ..jobs import pid_alive
 from ..layout import is_media_extension
-from ..slurmfiles import write_json_atomic
+from ..safefs import ensure_dir, open_file
+from ..slurmfiles import write_atomic, write_json_atomic
 from . import nvmlcodes as rc
 
 STATE_VERSION = 1
@@ -116,7 +117,7 @@ class SimDriver:
 
         catalog = load_catalog()
         root = os.path.abspath(root)
-        os.makedirs(root, mode=0o755, exist_ok=True)
+        ensure_dir(root, 0o755, "simulator root")
         minors = list(minors) if minors is not None else list(range(len(models)))
         # New GPUs get new UUIDs (and id permutations) unless a seed pins them, so that
         # state keyed by UUID (the apply journal) never follows a GPU that was replaced.
@@ -145,9 +146,9 @@ class SimDriver:
         with _exclusive(os.path.join(root, "state.lock"), 30.0):
             _atomic_write_json(os.path.join(root, "state.json"), state)
         proc = os.path.join(root, "proc", "driver", "nvidia-caps")
-        os.makedirs(proc, exist_ok=True)
-        with open(os.path.join(proc, "mig-minors"), "w") as f:
-            f.write(render_mig_minors(sorted(set(minors))))
+        ensure_dir(proc, 0o755, "simulated /proc")
+        write_atomic(os.path.join(proc, "mig-minors"), render_mig_minors(sorted(set(minors))),
+                     mode=0o444, keep_prev=False, follow=False)
         _make_device_files(os.path.join(root, "dev"), minors, device_nodes)
         return cls(root)
 
@@ -452,7 +453,7 @@ class SimDriver:
 
 @contextlib.contextmanager
 def _exclusive(path: str, timeout: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_file(path, os.O_RDWR | os.O_CREAT, 0o600, "simulator lock")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -472,7 +473,7 @@ def _exclusive(path: str, timeout: float) -> Iterator[None]:
 
 
 def _atomic_write_json(path: str, data: dict) -> None:
-    write_json_atomic(path, data, mode=0o644, durable=False)
+    write_json_atomic(path, data, mode=0o600, durable=False)
 
 
 def _make_device_files(dev_root: str, minors: Sequence[int], device_nodes: bool) -> None:
@@ -484,24 +485,27 @@ def _make_device_files(dev_root: str, minors: Sequence[int], device_nodes: bool)
     from ..devices import formula_minors
 
     fm = formula_minors()
-    os.makedirs(os.path.join(dev_root, "nvidia-caps"), exist_ok=True)
-    nodes = [("nvidiactl", NVIDIA_MAJOR, 255), ("nvidia-uvm", 235, 0), ("nvidia-uvm-tools", 235, 1)]
-    nodes += [(f"nvidia{m}", NVIDIA_MAJOR, m) for m in minors]
-    caps = [fm.config, fm.monitor]
+    ensure_dir(os.path.join(dev_root, "nvidia-caps"), 0o755, "simulated /dev")
+    nodes = [("nvidiactl", NVIDIA_MAJOR, 255, 0o666), ("nvidia-uvm", 235, 0, 0o666),
+             ("nvidia-uvm-tools", 235, 1, 0o666)]
+    nodes += [(f"nvidia{m}", NVIDIA_MAJOR, m, 0o666) for m in minors]
+    caps = [(fm.config, 0o400), (fm.monitor, 0o444)]  # as the driver makes them
     for m in minors:
         for gi in range(15):
-            caps.append(fm.gi_minor(m, gi))
-            caps += [fm.ci_minor(m, gi, ci) for ci in range(8)]
-    nodes += [(f"nvidia-caps/nvidia-cap{k}", CAPS_MAJOR, k) for k in caps]
-    for rel, major, minor in nodes:
+            caps.append((fm.gi_minor(m, gi), 0o444))
+            caps += [(fm.ci_minor(m, gi, ci), 0o444) for ci in range(8)]
+    nodes += [(f"nvidia-caps/nvidia-cap{k}", CAPS_MAJOR, k, mode) for k, mode in caps]
+    for rel, major, minor, mode in nodes:
         path = os.path.join(dev_root, rel)
         if os.path.lexists(path):
             continue
+        made = False
         if device_nodes:
             try:
-                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-                continue
+                os.mknod(path, mode | stat.S_IFCHR, os.makedev(major, minor))
+                made = True
             except (PermissionError, OSError):
                 pass
-        with open(path, "w"):
-            pass
+        if not made:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+        os.chmod(path, mode)  # the modes the driver gives, whatever the umask

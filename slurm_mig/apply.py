@@ -297,7 +297,8 @@ def apply_gpu(
                       changed=bool(plan.actions), dry_run=True)
 
     if plan.blocked and not partial:
-        raise ApplyRefused(_refusal(gpu, info, wanted, plan.blocked_records(), done=0))
+        raise _refused(backend, _refusal(gpu, info, wanted, plan.blocked_records(), done=0),
+                       plan.blocked_records())
 
     steps: List[Step] = []
     resumed = False
@@ -310,7 +311,8 @@ def apply_gpu(
             resumed = True
             plan = plan_gpu(model, now, wanted)
             if plan.blocked and not partial:
-                raise ApplyRefused(_refusal(gpu, info, wanted, plan.blocked_records(), done=len(steps)))
+                raise _refused(backend, _refusal(gpu, info, wanted, plan.blocked_records(),
+                                                 done=len(steps)), plan.blocked_records())
 
     if plan.actions:
         journal.write_intent(
@@ -353,13 +355,15 @@ def apply_node(
         return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, dry_run=True) for g in gpus]
     with node_lock(os.path.join(os.fspath(state_dir), "node.lock"), lock_timeout):
         if not partial:
-            refusals = []
+            refusals, blocked = [], []
             for g in gpus:
                 info, _, wanted, _, plan = _prepare(backend, g, wanted_by_gpu[g])
                 if plan.blocked:
                     refusals.append(_refusal(g, info, wanted, plan.blocked_records(), done=None))
+                    blocked.extend(plan.blocked_records())
             if refusals:
-                raise ApplyRefused("; ".join(refusals) + f"; nothing was changed; {FIX_BLOCKED}")
+                raise _refused(backend, "; ".join(refusals) + f"; nothing was changed; {FIX_BLOCKED}",
+                               blocked)
         return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, partial=partial) for g in gpus]
 
 
@@ -370,21 +374,46 @@ class JobAwareBackend:
     """A backend whose instances also count as busy while a Slurm job holds them.
 
     The prolog records which job it gave an instance (:mod:`slurm_mig.jobs`) before the
-    job's processes start; an apply in that gap must not destroy it.  Everything but
-    ``instances`` goes straight to the wrapped backend.
+    job's processes start; an apply in that gap must not destroy it.  A damaged record
+    never frees an instance: the pairs it still names stay held, and when what it holds
+    cannot be known, every instance no readable record holds is busy as ``<job>?``
+    (:class:`slurm_mig.jobs.Holders`).  Each damaged record's warning is kept, once, in
+    ``record_warnings``.  Everything but ``instances`` goes straight to the wrapped backend.
     """
 
     def __init__(self, backend, state_dir: str):
         self._backend = backend
         self._state_dir = os.fspath(state_dir)
+        self.record_warnings: List[str] = []
+        self.unknown: Dict[str, str] = {}  #: job whose record is unreadable -> its warning
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
     def instances(self, gpu: int) -> List[MigInstance]:
         held = holders(self._state_dir, boot_id())
-        return [replace(m, jobs=(held[(gpu, m.gi_id)],)) if (gpu, m.gi_id) in held else m
-                for m in self._backend.instances(gpu)]
+        for line in held.warnings:
+            if line not in self.record_warnings:
+                log.warning("%s", line)
+                self.record_warnings.append(line)
+        self.unknown.update(held.unknown)
+        out = []
+        for m in self._backend.instances(gpu):
+            jobs = held.jobs_of(gpu, m.gi_id)
+            out.append(replace(m, jobs=jobs) if jobs else m)
+        return out
+
+
+def _refused(backend, text: str, blocked: Iterable[Blocked]) -> ApplyRefused:
+    """The refusal, with the warning of each unreadable record that makes an instance busy."""
+    unknown = getattr(backend, "unknown", {})
+    notes = []
+    for b in blocked:
+        for job in b.jobs:
+            line = unknown.get(job[:-1]) if job.endswith("?") else None
+            if line and line not in notes:
+                notes.append(line)
+    return ApplyRefused("; ".join([text] + notes))
 
 
 def _job_aware(backend, state_dir) -> "JobAwareBackend":
@@ -456,7 +485,8 @@ def _converge(
             if fresh.busy:
                 if not partial:
                     blocked = plan_gpu(model, [fresh], Layout()).blocked_records()
-                    raise ApplyRefused(_refusal(gpu, info, wanted, blocked, done=len(steps), race=True))
+                    raise _refused(backend, _refusal(gpu, info, wanted, blocked, done=len(steps),
+                                                     race=True), blocked)
                 replan = True
                 break
             _do(backend.destroy_instance, (gpu, m.gi_id),

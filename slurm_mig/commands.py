@@ -106,7 +106,8 @@ def layouts(model_query: str, maximal: bool = False, include_me: bool = True) ->
 
 
 def status(config: Config, backend) -> dict:
-    """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files."""
+    """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files;
+    ``warnings``: one line per damaged job record (its instances show as busy)."""
     from .apply import JobAwareBackend
 
     dev, proc = host_paths(config)
@@ -139,7 +140,7 @@ def status(config: Config, backend) -> dict:
                 "uuid": inst.uuid, "pids": list(inst.pids), "jobs": list(inst.jobs), "busy": inst.busy,
                 "complete": inst.complete, "devices": files,
             })
-    return {"backend": config.backend, "gpus": gpus}
+    return {"backend": config.backend, "gpus": gpus, "warnings": list(backend.record_warnings)}
 
 
 def select_gpus(backend, gpu: str) -> list:
@@ -169,10 +170,14 @@ __all__ = [
 
 def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_run: bool = False,
                  partial: bool = False) -> dict:
-    """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply."""
-    from .apply import apply_node
+    """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply.
+
+    Instances a job record holds count as busy from the start (also when placing a count
+    form); ``warnings``: one line per damaged job record."""
+    from .apply import JobAwareBackend, apply_node
     from .layout import Instance, parse_layout
 
+    backend = JobAwareBackend(backend, config.paths.state_dir)
     wanted = {}
     infos = select_gpus(backend, gpu)
     if not infos:
@@ -186,7 +191,8 @@ def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_ru
                          dry_run=dry_run, lock_timeout=config.apply.lock_timeout)
     gpus = [r.as_dict() for r in results]
     return {"dry_run": dry_run, "gpus": gpus,
-            "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus)}
+            "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus),
+            "warnings": list(backend.record_warnings)}
 
 
 # ----------------------------------------------------------------------------- Slurm files

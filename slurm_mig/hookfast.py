@@ -26,8 +26,8 @@ repair (create a missing instance) and gives the one-line error.  The facts:
 
 The prolog's fast path (:func:`prolog`) then verifies, under the node lock as the full
 prolog does: the config and the three files are unchanged; each of the job's records is
-in the snapshot; no record of another job of this boot holds the instance; the
-simulator's state (read under its lock, never written) has that GPU (same UUID), in MIG
+in the snapshot; no job record is damaged (:func:`slurm_mig.jobs.holders` warns of none) and
+no record of another job of this boot holds the instance; the simulator's state (read under its lock, never written) has that GPU (same UUID), in MIG
 mode, with a GPU instance of that id, profile and start, whose lowest compute instance
 has that id and no live process; the record's device files exist.  Then it writes the
 same job record the full prolog would (``created: false``).  The epilog's fast path
@@ -261,6 +261,8 @@ def prolog(environ, indexes: list) -> dict:
     with node_lock(os.path.join(state_dir, "node.lock"), cfg["lock_timeout"]):
         boot = jobs.boot_id()
         held = jobs.holders(state_dir, boot)
+        if held.warnings:  # a damaged record: the full prolog names it (and may refuse)
+            raise Doubt(f"a job record is damaged ({held.warnings[0]})")
         state = _sim_state(cfg["sim_root"])
         got = [_check(job, i, rec, snap["gpus"], state, held) for i, rec in wanted]
         record = {"version": jobs.RECORD_VERSION, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),

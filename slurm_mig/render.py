@@ -38,6 +38,7 @@ def status_text(result: dict) -> str:
         if rows:
             table = _table(rows, ["INSTANCE", "GI", "CI", "STATE", "JOB", "PIDS", "UUID"])
             out.extend("  " + l for l in table.splitlines())
+    out.extend(f"warning: {w}" for w in result.get("warnings", ()))
     return "\n".join(out) if out else "no GPUs found"
 
 
@@ -103,6 +104,7 @@ def apply_text(result: dict) -> str:
             out.append(f"  not created {c}: its space is held by a busy instance")
         for w in g.get("warnings", ()):
             out.append(f"  warning: {w}")
+    out.extend(f"warning: {w}" for w in result.get("warnings", ()))
     return "\n".join(out) if out else "no MIG GPUs to apply to"
 
 

@@ -66,7 +66,7 @@ def test_status_json_keys_are_stable(cli, node_config):
     code, out, _ = cli("--json", "status", config=node_config())
     assert code == 0
     data = json.loads(out)
-    assert sorted(data) == ["backend", "gpus"]
+    assert sorted(data) == ["backend", "gpus", "warnings"]
     assert sorted(data["gpus"][0]) == sorted([
         "index", "name", "model", "uuid", "minor", "mig", "layout", "maximal", "instances"])
     assert data["gpus"][0]["mig"] == {"current": True, "pending": True}
@@ -129,7 +129,7 @@ def test_apply_busy_instance_refuses_exit_5_then_partial_exit_6(cli, node_config
     code, out, _ = cli("--json", "apply", "3g.40gb:2", "--partial", config=config)
     assert code == 6
     result = json.loads(out)
-    assert sorted(result) == ["blocked", "dry_run", "gpus"]
+    assert sorted(result) == ["blocked", "dry_run", "gpus", "warnings"]
     gpu = result["gpus"][0]
     assert sorted(gpu) == sorted(["gpu", "uuid", "model", "wanted", "before", "after", "steps", "blocked",
                                   "blocked_creates", "changed", "resumed", "partial", "dry_run", "warnings"])

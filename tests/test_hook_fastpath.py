@@ -360,12 +360,22 @@ def test_epilog_wipe_takes_the_full_path(warm, capsys):
     assert warm.instance(rec.gpu, rec.gi_id).uuid != before
 
 
-def test_epilog_with_an_unreadable_record_gets_the_full_paths_error(warm, capsys):
+def test_epilog_with_an_unreadable_record_takes_the_full_path_which_moves_it_aside(warm, capsys):
     os.makedirs(jobs.jobs_dir(warm.config.paths.state_dir), exist_ok=True)
-    with open(jobs.job_path(warm.config.paths.state_dir, "52"), "w") as f:
+    path = jobs.job_path(warm.config.paths.state_dir, "52")
+    with open(path, "w") as f:
         f.write("{")
     code, err = _expect_full(warm, "epilog", warm.env("52"), capsys, "unreadable")
-    assert code == 2 and "job record" in one_error_line(err, "52", "epilog")
+    assert code == 0 and err.count("\n") == 1
+    assert err.startswith(f"slurm-mig epilog: job 52: job record {path} is damaged (not JSON: ")
+    assert f"moved to {path}.corrupt" in err and not os.path.exists(path)
+
+
+def test_a_damaged_record_of_another_job_sends_the_prolog_to_the_full_path(warm, capsys):
+    with open(jobs.job_path(warm.config.paths.state_dir, "53"), "w") as f:
+        f.write('{"version": 1, "job_id": "53", "instances": [{"gpu": 0, "gi_id": "x"}]}')
+    code, err = _expect_full(warm, "prolog", warm.env("54", "0"), capsys, "a job record is damaged")
+    assert code == 5 and "may be held by job 53" in one_error_line(err, "54")
 
 
 # ----------------------------------------------------------------------------- contracts

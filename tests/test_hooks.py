@@ -343,7 +343,8 @@ def test_twenty_concurrent_prologs_then_epilogs_lose_no_update(node):
     errs = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert all(code == 0 for code, _ in errs), errs
     held = jobs.holders(node.config.paths.state_dir, jobs.boot_id())
-    assert held == {(recs[i].gpu, recs[i].gi_id): str(100 + i) for i in range(20)}
+    assert (held.warnings, held.unknown) == ([], {})
+    assert held.held == {(recs[i].gpu, recs[i].gi_id): str(100 + i) for i in range(20)}
     for r in recs[:20]:
         assert node.instance(r.gpu, r.gi_id).start == r.start
     procs = [subprocess.Popen([sys.executable, "-m", "slurm_mig.hooks", "epilog"],

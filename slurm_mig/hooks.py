@@ -431,8 +431,8 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
             moved = set_aside(state_dir, job)  # the job is over: its damaged record goes
             warnings.append(f"job record {reading.path} is damaged ({reading.why()}); the job is "
                             f"over, so it was moved to {moved} and its instances are free"
-                            + ("; they were not wiped (a damaged record's ids are not trusted)"
-                               if wipe and reading.pairs else ""))
+                            + ("; nothing was wiped (a damaged record's ids are not trusted)"
+                               if wipe else ""))
         elif reading is not None:
             boot = boot_id(proc_root)
             if wipe and reading.stale(boot):

@@ -423,12 +423,13 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
     warnings: list = []
     moved = None
     with node_lock(os.path.join(state_dir, "node.lock"), config.apply.lock_timeout):
-        from .jobs import boot_id, holders, read_record, set_aside
+        from .jobs import CORRUPT_SUFFIX as CORRUPT, boot_id, holders, read_record, set_aside
 
         reading = read_record(state_dir, job)
         removed = False
         if reading is not None and not reading.ok:
             moved = set_aside(state_dir, job)  # the job is over: its damaged record goes
+            moved = moved or f"{reading.path}{CORRUPT} (it was gone already)"
             warnings.append(f"job record {reading.path} is damaged ({reading.why()}); the job is "
                             f"over, so it was moved to {moved} and its instances are free"
                             + ("; nothing was wiped (a damaged record's ids are not trusted)"
@@ -466,12 +467,13 @@ def _wipe(backend, job: str, record: dict, held, notes: list) -> list[dict]:
         if other is not None and other != job:
             notes.append(f"gpu {gpu} gi {gi} is held by job {other} now; not wiped")
             continue
-        now = next((m for m in backend.instances(gpu) if m.gi_id == gi), None)
-        if now is not None and (now.profile_id, now.start) != (profile_id, start):
-            notes.append(f"gpu {gpu} gi {gi} is now another instance (profile id {now.profile_id} "
-                         f"at {now.start}, the job had {profile_id} at {start}); not wiped")
-            continue
         try:
+            now = next((m for m in backend.instances(gpu) if m.gi_id == gi), None)
+            if now is not None and (now.profile_id, now.start) != (profile_id, start):
+                notes.append(f"gpu {gpu} gi {gi} is now another instance (profile id "
+                             f"{now.profile_id} at {now.start}, the job had {profile_id} at "
+                             f"{start}); not wiped")
+                continue
             if now is not None:
                 backend.destroy_instance(gpu, gi)
             new = backend.create_instance(gpu, profile_id, start)

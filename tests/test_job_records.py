@@ -255,6 +255,15 @@ def test_a_record_with_wrong_types_holds_its_instances_and_frees_nothing_else(no
     assert code == 6 and f"kept busy 1g.5gb@{recs[2].start}" in out
 
 
+def test_a_count_form_keeps_the_instance_a_job_holds(node, cli, capsys):
+    recs = node.records()
+    prolog_ok(node, "60", "3", capsys)  # 1g.5gb@3 on gpu 0; "most room" alone would pick @6
+    code, out, err = cli("apply", "1g.5gb:1", "--gpu", str(recs[3].gpu), config=node.config_path)
+    assert code == 0, err
+    assert f"-> 1g.5gb@{recs[3].start}" in out
+    assert node.instance(recs[3].gpu, recs[3].gi_id) is not None
+
+
 @pytest.mark.parametrize("kind", sorted(DAMAGE) + ["uid a number"])
 def test_no_command_fails_with_an_internal_error_on_a_damaged_record(node, cli, capsys, kind):
     prolog_ok(node, "60", "2", capsys)
@@ -465,3 +474,16 @@ def test_a_wipe_that_fails_keeps_the_record_and_says_to_run_the_epilog_again(wip
     assert os.path.exists(node.path("80"))
     assert hook("epilog", node.env("80", **WIPE), capsys) == (0, "")
     check_wiped(node, record, before)
+
+
+def test_a_wipe_leaves_alone_an_instance_that_is_no_longer_the_jobs(node, capsys):
+    recs = node.records()
+    prolog_ok(node, "81", "2", capsys)
+    edit(node.path("81"), lambda r: r["instances"][0].update(start=recs[2].start + 1))
+    before = node.all_instances()
+    code, err = hook("epilog", node.env("81", **WIPE), capsys)
+    assert code == 0
+    assert one_line(err) == (f"slurm-mig epilog: job 81: gpu {recs[2].gpu} gi {recs[2].gi_id} is now "
+                             f"another instance (profile id 19 at {recs[2].start}, the job had 19 at "
+                             f"{recs[2].start + 1}); not wiped\n")
+    assert node.all_instances() == before and not os.path.exists(node.path("81"))

@@ -162,6 +162,15 @@ def test_a_json_value_that_is_not_an_object_holds_unknown_instances(data):
     assert problems and pairs == [] and not whole
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file away")
+def test_a_record_owned_by_another_user_is_not_trusted(tmp_path):
+    jobs.write_job(str(tmp_path), good_record())
+    os.chown(jobs.job_path(str(tmp_path), "12"), 1000, 1000)
+    reading = jobs.read_record(str(tmp_path), "12")
+    assert not reading.whole and reading.pairs == []
+    assert "is owned by uid 1000" in reading.why()
+
+
 # ----------------------------------------------------------------------------- item 5: status, apply
 
 

@@ -179,7 +179,8 @@ def _writable_by_others(root: str) -> Dict[str, str]:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             kind = stat.S_IFMT(st.st_mode)
-            if (kind in (stat.S_IFREG, stat.S_IFDIR) and st.st_mode & 0o022) or kind == stat.S_IFCHR:
+            loose = kind in (stat.S_IFREG, stat.S_IFDIR) and st.st_mode & 0o022
+            if loose or kind == stat.S_IFCHR:
                 out[os.path.relpath(path, root)] = f"{stat.S_IMODE(st.st_mode):04o}"
     return out
 

@@ -221,7 +221,7 @@ def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
 
 @cli.command()
 @click.option("--root", default=None, help="the sandbox's directory (default "
-              "/var/tmp/slurm-mig-sandbox; with --no-slurm: a new directory under /tmp)")
+              "/var/lib/slurm-mig-sandbox; with --no-slurm: a new directory under /tmp)")
 @click.option("--no-slurm", is_flag=True, help="the simulator alone: no Slurm, no root needed")
 @pass_ctx
 def demo(obj: Context, root, no_slurm):
@@ -303,7 +303,7 @@ def _sandbox_root(root):
 
 
 _root_option = click.option("--root", default=None, metavar="DIR",
-                            help="the sandbox's directory (default /var/tmp/slurm-mig-sandbox)")
+                            help="the sandbox's directory (default /var/lib/slurm-mig-sandbox)")
 
 
 @cli.group()
@@ -325,6 +325,8 @@ def sandbox_up(obj: Context, root, nodes, gpus, layout):
 
     The same options again while it runs do nothing; other options are refused until
     `sandbox down`.  `eval "$(slurm-mig sandbox up)"` sets SLURM_CONF in this shell.
+    A --root that exists is used only if up made it (its marker .slurm-mig-sandbox, root's,
+    not writable by others); up makes a missing one itself.
     """
     from .sandbox.mig import SandboxSpec, up
     from .sandbox.text import up_text

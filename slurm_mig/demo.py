@@ -308,12 +308,16 @@ def _job_table(files, jobs: List[int], infos: Optional[dict] = None) -> str:
 
     rows = []
     for j in jobs:
-        seen = read_seen(files, j) or {"node": "?", "instances": []}
-        for inst in seen["instances"]:
-            last = (_waited(infos[j]) if infos else
-                    ",".join(sorted(set(inst.get("access", {}).values()))) or "-")
-            rows.append([j, seen["node"], inst["type"], inst["gpu"], inst["gi_id"], inst["ci_id"],
-                         inst.get("uuid") or "-", last])
+        seen = read_seen(files, j) or {}  # a job's own report: data, shape not trusted
+        instances = seen.get("instances")
+        for inst in instances if isinstance(instances, list) else []:
+            if not isinstance(inst, dict):
+                continue
+            access = inst.get("access")
+            last = (_waited(infos[j]) if infos else ",".join(sorted(
+                {str(v) for v in access.values()} if isinstance(access, dict) else ())) or "-")
+            rows.append([j, seen.get("node", "?"), *(inst.get(k, "?") for k in (
+                "type", "gpu", "gi_id", "ci_id")), inst.get("uuid") or "-", last])
     return "\n".join(table(rows, ["JOB", "NODE", "PROFILE", "GPU", "GI", "CI", "MIG UUID",
                                    "WAITED" if infos else "OPEN()"]))
 
@@ -342,11 +346,13 @@ def _config_text(root: str) -> str:
 def run_sim_demo(root: Optional[str], echo: Echo) -> int:
     from .cli import main
 
+    from .safefs import ensure_dir
+    from .slurmfiles import write_atomic
+
     root = os.path.abspath(root) if root else tempfile.mkdtemp(prefix="slurm-mig-demo.")
-    os.makedirs(root, exist_ok=True)
+    ensure_dir(root, 0o755, "demo directory")  # a trusted one; made 0755 where missing
     config = os.path.join(root, "config.toml")
-    with open(config, "w") as f:
-        f.write(_config_text(root))
+    write_atomic(config, _config_text(root), mode=0o644, keep_prev=False, follow=False)
 
     def step(title: str, *args: str) -> int:
         echo(f"\n== {title}\n$ slurm-mig {' '.join(args)}")

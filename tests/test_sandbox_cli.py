@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List
 
@@ -44,9 +45,9 @@ def _env() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "SBATCH"))}
 
 
-def slurm_mig(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def slurm_mig(*args: str, timeout: float = 120, umask: int = -1) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slurm_mig", *args], capture_output=True,
-                          text=True, env=_env(), timeout=timeout)
+                          text=True, env=_env(), timeout=timeout, umask=umask)
 
 
 def _comm(pid: int) -> str:
@@ -65,7 +66,9 @@ def _alive(pid: int) -> bool:
 
 
 def _new_root(tag: str) -> str:
-    return tempfile.mkdtemp(prefix=f"smig-{tag}-", dir="/var/tmp")
+    """A path under /var/tmp that does not exist yet: `up` makes its root itself (it refuses
+    an existing directory it did not make, tests/test_sandbox_root.py)."""
+    return f"/var/tmp/smig-{tag}-{secrets.token_hex(4)}"
 
 
 class Sandbox:
@@ -137,9 +140,9 @@ class Sandbox:
             time.sleep(0.2)
 
 
-def _up(root: str, *options: str) -> Sandbox:
+def _up(root: str, *options: str, umask: int = -1) -> Sandbox:
     t0 = time.monotonic()
-    proc = slurm_mig("sandbox", "up", "--root", root, *options)
+    proc = slurm_mig("sandbox", "up", "--root", root, *options, umask=umask)
     assert proc.returncode == 0, proc.stderr
     print(f"\nsandbox up {' '.join(options)}: {time.monotonic() - t0:.1f}s")
     return Sandbox(root, proc.stdout)
@@ -159,7 +162,7 @@ def sbx():
         pytest.skip("needs " + "; ".join(MISSING))
     root = _new_root("cli")
     try:
-        yield _up(root)
+        yield _up(root, umask=0)  # whatever the umask, modes are exact (the first test)
     finally:
         _purge(root)
 
@@ -167,8 +170,33 @@ def sbx():
 # ----------------------------------------------------------------------------- a running sandbox
 
 
+def _writable_by_others(root: str) -> Dict[str, str]:
+    """Files and directories under ``root`` that group or others can write (sockets aside:
+    munged makes its own 0777 by design), and device nodes: path -> mode."""
+    out = {}
+    for dirpath, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            loose = kind in (stat.S_IFREG, stat.S_IFDIR) and st.st_mode & 0o022
+            if loose or kind == stat.S_IFCHR:
+                out[os.path.relpath(path, root)] = f"{stat.S_IMODE(st.st_mode):04o}"
+    return out
+
+
 class TestRunningSandbox:
     pytestmark = needs_slurm
+
+    def test_up_under_umask_0_leaves_nothing_others_can_write_but_seen(self, sbx):
+        """`up` ran with umask 0 (the fixture): its files, the daemons' and the node timers'."""
+        found = _writable_by_others(sbx.root)
+        devices = {p: m for p, m in found.items() if "/dev/" in p}
+        assert {p: m for p, m in found.items() if p not in devices} == {"seen": "1777"}
+        assert {m for p, m in devices.items() if p.endswith("/nvidia-caps/nvidia-cap1")} == {"0400"}
+        assert {m for p, m in devices.items() if "/nvidia-caps/" in p
+                and not p.endswith("/nvidia-cap1")} == {"0444"}
+        assert {m for p, m in devices.items() if "/nvidia-caps/" not in p} == {"0666"}
 
     def test_up_prints_shell_lines_and_every_node_is_idle_with_the_layout_gres(self, sbx):
         nodes = sbx.nodes()

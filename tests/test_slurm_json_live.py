@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List
 
@@ -72,7 +72,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live():
-    root = tempfile.mkdtemp(prefix="smig-json-", dir="/var/tmp")
+    root = f"/var/tmp/smig-json-{secrets.token_hex(4)}"  # new: up refuses a root it did not make
     up = _slurm_mig("sandbox", "up", "--root", root)
     try:
         assert up.returncode == 0, up.stderr

@@ -31,8 +31,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from .cgroups import Isolation, detect_isolation
 from .config import (NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf,
                      render_slurm_conf)
-from .daemons import (Daemon, check_socket_path, in_uts_namespace, kill_daemons, stop_daemons,
-                      wait_for, write_munge_key)
+from ..safefs import ensure_dir
+from .daemons import (DAEMON_UMASK, Daemon, check_socket_path, in_uts_namespace, kill_daemons,
+                      stop_daemons, wait_for, write_munge_key)
 from .errors import SandboxError
 from .host import free_ports, missing_requirements, tail, which, write_atomic
 from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
@@ -153,11 +154,13 @@ class SandboxCluster:
         """
         if extra_conf is not None:
             self._extra = dict(extra_conf)
+        # The root must be trusted (root's, not writable by others: safefs refuses it
+        # otherwise, untouched); 0755 so munged finds o+x above its socket.
+        ensure_dir(self.root, 0o755, "sandbox root", tighten=True)
         for d in (self.paths.etc, self.paths.state, self.paths.spool, self.paths.log,
                   self.paths.run, self.paths.jobs,
                   *(os.path.join(self.paths.spool, f"slurmd-{n}") for n in self.nodes)):
-            os.makedirs(d, exist_ok=True)
-        os.chmod(self.root, 0o755)
+            ensure_dir(d, 0o755, "sandbox directory", tighten=True)
         self._write_slurm_conf()
         write_atomic(self.paths.plugstack_conf, "# no SPANK plugins in the sandbox\n")
         return self.write_layout(node_gres, gres_conf_text)
@@ -209,7 +212,8 @@ class SandboxCluster:
         cwd = self.paths.jobs if os.path.isdir(self.paths.jobs) else None
         try:
             proc = subprocess.run([exe, *args[1:]], input=input, capture_output=True, text=True,
-                                  env=self.env(), timeout=timeout, cwd=cwd)
+                                  env=self.env(), timeout=timeout, cwd=cwd,
+                                  umask=DAEMON_UMASK)  # sbatch hands it to the job
         except subprocess.TimeoutExpired as err:
             raise SandboxError(f"{' '.join(args)} did not answer within {timeout:g}s; "
                                f"see {self.paths.ctld_log}") from err
@@ -279,9 +283,7 @@ class SandboxCluster:
         p = self.paths
         for sub, mode in (("", 0o755), ("etc", 0o700), ("run", 0o755), ("lib", 0o700),
                           ("log", 0o700)):
-            d = os.path.join(p.munge_dir, sub)
-            os.makedirs(d, exist_ok=True)
-            os.chmod(d, mode)
+            ensure_dir(os.path.join(p.munge_dir, sub), mode, "munge directory", tighten=True)
         check_socket_path(p.munge_socket)
         if not os.path.exists(p.munge_key):
             write_munge_key(p.munge_key)
@@ -634,7 +636,6 @@ class SandboxCluster:
                                "reason": self.isolation.reason,
                                "mountpoint": self.isolation.mountpoint},
                  "loaded_layout": None if layout is None else [layout[0], list(layout[1])]}
-        os.makedirs(self.paths.run, exist_ok=True)
         write_atomic(self.state_file, json.dumps(state, indent=1, sort_keys=True) + "\n")
         return self.state_file
 

@@ -17,7 +17,13 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..safefs import open_file
 from .errors import SandboxError
+from .host import open_append
+
+# Every daemon (and node timer) starts with this umask, whatever the caller's: the files
+# slurmctld, slurmd and munged make under the root are never group/world-writable.
+DAEMON_UMASK = 0o022
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -80,14 +86,14 @@ class Daemon:
                 os.unlink(self.pid_file)
             except FileNotFoundError:
                 pass
-        with open(self.output, "ab") as out:
+        with open_append(self.output) as out:
             out.write(f"--- {time.strftime('%H:%M:%S')} starting: {' '.join(self.argv)}\n"
                       .encode())
             out.flush()
             try:
                 self.proc = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=dict(env), start_new_session=True, close_fds=True,
+                    env=dict(env), start_new_session=True, close_fds=True, umask=DAEMON_UMASK,
                     preexec_fn=_die_with_parent if die_with_parent else None)
             except OSError as err:
                 raise SandboxError(f"cannot start {self.name} ({self.argv[0]}): "
@@ -190,12 +196,11 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.1) -
 
 def write_munge_key(path: str, nbytes: int = 128) -> None:
     """A fresh random key, mode 0600 (what ``mungekey -c`` writes, without needing mungekey)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, "munge key")
     try:
         os.write(fd, os.urandom(nbytes))
     finally:
         os.close(fd)
-    os.chmod(path, 0o600)
 
 
 def check_socket_path(path: str) -> None:

@@ -3,7 +3,7 @@
 Kept apart from :mod:`.mig` (the lifecycle: up, status, reconfigure, down) so that module
 reads as the order of things, and this one as the layout of the directory::
 
-    sandbox-spec.json         the options up was built with (marks a sandbox root)
+    sandbox-spec.json         the options up was built with
     nodes/<node>/config.toml  each node's slurm-mig config (node_config_text)
     controller/config.toml    the controller's config: rebalance (.controller)
     prolog.d/ epilog.d/       the shipped hooks with this sandbox's settings
@@ -11,23 +11,26 @@ reads as the order of things, and this one as the layout of the directory::
     bin/sim-job               a job script that attaches to its simulated instance
     bin/scontrol squeue sinfo Slurm's clients with this sandbox's SLURM_CONF, whatever the
                               caller's environment says (configs name them by path)
-    seen/<job>.json           what each sim-job reached
+    .slurm-mig-sandbox        the marker: up made this root (.rootdir)
+    seen/<job>.json           what each sim-job reached (seen/ is 1777: any job writes there)
     run/timer-<node>.pid      each node's timer loop (.timer); its log in log/
 
 Pure text and paths except :func:`write_scripts` (and :func:`read_seen`, which reads).
+The marker ``.slurm-mig-sandbox`` (which makes a directory a sandbox root) is :mod:`.rootdir`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from typing import List, Optional, Sequence
 
 from .config import SandboxPaths
 from .host import which, write_atomic
 
-SPEC_FILE = "sandbox-spec.json"  # marks a directory as a sandbox root: down --purge checks it
+SPEC_FILE = "sandbox-spec.json"  # the options of the sandbox built here
 LOCK_FILE = ".sandbox.lock"
 SLURM_CLIENTS = ("scontrol", "squeue", "sinfo")  # rebalance finds squeue and sinfo beside scontrol
 
@@ -175,10 +178,15 @@ def sim_job_text(files: SandboxFiles, python: str) -> str:
         "# (the simulator then shows it busy), writes what it reached to\n"
         f"# {files.seen}/$SLURM_JOB_ID.json, then runs its arguments (default: sleep 2).\n"
         "#   sbatch --gres=gpu:1g.10gb:1 " + files.sim_job + " sleep 30\n"
+        "# seen/ is writable by every user (sticky): the report goes to a new file of this\n"
+        "# job's own (mktemp), renamed over the final name once written; a rename replaces\n"
+        "# whatever another user put under that name (a symbolic link, say), never follows it.\n"
         f"export SLURM_MIG_CONFIG={files.root}/nodes/$SLURMD_NODENAME/config.toml\n"
         '[ $# -gt 0 ] || set -- sleep 2\n'
-        f"exec {python} -m slurm_mig.hooks sim-run --out {files.seen}/$SLURM_JOB_ID.json -- "
-        '"$@"\n')
+        f"tmp=$(mktemp {files.seen}/.$SLURM_JOB_ID.XXXXXX) || exit 1\n"
+        f"exec {python} -m slurm_mig.hooks sim-run --out \"$tmp\" -- /bin/sh -c "
+        "'mv -T -- \"$1\" \"$2\" || exit 1; shift 2; exec \"$@\"' "
+        f'sim-job "$tmp" {files.seen}/$SLURM_JOB_ID.json "$@"\n')
 
 
 def client_text(files: SandboxFiles, paths: SandboxPaths, name: str) -> str:
@@ -188,14 +196,26 @@ def client_text(files: SandboxFiles, paths: SandboxPaths, name: str) -> str:
 
 
 def write_exec(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, text, mode=0o755)
+    write_atomic(path, text, mode=0o755)  # its directory made 0755 where missing
+
+
+SEEN_MODE = 0o1777  # jobs of any user report there; sticky: none removes another's report
+
+
+def make_seen(path: str) -> None:
+    """``seen/``: made here (never an existing directory taken over), mode 1777 exactly."""
+    os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, SEEN_MODE)
+    finally:
+        os.close(fd)
 
 
 def write_scripts(files: SandboxFiles, paths: SandboxPaths, python: str) -> None:
-    """The hooks, their settings, bin/sim-job and the Slurm client wrappers."""
-    os.makedirs(files.seen, exist_ok=True)
-    os.chmod(files.seen, 0o777)  # jobs of any user report there
+    """The hooks, their settings, bin/sim-job and the Slurm client wrappers, and ``seen/``.
+    Every mode is set explicitly, whatever the umask."""
+    make_seen(files.seen)
     write_atomic(files.env_file, f"SLURM_MIG_PYTHON={python}\n"
                  f"SLURM_MIG_CONFIG={files.root}/nodes/${{SLURMD_NODENAME}}/config.toml\n")
     for hook in ("prolog", "epilog"):
@@ -216,13 +236,36 @@ def sim_job_argv(files: SandboxFiles, profile: str, count: int = 1,
     return args + [files.sim_job, *command]
 
 
+MAX_SEEN_BYTES = 1 << 20
+
+
 def read_seen(files: SandboxFiles, job_id: int) -> Optional[dict]:
-    """What a sim-job reported (``hooks.sim_run``'s JSON), or None before it has."""
+    """What a sim-job reported (``hooks.sim_run``'s JSON object), or None before it has.
+
+    ``seen/`` is any user's to write, so what is there is data, never a path to follow: a
+    symbolic link, a FIFO or a device in a report's place reads as no report (``O_NOFOLLOW``,
+    ``O_NONBLOCK``, regular files only), and so does a report over 1 MiB or not a JSON object.
+    """
     try:
-        with open(files.seen_file(job_id)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        fd = os.open(files.seen_file(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_SEEN_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SEEN_BYTES:
+        return None
+    try:
+        seen = json.loads(data)
+    except ValueError:
+        return None
+    return seen if isinstance(seen, dict) else None
 
 
 __all__ = ["LOCK_FILE", "SPEC_FILE", "SandboxFiles", "node_config_text", "read_seen", "sim_job_argv",

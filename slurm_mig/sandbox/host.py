@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from typing import List, Optional
+from typing import BinaryIO, List, Optional
+
+from ..safefs import open_file
+from ..slurmfiles import write_atomic as _write_atomic
 
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")  # often not on a test runner's PATH
 
@@ -50,12 +53,17 @@ def free_ports(count: int) -> List[int]:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write a temp file next to ``path`` and rename it over: readers see old or new."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    """Replace ``path`` all at once (readers see old or new) with exactly ``mode``, whatever
+    the umask; its directory is made 0755 where missing and must be trusted, a link in the
+    file's place is replaced, never written through (:func:`slurm_mig.slurmfiles.write_atomic`)."""
+    _write_atomic(path, text, mode=mode, keep_prev=False, durable=False, follow=False)
+
+
+def open_append(path: str, mode: int = 0o644) -> BinaryIO:
+    """``path`` opened to append (a log), created with exactly ``mode`` whatever the umask;
+    never through a symbolic link, only a regular file of ours (:func:`safefs.open_file`)."""
+    fd = open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, "log file")
+    return os.fdopen(fd, "ab")
 
 
 def tail(path: str, lines: int) -> str:

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -38,11 +39,14 @@ from ..errors import InputError
 from .cluster import SandboxCluster
 from .controller import controller_config_text, layout_floors
 from .errors import SandboxError
-from .files import LOCK_FILE, SPEC_FILE, SandboxFiles, node_config_text, write_scripts
-from .host import missing_requirements, write_atomic
+from .files import LOCK_FILE, SandboxFiles, node_config_text, write_scripts
+from .host import missing_requirements, open_append, write_atomic
+from .rootdir import FIX_OTHERS, MARKER, check_root, make_root
 from .timer import PERIOD, start_timers, stop_timers, timer_pids
 
-DEFAULT_ROOT = "/var/tmp/slurm-mig-sandbox"  # munged needs o+x on every parent: not /tmp/pytest-*
+# Root's own directory: no other user can create it first (/var/lib is root's, 0755), and
+# munged finds o+x on every parent (not /tmp/pytest-*).  docs/sandbox.md, "The root directory".
+DEFAULT_ROOT = "/var/lib/slurm-mig-sandbox"
 DEFAULT_NODES = 2
 DEFAULT_GPUS = ("A100-80GB",)
 DEFAULT_LAYOUT = "1g.10gb:4,3g.40gb:1"
@@ -119,7 +123,7 @@ def _check_parents(root: str) -> None:
             continue
         if not st.st_mode & 0o001:
             raise SandboxError(f"--root {root}: {parent} has mode {st.st_mode & 0o777:o}, munged "
-                               f"needs o+x on every parent; use a root under /var/tmp")
+                               f"needs o+x on every parent; use the default --root {DEFAULT_ROOT}")
         if parent == "/":
             return
         parent = os.path.dirname(parent)
@@ -147,30 +151,29 @@ def up(spec: SandboxSpec) -> dict:
     root = os.path.abspath(spec.root)
     files = SandboxFiles(root)
     want = spec.as_dict()
-    existed = os.path.isdir(root)
-    if existed and not os.path.exists(files.spec) and \
-            [n for n in os.listdir(root) if n != LOCK_FILE]:
-        raise InputError(f"--root {root} is not empty and holds no sandbox ({SPEC_FILE}); "
-                         f"pick another --root")
+    try:
+        check_root(root)  # an existing root: ours, or refused untouched
+        exists = True
+    except FileNotFoundError:
+        exists = False
     _check_parents(root)
-    os.makedirs(root, mode=0o755, exist_ok=True)
-    os.chmod(root, 0o755)
+    if not exists:
+        make_root(root)  # fresh, 0755, with our marker before anything else
     with _root_lock(files):
         have = files.read_spec()
-        if have is not None:
-            running = _attach(root)
-            pids = running.daemon_pids() if running else {}
-            if pids and all(pids.values()):
-                if have != want:
-                    raise InputError(
-                        f"a sandbox with {_describe(have)} is already up under {root}; stop it "
-                        f"first (`slurm-mig sandbox down --root {root}`) or pick another --root")
-                start_timers(files, running.nodes, running.env())  # one that died: again
-                return _up_result(running, spec, already_up=True, seconds=0.0)
-            stop_timers(files)
-            if running is not None and any(pids.values()):
-                running.stop()  # half alive: rebuild it
-            _clear(root)
+        running = _attach(root)
+        pids = running.daemon_pids() if running else {}
+        if have is not None and pids and all(pids.values()):
+            if have != want:
+                raise InputError(
+                    f"a sandbox with {_describe(have)} is already up under {root}; stop it "
+                    f"first (`slurm-mig sandbox down --root {root}`) or pick another --root")
+            start_timers(files, running.nodes, running.env())  # one that died: again
+            return _up_result(running, spec, already_up=True, seconds=0.0)
+        stop_timers(files)
+        if running is not None and any(pids.values()):
+            running.stop()  # half alive: rebuild it
+        _clear(root)  # ours (marked): whatever a stopped or half-built sandbox left
         t0 = time.monotonic()
         write_atomic(files.spec, json.dumps(want, indent=1) + "\n")
         cluster = _build(spec, files)
@@ -194,11 +197,16 @@ def _describe(spec: dict) -> str:
 
 
 def _clear(root: str) -> None:
+    """Remove everything under our root but the lock and the marker.  A symbolic link is
+    removed, never followed, at any depth: shutil.rmtree works through directory file
+    descriptors (``rmtree.avoids_symlink_attacks``), so a link a job planted in ``seen/``
+    takes nothing outside the root with it (tested)."""
     for name in os.listdir(root):
-        if name == LOCK_FILE:
+        if name in (LOCK_FILE, MARKER):
             continue
         path = os.path.join(root, name)
-        if os.path.isdir(path) and not os.path.islink(path):
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
         else:
             os.unlink(path)
@@ -230,7 +238,6 @@ def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
         "SlurmdParameters": "config_overrides"})
     cluster.save_state()  # from here on `down` finds whatever gets started
     for node in nodes:
-        os.makedirs(files.node_dir(node), exist_ok=True)
         write_atomic(files.node_config(node),
                      node_config_text(files, cluster.paths, node, spec.gpus, spec.layout, python))
         config = load_config(files.node_config(node))
@@ -247,7 +254,6 @@ def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
                 if p.get("NodeName") in nodes}
     with open(cluster.paths.gres_conf) as f:
         cluster.write_layout(gres, f.read())  # renders the include as node-conf wrote it
-    os.makedirs(files.controller_dir, exist_ok=True)
     write_atomic(files.controller_config, controller_config_text(
         files, cluster.paths, layout_floors(spec.gpus, spec.layout), python))
     return cluster
@@ -282,6 +288,11 @@ def _up_result(cluster: SandboxCluster, spec: SandboxSpec, *, already_up: bool,
 def _attached(root: str) -> Tuple[SandboxCluster, SandboxFiles]:
     files = SandboxFiles(root)
     try:
+        check_root(files.root, FIX_OTHERS)
+    except FileNotFoundError:
+        raise SandboxError(f"no sandbox under {files.root}: start one with "
+                           f"`slurm-mig sandbox up --root {files.root}`") from None
+    try:
         return SandboxCluster.attach(files.root), files
     except SandboxError as err:
         raise SandboxError(f"no sandbox under {files.root}: start one with "
@@ -299,9 +310,9 @@ def reconfigure(root: str) -> dict:
     with _root_lock(files):
         result = cluster.reconfigure()
         cluster.save_state()
-        with open(files.reconfigure_log, "a") as f:
+        with open_append(files.reconfigure_log) as f:
             f.write(f"{time.strftime('%H:%M:%S')} {result.seconds:.1f}s restarted "
-                    f"{','.join(result.restarted) or '-'}; asked by: {_caller()}\n")
+                    f"{','.join(result.restarted) or '-'}; asked by: {_caller()}\n".encode())
     return {"root": cluster.root, "seconds": round(result.seconds, 2),
             "restarted": list(result.restarted)}
 
@@ -334,10 +345,10 @@ def down(root: str, purge: bool = False) -> dict:
     files = SandboxFiles(root)
     result = {"root": files.root, "was_running": False, "stopped": {}, "cancelled": [],
               "purged": False}
-    if not os.path.isdir(files.root):
+    try:
+        check_root(files.root, FIX_OTHERS)  # only a root that up made: refused untouched
+    except FileNotFoundError:
         return result
-    if files.read_spec() is None and os.listdir(files.root):
-        raise InputError(f"--root {files.root} holds no sandbox ({SPEC_FILE}); not touching it")
     with _root_lock(files):
         timers = stop_timers(files)  # first: no sync --pending while Slurm stops
         result["stopped"] = dict(timers)
@@ -361,8 +372,10 @@ def down(root: str, purge: bool = False) -> dict:
         with contextlib.suppress(OSError):
             os.unlink(files.lock)
         with contextlib.suppress(OSError):
-            os.rmdir(files.root)
-        result["purged"] = not os.path.exists(files.root)
+            if os.listdir(files.root) == [MARKER]:  # else an `up` beside us: leave it ours
+                os.unlink(os.path.join(files.root, MARKER))
+                os.rmdir(files.root)
+        result["purged"] = not os.path.lexists(files.root)
     return result
 
 

@@ -531,8 +531,14 @@ def sim_run(config, environ: Mapping[str, str], command: Sequence[str],
     result = {"job_id": job, "node": record.get("node"), "pid": pid,
               "job_gpus": environ.get("SLURM_JOB_GPUS"), "instances": seen}
     text = json.dumps(result, sort_keys=True)
-    if out_path:
-        with open(out_path, "w") as f:
+    if out_path:  # never through a link planted in a directory others can write (seen/)
+        try:
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise InputError(f"cannot write {out_path}: {err.strerror} (a symbolic link is "
+                             f"never followed); remove it or pick another --out") from err
+        with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
     else:
         sys.stdout.write(text + "\n")

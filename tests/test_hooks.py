@@ -426,3 +426,16 @@ def test_job_of_pid_reads_again_an_environment_that_is_empty_during_exec(tmp_pat
         timer.join()
     open(path, "wb").close()
     assert jobs.job_of_pid(4243, proc) is None  # a process without environment, after the retry
+
+
+def test_sim_run_never_writes_its_report_through_a_planted_link(node, capsys, tmp_path):
+    assert run(node, "prolog", node.env("71", "11"), capsys)[0] == 0
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "seen.json"
+    out.symlink_to(victim)
+    done = subprocess.run([sys.executable, "-m", "slurm_mig.hooks", "sim-run", "--out", str(out)],
+                          env=node.env("71", "11"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "symbolic link is never followed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert victim.read_text() == "precious\n"

@@ -421,8 +421,8 @@ def rebalance_cmd(obj: Context, dry_run, explain, last):
     Drains each chosen node with a reason naming its new layout and leaves the layout in the
     node's Extra field; `slurm-mig sync --pending` on the node applies it.  Then, for every
     node that applied its layout: its Gres= in the node include, one reconfigure, resume.
-    Exit 8 when finishing a node failed (it stays drained, its reason says what to do).
-    docs/rebalance.md.
+    Exit 8 when finishing a node failed (it stays drained, its reason says what to do);
+    exit 9 when Slurm could not be read (nothing planned or changed).  docs/rebalance.md.
     """
     if last:
         if dry_run:

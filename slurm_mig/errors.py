@@ -14,6 +14,8 @@ Exit codes (docs/exit-codes.md):
   6  partial: the possible part was applied, the rest is blocked by busy instances
   7  busy: another slurm-mig holds the lock and the wait timed out
   8  Slurm error: a Slurm command failed or Slurm did not reach the expected state
+  9  Slurm could not be read (squeue/sinfo/pyslurm: slurmctld down or unreachable, an
+     ``errors`` list in Slurm's JSON, no nodes at all): nothing was planned or changed
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXIT_REFUSED = 5
 EXIT_PARTIAL = 6
 EXIT_LOCKED = 7
 EXIT_SLURM = 8
+EXIT_SLURM_UNREADABLE = 9
 
 
 class SlurmMigError(Exception):
@@ -110,6 +113,16 @@ class SlurmError(SlurmMigError):
     """A Slurm command failed, or a node did not reach the state we waited for."""
 
     exit_code = EXIT_SLURM
+
+
+class SlurmUnreadable(SlurmError):
+    """The queue or the nodes could not be read (the command failed or timed out, Slurm's
+    JSON carries ``errors``, no node at all, pyslurm raised): the caller did nothing.
+
+    Its own exit code (9), apart from 8, so that a timer or a monitor can tell "the
+    controller did not answer, nothing was done" from "an action on a node failed"."""
+
+    exit_code = EXIT_SLURM_UNREADABLE
 
 
 class SimulatedCrash(BaseException):

@@ -3,7 +3,8 @@
 The cycle (docs/rebalance.md)::
 
     lock      <rebalance.lock>; a second run exits 7 at once; held to the end
-    read      pending jobs and nodes (one squeue, one sinfo: states, gres, Extra)
+    read      pending jobs and nodes (one squeue, one sinfo: states, gres, Extra); Slurm not
+              answering is SlurmUnreadable (exit 9): nothing planned, the state file untouched
     sort      nodes drained by rebalance with no want: applied (or Slurm disagrees) ->
               to finish; agrees -> resumed (crash repair); nothing published -> wait
     plan      nodes' published layouts (Extra ``have``) + demand -> the pure planner
@@ -39,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .catalog import load_catalog
 from .channel import Channel, ChannelError, format_channel, parse_channel
 from .config import Config
-from .errors import ConfigError, InputError, LockBusy, SlurmError
+from .errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
 from .finish import Ready, finish, have_gres, verdict
 from .layout import Layout, format_counts, format_layout, parse_layout
 from .locking import node_lock
@@ -292,8 +293,11 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
     state = read_state(r.state_file)
     cycle = state["cycle"] + 1
     last_changed: Dict[str, int] = dict(state["last_changed"])
-    jobs = reader.pending_jobs()
-    infos = reader.nodes()
+    try:  # the queue first: with slurmctld down the first read's wait is the only one
+        jobs = reader.pending_jobs()
+        infos = reader.nodes()
+    except SlurmUnreadable as err:  # nothing read: no plan, no state written (exit 9)
+        raise SlurmUnreadable(f"{err}; rebalance planned and changed nothing") from err
     catalog = load_catalog()
     notes: List[str] = []
     actions: List[str] = []
@@ -373,7 +377,13 @@ def _cycle(config: Config, reader, slurm, channel, dry_run: bool, clock, sleep, 
             waited = wait_applied(channel, slurm, [c["node"] for c in changed], r.apply_wait,
                                   clock=clock, sleep=sleep, poll=poll)
             if waited["applied"]:  # read again: the nodes' reasons and Extra have changed
-                more = _to_finish(reader.nodes(waited["applied"]), catalog, set(waited["applied"]))
+                try:
+                    more = _to_finish(reader.nodes(waited["applied"]), catalog,
+                                      set(waited["applied"]))
+                except SlurmUnreadable as err:  # changes are recorded: not exit 9; next cycle
+                    more = {}
+                    notes.append(f"applied {', '.join(waited['applied'])}, but reading the nodes "
+                                 f"again failed ({err}); a later cycle finishes them")
                 ready.update(more)
             if waited["pending"]:
                 notes.append(f"not applied within [rebalance] apply_wait ({r.apply_wait:g}s): "

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from dataclasses import replace
 
 import pytest
 
 from slurm_mig.channel import Channel, ChannelError, MemoryExtra, format_channel, parse_channel
 from slurm_mig.config import parse_config
-from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError
+from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.locking import node_lock
 from slurm_mig.pending import applied_reason, node_failure_reason
 from slurm_mig.rebalance import rebalance
 from slurm_mig.render import rebalance_text
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
+from slurm_mig.slurm.reader import SlurmJsonClient
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 
 ONE_G = ",".join(f"1g.5gb@{i}" for i in range(7))
@@ -723,3 +725,98 @@ def test_catch_up_leaves_a_node_to_an_admin_sync_in_progress(sim_node):
     assert not result["applied"] and sim_node.slurm.reason.startswith("gres/gpu count")
     assert parse_channel(channel.read("n1")).applied is None
     assert sim_node.files() == before
+
+
+# ----------------------------------------------------------------------------- Slurm unreadable
+
+SLURM_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "slurm", "22.05")
+
+
+def _printing(tmp_path, name, recorded):
+    """A stand-in Slurm command that prints a recorded 22.05 file and exits 0."""
+    script = tmp_path / name
+    script.write_text(f"#!/bin/sh\ncat {os.path.join(SLURM_DATA, recorded)}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def ctl(tmp_path, monkeypatch, cluster, cli):
+    """A controller config, and ``use(reader)``: what `slurm-mig rebalance` reads through
+    (the in-memory ``cluster`` acts as the Slurm client and the Extra channel)."""
+    import slurm_mig.rebalance as mod
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                   f'node_gres_include = "{cluster.include}"\n[rebalance]\nenabled = true\n'
+                   f'apply_wait = 0\n')
+
+    def use(reader):
+        monkeypatch.setattr(mod, "default_collaborators",
+                            lambda config, environ=None: (reader, cluster.client, cluster.channel))
+
+    def run(*args):
+        return cli(*args, config=str(cfg))
+
+    return types.SimpleNamespace(use=use, run=run, state=tmp_path / "state" / "rebalance.json")
+
+
+@pytest.mark.parametrize("squeue, sinfo, says", [
+    ("squeue-ctld-down.json", "sinfo-N-ctld-down.json",
+     "squeue --json --states=PENDING: Slurm 22.05.8 answered with an error: Failed while looking "
+     "for jobs (slurm_load_jobs, Unspecified error, errno -1)"),
+    ("squeue.json", "sinfo-N-ctld-down.json",  # slurmctld went down between the two reads
+     "sinfo -N --json: Slurm 22.05.8 answered with an error: Unspecified error (errno -1)"),
+])
+def test_rebalance_with_slurmctld_down_exits_9_on_one_line_and_changes_nothing(
+        ctl, cluster, tmp_path, squeue, sinfo, says):
+    """Slurm 22.05's squeue/sinfo exit 0 with only an ``errors`` list while slurmctld is
+    down (recorded): no plan, no drain, no Extra written, the state file (and --last) kept."""
+    ctl.use(cluster)
+    assert ctl.run("rebalance")[0] == 0  # cycle 1 drains n1 for the 3g job
+    kept = ctl.state.read_bytes()
+    cluster.calls.clear()
+    cluster.channel.writes.clear()
+    ctl.use(SlurmJsonClient(squeue=_printing(tmp_path, "squeue", squeue),
+                            sinfo=_printing(tmp_path, "sinfo", sinfo)))
+    for args in (("rebalance",), ("rebalance", "--dry-run"), ("--json", "rebalance")):
+        code, out, err = ctl.run(*args)
+        assert (code, out) == (9, ""), (args, err)
+        assert err == (f"slurm-mig: error: cannot read Slurm: {says}; check slurmctld (`scontrol "
+                       f"ping`) and rerun; rebalance planned and changed nothing\n")
+    assert cluster.calls == [] and cluster.channel.writes == []
+    assert ctl.state.read_bytes() == kept
+    code, out, _ = ctl.run("--json", "rebalance", "--last")
+    assert code == 0 and json.loads(out)["last"]["cycle"] == 1
+
+
+def test_reading_the_nodes_again_after_the_wait_failing_is_a_note_not_exit_9(config, cluster, clock):
+    """Once a cycle has recorded changes, Slurm going away is no longer "nothing done": the
+    cycle ends normally (state saved) and a later cycle finishes the node."""
+    def node_timer(now):
+        if now >= 1002 and parse_channel(cluster.channel.read("n1")).want:
+            node_applies(cluster, "n1")
+
+    clock.on_sleep = node_timer
+    reads = []
+
+    class Reader:
+        def pending_jobs(self):
+            return cluster.pending_jobs()
+
+        def nodes(self, names=None):
+            reads.append(names)
+            if len(reads) > 1:
+                raise SlurmUnreadable("cannot read Slurm: sinfo -N --json: gone")
+            return cluster.nodes(names)
+
+    cfg = config("apply_wait = 30\n")
+    result = rebalance(cfg, Reader(), cluster.client, cluster.channel, clock=clock,
+                       sleep=clock.sleep, poll=1.0)
+    assert [c["node"] for c in result["changed"]] == ["n1"] and result["finished"] == []
+    assert reads == [None, ["n1"]]
+    assert any(n.startswith("applied n1, but reading the nodes again failed (cannot read Slurm: ")
+               and n.endswith("a later cycle finishes them") for n in result["notes"])
+    with open(cfg.rebalance.state_file) as f:
+        assert json.load(f)["last"]["cycle"] == 1
+    assert _run(cfg, cluster, Clock())["finished"] == ["n1"]  # the next cycle finishes it

@@ -18,7 +18,7 @@ import types
 
 import pytest
 
-from slurm_mig.errors import SlurmError
+from slurm_mig.errors import SlurmError, SlurmUnreadable
 from slurm_mig.slurm import gresspec, jsonread
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob, SlurmOutputError
 from slurm_mig.slurm.pyslurm_adapter import PyslurmReader
@@ -310,16 +310,85 @@ def test_client_runs_squeue_and_sinfo_with_json(tmp_path):
     assert (tmp_path / "sinfo.args").read_text().split() == ["-N", "--json"]
 
 
-def test_client_reports_a_failed_or_missing_command(tmp_path):
+def test_client_reports_a_failed_or_missing_command_as_unreadable(tmp_path):
     failing = tmp_path / "squeue"
     failing.write_text("#!/bin/sh\necho 'squeue: error: slurm_load_jobs error: Unable to contact "
                        "slurm controller' >&2\nexit 1\n")
     failing.chmod(0o755)
-    with pytest.raises(SlurmError, match="read the pending jobs: .* failed: squeue: error: "
-                                         "slurm_load_jobs error"):
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: `\S+/squeue --json "
+                       r"--states=PENDING` failed \(exit 1\): squeue: error: slurm_load_jobs "
+                       r"error: Unable to contact slurm controller; check slurmctld \(`scontrol "
+                       r"ping`\) and rerun$") as err:
         SlurmJsonClient(squeue=str(failing)).pending_jobs()
-    with pytest.raises(SlurmError, match="not found; install Slurm's client commands"):
+    assert err.value.exit_code == 9
+    with pytest.raises(SlurmUnreadable, match="^cannot read Slurm: .*/nope not found; install "
+                                              "Slurm's client commands"):
         SlurmJsonClient(sinfo=str(tmp_path / "nope")).nodes()
+
+
+# -- Slurm did not answer: SlurmUnreadable (exit 9), never an empty queue or cluster ---------
+
+def test_recorded_squeue_with_slurmctld_down_is_unreadable_quoting_slurms_error():
+    """22.05 exits 0 with only ``errors`` and ``jobs: []`` while slurmctld is down."""
+    with pytest.raises(SlurmUnreadable) as err:
+        jsonread.read_pending_jobs(data("22.05/squeue-ctld-down.json"), "squeue --json")
+    assert str(err.value) == (
+        "cannot read Slurm: squeue --json: Slurm 22.05.8 answered with an error: Failed while "
+        "looking for jobs (slurm_load_jobs, Unspecified error, errno -1); check slurmctld "
+        "(`scontrol ping`) and rerun")
+    assert err.value.exit_code == 9 and isinstance(err.value, SlurmError)
+
+
+def test_recorded_sinfo_with_slurmctld_down_is_unreadable_quoting_slurms_error():
+    """22.05's sinfo prints its error in the older form: ``{"error", "errno"}``."""
+    with pytest.raises(SlurmUnreadable) as err:
+        jsonread.read_nodes(data("22.05/sinfo-N-ctld-down.json"), "sinfo -N --json", ["n1"])
+    assert str(err.value) == (
+        "cannot read Slurm: sinfo -N --json: Slurm 22.05.8 answered with an error: Unspecified "
+        "error (errno -1); check slurmctld (`scontrol ping`) and rerun")
+
+
+def test_data_parser_errors_are_unreadable_and_name_the_first_of_several():
+    doc = json.loads(data("handmade/24.11/squeue.json"))
+    doc["errors"] = [{"description": "Unable to contact slurm controller\n(connect failure)",
+                      "error_number": 1007, "error": "Unable to contact slurm controller (connect "
+                      "failure)", "source": "slurm_load_jobs"}, {"error": "second"}]
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: squeue --json: Slurm 24\.11\.\S+ "
+                       r"answered with an error: Unable to contact slurm controller \(connect "
+                       r"failure\) \(slurm_load_jobs, errno 1007\) \(and 1 more\); check"):
+        jsonread.read_pending_jobs(doc, "squeue --json")
+
+
+def test_warnings_are_not_errors(caplog):
+    doc = json.loads(data("handmade/24.11/sinfo-N.json"))
+    doc["warnings"] = [{"description": "a node is not responding", "source": "sinfo"}]
+    assert set(jsonread.read_nodes(doc)) == {"n1", "n2"}
+    assert "Slurm 24.11" in caplog.text and "warns: a node is not responding (sinfo)" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["nodes", "sinfo"])
+def test_sinfo_listing_no_node_at_all_is_unreadable(key):
+    doc = {"meta": json.loads(data("22.05/sinfo-N.json"))["meta"], "errors": [], key: []}
+    with pytest.raises(SlurmUnreadable, match="^cannot read Slurm: sinfo -N --json: Slurm 22.05.8 "
+                       "listed no node at all; .* with none there is nothing to plan; check "
+                       "slurmctld"):
+        jsonread.read_nodes(doc)
+
+
+def test_client_quotes_the_json_errors_of_a_command_that_exits_non_zero(tmp_path):
+    client = SlurmJsonClient(sinfo=_stand_in(tmp_path, "sinfo", "22.05/sinfo-N-ctld-down.json", rc=1))
+    with pytest.raises(SlurmUnreadable, match="^cannot read Slurm: sinfo -N --json: Slurm 22.05.8 "
+                                              "answered with an error: Unspecified error"):
+        client.nodes()
+
+
+def test_client_that_times_out_is_unreadable(tmp_path):
+    slow = tmp_path / "squeue"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: `\S+/squeue --json "
+                       r"--states=PENDING` did not finish in 0.2s; check slurmctld"):
+        SlurmJsonClient(squeue=str(slow), timeout=0.2).pending_jobs()
 
 
 def test_client_passes_env(tmp_path):
@@ -418,6 +487,28 @@ def test_pyslurm_reader_skips_running_and_names_bad_values():
     bad = _pyslurm_job(id=3, priority="high")
     with pytest.raises(SlurmOutputError, match="pyslurm job 3: priority = 'high'"):
         PyslurmReader(_fake_pyslurm([bad], [])).pending_jobs()
+
+
+class RPCError(Exception):
+    """pyslurm's own (pyslurm.core.error.RPCError: a plain Exception with errno and msg)."""
+
+
+def test_pyslurm_load_failure_is_unreadable():
+    fake = _fake_pyslurm([], [])
+
+    def down():
+        raise RPCError("Unable to contact slurm controller (connect failure)")
+
+    fake.RPCError, fake.Jobs.load = RPCError, down
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: pyslurm Jobs.load\(\) failed: "
+                       r"RPCError: Unable to contact slurm controller \(connect failure\); "
+                       r"check slurmctld"):
+        PyslurmReader(fake).pending_jobs()
+
+
+def test_pyslurm_without_a_node_is_unreadable():
+    with pytest.raises(SlurmUnreadable, match=r"pyslurm Nodes.load\(\) listed no node at all"):
+        PyslurmReader(_fake_pyslurm([], [])).nodes()
 
 
 def test_factory_picks_by_preference(monkeypatch):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -187,6 +188,35 @@ def test_a_lost_resume_brings_the_node_back_drained_with_its_applied_marker(ctl)
     print(f"\nresume lost: (NEW on disk, drained) at the kill {before_kill}; after the crash {after}")
     assert before_kill == (False, False)
     assert after == (APPLIED, True, APPLIED_REASON)
+
+
+def test_rebalance_with_slurmctld_stopped_exits_9_on_one_line(ctl, tmp_path):
+    """slurmctld stopped: 22.05's squeue exits 0 with only an ``errors`` list (recorded in
+    tests/data/slurm/22.05/squeue-ctld-down.json); `slurm-mig rebalance` exits 9 with one
+    line, no traceback, and records no cycle.  Started again afterwards for the tests below."""
+    from slurm_mig.sandbox.daemons import stop_daemons
+    from slurm_mig.sandbox.host import which
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                      f'[slurm]\nscontrol = "{which("scontrol") or "scontrol"}"\n'
+                      f'[rebalance]\nenabled = true\n')
+    stop_daemons([ctl.cluster._ctld])  # as `systemctl stop slurmctld`
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "slurm_mig", "--config", str(config),
+                               "rebalance"], capture_output=True, text=True, timeout=180,
+                              env=ctl.cluster.env())
+        ctl.measured["rebalance with slurmctld stopped"] = round(time.monotonic() - t0, 2)
+    finally:
+        ctl.cluster._start_ctld_again()
+    print(f"\nrebalance, slurmctld stopped: exit {proc.returncode}; {proc.stderr!r}")
+    assert (proc.returncode, proc.stdout) == (9, ""), proc.stderr
+    # 22.05.8: "... squeue --json --states=PENDING: Slurm 22.05.8 answered with an error: ..."
+    assert re.fullmatch(r"slurm-mig: error: cannot read Slurm: [^\n]*squeue[^\n]*; check "
+                        r"slurmctld \(`scontrol ping`\) and rerun; rebalance planned and changed "
+                        r"nothing\n", proc.stderr), proc.stderr
+    assert not (tmp_path / "state" / "rebalance.json").exists()
 
 
 # -- the crash that loses a node's applied layout: sync --pending catches up ----------------

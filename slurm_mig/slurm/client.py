@@ -10,27 +10,38 @@ can point at its own procedure.
 from __future__ import annotations
 
 import subprocess
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Type
 
 from ..errors import SlurmError
 from .scontrol import NodeStatus, parse_scontrol_nodes
 
 
+def run_process(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]] = None,
+                timeout: float = 60.0, hint: str = "is slurmctld up? (`scontrol ping`)",
+                error: Type[SlurmError] = SlurmError) -> subprocess.CompletedProcess:
+    """Run ``argv`` (no shell) whatever its exit status; a command that is missing or does
+    not finish in ``timeout`` seconds is one ``error`` line (``what``: the line's start)."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as err:
+        raise error(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
+                    f"its path in [slurm] of config.toml") from err
+    except subprocess.TimeoutExpired as err:
+        raise error(f"{what}: `{' '.join(argv)}` did not finish in {timeout:g}s; {hint}") from err
+
+
+def failure_detail(done: subprocess.CompletedProcess) -> str:
+    """What a failed command said, on one line (stderr, else stdout, else its exit code)."""
+    return " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+
+
 def run_command(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]] = None,
                 timeout: float = 60.0) -> str:
     """Run ``argv`` (no shell) and return stdout; a failure is one SlurmError line."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
-                              timeout=timeout, check=False)
-    except FileNotFoundError as err:
-        raise SlurmError(f"{what}: {argv[0]} not found; install Slurm's client commands or set "
-                         f"its path in [slurm] of config.toml") from err
-    except subprocess.TimeoutExpired as err:
-        raise SlurmError(f"{what}: `{' '.join(argv)}` did not finish in {timeout:.0f}s; "
-                         f"is slurmctld up? (`scontrol ping`)") from err
+    done = run_process(argv, what, env, timeout)
     if done.returncode != 0:
-        detail = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
-        raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {detail}")
+        raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {failure_detail(done)}")
     return done.stdout
 
 

@@ -14,16 +14,28 @@ Two families of shapes (docs/slurm-json.md):
 The shape is told from ``meta`` where it is there, and each field is read by its form, so a
 field in a form not listed here fails with one line naming the command, the Slurm version,
 the parser and the field path.
+
+A document whose ``errors`` list is not empty is Slurm saying it could not answer (22.05 exits
+0 with only ``errors`` and an empty ``jobs``/``nodes`` list while slurmctld is down, recorded
+in tests/data/slurm/22.05/*-ctld-down.json): :class:`~slurm_mig.errors.SlurmUnreadable`
+(exit 9) quoting Slurm's first error, never an empty queue.  ``warnings`` are logged only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..errors import SlurmUnreadable
 from . import gresspec
 from .model import HELD_REASONS, NodeInfo, PendingJob, SlurmOutputError
+
+log = logging.getLogger(__name__)
+
+#: The end of every "cannot read Slurm" line: what to look at, and that a rerun is safe.
+CHECK_SLURMCTLD = "check slurmctld (`scontrol ping`) and rerun"
 
 Doc = Union[str, bytes, Mapping[str, Any]]
 
@@ -49,6 +61,13 @@ class Source:
             return "openapi"
         return "unknown"
 
+    @property
+    def who(self) -> str:
+        return f"Slurm {self.release}" if self.release != "unknown" else "Slurm"
+
+    def unreadable(self, problem: str) -> SlurmUnreadable:
+        return SlurmUnreadable(f"cannot read Slurm: {self.command}: {problem}; {CHECK_SLURMCTLD}")
+
     def fail(self, path: str, problem: str) -> SlurmOutputError:
         return SlurmOutputError(f"{self.command} from Slurm {self.release} ({self.parser}): "
                                 f"{path}: {problem}; a shape this slurm-mig does not read "
@@ -66,7 +85,42 @@ def load(doc: Doc, command: str) -> Tuple[Mapping[str, Any], Source]:
                                    f"{head.strip()!r}") from err
     if not isinstance(doc, Mapping):
         raise SlurmOutputError(f"{command}: output is a JSON {type(doc).__name__}, not an object")
-    return doc, _source(doc, command)
+    src = _source(doc, command)
+    check_errors(doc, src)
+    return doc, src
+
+
+def error_text(entry: Any) -> str:
+    """One of Slurm's ``errors`` entries as one line.  22.05's sinfo prints
+    ``{"error", "errno"}``; 22.05's squeue and 23.02+ print ``{"description", "error_number",
+    "error", "source"}``: the description first, then the rest in brackets."""
+    if not isinstance(entry, Mapping):
+        return " ".join(str(entry).split()) or repr(entry)
+
+    def one_line(key: str) -> str:
+        return " ".join(str(entry.get(key) or "").split())
+
+    main = one_line("description") or one_line("error")
+    rest = [one_line(k) for k in ("source", "error") if one_line(k) not in ("", main)]
+    number = entry.get("error_number", entry.get("errno"))
+    if number is not None:
+        rest.append(f"errno {number}")
+    if not main:
+        return ", ".join(rest) or repr(dict(entry))
+    return main + (f" ({', '.join(rest)})" if rest else "")
+
+
+def check_errors(doc: Mapping[str, Any], src: Source) -> None:
+    """Slurm's own ``errors`` (any non-empty value) -> SlurmUnreadable quoting the first;
+    ``warnings`` are logged and otherwise ignored."""
+    errors = doc.get("errors")
+    if errors:
+        items = errors if isinstance(errors, list) else [errors]
+        more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+        raise src.unreadable(f"{src.who} answered with an error: {error_text(items[0])}{more}")
+    warnings = doc.get("warnings")
+    for item in warnings if isinstance(warnings, list) else [warnings] if warnings else []:
+        log.warning("%s: %s warns: %s", src.command, src.who, error_text(item))
 
 
 def _source(doc: Mapping[str, Any], command: str) -> Source:
@@ -206,14 +260,19 @@ def read_nodes(doc: Doc, command: str = "sinfo -N --json",
     """Nodes by name from ``sinfo -N --json`` (or ``sinfo --json``: same on 22.05).
 
     A node listed once per partition (data_parser ``sinfo`` records) is merged, its
-    partitions joined."""
+    partitions joined.  No node at all is SlurmUnreadable: Slurm did not really answer
+    (``names`` only filters what it listed)."""
     data, src = load(doc, command)
     if isinstance(data.get("sinfo"), list):
-        nodes = _from_sinfo_records(src, data["sinfo"])
+        items, read = data["sinfo"], _from_sinfo_records
     elif isinstance(data.get("nodes"), list):
-        nodes = _from_node_objects(src, data["nodes"])
+        items, read = data["nodes"], _from_node_objects
     else:
         raise src.fail("sinfo|nodes", "no list of nodes at the top level (run `sinfo -N --json`)")
+    if not items:  # a controller that answers lists every node it has
+        raise src.unreadable(f"{src.who} listed no node at all; a controller with nodes lists "
+                             f"every one of them, and with none there is nothing to plan")
+    nodes = read(src, items)
     if names is not None:
         wanted = set(names)
         nodes = {n: v for n, v in nodes.items() if n in wanted}

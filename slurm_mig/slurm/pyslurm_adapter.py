@@ -8,14 +8,16 @@ num_nodes, ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waitin
 array_tasks_parallel, gres_per_node``; ``Node.name, state, partitions, configured_gres,
 allocated_gres, extra, comment, reason``).  docs/slurm-json.md says what that leaves out.
 
-``pyslurm`` is imported only when a reader is made without a ``module``.
+``pyslurm`` is imported only when a reader is made without a ``module``.  A ``load()`` that
+raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of no nodes is
+:class:`~slurm_mig.errors.SlurmUnreadable` (exit 9), as for the JSON commands.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import SlurmError
+from ..errors import SlurmError, SlurmUnreadable
 from . import gresspec
 from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
 
@@ -187,12 +189,30 @@ class PyslurmReader:
             self._module = import_pyslurm()
         return self._module
 
+    def _load(self, what: str) -> List[Any]:
+        """``pyslurm.<what>.load()`` as a list; its failure is SlurmUnreadable."""
+        module = self.module
+        errors = tuple(e for e in (getattr(module, "RPCError", None),)
+                       if isinstance(e, type) and issubclass(e, BaseException))
+        try:
+            return _values(getattr(module, what).load())
+        except errors + (OSError, ValueError) as err:  # RPCError; ValueError: the old API
+            raise SlurmUnreadable(f"cannot read Slurm: pyslurm {what}.load() failed: "
+                                  f"{type(err).__name__}: {err}; check slurmctld "
+                                  f"(`scontrol ping`) and rerun") from err
+
     def pending_jobs(self) -> List[PendingJob]:
-        jobs = [job_from_pyslurm(j) for j in _values(self.module.Jobs.load())]
+        jobs = [job_from_pyslurm(j) for j in self._load("Jobs")]
         return [j for j in jobs if j is not None]
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
-        nodes = {n.name: n for n in (node_from_pyslurm(x) for x in _values(self.module.Nodes.load()))}
+        loaded = self._load("Nodes")
+        if not loaded:
+            raise SlurmUnreadable("cannot read Slurm: pyslurm Nodes.load() listed no node at all; "
+                                  "a controller with nodes lists every one of them, and with none "
+                                  "there is nothing to plan; check slurmctld (`scontrol ping`) "
+                                  "and rerun")
+        nodes = {n.name: n for n in (node_from_pyslurm(x) for x in loaded)}
         if names is not None:
             nodes = {k: v for k, v in nodes.items() if k in set(names)}
         return nodes

@@ -6,6 +6,11 @@
   the reader keeps only PENDING records whatever the command printed.
 * :class:`~.pyslurm_adapter.PyslurmReader`: the optional pyslurm extra.
 
+Either raises :class:`~slurm_mig.errors.SlurmUnreadable` (exit 9, one line) when Slurm did
+not answer: the command failed, timed out or is missing, its JSON carries ``errors`` (22.05
+exits 0 with only that while slurmctld is down, after ~MessageTimeout), no node at all, or
+pyslurm raised.  Never an empty queue or an empty cluster in place of an answer.
+
 ``slurm_reader(prefer="auto")`` picks pyslurm when it can be imported, else the commands.
 """
 
@@ -14,10 +19,12 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
-from ..errors import SlurmError
+from ..errors import SlurmError, SlurmUnreadable
 from . import jsonread
-from .client import run_command
-from .model import NodeInfo, PendingJob
+from .client import failure_detail, run_command, run_process
+from .model import NodeInfo, PendingJob, SlurmOutputError
+
+__all__ = ["SlurmReader", "SlurmJsonClient", "slurm_reader", "run_command"]
 from .pyslurm_adapter import PyslurmReader, import_pyslurm
 
 
@@ -49,15 +56,30 @@ class SlurmJsonClient:
     def sinfo_argv(self) -> List[str]:
         return [self.sinfo, "-N", "--json"]
 
+    def _read(self, argv: List[str], command: str) -> str:
+        """The command's stdout; SlurmUnreadable when it is missing, does not finish, or
+        exits non-zero (quoting the ``errors`` of its JSON when it printed some)."""
+        done = run_process(argv, "cannot read Slurm", self.env, self.timeout,
+                           hint=jsonread.CHECK_SLURMCTLD, error=SlurmUnreadable)
+        if done.returncode != 0:
+            try:
+                jsonread.load(done.stdout, command)  # Slurm's own errors, if it printed JSON
+            except SlurmOutputError:
+                pass  # not JSON: stderr says why
+            raise SlurmUnreadable(f"cannot read Slurm: `{' '.join(argv)}` failed (exit "
+                                  f"{done.returncode}): {failure_detail(done)[:300]}; "
+                                  f"{jsonread.CHECK_SLURMCTLD}")
+        return done.stdout
+
     def pending_jobs(self) -> List[PendingJob]:
         argv = self.squeue_argv()
-        out = run_command(argv, "read the pending jobs", self.env, self.timeout)
-        return jsonread.read_pending_jobs(out, "squeue " + " ".join(argv[1:]))
+        command = "squeue " + " ".join(argv[1:])
+        return jsonread.read_pending_jobs(self._read(argv, command), command)
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
         argv = self.sinfo_argv()
-        out = run_command(argv, "read the nodes", self.env, self.timeout)
-        return jsonread.read_nodes(out, "sinfo " + " ".join(argv[1:]), names)
+        command = "sinfo " + " ".join(argv[1:])
+        return jsonread.read_nodes(self._read(argv, command), command, names)
 
 
 def pyslurm_importable() -> bool:

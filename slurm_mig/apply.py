@@ -352,7 +352,8 @@ def apply_node(
     gpus = sorted(wanted_by_gpu)
     backend = _job_aware(backend, state_dir)
     if dry_run:
-        return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, dry_run=True) for g in gpus]
+        return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, partial=partial,
+                          dry_run=True) for g in gpus]
     with node_lock(os.path.join(os.fspath(state_dir), "node.lock"), lock_timeout):
         if not partial:
             refusals, blocked = [], []

@@ -14,7 +14,7 @@ from . import catalog as catalog_mod
 from .config import Config
 from .devices import instance_devices, read_mig_minors
 from .errors import InputError, MigNotEnabled, NotSupported
-from .inventory import catalog_model, current_layout, gpu_model
+from .inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
 from .layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
 
 
@@ -180,8 +180,8 @@ def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_ru
     backend = JobAwareBackend(backend, config.paths.state_dir)
     wanted = {}
     infos = select_gpus(backend, gpu)
-    if not infos:
-        raise MigNotEnabled("no GPU on this node is in MIG mode; see `slurm-mig status`")
+    if not infos:  # --gpu all and no GPU in MIG mode: nothing applied, so not a success
+        raise no_mig_gpu(backend.gpus())
     for info in infos:
         model = gpu_model(backend, info)
         found = backend.instances(info.index)

@@ -7,7 +7,7 @@ the two (the driver's profiles win, the catalog fills gaps), and
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .catalog import GpuModel, load_catalog, observed_model
 from .errors import MigNotEnabled
@@ -29,6 +29,19 @@ def gpu_model(backend, info: GpuInfo) -> GpuModel:
             f"`nvidia-smi -i {info.index} -mig 1` (Ampere GPUs then need a reset)"
         )
     return observed_model(info.name, backend.profiles(info.index), catalog_model(info))
+
+
+def no_mig_gpu(infos: Sequence[GpuInfo]) -> MigNotEnabled:
+    """The error for a node none of whose GPUs is in MIG mode (``apply --gpu all``, ``sync``):
+    nothing was applied, so never a success (exit 4), naming each GPU's MIG state."""
+    if not infos:
+        return MigNotEnabled("the driver lists no GPU on this node; nothing to apply a MIG "
+                             "layout to; see `slurm-mig status`")
+    gpus = "; ".join(f"gpu {i.index} off" + (", on after a reset" if i.mig_pending else "")
+                     for i in infos)
+    return MigNotEnabled(f"no GPU on this node is in MIG mode ({gpus}); nothing was changed; "
+                         f"enable it with `nvidia-smi -i <index> -mig 1` (Ampere GPUs then need "
+                         f"a reset), see `slurm-mig status`")
 
 
 def current_layout(model: GpuModel, instances: Iterable[MigInstance]) -> Layout:

@@ -105,7 +105,7 @@ def apply_text(result: dict) -> str:
         for w in g.get("warnings", ()):
             out.append(f"  warning: {w}")
     out.extend(f"warning: {w}" for w in result.get("warnings", ()))
-    return "\n".join(out) if out else "no MIG GPUs to apply to"
+    return "\n".join(out)  # never empty: no GPU in MIG mode is exit 4 before (docs/apply.md)
 
 
 def _written(result: dict, what: str) -> str:

@@ -34,10 +34,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .apply import JobAwareBackend, apply_node
 from .commands import gres_conf, node_conf, node_gres_records
 from .config import Config
-from .errors import ConfigError, InputError, LayoutError, MigNotEnabled, SlurmError
+from .errors import ConfigError, InputError, LayoutError, SlurmError
 from .gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
                        node_gres_value)
-from .inventory import current_layout, gpu_model
+from .inventory import current_layout, gpu_model, no_mig_gpu
 from .layout import Layout, format_counts, format_layout, parse_layout
 from .slurm.scontrol import NodeStatus, parse_gres
 from .syncsteps import (StepLog, apply_layouts, apply_summary, check_registered, fit_reason, idle,
@@ -77,7 +77,7 @@ def resolve_wanted(config: Config, backend, layout: Optional[str] = None
     else:
         chosen = mig
     if not mig:
-        raise MigNotEnabled("no GPU on this node is in MIG mode; see `slurm-mig status`")
+        raise no_mig_gpu(infos)
     out: Dict[int, Tuple[str, Layout, str]] = {}
     for info in chosen:
         source = "--layout" if layout is not None else (

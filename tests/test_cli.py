@@ -149,3 +149,108 @@ def test_apply_to_gpu_not_in_mig_mode_says_how_to_enable(cli, node_config, tmp_p
     assert cli("sim", "init", "--mig-off", config=config)[0] == 0
     code, _, err = cli("apply", "7g.40gb:1", "--gpu", "0", config=config)
     assert code == 4 and "not in MIG mode" in err and "nvidia-smi -i 0 -mig 1" in err
+
+
+# -- docs/apply.md's decisions, each through the CLI: output and exit code together ---------
+
+EMPTY_TEXT = ("slurm-mig: error: empty layout text; write 'empty' to remove every instance, or "
+              "e.g. 3g.40gb@0,1g.10gb@6 or 1g.10gb:2,3g.40gb:1\n")
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_apply_empty_string_is_refused_exit_2_as_documented(cli, node_config, tmp_path, text):
+    """An unset shell variable must not mean "destroy every idle instance"."""
+    config = node_config(gpus=("A100-40GB",))
+    assert cli("apply", "1g.5gb:3", config=config)[0] == 0
+    before = tree_snapshot(tmp_path / "host")
+    assert cli("apply", text, config=config) == (2, "", EMPTY_TEXT)
+    code, out, err = cli("sync", "--layout", text, "--node", "n1", config=config)
+    assert (code, out) == (2, "") and err.endswith(EMPTY_TEXT[len("slurm-mig: error: "):])
+    assert tree_snapshot(tmp_path / "host") == before
+
+
+@pytest.mark.parametrize("word", ["empty", "none", "NONE", "Empty"])
+def test_apply_empty_or_none_means_no_instances_as_documented(cli, node_config, word):
+    config = node_config(gpus=("A100-40GB",))
+    assert cli("apply", "3g.20gb:2", config=config)[0] == 0
+    code, out, err = cli("apply", word, "--dry-run", config=config)
+    assert (code, err) == (0, "")
+    lines = [line.split(" (GI ")[0] for line in out.splitlines()]  # GI ids are the driver's
+    assert lines == ["GPU 0: 3g.20gb@0,3g.20gb@4 -> empty",
+                     "  would destroy 3g.20gb@0", "  would destroy 3g.20gb@4"]
+
+
+def test_apply_all_without_a_mig_gpu_exits_4_with_the_fix_as_documented(cli, node_config, tmp_path):
+    """Nothing was applied, so not a success (docs/apply.md once said exit 0)."""
+    config = node_config(gpus=("A100-40GB", "H100-80GB"))
+    assert cli("sim", "init", "--mig-off", config=config)[0] == 0
+    before = tree_snapshot(tmp_path / "host")
+    want = ("slurm-mig: error: no GPU on this node is in MIG mode (gpu 0 off; gpu 1 off); "
+            "nothing was changed; enable it with `nvidia-smi -i <index> -mig 1` (Ampere GPUs "
+            "then need a reset), see `slurm-mig status`\n")
+    assert cli("apply", "empty", config=config) == (4, "", want)
+    assert cli("apply", "empty", "--gpu", "all", "--dry-run", config=config) == (4, "", want)
+    assert cli("sync", "--layout", "empty", "--node", "n1", config=config) == (4, "", want)
+    assert tree_snapshot(tmp_path / "host") == before
+
+
+def test_dry_run_with_a_busy_instance_exits_as_the_real_run_as_documented(cli, node_config, tmp_path):
+    """5 without --partial (a warning says the real run refuses), 6 with it (no such
+    warning: the dry run used to ignore --partial); nothing changed by either."""
+    config = node_config(gpus=("A100-80GB",))
+    assert cli("apply", "1g.10gb:7", config=config)[0] == 0
+    gi = json.loads(cli("--json", "status", config=config)[1])["gpus"][0]["instances"][0]["gi_id"]
+    assert cli("sim", "attach", 0, gi, 4242, config=config)[0] == 0
+    before = tree_snapshot(tmp_path / "host")
+    plan = ["GPU 0: " + ",".join(f"1g.10gb@{i}" for i in range(7)) + " -> 3g.40gb@0,3g.40gb@4"]
+    plan += [f"  would destroy 1g.10gb@{i} (GI " for i in range(1, 7)]
+    plan += ["  would create 3g.40gb@4", f"  kept busy 1g.10gb@0 (GI {gi}, pids 4242)",
+             "  not created 3g.40gb@0: its space is held by a busy instance"]
+
+    code, out, err = cli("apply", "3g.40gb:2", "--dry-run", config=config)
+    lines = out.splitlines()
+    assert (code, err) == (5, "") and len(lines) == len(plan) + 1
+    assert all(line.startswith(p) for line, p in zip(lines, plan))
+    assert lines[-1].startswith("  warning: gpu 0 (GPU-") and lines[-1].endswith(
+        f"cannot apply 3g.40gb@0,3g.40gb@4: 1g.10gb@0 (gi {gi}) is in use by pid 4242; a real "
+        f"run refuses: wait for the jobs, drain the node, or pass --partial")
+    assert cli("apply", "3g.40gb:2", config=config)[0] == 5  # the real run: refused
+
+    code, out, err = cli("apply", "3g.40gb:2", "--dry-run", "--partial", config=config)
+    lines = out.splitlines()
+    assert (code, err) == (6, "") and len(lines) == len(plan)
+    assert all(line.startswith(p) for line, p in zip(lines, plan)) and "warning" not in out
+    assert tree_snapshot(tmp_path / "host") == before
+    assert cli("apply", "3g.40gb:2", "--partial", config=config)[0] == 6  # the real run
+
+
+def test_count_form_keeps_the_instances_the_gpu_has_as_documented(cli, node_config):
+    config = node_config(gpus=("A100-80GB",))
+    assert cli("apply", "1g.10gb:1", "--dry-run", config=config)[1].splitlines()[0] == \
+        "GPU 0: empty -> 1g.10gb@6"  # on an empty GPU: most room
+    assert cli("apply", "1g.10gb@0", config=config)[0] == 0
+    assert cli("apply", "1g.10gb:1", config=config) == (
+        0, "GPU 0: 1g.10gb@0 -> 1g.10gb@0: already matches, untouched\n", "")
+    gi = json.loads(cli("--json", "status", config=config)[1])["gpus"][0]["instances"][0]["gi_id"]
+    assert cli("sim", "attach", 0, gi, 4242, config=config)[0] == 0
+    code, out, err = cli("apply", "1g.10gb:2", config=config)  # busy @0 kept, not refused
+    lines = [line.split(" (GI ")[0] for line in out.splitlines()]
+    assert (code, err, lines) == (0, "", ["GPU 0: 1g.10gb@0 -> 1g.10gb@0,1g.10gb@1",
+                                          "  did create 1g.10gb@1"])
+
+
+def test_every_exit_code_is_documented():
+    """Each EXIT_* of slurm_mig/errors.py has its row in docs/exit-codes.md and its line in
+    errors.py's docstring, and no row names a code the code does not have."""
+    import os
+    import re
+
+    from slurm_mig import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "exit-codes.md")) as f:
+        rows = {int(m) for m in re.findall(r"^\| (\d+) \|", f.read(), re.M)}
+    assert rows - {130} == codes
+    doc = {int(m) for m in re.findall(r"^  (\d+)  ", errors.__doc__, re.M)}
+    assert doc == codes

@@ -31,9 +31,10 @@ no record of another job of this boot holds the instance; the simulator's state 
 mode, with a GPU instance of that id, profile and start, whose lowest compute instance
 has that id and no live process; the record's device files exist.  Then it writes the
 same job record the full prolog would (``created: false``).  The epilog's fast path
-(:func:`epilog`) runs when no wipe is asked and none of the job's processes is on any
-MIG instance: it removes the job record and reports the other jobs' processes it left
-alone, exactly as the full epilog does.
+(:func:`epilog`) runs when no wipe is asked, none of the job's processes is on any MIG
+instance and no stray (a process of no job, :mod:`slurm_mig.jobprocs`) is on the job's own
+instances: it removes the job record and reports the processes it left alone, exactly as
+the full epilog does.
 
 Only the simulator backend has a fast path; with NVML the hooks take the full path (one
 NVML init alone costs more than the whole fast path).  ``SLURM_MIG_HOOK_FAST=0``
@@ -47,7 +48,7 @@ import json
 import os
 import zlib
 
-from . import jobs, safefs
+from . import jobprocs, jobs, safefs
 from .errors import SlurmMigError
 
 FAST_ENV = "SLURM_MIG_HOOK_FAST"  #: "0": always the full path
@@ -233,13 +234,13 @@ def _sim_state(root: str) -> dict:
 def _live_pids(gi: dict) -> list:
     """Processes on a GPU instance, as the simulator lists them (tracked pids that ended dropped)."""
     return sorted({p["pid"] for ci in gi["cis"] for p in ci["procs"]
-                   if not p.get("track") or jobs.pid_alive(p["pid"])})
+                   if not p.get("track") or jobprocs.pid_alive(p["pid"])})
 
 
 # ----------------------------------------------------------------------------- prolog
 
 
-def prolog(environ, indexes: list) -> dict:
+def prolog(environ, indexes: list, proc_root: str = "/proc") -> dict:
     """The prolog when every fact checks out; raises :class:`Doubt` otherwise."""
     from .locking import node_lock
 
@@ -259,7 +260,7 @@ def prolog(environ, indexes: list) -> dict:
         wanted.append((i, records[i]))
     state_dir = cfg["state_dir"]
     with node_lock(os.path.join(state_dir, "node.lock"), cfg["lock_timeout"]):
-        boot = jobs.boot_id()
+        boot = jobs.boot_id(proc_root)
         held = jobs.holders(state_dir, boot)
         if held.warnings:  # a damaged record: the full prolog names it (and may refuse)
             raise Doubt(f"a job record is damaged ({held.warnings[0]})")
@@ -310,11 +311,15 @@ def _check(job: str, index: int, rec: dict, gpus: dict, state: dict, held: dict)
 # ----------------------------------------------------------------------------- epilog
 
 
-def epilog(environ, wipe_env: str) -> dict:
-    """The epilog when no wipe is asked and none of the job's processes is left."""
+def epilog(environ, wipe_env: str, proc_root: str = "/proc") -> dict:
+    """The epilog when no wipe is asked and neither a process of the job nor a stray is on
+    the job's instances (ownership as the full epilog decides it: :mod:`.jobprocs`)."""
     from .locking import node_lock
 
     job = _job(environ)
+    node = environ.get("SLURMD_NODENAME")
+    if not node:
+        raise Doubt("SLURMD_NODENAME is not set")
     cfg = load_settings(environ)
     if cfg["backend"] != "sim":
         raise Doubt(f"backend {cfg['backend']} (only the simulator has a fast path)")
@@ -323,8 +328,11 @@ def epilog(environ, wipe_env: str) -> dict:
         wipe = environ[wipe_env] in ("1", "yes", "true")
     if wipe:
         raise Doubt("the epilog wipes the job's instances")
+    state_dir = cfg["state_dir"]
+    own = _own_instances(state_dir, job)
+    judge = jobprocs.Judge(job, jobprocs.parse_uid(environ.get("SLURM_JOB_UID")), node, proc_root)
     state = _sim_state(cfg["sim_root"])
-    others = set()
+    others, strays = set(), set()
     for g in state["gpus"]:
         if not g["mig_current"]:
             continue
@@ -332,10 +340,15 @@ def epilog(environ, wipe_env: str) -> dict:
             raise Doubt(f"gpu {g['index']} in MIG mode without a model")
         for gi in g["gis"]:
             for pid in _live_pids(gi):
-                if jobs.job_of_pid(pid) == job:
+                kind = judge.judge(pid)[0]
+                if kind == jobprocs.MINE:
                     raise Doubt(f"pid {pid} of the job runs on gpu {g['index']} gi {gi['id']}")
-                others.add(pid)
-    state_dir = cfg["state_dir"]
+                if kind == jobprocs.STRAY and (g["index"], gi["id"]) in own:
+                    raise Doubt(f"stray pid {pid} on the job's gpu {g['index']} gi {gi['id']}")
+                if kind == jobprocs.OTHER:
+                    others.add(pid)
+                elif kind == jobprocs.STRAY:
+                    strays.add(pid)
     with node_lock(os.path.join(state_dir, "node.lock"), cfg["lock_timeout"]):
         try:
             record = jobs.read_job(state_dir, job)
@@ -343,7 +356,18 @@ def epilog(environ, wipe_env: str) -> dict:
             raise Doubt("the job record is unreadable") from None
         removed = jobs.remove_job(state_dir, job) if record is not None else False
     return {"job_id": job, "record": record is not None, "removed": removed, "ended": [],
-            "other_pids": sorted(others), "recreated": []}
+            "other_pids": sorted(others), "recreated": [], "strays": [],
+            "strays_left": sorted(strays)}
+
+
+def _own_instances(state_dir: str, job: str) -> set:
+    """(gpu, gi) the job's record holds (as :func:`slurm_mig.hooks._own_instances`)."""
+    reading = jobs.read_record(state_dir, job)
+    if reading is None:
+        return set()
+    if not reading.ok:
+        raise Doubt("the job record is unreadable")
+    return set(reading.pairs)
 
 
 # ----------------------------------------------------------------------------- helpers

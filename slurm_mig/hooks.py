@@ -13,8 +13,9 @@ prolog
   job, is refused; its device files must exist.  Then ``<state_dir>/jobs/<id>.json``
   records job -> instances.  No call to slurmctld.
 epilog
-  Ends the processes of this job (by cgroup or ``SLURM_JOB_ID`` in their environment) on
-  every MIG instance of the node, never another job's; optionally re-creates the job's
+  Ends the processes of this job on every MIG instance of the node, and the strays (processes
+  of no job) on the job's own instances, never another job's (ownership: :mod:`.jobprocs`,
+  from the cgroup path and the uid, never the environment); optionally re-creates the job's
   instances to wipe them (``SLURM_MIG_EPILOG_WIPE=1``); removes the job record.  No record:
   logged, exit 0 (epilogs may run twice).
 
@@ -136,14 +137,22 @@ def _node_gres(config, node: str) -> tuple:
     return (slurm_order(records, order) if records else records), text, include
 
 
-def _foreign_pids(pids: Sequence[int], job: str, proc_root: str) -> dict[int, str | None]:
-    from .jobs import job_of_pid
+def _judge(environ: Mapping[str, str], job: str, node: str, proc_root: str):
+    """How this job's hook tells its processes from others' and strays (:mod:`.jobprocs`)."""
+    from .jobprocs import Judge, parse_uid
 
-    out = {}
-    for pid in pids:
-        owner = job_of_pid(pid, proc_root)
-        if owner != job:
-            out[pid] = owner
+    return Judge(job, parse_uid(environ.get("SLURM_JOB_UID")), node, proc_root)
+
+
+def _foreign_pids(pids: Sequence[int], judge) -> list[str]:
+    """Each process on an instance that is not the job's, described: pid, uid and why."""
+    from .jobprocs import MINE, describe
+
+    out = []
+    for pid in sorted(set(pids)):
+        kind, uid, why, _ = judge.judge(pid)
+        if kind != MINE:
+            out.append(describe(pid, uid, why))
     return out
 
 
@@ -186,7 +195,8 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
         gpus = {g.minor: g for g in backend.gpus()}
         cache: dict = {}
         # Every index is checked before anything changes: a refusal leaves the GPUs as they were.
-        plans = [_check(backend, job, i, records[i], gpus, minors, reverse, held, cache, proc_root)
+        judge = _judge(environ, job, node, proc_root)
+        plans = [_check(backend, job, i, records[i], gpus, minors, reverse, held, cache, judge)
                  for i in indexes]
         got = [_realise(backend, plan) for plan in plans]
         record = {"version": 1, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),
@@ -282,7 +292,7 @@ def _resolve(backend, index, rec, gpus, minors, reverse, cache) -> tuple:
     return info, gi, ci, profile, model, where
 
 
-def _check(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_root) -> dict:
+def _check(backend, job, index, rec, gpus, minors, reverse, held, cache, judge) -> dict:
     """Everything the prolog checks for one index, changing nothing: the record's static
     facts (:func:`_resolve`), who holds the instance, its profile, placement and ids, its
     processes, its device files.  Returns the plan :func:`_realise` carries out: ``action``
@@ -325,11 +335,10 @@ def _check(backend, job, index, rec, gpus, minors, reverse, held, cache, proc_ro
     if inst.ci_id != ci:
         raise InstanceMismatch(f"{where}: the GPU instance's compute instance is ci {inst.ci_id}, "
                                f"gres.conf names ci {ci}; {FIX_GRES}")
-    foreign = _foreign_pids(inst.pids, job, proc_root)
+    foreign = _foreign_pids(inst.pids, judge)
     if foreign:
-        who = ", ".join(f"pid {p} ({'job ' + o if o else 'no job'})" for p, o in sorted(foreign.items()))
-        raise InstanceRefused(f"{where} has processes not of this job: {who}; end them "
-                              f"(or run the owner's epilog), then resume the node")
+        raise InstanceRefused(f"{where} has processes not of this job: {'; '.join(foreign)}; end "
+                              f"them (or run the owning job's epilog), then resume the node")
     _check_files(rec, where)
     return plan
 
@@ -400,25 +409,41 @@ def _with_context(err: SlurmMigError, message: str) -> SlurmMigError:
 
 def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/proc",
            wipe: bool = False, grace: float = 5.0) -> dict:
-    """End this job's processes on the node's MIG instances, then drop its record."""
-    from .jobs import check_job_id, end_processes, job_of_pid, read_job, remove_job
+    """End this job's processes on the node's MIG instances and the strays on its own
+    instances, then drop its record."""
+    from .jobs import check_job_id, read_job, remove_job
+    from .jobprocs import MINE, OTHER, STRAY, end_processes
     from .locking import node_lock
 
     job = check_job_id(environ.get("SLURM_JOB_ID"))
     state_dir = config.paths.state_dir
-    mine: list[int] = []
-    others: list[int] = []
+    judge = _judge(environ, job, node_name(environ), proc_root)
+    own = _own_instances(state_dir, job)
+    mine: set[int] = set()
+    others: set[int] = set()
+    strays: dict[int, tuple] = {}
+    elsewhere: set[int] = set()
     for info in backend.gpus():
         if not info.mig_current:
             continue
         for inst in backend.instances(info.index):
             for pid in inst.pids:
-                (mine if job_of_pid(pid, proc_root) == job else others).append(pid)
-    ended, alive = end_processes(sorted(set(mine)), grace) if mine else ([], [])
+                kind, uid, why, _ = judge.judge(pid)
+                if kind == MINE:
+                    mine.add(pid)
+                elif kind == OTHER:
+                    others.add(pid)
+                elif kind == STRAY and (info.index, inst.gi_id) in own:
+                    strays[pid] = (uid, why)
+                elif kind == STRAY:
+                    elsewhere.add(pid)
+    targets = sorted(mine | set(strays))
+    ended, alive = end_processes(targets, grace) if targets else ([], [])
     if alive:
-        raise GpuError(f"processes {', '.join(map(str, alive))} of the job still run on its MIG "
-                       f"instance(s) after SIGKILL; check them (ps -o stat,wchan -p ...), the "
-                       f"job record stays so that no job gets the instance; resume when gone")
+        raise GpuError(f"processes {', '.join(map(str, alive))} of the job or stray on its "
+                       f"instances still run on MIG instance(s) after SIGKILL; check them (ps -o "
+                       f"stat,wchan -p ...), the job record stays so that no job gets the "
+                       f"instance; resume when gone")
     recreated: list = []
     warnings: list = []
     moved = None
@@ -443,8 +468,19 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
                 recreated = _wipe(backend, job, reading.record, holders(state_dir, boot), warnings)
             removed = remove_job(state_dir, job)  # last: a rerun after a kill finishes the wipe
     return {"job_id": job, "record": reading is not None, "removed": removed, "ended": ended,
-            "other_pids": sorted(set(others)), "recreated": recreated, "moved_to": moved,
-            "warnings": warnings}
+            "other_pids": sorted(others), "recreated": recreated, "moved_to": moved,
+            "warnings": warnings,
+            "strays": [[pid, uid, why] for pid, (uid, why) in sorted(strays.items())],
+            "strays_left": sorted(elsewhere - set(strays))}
+
+
+def _own_instances(state_dir: str, job: str) -> set:
+    """(gpu, gi) of the instances the job's record names (as numbers, even in a damaged
+    record); none without a record."""
+    from .jobs import read_record
+
+    reading = read_record(state_dir, job)
+    return set(reading.pairs) if reading is not None else set()
 
 
 def _wipe(backend, job: str, record: dict, held, notes: list) -> list[dict]:
@@ -568,7 +604,7 @@ def _record_error(config, line: str) -> None:
         pass
 
 
-def _fast(which: str, environ: Mapping[str, str]) -> dict | None:
+def _fast(which: str, environ: Mapping[str, str], proc_root: str) -> dict | None:
     """The hook's result through :mod:`.hookfast`, or None: then the full hook runs."""
     from . import hookfast
 
@@ -576,9 +612,10 @@ def _fast(which: str, environ: Mapping[str, str]) -> dict | None:
         return None
     try:
         if which == "prolog":
-            result = hookfast.prolog(environ, parse_job_gpus(environ.get("SLURM_JOB_GPUS")))
+            result = hookfast.prolog(environ, parse_job_gpus(environ.get("SLURM_JOB_GPUS")),
+                                     proc_root)
         else:
-            result = hookfast.epilog(environ, WIPE_ENV)
+            result = hookfast.epilog(environ, WIPE_ENV, proc_root)
     except (hookfast.Doubt, SlurmMigError, OSError, ValueError, KeyError, TypeError,
             AttributeError, IndexError) as err:
         if environ.get(hookfast.REPORT_ENV) == "1":
@@ -596,9 +633,18 @@ def _epilog_messages(job: str, result: dict) -> None:
     if not result["record"]:
         sys.stderr.write(f"slurm-mig epilog: job {job}: no job record (already cleaned up, or the "
                          f"job had no gpu); nothing to do\n")
+    if result.get("strays"):
+        from .jobprocs import describe
+
+        sys.stderr.write(f"slurm-mig epilog: job {job}: ended stray processes on its instances: "
+                         + "; ".join(describe(*s) for s in result["strays"]) + "\n")
     if result["other_pids"]:
         sys.stderr.write(f"slurm-mig epilog: job {job}: left pids "
                          f"{', '.join(map(str, result['other_pids']))} alone (other jobs')\n")
+    if result.get("strays_left"):
+        sys.stderr.write(f"slurm-mig epilog: job {job}: left pids "
+                         f"{', '.join(map(str, result['strays_left']))} alone (no job's, on "
+                         f"instances this job did not hold; a prolog there refuses them)\n")
 
 
 def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
@@ -613,8 +659,8 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
 
             check_job_id(environ.get("SLURM_JOB_ID"))
             return 0  # a job without gpus: nothing to do, nothing loaded
-        if config is None and backend is None and proc_root == "/proc":
-            fast = _fast(which, environ)
+        if config is None and backend is None:
+            fast = _fast(which, environ, proc_root)
             if fast is not None:
                 if which == "epilog":
                     _epilog_messages(job, fast)

@@ -21,7 +21,7 @@ from slurm_mig.gpu import simdriver
 from slurm_mig.gpu.sim import SimBackend
 
 import test_hooks
-from test_hooks import NODE, Node, one_error_line, run_sub
+from test_hooks import NO_JOB, NODE, Node, one_error_line, run_sub, v1
 
 node = test_hooks.node  # the fixture, shared with test_hooks.py
 FAST = "fast path"
@@ -30,7 +30,7 @@ FAST = "fast path"
 def hook(node: Node, which: str, env: dict, capsys) -> tuple:
     """Run a hook in-process with the report on: (exit code, path taken, other stderr)."""
     env = dict(env, **{hookfast.REPORT_ENV: "1"})
-    code = hooks.run_hook(which, env)
+    code = hooks.run_hook(which, env, proc_root=node.proc)
     out, err = capsys.readouterr()
     assert out == ""
     report = f"slurm-mig {which}: job {env.get('SLURM_JOB_ID')}: "
@@ -41,7 +41,7 @@ def hook(node: Node, which: str, env: dict, capsys) -> tuple:
 
 def full_only(node: Node, which: str, env: dict, capsys) -> tuple:
     """The same hook with the fast path switched off: (exit code, stderr)."""
-    code = hooks.run_hook(which, dict(env, **{hookfast.FAST_ENV: "0"}))
+    code = hooks.run_hook(which, dict(env, **{hookfast.FAST_ENV: "0"}), proc_root=node.proc)
     out, err = capsys.readouterr()
     return code, err
 
@@ -127,7 +127,7 @@ def test_fast_epilog_without_a_record_says_so(warm, capsys):
 def test_fast_epilog_names_other_jobs_processes_and_leaves_them(warm, capsys):
     rec = warm.records()[2]
     assert hook(warm, "prolog", warm.env("16", "1"), capsys)[:2] == (0, FAST)
-    theirs = warm.spawn("99")
+    theirs = warm.spawn(v1("99"))
     warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, theirs.pid, track=True)
     code, path, err = hook(warm, "epilog", warm.env("16"), capsys)
     assert (code, path) == (0, FAST)
@@ -300,11 +300,11 @@ def test_instance_held_by_another_job_falls_back_to_exit_5(warm, capsys):
 
 def test_instance_with_processes_falls_back(warm, capsys):
     rec = warm.records()[6]
-    other = warm.spawn("77")
+    other = warm.spawn(v1("77"))
     warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, other.pid, track=True)
     env = warm.env("42", "6")
     code, err = _expect_full(warm, "prolog", env, capsys, "processes run on it")
-    assert code == 5 and f"pid {other.pid} (job 77)" in one_error_line(err, "42")
+    assert code == 5 and f"pid {other.pid} (uid 1000) belongs to job 77" in one_error_line(err, "42")
     assert full_only(warm, "prolog", env, capsys) == (code, err)
     other.kill()
     other.wait()
@@ -343,12 +343,38 @@ def test_a_snapshot_of_another_node_is_not_used(warm, capsys):
 def test_epilog_with_the_jobs_process_takes_the_full_path_and_ends_it(warm, capsys):
     rec = warm.records()[2]
     assert hook(warm, "prolog", warm.env("50", "2"), capsys)[:2] == (0, FAST)
-    mine = warm.spawn("50")
+    mine = warm.spawn(v1("50"))
     warm.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, mine.pid, track=True)
     code, err = _expect_full(warm, "epilog", warm.env("50"), capsys, f"pid {mine.pid} of the job")
     assert (code, err) == (0, "")
     mine.wait(timeout=10)
     assert warm.record_of("50") is None
+
+
+def test_epilog_with_a_stray_on_the_jobs_instance_takes_the_full_path_and_ends_it(warm, capsys):
+    assert hook(warm, "prolog", warm.env("53", "3"), capsys)[:2] == (0, FAST)
+    stray = warm.spawn(NO_JOB, environ=b"SLURM_JOB_ID=99\0")
+    warm.attach(stray, 3)
+    code, err = _expect_full(warm, "epilog", warm.env("53"), capsys, f"stray pid {stray.pid} on the job's")
+    assert code == 0 and err.startswith(f"slurm-mig epilog: job 53: ended stray processes on its "
+                                        f"instances: pid {stray.pid} (uid 1000) belongs to no Slurm job")
+    stray.wait(timeout=10)
+    assert warm.record_of("53") is None
+
+
+def test_fast_epilog_leaves_a_stray_on_another_instance_and_names_it(warm, capsys):
+    assert hook(warm, "prolog", warm.env("54", "3"), capsys)[:2] == (0, FAST)
+    stray = warm.spawn(NO_JOB, environ=b"SLURM_JOB_ID=54\0")
+    warm.attach(stray, 4)
+    code, path, err = hook(warm, "epilog", warm.env("54"), capsys)
+    assert (code, path) == (0, FAST)
+    assert err == (f"slurm-mig epilog: job 54: left pids {stray.pid} alone (no job's, on instances "
+                   f"this job did not hold; a prolog there refuses them)\n")
+    assert stray.poll() is None and warm.record_of("54") is None
+    assert full_only(warm, "epilog", warm.env("54"), capsys) == (0, (
+        "slurm-mig epilog: job 54: no job record (already cleaned up, or the job had no gpu); "
+        f"nothing to do\nslurm-mig epilog: job 54: left pids {stray.pid} alone (no job's, on "
+        "instances this job did not hold; a prolog there refuses them)\n"))
 
 
 def test_epilog_wipe_takes_the_full_path(warm, capsys):

@@ -4,6 +4,10 @@ The node: three simulated A100-40GB, seven 1g.5gb instances each, gres.conf and 
 include written by ``slurm-mig gres-conf/node-conf --write``.  Hooks run in-process
 (:func:`slurm_mig.hooks.run_hook`) and as ``python -m slurm_mig.hooks`` subprocesses with the
 environment slurmd would give them.
+
+Processes on instances are real (``sleep``); which job each belongs to comes from a fake
+``/proc`` tree (``Node.proc``: its ``cgroup`` and ``status`` files, and an ``environ`` a job
+could forge), handed to the in-process hooks as ``proc_root``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ from slurm_mig.gpu import nvmlcodes
 from slurm_mig.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
 
 NODE = "n1"
+JOB_UID = 1000  #: SLURM_JOB_UID of every hook here
+
+
+def v1(job: str, uid: int = JOB_UID, prefix: str = f"slurm_{NODE}") -> str:
+    """/proc/<pid>/cgroup of a task of ``job`` under Slurm's cgroup/v1 (several controllers,
+    as measured in the sandbox: only freezer and devices are Slurm's)."""
+    return (f"9:name=systemd:/\n6:freezer:/{prefix}/uid_{uid}/job_{job}/step_0\n"
+            f"5:devices:/{prefix}/uid_{uid}/job_{job}/step_0/task_0\n4:memory:/\n1:cpu:/\n0::/\n")
+
+
+def v2(job: str, scope: str = "slurmstepd.scope") -> str:
+    """The same under Slurm's cgroup/v2."""
+    return f"0::/system.slice/{scope}/job_{job}/step_0/user/task_0\n"
+
+
+NO_JOB = "0::/user.slice/user-1000.slice/session-4.scope\n"
 
 
 @dataclass
@@ -35,10 +55,22 @@ class Node:
     config: object
     driver: SimDriver
     procs: List[subprocess.Popen]
+    proc: str  #: the fake /proc tree the in-process hooks read
+
+    def fake_proc(self, pid: int, cgroup: str, uid: int = JOB_UID, environ: bytes = b"") -> None:
+        """What ``<proc>/<pid>`` says of a process: its cgroup, real uid and environment."""
+        d = os.path.join(self.proc, str(pid))
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "cgroup"), "w") as f:
+            f.write(cgroup)
+        with open(os.path.join(d, "status"), "w") as f:
+            f.write(f"Name:\tsleep\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t0\t0\t0\t0\n")
+        with open(os.path.join(d, "environ"), "wb") as f:
+            f.write(environ)
 
     def env(self, job: Optional[str], gpus: Optional[str] = None, **extra) -> Dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
-               "SLURM_MIG_CONFIG": self.config_path, "SLURM_JOB_UID": "1000"}
+               "SLURM_MIG_CONFIG": self.config_path, "SLURM_JOB_UID": str(JOB_UID)}
         if job is not None:
             env["SLURM_JOB_ID"] = job
         if gpus is not None:
@@ -57,23 +89,32 @@ class Node:
     def record_of(self, job: str):
         return jobs.read_job(self.config.paths.state_dir, job)
 
-    def spawn(self, job: str) -> subprocess.Popen:
-        """A real process that belongs to job ``job`` (by its environment)."""
-        env = dict(os.environ, SLURM_JOB_ID=job)
-        proc = subprocess.Popen(["sleep", "60"], env=env)
+    def spawn(self, cgroup: str, uid: int = JOB_UID, environ: bytes = b"",
+              argv: Optional[List[str]] = None) -> subprocess.Popen:
+        """A real process whose fake /proc entry says ``cgroup``, ``uid`` and ``environ``."""
+        proc = subprocess.Popen(argv or ["sleep", "60"])
         self.procs.append(proc)
+        self.fake_proc(proc.pid, cgroup, uid, environ)
         return proc
+
+    def attach(self, proc: subprocess.Popen, index: int) -> None:
+        """Show ``proc`` on gres record ``index``'s instance (tracked: dropped once it ends)."""
+        rec = self.records()[index]
+        self.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, proc.pid, track=True)
 
 
 @pytest.fixture
-def node(cli, node_config):
+def node(cli, node_config, tmp_path):
     config_path = node_config(gpus=("A100-40GB",) * 3)
     assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
     for cmd in ("gres-conf", "node-conf"):
         code, _, err = cli(cmd, "--node", NODE, "--write", config=config_path)
         assert code == 0, err
     config = load_config(config_path)
-    n = Node(config_path, config, SimDriver(config.sim.root), [])
+    proc = tmp_path / "fakeproc"
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(jobs.boot_id() or "")
+    n = Node(config_path, config, SimDriver(config.sim.root), [], str(proc))
     yield n
     for p in n.procs:
         if p.poll() is None:
@@ -82,7 +123,7 @@ def node(cli, node_config):
 
 
 def run(node: Node, which: str, env: Dict[str, str], capsys) -> tuple:
-    code = hooks.run_hook(which, env)
+    code = hooks.run_hook(which, env, proc_root=node.proc)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -234,12 +275,12 @@ def test_instance_held_by_another_job_is_refused(node, capsys):
 
 
 def test_instance_with_another_jobs_processes_is_refused(node, capsys):
-    rec = node.records()[6]
-    other = node.spawn("77")
-    node.driver.attach_process(rec.gpu, rec.gi_id, rec.ci_id, other.pid, track=True)
+    other = node.spawn(v1("77"))
+    node.attach(other, 6)
     code, _, err = run(node, "prolog", node.env("52", "6"), capsys)
     assert code == 5
-    assert f"has processes not of this job: pid {other.pid} (job 77)" in one_error_line(err, "52")
+    assert (f"has processes not of this job: pid {other.pid} (uid 1000) belongs to job 77: its "
+            f"cgroup is devices:/slurm_n1/uid_1000/job_77/step_0/task_0; end them") in one_error_line(err, "52")
 
 
 def test_record_from_an_earlier_boot_does_not_hold_the_instance(node, capsys):
@@ -262,9 +303,9 @@ def test_epilog_ends_only_the_jobs_processes_and_drops_its_record(node, capsys):
     recs = node.records()
     assert run(node, "prolog", node.env("60", "0,1"), capsys)[0] == 0
     assert run(node, "prolog", node.env("61", "2"), capsys)[0] == 0
-    mine = [node.spawn("60"), node.spawn("60")]
-    theirs = node.spawn("61")
-    stray = node.spawn("60")  # a process of job 60 on job 61's instance: still job 60's
+    mine = [node.spawn(v1("60")), node.spawn(v2("60"))]
+    theirs = node.spawn(v1("61"))
+    stray = node.spawn(v1("60"))  # a process of job 60 on job 61's instance: still job 60's
     node.driver.attach_process(recs[0].gpu, recs[0].gi_id, 0, mine[0].pid, track=True)
     node.driver.attach_process(recs[1].gpu, recs[1].gi_id, 0, mine[1].pid, track=True)
     node.driver.attach_process(recs[2].gpu, recs[2].gi_id, 0, theirs.pid, track=True)
@@ -317,6 +358,7 @@ def test_sim_run_attaches_the_job_and_reports_what_it_reached(node, capsys, tmp_
     proc = subprocess.Popen([sys.executable, "-m", "slurm_mig.hooks", "sim-run", "--out", out,
                              "--", "sleep", "60"], env=node.env("70", "11"))
     node.procs.append(proc)
+    node.fake_proc(proc.pid, v1("70"))
     deadline = time.monotonic() + 20
     while not os.path.exists(out) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -330,6 +372,19 @@ def test_sim_run_attaches_the_job_and_reports_what_it_reached(node, capsys, tmp_
     assert run(node, "epilog", node.env("70"), capsys)[0] == 0
     proc.wait(timeout=15)  # ended (psutil may reap it first: then no status is left here)
     assert node.instance(rec.gpu, rec.gi_id).pids == ()
+
+
+def test_sim_run_never_writes_its_report_through_a_planted_link(node, capsys, tmp_path):
+    assert run(node, "prolog", node.env("71", "11"), capsys)[0] == 0
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "seen.json"
+    out.symlink_to(victim)
+    done = subprocess.run([sys.executable, "-m", "slurm_mig.hooks", "sim-run", "--out", str(out)],
+                          env=node.env("71", "11"), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "symbolic link is never followed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert victim.read_text() == "precious\n"
 
 
 def test_twenty_concurrent_prologs_then_epilogs_lose_no_update(node):
@@ -391,51 +446,78 @@ def test_cli_prolog_and_epilog_are_the_same_hooks(node, cli, monkeypatch):
     assert node.record_of("90") is None
 
 
-# ----------------------------------------------------------------------------- job of a pid
+# ----------------------------------------------------------------------------- who owns a process
+
+FORGED = b"PATH=/bin\0SLURM_JOB_ID=200\0"  # `env -i SLURM_JOB_ID=200 ...`: anyone can write it
+USER_JOB_200 = "0::/user.slice/user-1000.slice/user@1000.service/job_200\n"  # the user's own cgroup
 
 
-def _fake_proc(tmp_path, pid: int, cgroup: str, environ: bytes) -> str:
-    d = tmp_path / "proc" / str(pid)
-    d.mkdir(parents=True)
-    (d / "cgroup").write_text(cgroup)
-    (d / "environ").write_bytes(environ)
-    return str(tmp_path / "proc")
+@pytest.mark.parametrize("cgroup", [NO_JOB, USER_JOB_200], ids=["no-job-cgroup", "user-made-job_200"])
+def test_a_forged_slurm_job_id_does_not_make_a_process_that_jobs(node, capsys, cgroup):
+    assert run(node, "prolog", node.env("300", "4"), capsys)[0] == 0
+    assert run(node, "prolog", node.env("200", "5"), capsys)[0] == 0
+    forged = node.spawn(cgroup, environ=FORGED)
+    node.attach(forged, 4)  # on job 300's instance
+    code, out, err = run(node, "epilog", node.env("200"), capsys)
+    assert (code, out) == (0, "")
+    assert err == (f"slurm-mig epilog: job 200: left pids {forged.pid} alone (no job's, on instances "
+                   f"this job did not hold; a prolog there refuses them)\n")
+    assert _alive(forged)
+    code, out, err = run(node, "epilog", node.env("300"), capsys)
+    assert (code, out) == (0, "")
+    assert err == (f"slurm-mig epilog: job 300: ended stray processes on its instances: pid "
+                   f"{forged.pid} (uid 1000) belongs to no Slurm job: its cgroup is {cgroup[3:-1]}\n")
+    forged.wait(timeout=10)
+    assert node.record_of("300") is None
 
 
-@pytest.mark.parametrize("cgroup, job", [
-    ("0::/system.slice/slurmstepd.scope/job_812/step_0/user/task_0\n", "812"),
-    ("12:devices:/slurm/uid_1000/job_44\n0::/\n", "44"),
-    ("0::/job_12x/job_7/\n", "7"),
-    ("0::/user.slice/user-0.slice/session-1.scope\n", "from-env"),
-])
-def test_job_of_pid_reads_the_cgroup_then_the_environment(tmp_path, cgroup, job):
-    proc = _fake_proc(tmp_path, 4242, cgroup, b"A=1\0SLURM_JOB_ID=from-env\0")
-    assert jobs.job_of_pid(4242, proc) == job
+def test_a_forged_slurm_job_id_does_not_let_that_job_share_the_instance(node, capsys):
+    forged = node.spawn(USER_JOB_200, environ=FORGED)
+    node.attach(forged, 6)
+    why = (f"pid {forged.pid} (uid 1000) belongs to no Slurm job: its cgroup is "
+           f"/user.slice/user-1000.slice/user@1000.service/job_200")
+    for job in ("200", "400"):
+        code, _, err = run(node, "prolog", node.env(job, "6"), capsys)
+        assert code == 5
+        assert f"has processes not of this job: {why}; end them" in one_error_line(err, job)
+        assert node.record_of(job) is None
 
 
-def test_job_of_pid_reads_again_an_environment_that_is_empty_during_exec(tmp_path):
-    import threading
+@pytest.mark.parametrize("cgroup, uid, why", [
+    (v2("60"), 1001, "is in job 60's cgroup but runs as uid 1001, not the job's uid 1000"),
+    (v1("60", uid=1001), 1001, "is in job 60's cgroup but runs as uid 1001, not the job's uid 1000"),
+    (v1("60"), 1001, "belongs to no Slurm job: its cgroup is devices:/slurm_n1/uid_1000/job_60/step_0/"
+                     "task_0, which is uid 1000's, but it runs as uid 1001"),
+], ids=["v2", "v1-path-and-process-uid-1001", "v1-path-uid-1000-process-uid-1001"])
+def test_a_process_of_another_uid_is_not_the_jobs(node, capsys, cgroup, uid, why):
+    assert run(node, "prolog", node.env("61", "2"), capsys)[0] == 0
+    other = node.spawn(cgroup, uid=uid)
+    node.attach(other, 2)  # on job 61's instance: job 60's epilog must leave it alone
+    node.attach(other, 3)  # on a free instance: job 60's prolog must refuse it
+    code, _, err = run(node, "prolog", node.env("60", "3"), capsys)
+    assert code == 5
+    assert f"has processes not of this job: pid {other.pid} (uid {uid}) {why}; end" in one_error_line(err, "60")
+    code, _, err = run(node, "epilog", node.env("60"), capsys)
+    assert code == 0 and f"left pids {other.pid} alone (no job's" in err
+    assert _alive(other)
 
-    proc = _fake_proc(tmp_path, 4243, "0::/\n", b"")
-    path = os.path.join(proc, "4243", "environ")
-    timer = threading.Timer(0.03, lambda: open(path, "wb").write(b"SLURM_JOB_ID=70\0"))
-    timer.start()
-    try:
-        assert jobs.job_of_pid(4243, proc) == "70"
-    finally:
-        timer.join()
-    open(path, "wb").close()
-    assert jobs.job_of_pid(4243, proc) is None  # a process without environment, after the retry
 
-
-def test_sim_run_never_writes_its_report_through_a_planted_link(node, capsys, tmp_path):
-    assert run(node, "prolog", node.env("71", "11"), capsys)[0] == 0
-    victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    out = tmp_path / "seen.json"
-    out.symlink_to(victim)
-    done = subprocess.run([sys.executable, "-m", "slurm_mig.hooks", "sim-run", "--out", str(out)],
-                          env=node.env("71", "11"), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "symbolic link is never followed" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert victim.read_text() == "precious\n"
+def test_the_epilog_ends_a_stray_on_its_instance_after_the_grace(node, capsys, tmp_path):
+    got = tmp_path / "got-term"
+    ready = tmp_path / "ready"
+    code = (f"import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: open({str(got)!r}, 'w').write('TERM'))\n"
+            f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
+    stray = node.spawn(NO_JOB, uid=0, argv=[sys.executable, "-c", code])
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert run(node, "prolog", node.env("65", "13"), capsys)[0] == 0
+    node.attach(stray, 13)
+    code, out, err = run(node, "epilog", node.env("65", **{hooks.GRACE_ENV: "0.2"}), capsys)
+    assert (code, out) == (0, "")
+    assert err == (f"slurm-mig epilog: job 65: ended stray processes on its instances: pid {stray.pid} "
+                   f"(uid 0) belongs to no Slurm job: its cgroup is /user.slice/user-1000.slice/"
+                   f"session-4.scope\n")
+    stray.wait(timeout=10)
+    assert got.read_text() == "TERM"  # it ignored SIGTERM: SIGKILL, after the grace, ended it
+    assert node.instance(node.records()[13].gpu, node.records()[13].gi_id).pids == ()

@@ -14,6 +14,8 @@ to keep the cluster's directory.
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 import time
 from typing import Dict, List
 
@@ -24,7 +26,7 @@ from slurm_mig.gpu.sim import SimBackend
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.sandbox import missing_requirements
 
-from sbx import Sbx, sandbox
+from sbx import Sbx, sandbox, until
 
 MISSING = missing_requirements()
 pytestmark = [pytest.mark.slurm,
@@ -138,3 +140,63 @@ def test_prolog_that_cannot_realise_the_instance_drains_the_node_and_requeues_th
         sbx.cluster.command(["scancel", str(job)], check=False)
         SimDriver(cfg.sim.root).clear_faults()
         sbx.cluster.resume("n1")
+
+
+# Moves process argv[1] out of the Slurm cgroups it is in, to the root of each hierarchy (the
+# sandbox runs jobs as root): Slurm's proctrack then no longer ends it with the job, as it
+# does not for a user's process that got away where proctrack is not cgroup-based.
+ESCAPE = textwrap.dedent("""\
+    import sys
+    pid = sys.argv[1]
+    for line in open(f"/proc/{pid}/cgroup"):
+        hier, controllers, path = line.rstrip("\\n").split(":", 2)
+        if "slurm" in path:
+            root = "/sys/fs/cgroup" if hier == "0" else f"/sys/fs/cgroup/{controllers}"
+            with open(f"{root}/cgroup.procs", "w") as f:
+                f.write(pid)
+    """)
+# The job: a process that stays on its instances after it ends, saying it is another job's.
+FORGER = textwrap.dedent("""\
+    #!/bin/bash
+    export SLURM_MIG_CONFIG={root}/nodes/$SLURMD_NODENAME/config.toml
+    (
+      {python} {root}/escape.py $BASHPID
+      exec {python} -m slurm_mig.hooks sim-run --out {root}/seen/$SLURM_JOB_ID.json -- \\
+          env -i SLURM_JOB_ID=$((SLURM_JOB_ID - 1)) sleep 600
+    ) </dev/null >/dev/null 2>&1 &
+    for i in $(seq 600); do [ -s {root}/seen/$SLURM_JOB_ID.json ] && break; sleep 0.05; done
+    """)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: this sandbox's init may not reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 1:].split()[0] != b"Z"
+
+
+def test_a_process_left_on_the_instances_with_a_forged_job_id_is_ended_and_drains_nothing(sbx):
+    with open(os.path.join(sbx.root, "escape.py"), "w") as f:
+        f.write(ESCAPE)
+    backend = SimBackend(sbx.config("n1").sim.root)
+    job = sbx.cluster.submit(["--gres=gpu:1g.5gb:7", "-w", "n1"],
+                             FORGER.format(root=sbx.root, python=sys.executable))
+    pid = None
+    try:
+        assert sbx.cluster.wait_job(job, timeout=60).state == "COMPLETED"
+        pid = sbx.seen(job)["pid"]
+        until("the epilog ended the process", lambda: not _running(pid) and not sbx.job_records("n1"))
+        assert [m.pids for m in backend.instances(0)] == [()] * 7
+        after = sbx.submit(["--gres=gpu:1g.5gb:7", "-w", "n1"])
+        assert sbx.cluster.wait_job(after, timeout=60).state == "COMPLETED"
+        n1 = sbx.cluster.status()["n1"]
+        assert "DRAIN" not in n1.flags, (n1, sbx.slurmd_log("n1")[-3000:])
+    finally:
+        if pid is not None and _running(pid):
+            os.kill(pid, 9)
+        sbx.cluster.command(["scancel", str(job)], check=False)
+        if "DRAIN" in sbx.cluster.status()["n1"].flags:
+            sbx.cluster.resume("n1")

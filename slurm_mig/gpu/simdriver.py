@@ -37,7 +37,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from ..catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
-from ..jobs import pid_alive
+from ..jobprocs import pid_alive
 from ..layout import is_media_extension
 from ..safefs import ensure_dir, open_file
 from ..slurmfiles import write_atomic, write_json_atomic

@@ -205,7 +205,7 @@ class Judge:
             self._init = init_dir(self.proc_root)
         job, uid, why = owner_of(pid, self.proc_root, self.node, self._init)
         if why == GONE:
-            return GONE, None, "it is not in /proc (ended, or in another pid namespace)", None
+            return GONE, None, "is not in /proc (ended, or in another pid namespace)", None
         if job is None:
             return STRAY, uid, f"belongs to no Slurm job: {why}", None
         if job != self.job:

@@ -92,27 +92,27 @@ def _parse_v1(lines: list, node: str | None) -> tuple:
     found = set()
     for controllers, path in lines:
         parts = path.split("/")
-        if len(parts) < 2 or parts[0] != "" or not (parts[1] == "slurm" or parts[1].startswith("slurm_")):
+        if len(parts) < 2 or parts[0] or not (parts[1] == "slurm" or parts[1].startswith("slurm_")):
             continue  # a controller Slurm does not manage
         where = f"{controllers}:{path}"
         if parts[1] not in prefixes:
             return None, None, (f"its cgroup {where} is another slurmd's (this node is "
                                 f"{node or 'unnamed: SLURMD_NODENAME is not set'})")
-        if len(parts) < 4 or not parts[2].startswith("uid_") or not _number(parts[2][4:]):
-            return None, None, f"its cgroup {where} is not a job's (Slurm's are /{parts[1]}/uid_N/job_ID)"
-        job = _job_component(parts[3])
-        if job is None:
-            return None, None, f"its cgroup {where} is not a job's (Slurm's are /{parts[1]}/uid_N/job_ID)"
+        job = _job_component(parts[3]) if len(parts) >= 4 else None
+        if job is None or not parts[2].startswith("uid_") or not _number(parts[2][4:]):
+            return None, None, (f"its cgroup {where} is not a job's (Slurm's are "
+                                f"/{parts[1]}/uid_N/job_ID)")
         found.add((job, int(parts[2][4:]), where))
     if not found:
-        shown = next((f"{c}:{p}" for c, p in lines if c == "devices"), None) or \
-            next((f"{c}:{p}" for c, p in lines if c == "freezer"), None) or f"{lines[0][0]}:{lines[0][1]}"
+        shown = next((f"{c}:{p}" for want in ("devices", "freezer") for c, p in lines if c == want),
+                     f"{lines[0][0]}:{lines[0][1]}")
         return None, None, f"its cgroup is {shown}"
     named = {(job, uid) for job, uid, _ in found}
     if len(named) > 1:
-        return None, None, "its cgroups name different jobs: " + ", ".join(sorted(w for _, _, w in found))
+        return None, None, ("its cgroups name different jobs: "
+                            + ", ".join(sorted(where for _, _, where in found)))
     job, uid = next(iter(named))
-    return job, uid, f"its cgroup is {min(w for _, _, w in found)}"
+    return job, uid, f"its cgroup is {min(where for _, _, where in found)}"
 
 
 def _parse_v2(path: str, node: str | None, init: str) -> tuple:

@@ -505,9 +505,10 @@ def test_a_process_of_another_uid_is_not_the_jobs(node, capsys, cgroup, uid, why
 def test_the_epilog_ends_a_stray_on_its_instance_after_the_grace(node, capsys, tmp_path):
     got = tmp_path / "got-term"
     ready = tmp_path / "ready"
-    code = (f"import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: open({str(got)!r}, 'w').write('TERM'))\n"
-            f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
-    stray = node.spawn(NO_JOB, uid=0, argv=[sys.executable, "-c", code])
+    script = (f"import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: "
+              f"open({str(got)!r}, 'w').write('TERM'))\nopen({str(ready)!r}, 'w').close()\n"
+              f"time.sleep(60)\n")
+    stray = node.spawn(NO_JOB, uid=0, argv=[sys.executable, "-c", script])
     deadline = time.monotonic() + 20
     while not ready.exists() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 from .errors import InputError, SlurmError
+from .inputs import MAX_GPU_INDEX, from_text
 from .slurm.reader import run_command
 from .slurm.scontrol import parse_pairs
 
@@ -90,6 +91,13 @@ def format_channel(ch: Channel) -> str:
     return text
 
 
+MAX_CYCLE = 10 ** 12  #: rebalance cycle numbers (one every few minutes: never reached)
+
+
+def _gpu(text: str) -> int:
+    return from_text(text, 0, MAX_GPU_INDEX, kind="a GPU index")
+
+
 def parse_channel(text: str, node: str = "?") -> Optional[Channel]:
     """``None`` for an empty field; :class:`ChannelError` for one that is not ours."""
     text = (text or "").strip()
@@ -108,15 +116,15 @@ def parse_channel(text: str, node: str = "?") -> Optional[Channel]:
             if key == "have":
                 for item in value.split("|"):
                     g, m, l = item.split("/", 2)
-                    have.append((int(g), m, _layout_in(l)))
+                    have.append((_gpu(g), m, _layout_in(l)))
             elif key == "want":
                 for item in value.split("|"):
                     g, l = item.split("/", 1)
-                    want.append((int(g), _layout_in(l)))
+                    want.append((_gpu(g), _layout_in(l)))
             elif key == "cycle":
-                cycle = int(value)
+                cycle = from_text(value, 0, MAX_CYCLE, kind="a cycle number")
             elif key == "applied":
-                applied = int(value)
+                applied = from_text(value, 0, MAX_CYCLE, kind="a cycle number")
             else:
                 raise ValueError(f"unknown part {key!r}")
     except ValueError as err:

@@ -17,6 +17,32 @@ import click
 from . import __version__, render
 from .errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_SLURM, EXIT_USAGE,
                      SimulatedCrash, SlurmMigError)
+from .inputs import MAX_GPU_INDEX, MAX_WAIT, NumberError, from_text, from_value, shown
+
+
+class Number(click.ParamType):
+    """A bounded number option or argument, read by :mod:`slurm_mig.inputs`.
+
+    click's ``int``/``float`` types accept other scripts' digits (``１``), ``1_000``,
+    ``inf`` and ``nan``; this takes ASCII digits only, within [lo, hi]: exit 2 otherwise."""
+
+    def __init__(self, lo, hi, *, whole: bool = True, kind: Optional[str] = None):
+        self.lo, self.hi, self.whole, self.kind = lo, hi, whole, kind
+        self.name = "integer" if whole else "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            if isinstance(value, str):
+                return from_text(value, self.lo, self.hi, whole=self.whole, kind=self.kind)
+            return from_value(value, self.lo, self.hi, whole=self.whole, kind=self.kind)
+        except NumberError as err:
+            self.fail(f"{shown(value)} is {err}", param, ctx)
+
+
+GPU_INDEX = Number(0, MAX_GPU_INDEX, kind="a GPU index")
+INSTANCE_ID = Number(0, 1023, kind="an instance id")
+PID = Number(1, 1 << 22, kind="a process id")  #: PID_MAX_LIMIT on 64-bit Linux
+SANDBOX_NODES = Number(1, 32, kind="a node count")  #: sandbox.mig.MAX_NODES (a test pins it)
 
 
 class Context:
@@ -184,10 +210,10 @@ def sim_show(obj: Context):
 
 
 @sim.command("attach")
-@click.argument("gpu", type=int)
-@click.argument("gi_id", type=int)
-@click.argument("pid", type=int)
-@click.option("--ci", "ci_id", type=int, default=0, show_default=True)
+@click.argument("gpu", type=GPU_INDEX)
+@click.argument("gi_id", type=INSTANCE_ID)
+@click.argument("pid", type=PID)
+@click.option("--ci", "ci_id", type=INSTANCE_ID, default=0, show_default=True)
 @pass_ctx
 def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
     """Show process PID running on GPU instance GI_ID (makes it busy)."""
@@ -202,10 +228,10 @@ def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
 
 
 @sim.command("detach")
-@click.argument("gpu", type=int)
-@click.argument("gi_id", type=int)
-@click.option("--pid", type=int, default=None, help="only this process (default: all)")
-@click.option("--ci", "ci_id", type=int, default=0, show_default=True)
+@click.argument("gpu", type=GPU_INDEX)
+@click.argument("gi_id", type=INSTANCE_ID)
+@click.option("--pid", type=PID, default=None, help="only this process (default: all)")
+@click.option("--ci", "ci_id", type=INSTANCE_ID, default=0, show_default=True)
 @pass_ctx
 def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
     """Stop showing processes on GPU instance GI_ID."""
@@ -313,7 +339,8 @@ def sandbox():
 
 @sandbox.command("up")
 @_root_option
-@click.option("--nodes", type=int, default=2, show_default=True, help="number of nodes (n1, n2, ...)")
+@click.option("--nodes", type=SANDBOX_NODES, default=2, show_default=True,
+              help="number of nodes (n1, n2, ...), 1 to 32")
 @click.option("--gpus", default="A100-80GB", show_default=True, metavar="MODEL,...",
               help="simulated GPU models of each node")
 @click.option("--layout", default="1g.10gb:4,3g.40gb:1", show_default=True,
@@ -375,9 +402,10 @@ def sandbox_down(obj: Context, root, purge):
 @cli.command("sync")
 @click.option("--layout", default=None, metavar="LAYOUT",
               help="layout for every MIG GPU (default: [layout] in config.toml)")
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--wait", "wait_s", type=Number(0, MAX_WAIT, whole=False, kind="a number of seconds"),
+              default=None, metavar="SECONDS",
               help="how long to wait for running jobs after draining (0: fail if busy; "
-                   "default: [slurm] sync_wait)")
+                   f"at most {MAX_WAIT}; default: [slurm] sync_wait)")
 @click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
 @click.option("--node", default=None,
               help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")

@@ -14,6 +14,7 @@ from . import catalog as catalog_mod
 from .config import Config
 from .devices import instance_devices, read_mig_minors
 from .errors import InputError, MigNotEnabled, NotSupported
+from .inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from .inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
 from .layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
 
@@ -149,9 +150,10 @@ def select_gpus(backend, gpu: str) -> list:
     if gpu == "all":
         return [i for i in infos if i.mig_current]
     try:
-        index = int(gpu)
-    except ValueError:
-        raise InputError(f"--gpu '{gpu}': give a GPU index (0, 1, ...) or 'all'") from None
+        index = from_text(gpu, 0, MAX_GPU_INDEX, kind="a GPU index")
+    except NumberError as err:
+        raise InputError(f"--gpu {shown(gpu)}: {err}; give a GPU index (0, 1, ...) "
+                         f"or 'all'") from err
     for info in infos:
         if info.index == index:
             if not info.mig_current:

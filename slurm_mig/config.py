@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from .catalog import load_catalog
 from .errors import ConfigError, UnknownModel
+from .inputs import MAX_GPU_INDEX, MAX_TIMEOUT, MAX_WAIT, NumberError, from_text, from_value, read_config_bytes, shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,25 @@ ENV_VAR = "SLURM_MIG_CONFIG"
 VERSION = 1
 BACKENDS = ("nvml", "sim")
 DEFAULTS_SOURCE = "<defaults>"
+#: Longest path (bytes, ``paths.root`` applied) and path component, as Linux's PATH_MAX/NAME_MAX.
+PATH_MAX = 4095
+NAME_MAX = 255
+
+#: (lo, hi) of every number key, by ``section.key``; docs/configuration.md lists the same.
+#: Seconds are ints or floats; the rest are whole numbers.  A test checks that every
+#: number field of the dataclasses below has an entry here.
+SECONDS = {
+    "apply.lock_timeout": MAX_TIMEOUT,
+    "slurm.sync_wait": MAX_WAIT,
+    "slurm.register_timeout": MAX_TIMEOUT,
+    "hooks.kill_grace": MAX_TIMEOUT,
+    "rebalance.apply_wait": MAX_TIMEOUT,
+}
+COUNTS = {
+    "rebalance.max_nodes_per_cycle": 100_000,
+    "rebalance.hysteresis_cycles": 10_000,
+    "rebalance.floor.<type>": 100_000,
+}
 
 
 @dataclass(frozen=True)
@@ -154,8 +174,7 @@ def load_config(path: Optional[str] = None) -> Config:
     explicit = path is not None
     path = path if explicit else DEFAULT_PATH
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_config_bytes(path)  # no FIFO, device or directory; at most 1 MiB
     except FileNotFoundError as err:
         if not explicit:
             return default_config()
@@ -163,8 +182,6 @@ def load_config(path: Optional[str] = None) -> Config:
             f"{path}: config file does not exist; create it (see etc/config.toml) "
             f"or point --config/{ENV_VAR} at an existing file"
         ) from err
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config file: {err}") from err
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -178,6 +195,9 @@ def parse_config(text: str, source: str) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{source}: not valid TOML: arrays or tables nested too deeply; "
+                          f"this is not a slurm-mig config (see etc/config.toml)") from err
     return _Reader(source).config(doc)
 
 
@@ -186,6 +206,8 @@ class _Reader:
 
     def __init__(self, source: str):
         self.source = source
+        self.root = ""  #: paths.root, once read
+        self.under_root = lambda p: p
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {message}")
@@ -194,7 +216,7 @@ class _Reader:
         value = doc.get(name, {})
         path = f"{key}.{name}" if key else name
         if not isinstance(value, dict):
-            raise self.error(path, f"expected a table, got {value!r}")
+            raise self.error(path, f"expected a table, got {shown(value)}")
         self.check_keys(value, path, known)
         return value
 
@@ -208,16 +230,31 @@ class _Reader:
 
     def string(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
-            raise self.error(path, f"expected a string, got {value!r}")
+            raise self.error(path, f"expected a string, got {shown(value)}")
         return value
 
     def path(self, value: Any, path: str) -> str:
         value = self.string(value, path)
         if not posixpath.isabs(value):
             raise self.error(
-                path, f"{value!r} is not an absolute path; start it with / (paths.root moves every path)"
+                path, f"{shown(value)} is not an absolute path; start it with / (paths.root moves every path)"
             )
+        if "\0" in value:
+            raise self.error(path, f"{shown(value)} holds a NUL character; no path can")
+        for part in value.split("/"):
+            if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
+                raise self.error(path, f"{shown(part)} is longer than {NAME_MAX} bytes, the "
+                                       f"longest file name Linux allows; use a shorter name")
         return posixpath.normpath(value)
+
+    def full_path(self, value: str, path: str, *, root: bool = True) -> str:
+        """``value`` with ``paths.root`` applied (unless already), at most :data:`PATH_MAX` bytes."""
+        value = self.under_root(value) if root else value
+        if len(value.encode("utf-8", "surrogatepass")) > PATH_MAX:
+            what = f"{path} (with paths.root)" if self.root else path
+            raise self.error(what, f"{shown(value)} is longer than {PATH_MAX} bytes, the longest "
+                                   f"path Linux allows; use a shorter path")
+        return value
 
     def config(self, doc: Mapping) -> Config:
         self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm",
@@ -225,7 +262,7 @@ class _Reader:
         self.version(doc)
         backend = self.string(doc.get("backend", "nvml"), "backend")
         if backend not in BACKENDS:
-            raise self.error("backend", f"{backend!r} is not one of {', '.join(BACKENDS)}")
+            raise self.error("backend", f"{shown(backend)} is not one of {', '.join(BACKENDS)}")
         paths, sim_root = self.paths(doc)
         sim = self.sim(doc, sim_root, backend)
         rebalance = self.rebalance(doc, paths.state_dir)
@@ -247,7 +284,7 @@ class _Reader:
             raise self.error("version", f"missing; add version = {VERSION}")
         v = doc["version"]
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error("version", f"expected an integer, got {v!r}")
+            raise self.error("version", f"expected an integer, got {shown(v)}")
         if v != VERSION:
             raise ConfigError(
                 f"{self.source}: version {v} is not supported (this slurm-mig reads version {VERSION})"
@@ -258,7 +295,7 @@ class _Reader:
         names = tuple(HostPaths.__dataclass_fields__)
         t = self.table(doc, "", "paths", ("root",) + names)
         root = self.string(t.get("root", ""), "paths.root")
-        root = self.path(root, "paths.root") if root else ""
+        root = self.full_path(self.path(root, "paths.root"), "paths.root", root=False) if root else ""
         values = {n: self.path(t[n], f"paths.{n}") for n in names if n in t}
         conf_dir = values.setdefault("slurm_conf_dir", HostPaths.slurm_conf_dir)
         values.setdefault("gres_conf", posixpath.join(conf_dir, "gres.conf"))
@@ -273,14 +310,15 @@ class _Reader:
         def under_root(p: str) -> str:
             return posixpath.join(root, p.lstrip("/")) if root else p
 
-        self.under_root = under_root
-        return HostPaths(**{n: under_root(v) for n, v in values.items()}), under_root(sim_root)
+        self.root, self.under_root = root, under_root
+        return (HostPaths(**{n: self.full_path(v, f"paths.{n}") for n, v in values.items()}),
+                self.full_path(sim_root, "sim.root"))
 
     def sim(self, doc: Mapping, root: str, backend: str) -> SimSettings:
         t = self.table(doc, "", "sim", ("root", "gpus"))
         gpus = t.get("gpus", list(SimSettings().gpus))
         if not isinstance(gpus, list):
-            raise self.error("sim.gpus", f"expected a list of GPU models, got {gpus!r}")
+            raise self.error("sim.gpus", f"expected a list of GPU models, got {shown(gpus)}")
         catalog = load_catalog()
         keys = []
         for i, g in enumerate(gpus):
@@ -306,20 +344,25 @@ class _Reader:
             default = self.layout_text(t["default"], "layout.default")
         per_gpu = t.get("gpus", {})
         if not isinstance(per_gpu, dict):
-            raise self.error("layout.gpus", f"expected a table of GPU index = layout, got {per_gpu!r}")
+            raise self.error("layout.gpus", f"expected a table of GPU index = layout, got {shown(per_gpu)}")
         gpus = []
         for k, v in per_gpu.items():
-            if not re.fullmatch(r"0|[1-9][0-9]*", k):
-                raise self.error("layout.gpus", f"key {k!r} is not a GPU index (0, 1, ...)")
-            gpus.append((int(k), self.layout_text(v, f"layout.gpus.{k}")))
+            try:
+                index = from_text(k, 0, MAX_GPU_INDEX, kind="a GPU index")
+            except NumberError as err:
+                raise self.error("layout.gpus", f"key {shown(k)} is {err}") from err
+            if k != str(index):
+                raise self.error("layout.gpus", f"key {shown(k)} is not a GPU index as written; "
+                                                f"write {index}")
+            gpus.append((index, self.layout_text(v, f"layout.gpus.{k}")))
         return LayoutSettings(default=default, gpus=tuple(sorted(gpus)))
 
     def seconds(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(path, f"expected a number, got {value!r}")
-        if not 0 <= value:  # also rejects nan
-            raise self.error(path, f"must be 0 or more seconds, got {value!r}")
-        return value
+        """A number of seconds, int or float, from 0 to the key's bound in :data:`SECONDS`."""
+        try:
+            return from_value(value, 0, SECONDS[path], whole=False, kind="a number of seconds")
+        except NumberError as err:
+            raise self.error(path, f"{shown(value)} is {err}") from err
 
     def slurm(self, doc: Mapping) -> SlurmSettings:
         known = ("node_name", "scontrol", "reconfigure_command", "sync_wait", "register_timeout",
@@ -328,11 +371,11 @@ class _Reader:
         d = SlurmSettings()
         node = t.get("node_name")
         if node is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.string(node, "slurm.node_name")):
-            raise self.error("slurm.node_name", f"{node!r} is not a Slurm node name")
+            raise self.error("slurm.node_name", f"{shown(node)} is not a Slurm node name")
         command = t.get("reconfigure_command", list(d.reconfigure_command))
         if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
             raise self.error("slurm.reconfigure_command",
-                             f"expected a non-empty list of strings (argv, no shell), got {command!r}")
+                             f"expected a non-empty list of strings (argv, no shell), got {shown(command)}")
         return SlurmSettings(
             node_name=node,
             scontrol=self.string(t.get("scontrol", d.scontrol), "slurm.scontrol"),
@@ -346,14 +389,14 @@ class _Reader:
     def reader(self, value) -> str:
         value = self.string(value, "slurm.reader")
         if value not in ("auto", "json", "pyslurm"):
-            raise self.error("slurm.reader", f"{value!r} is not one of auto, json, pyslurm")
+            raise self.error("slurm.reader", f"{shown(value)} is not one of auto, json, pyslurm")
         return value
 
     def hooks(self, doc: Mapping) -> HookSettings:
         t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace"))
         wipe = t.get("epilog_wipe", False)
         if not isinstance(wipe, bool):
-            raise self.error("hooks.epilog_wipe", f"expected true or false, got {wipe!r}")
+            raise self.error("hooks.epilog_wipe", f"expected true or false, got {shown(wipe)}")
         grace = self.seconds(t.get("kill_grace", HookSettings().kill_grace), "hooks.kill_grace")
         return HookSettings(epilog_wipe=wipe, kill_grace=grace)
 
@@ -361,23 +404,21 @@ class _Reader:
         t = self.table(doc, "", "apply", ("partial", "lock_timeout"))
         partial = t.get("partial", False)
         if not isinstance(partial, bool):
-            raise self.error("apply.partial", f"expected true or false, got {partial!r}")
-        timeout = t.get("lock_timeout", ApplySettings().lock_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise self.error("apply.lock_timeout", f"expected a number, got {timeout!r}")
-        if not 0 <= timeout:  # also rejects nan
-            raise self.error("apply.lock_timeout", f"must be 0 or more seconds, got {timeout!r}")
+            raise self.error("apply.partial", f"expected true or false, got {shown(partial)}")
+        timeout = self.seconds(t.get("lock_timeout", ApplySettings().lock_timeout), "apply.lock_timeout")
         return ApplySettings(partial=partial, lock_timeout=timeout)
 
     def names(self, value: Any, path: str) -> Tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise self.error(path, f"expected a list of names (strings), got {value!r}")
+            raise self.error(path, f"expected a list of names (strings), got {shown(value)}")
         return tuple(v.strip() for v in value)
 
-    def count(self, value: Any, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.error(path, f"expected a whole number, 0 or more, got {value!r}")
-        return value
+    def count(self, value: Any, path: str, bound: str) -> int:
+        """A whole number from 0 to :data:`COUNTS` ``[bound]``."""
+        try:
+            return from_value(value, 0, COUNTS[bound])
+        except NumberError as err:
+            raise self.error(path, f"{shown(value)} is {err}") from err
 
     def rebalance(self, doc: Mapping, state_dir: str) -> RebalanceSettings:
         known = tuple(RebalanceSettings.__dataclass_fields__)
@@ -387,29 +428,31 @@ class _Reader:
         for key in ("enabled", "drain_mixed"):
             flags[key] = t.get(key, getattr(d, key))
             if not isinstance(flags[key], bool):
-                raise self.error(f"rebalance.{key}", f"expected true or false, got {flags[key]!r}")
+                raise self.error(f"rebalance.{key}", f"expected true or false, got {shown(flags[key])}")
         floor = t.get("floor", {})
         if not isinstance(floor, dict):
-            raise self.error("rebalance.floor", f"expected a table of GPU type = count, got {floor!r}")
+            raise self.error("rebalance.floor", f"expected a table of GPU type = count, got {shown(floor)}")
         floors = []
         for k, v in floor.items():
             if not re.fullmatch(r"[0-9]+g\.[0-9]+gb(\+[a-z]+)?", k):
                 raise self.error(f"rebalance.floor.{k}", "not a MIG type as Slurm names it "
                                                          "(e.g. '3g.40gb'); quote it: \"3g.40gb\" = 1")
-            floors.append((k, self.count(v, f"rebalance.floor.{k}")))
+            floors.append((k, self.count(v, f"rebalance.floor.{k}", "rebalance.floor.<type>")))
         paths = {}
         for key, name in (("lock", "rebalance.lock"), ("state_file", "rebalance.json")):
-            paths[key] = (self.under_root(self.path(t[key], f"rebalance.{key}")) if key in t
-                          else posixpath.join(state_dir, name))
+            paths[key] = (self.full_path(self.path(t[key], f"rebalance.{key}"), f"rebalance.{key}")
+                          if key in t else self.full_path(posixpath.join(state_dir, name),
+                                                          f"rebalance.{key}", root=False))
         return RebalanceSettings(
             enabled=flags["enabled"],
             partitions=self.names(t["partitions"], "rebalance.partitions") if "partitions" in t else None,
             nodes=self.names(t["nodes"], "rebalance.nodes") if "nodes" in t else None,
             floor=tuple(sorted(floors)),
             max_nodes_per_cycle=self.count(t.get("max_nodes_per_cycle", d.max_nodes_per_cycle),
+                                           "rebalance.max_nodes_per_cycle",
                                            "rebalance.max_nodes_per_cycle"),
             hysteresis_cycles=self.count(t.get("hysteresis_cycles", d.hysteresis_cycles),
-                                         "rebalance.hysteresis_cycles"),
+                                         "rebalance.hysteresis_cycles", "rebalance.hysteresis_cycles"),
             drain_mixed=flags["drain_mixed"],
             apply_wait=self.seconds(t.get("apply_wait", d.apply_wait), "rebalance.apply_wait"),
             lock=paths["lock"],

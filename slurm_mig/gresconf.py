@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, InputError
+from .inputs import ascii_digits
 
 GRES_NAME = "gpu"
 META_TAG = "slurm-mig"
@@ -43,8 +44,9 @@ INCLUDE_HEADER = (
     "# NodeName= line for the same node is fatal to slurmctld).\n"
 )
 
-_CAP_RE = re.compile(r"nvidia-cap(\d+)$")
-_GPU_RE = re.compile(r"nvidia(\d+)$")
+_CAP_RE = re.compile(r"nvidia-cap([0-9]+)$")  # [0-9], not \d: no other scripts' digits
+_GPU_RE = re.compile(r"nvidia([0-9]+)$")
+MAX_HOSTS = 65536  #: names one NodeName= host list may expand to
 _META_KEYS = ("gpu", "minor", "profile_id", "start", "gi", "ci")
 _TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -220,9 +222,12 @@ def expand_hostlist(text: str) -> List[str]:
         prefix, ranges, suffix = m.groups()
         for part in ranges.split(","):
             lo, _, hi = part.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()):
-                raise GresConfError(f"host list {text!r}: bad range {part!r}")
+            if not ascii_digits(lo) or (hi and not ascii_digits(hi)) or len(lo + hi) > 20:
+                raise GresConfError(f"host list {text[:80]!r}: bad range {part[:40]!r}")
             width = len(lo)
+            if len(out) + int(hi or lo) - int(lo) >= MAX_HOSTS:
+                raise GresConfError(f"host list {text[:80]!r} names more than {MAX_HOSTS} nodes; "
+                                    f"fix the range")
             for n in range(int(lo), int(hi or lo) + 1):
                 out.append(f"{prefix}{n:0{width}d}{suffix}")
     return out
@@ -244,7 +249,7 @@ def _meta(comment: str) -> Dict[str, int]:
     out = {}
     for w in words[1:]:
         k, _, v = w.partition("=")
-        if k in _META_KEYS and v.isdigit():
+        if k in _META_KEYS and ascii_digits(v) and len(v) <= 9:
             out[k] = int(v)
     return out
 

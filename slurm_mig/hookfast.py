@@ -50,6 +50,7 @@ import zlib
 
 from . import jobprocs, jobs, safefs
 from .errors import SlurmMigError
+from .inputs import flag_text, read_regular_file
 
 FAST_ENV = "SLURM_MIG_HOOK_FAST"  #: "0": always the full path
 REPORT_ENV = "SLURM_MIG_HOOK_REPORT"  #: "1": one stderr line naming the path taken
@@ -151,9 +152,8 @@ def load_settings(environ) -> dict:
     except (OSError, SlurmMigError) as err:
         raise Doubt(f"the config directory is not trusted ({err})") from None
     try:
-        with open(path, "rb") as f:
-            owner = os.fstat(f.fileno()).st_uid
-            text = f.read().decode("utf-8")
+        data, st = read_regular_file(path)  # a FIFO or device is an error, not a hang
+        owner, text = st.st_uid, data.decode("utf-8")
         with open(cache_path(path), encoding="utf-8") as f:
             cache_owner = os.fstat(f.fileno()).st_uid
             cache = json.load(f)
@@ -325,7 +325,7 @@ def epilog(environ, wipe_env: str, proc_root: str = "/proc") -> dict:
         raise Doubt(f"backend {cfg['backend']} (only the simulator has a fast path)")
     wipe = cfg["epilog_wipe"]
     if environ.get(wipe_env):
-        wipe = environ[wipe_env] in ("1", "yes", "true")
+        wipe = flag_text(environ[wipe_env])  # ValueError: the full path reports it
     if wipe:
         raise Doubt("the epilog wipes the job's instances")
     state_dir = cfg["state_dir"]

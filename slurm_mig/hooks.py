@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 #: Overrides of [hooks] epilog_wipe / kill_grace for one run ("1"/"0", seconds).
 WIPE_ENV = "SLURM_MIG_EPILOG_WIPE"
 GRACE_ENV = "SLURM_MIG_EPILOG_GRACE"
+#: Highest SLURM_JOB_GPUS index (a gres record of this node: GPUs x 7 instances) and the
+#: longest SLURM_JOB_GPUS text read.
+MAX_JOB_GPU_INDEX = 4095
+MAX_JOB_GPUS_TEXT = 65536
 LAST_ERROR = "last-error"
 FIX_GRES = ("regenerate gres.conf and the node's Gres= from the GPUs (`slurm-mig gres-conf "
             "--write`, `slurm-mig node-conf --write`), reconfigure Slurm, then resume the node")
@@ -67,21 +71,55 @@ class InstanceMismatch(SlurmMigError):
 
 
 def parse_job_gpus(text: str | None) -> list[int]:
-    """``"0,2"``, ``"0-2,5"`` -> indexes (sorted, unique); ``""``/None -> [] (a CPU job)."""
+    """``"0,2"``, ``"0-2,5"`` -> indexes (sorted, unique); ``""``/None -> [] (a CPU job).
+
+    Indexes are ASCII digits, 0 to :data:`MAX_JOB_GPU_INDEX` (:mod:`slurm_mig.inputs`), so
+    a range holds at most that many."""
+    from .inputs import NumberError, from_text, shown
+
     text = (text or "").strip()
     if not text:
         return []
+    if len(text) > MAX_JOB_GPUS_TEXT:
+        raise JobGpusError(f"SLURM_JOB_GPUS={shown(text)} is longer than {MAX_JOB_GPUS_TEXT} "
+                           f"characters; expected a list of gpu indexes (e.g. 0,2 or 0-2)")
     out = set()
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise JobGpusError(f"SLURM_JOB_GPUS={text!r} is not a list of gpu indexes "
-                               f"(expected e.g. 0,2 or 0-2)")
-        first, last = int(lo), int(hi) if sep else int(lo)
-        if last < first or last - first > 4096:
-            raise JobGpusError(f"SLURM_JOB_GPUS={text!r}: bad range {part!r}")
+        try:
+            first = from_text(lo, 0, MAX_JOB_GPU_INDEX, kind="a gpu index")
+            last = from_text(hi, 0, MAX_JOB_GPU_INDEX, kind="a gpu index") if sep else first
+        except NumberError as err:
+            which = "" if part.strip() == text else f" {shown(part.strip())}"
+            raise JobGpusError(f"SLURM_JOB_GPUS={shown(text)}:{which} {err}; expected a list of "
+                               f"gpu indexes (e.g. 0,2 or 0-2)") from err
+        if last < first:
+            raise JobGpusError(f"SLURM_JOB_GPUS={shown(text)}: bad range {shown(part)} (its end "
+                               f"is below its start)")
         out.update(range(first, last + 1))
     return sorted(out)
+
+
+def epilog_overrides(environ: Mapping[str, str]) -> tuple:
+    """(wipe, grace) from non-empty ``SLURM_MIG_EPILOG_WIPE`` / ``SLURM_MIG_EPILOG_GRACE``,
+    None for each one unset.  A value that is not a flag, or not a number of seconds from 0
+    to ``[hooks] kill_grace``'s bound (ASCII digits), is an InputError (exit 2), never a guess."""
+    from .inputs import MAX_TIMEOUT, NumberError, flag_text, seconds_text, shown
+
+    wipe = grace = None
+    if environ.get(WIPE_ENV):
+        try:
+            wipe = flag_text(environ[WIPE_ENV])
+        except ValueError as err:
+            raise InputError(f"{WIPE_ENV}={shown(environ[WIPE_ENV])}: {err}; fix or unset it "
+                             f"(it overrides [hooks] epilog_wipe)") from err
+    if environ.get(GRACE_ENV):
+        try:
+            grace = seconds_text(environ[GRACE_ENV], MAX_TIMEOUT)
+        except NumberError as err:
+            raise InputError(f"{GRACE_ENV}={shown(environ[GRACE_ENV])}: {err}; fix or unset it "
+                             f"(it overrides [hooks] kill_grace)") from err
+    return wipe, grace
 
 
 def node_name(environ: Mapping[str, str], option: str | None = None) -> str:
@@ -615,6 +653,7 @@ def _fast(which: str, environ: Mapping[str, str], proc_root: str) -> dict | None
             result = hookfast.prolog(environ, parse_job_gpus(environ.get("SLURM_JOB_GPUS")),
                                      proc_root)
         else:
+            epilog_overrides(environ)  # a bad one: the full path reports it (and last-error)
             result = hookfast.epilog(environ, WIPE_ENV, proc_root)
     except (hookfast.Doubt, SlurmMigError, OSError, ValueError, KeyError, TypeError,
             AttributeError, IndexError) as err:
@@ -675,10 +714,9 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
         if which == "prolog":
             prolog(config, backend, environ, proc_root=proc_root)
         else:
-            wipe = config.hooks.epilog_wipe
-            if environ.get(WIPE_ENV):
-                wipe = environ[WIPE_ENV] in ("1", "yes", "true")
-            grace = float(environ.get(GRACE_ENV) or config.hooks.kill_grace)
+            wipe, grace = epilog_overrides(environ)
+            wipe = config.hooks.epilog_wipe if wipe is None else wipe
+            grace = config.hooks.kill_grace if grace is None else grace
             result = epilog(config, backend, environ, proc_root=proc_root, wipe=wipe, grace=grace)
             _epilog_messages(job, result)
         return 0

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .errors import SlurmMigError
+from .inputs import MAX_GPU_INDEX, from_value, shown
 from .safefs import ensure_dir
 from .slurmfiles import fsync_dir as _fsync_dir, write_json_atomic
 
 JOURNAL_VERSION = 1
 JOURNAL_DIR = "journal"
+_MAX_ID = 1023  #: profile ids and placement starts are small; anything above is damage
+_MAX_PID = 1 << 22  #: PID_MAX_LIMIT on 64-bit Linux
 
 
 class JournalCorrupt(SlurmMigError):
@@ -61,20 +64,36 @@ class Intent:
 
     @classmethod
     def from_json(cls, data: dict) -> "Intent":
-        """Build an intent from parsed JSON; ValueError/KeyError/TypeError when malformed."""
+        """Build an intent from parsed JSON; ValueError/KeyError/TypeError when malformed.
+
+        Numbers are checked as :mod:`slurm_mig.inputs` checks every input: JSON numbers
+        of the right kind (no bool, no string, no ``1e400``/``NaN``), within bounds."""
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        if data.get("version") != JOURNAL_VERSION:
-            raise ValueError(f"unknown version {data.get('version')!r}")
-        pairs = tuple((int(p), int(s)) for p, s in data["instances"])
+        version = data.get("version")
+        if isinstance(version, bool) or version != JOURNAL_VERSION:
+            raise ValueError(f"unknown version {version!r:.40}")
+        if not isinstance(data["instances"], list):
+            raise ValueError("instances: not a list")
+        pairs = tuple((_number(p, 0, _MAX_ID, "instances: profile id"),
+                       _number(s, 0, _MAX_ID, "instances: start")) for p, s in data["instances"])
+        if not isinstance(data["uuid"], str) or not isinstance(data["layout"], str):
+            raise ValueError("uuid and layout must be strings")
         return cls(
-            gpu=int(data["gpu"]),
-            uuid=str(data["uuid"]),
-            layout=str(data["layout"]),
+            gpu=_number(data["gpu"], 0, MAX_GPU_INDEX, "gpu"),
+            uuid=data["uuid"],
+            layout=data["layout"],
             instances=pairs,
-            started=float(data["started"]),
-            pid=int(data.get("pid", 0)),
+            started=float(_number(data["started"], 0, 1e12, "started", whole=False)),
+            pid=_number(data.get("pid", 0), 0, _MAX_PID, "pid"),
         )
+
+
+def _number(value, lo, hi, key: str, *, whole: bool = True):
+    try:
+        return from_value(value, lo, hi, whole=whole)
+    except ValueError as err:
+        raise ValueError(f"{key}: {shown(value)} is {err}") from err
 
 
 def new_intent(gpu: int, uuid: str, layout: str, instances, *, now: Optional[float] = None) -> Intent:
@@ -119,7 +138,7 @@ def read_intent(state_dir: str, uuid: str, *, quarantine: bool = True) -> Option
         if intent.uuid != uuid:
             raise ValueError(f"it is for GPU {intent.uuid}")
         return intent
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         moved = None
         if quarantine:

@@ -19,6 +19,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .catalog import GpuModel, Profile
 from .errors import LayoutError, UnknownProfile
+from .inputs import NumberError, from_text, shown
+
+#: Highest count (``P:N``) and placement start (``P@S``) read from layout text: well above
+#: any GPU's (7 instances, starts 0-7); the layout check then says what fits.
+MAX_COUNT = 64
+MAX_START = 64
 
 EMPTY_WORDS = ("empty", "none")
 
@@ -175,7 +181,7 @@ def parse_layout(text: str, model: GpuModel, current: Optional[Layout] = None,
         for item in items:
             name, _, start = item.partition("@")
             profile = _profile(model, name, text)
-            instances.append(Instance.of(profile, _int(start, item, "placement start")))
+            instances.append(Instance.of(profile, _int(start, item, "placement start", MAX_START)))
         return check_layout(model, instances)
     if len(counted) != len(items):
         bad = next(p for p in items if ":" not in p)
@@ -186,7 +192,7 @@ def parse_layout(text: str, model: GpuModel, current: Optional[Layout] = None,
     for item in items:
         name, _, n = item.partition(":")
         profile = _profile(model, name, text)
-        counts[profile.id] = counts.get(profile.id, 0) + _int(n, item, "count")
+        counts[profile.id] = counts.get(profile.id, 0) + _int(n, item, "count", MAX_COUNT)
     return resolve_counts(model, counts, current=current, busy=busy)
 
 
@@ -197,14 +203,14 @@ def _profile(model: GpuModel, name: str, text: str) -> Profile:
         raise LayoutError(f"in layout '{text}': {err}") from err
 
 
-def _int(value: str, item: str, what: str) -> int:
+def _int(value: str, item: str, what: str, hi: int) -> int:
+    """A count or start: ASCII digits, 0 to ``hi`` (:mod:`slurm_mig.inputs`)."""
     try:
-        n = int(value.strip())
-    except ValueError:
-        raise LayoutError(f"malformed layout item '{item}': {what} '{value}' is not a number") from None
-    if n < 0:
-        raise LayoutError(f"malformed layout item '{item}': {what} must not be negative")
-    return n
+        return from_text(value.strip(), 0, hi)
+    except NumberError as err:
+        example = "3g.40gb@0" if what == "placement start" else "1g.10gb:2"
+        raise LayoutError(f"malformed layout item {shown(item)}: {what} {shown(value.strip())} "
+                          f"is {err}; write e.g. {example}") from err
 
 
 # ----------------------------------------------------------------------------- enumeration

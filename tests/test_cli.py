@@ -88,7 +88,7 @@ from conftest import tree_snapshot  # noqa: E402
     ("3g.20gb@2", "2 is not a placement of 3g.20gb"),
     ("3g.20gb@0,2g.10gb@2", "overlap"),
     ("1g.5gb@0,1g.5gb:2", "mixes PROFILE@START and PROFILE:COUNT"),
-    ("1g.5gb@x", "placement start 'x' is not a number"),
+    ("1g.5gb@x", "placement start 'x' is not a whole number (0 to 64)"),
     ("7g.40gb:2", "does not fit on one NVIDIA A100-SXM4-40GB"),
     ("1g.5gb,", "empty item"),
 ])

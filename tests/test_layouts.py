@@ -168,10 +168,10 @@ def test_format_counts():
         ("3g.20gb@0,1g.5gb:2", "3g.20gb@0,1g.5gb:2", "use one form"),
         ("3g.20gb@0,1g.5gb", "3g.20gb@0,1g.5gb", "PROFILE@START"),
         ("3g.20gb", "'3g.20gb'", "PROFILE:COUNT"),
-        ("1g.5gb@x", "'1g.5gb@x'", "not a number"),
-        ("1g.5gb@-1", "'1g.5gb@-1'", "must not be negative"),
-        ("1g.5gb:two", "'1g.5gb:two'", "not a number"),
-        ("1g.5gb:-2", "'1g.5gb:-2'", "must not be negative"),
+        ("1g.5gb@x", "'1g.5gb@x'", "not a whole number (0 to 64); write e.g. 3g.40gb@0"),
+        ("1g.5gb@-1", "'1g.5gb@-1'", "not a whole number (0 to 64)"),
+        ("1g.5gb:two", "'1g.5gb:two'", "not a whole number (0 to 64); write e.g. 1g.10gb:2"),
+        ("1g.5gb:-2", "'1g.5gb:-2'", "not a whole number (0 to 64)"),
     ],
 )
 def test_malformed_text_names_the_item_and_the_fix(text, names, fix):

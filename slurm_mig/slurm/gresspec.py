@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..inputs import ascii_digits
 from .model import GresRequest
 
-_PROFILE = re.compile(r"(\d+g\.\d+gb(?:\+me)?)$")
+_PROFILE = re.compile(r"([0-9]+g\.[0-9]+gb(?:\+me)?)$")  # [0-9], not \d: ASCII digits only
 
 
 def split_top(text: str, sep: str = ",") -> List[str]:
@@ -43,8 +44,8 @@ def split_top(text: str, sep: str = ",") -> List[str]:
 
 def _count(text: str) -> int:
     text = text.strip()
-    if not text.isdigit():
-        raise ValueError(f"count {text!r} is not a whole number")
+    if not ascii_digits(text) or len(text) > 9:
+        raise ValueError(f"count {text[:40]!r} is not a whole number")
     return int(text)
 
 
@@ -69,7 +70,7 @@ def _gpu_item(item: str) -> Optional[Tuple[Optional[str], int, str]]:
         return gtype, _count(count), detail
     parts = rest.lstrip(":").split(":")
     if len(parts) == 1:  # gpu:2, or gpu:1g.10gb meaning one
-        return (None, int(parts[0]), detail) if parts[0].isdigit() else (parts[0], 1, detail)
+        return (None, _count(parts[0]), detail) if parts[0].isdigit() else (parts[0], 1, detail)
     if len(parts) == 2 and parts[0]:
         return parts[0], _count(parts[1]), detail
     raise ValueError(f"{item!r} is not gpu[:type][:count]")

@@ -152,7 +152,8 @@ def num(src: Source, value: Any, path: str) -> Optional[int]:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isascii() \
+            and value.strip().lstrip("-").isdigit() and len(value.strip()) <= 20:
         return int(value)
     if isinstance(value, Mapping) and "number" in value:
         if not value.get("set", True) or value.get("infinite", False):

@@ -90,7 +90,7 @@ def parse_job_gpus(text: str | None) -> list[int]:
             first = from_text(lo, 0, MAX_JOB_GPU_INDEX, kind="a gpu index")
             last = from_text(hi, 0, MAX_JOB_GPU_INDEX, kind="a gpu index") if sep else first
         except NumberError as err:
-            which = "" if part.strip() == text else f" {shown(part.strip())}"
+            which = "" if part.strip() == text else f" {shown(part.strip())} is"
             raise JobGpusError(f"SLURM_JOB_GPUS={shown(text)}:{which} {err}; expected a list of "
                                f"gpu indexes (e.g. 0,2 or 0-2)") from err
         if last < first:

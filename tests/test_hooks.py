@@ -232,7 +232,7 @@ def test_garbled_job_gpus_is_exit_2(node):
     proc = run_sub("prolog", node.env("45", "0,zero"))
     assert proc.returncode == 2 and proc.stdout == ""
     line = one_error_line(proc.stderr, "45")
-    assert ("SLURM_JOB_GPUS='0,zero': 'zero': not a gpu index (0 to 4095); expected a list of "
+    assert ("SLURM_JOB_GPUS='0,zero': 'zero' is not a gpu index (0 to 4095); expected a list of "
             "gpu indexes (e.g. 0,2 or 0-2)") in line
 
 

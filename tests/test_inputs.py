@@ -369,3 +369,12 @@ def test_gres_conf_host_ranges_are_bounded():
 def test_channel_numbers_are_ascii(text):
     with pytest.raises(ChannelError):
         parse_channel(text, "n1")
+
+
+def test_the_bounds_table_in_the_docs_is_the_configs():
+    import re
+
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
+    with open(path, encoding="utf-8") as f:
+        rows = re.findall(r"^\| `([a-z_.<>]+)` \| [a-z]+ \| 0 to ([0-9]+) \|$", f.read(), re.M)
+    assert {k: int(v) for k, v in rows} == {**config_mod.SECONDS, **config_mod.COUNTS}

@@ -44,8 +44,8 @@ INCLUDE_HEADER = (
     "# NodeName= line for the same node is fatal to slurmctld).\n"
 )
 
-_CAP_RE = re.compile(r"nvidia-cap([0-9]+)$")  # [0-9], not \d: no other scripts' digits
-_GPU_RE = re.compile(r"nvidia([0-9]+)$")
+_CAP_RE = re.compile(r"nvidia-cap([0-9]{1,9})$")  # [0-9], not \d: no other scripts' digits
+_GPU_RE = re.compile(r"nvidia([0-9]{1,9})$")
 MAX_HOSTS = 65536  #: names one NodeName= host list may expand to
 _META_KEYS = ("gpu", "minor", "profile_id", "start", "gi", "ci")
 _TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")

@@ -378,3 +378,20 @@ def test_the_bounds_table_in_the_docs_is_the_configs():
     with open(path, encoding="utf-8") as f:
         rows = re.findall(r"^\| `([a-z_.<>]+)` \| [a-z]+ \| 0 to ([0-9]+) \|$", f.read(), re.M)
     assert {k: int(v) for k, v in rows} == {**config_mod.SECONDS, **config_mod.COUNTS}
+
+
+@pytest.mark.parametrize("digits", ["9" * 5000, "٣"])
+def test_gres_conf_cap_numbers_must_be_short_ascii(node, capsys, digits):
+    path = node.config.paths.gres_conf
+    with open(path) as f:
+        text = f.read()
+    cap = node.records()[0].files[1]
+    assert text.count(cap + ",") + text.count(cap + " ") + text.count(cap + "\n") == 1
+    bad = os.path.join(os.path.dirname(cap), "nvidia-cap" + digits)
+    with open(path, "w") as f:
+        f.write(text.replace(cap + ",", bad + ",").replace(cap + " ", bad + " ")
+                .replace(cap + "\n", bad + "\n"))
+    code = hooks.run_hook("prolog", node.env("74", "0"))
+    out, err = capsys.readouterr()
+    assert (code, out) == (3, "")
+    assert "expected /dev/nvidiaN and two nvidia-caps/nvidia-capK files" in one_error_line(err, "74")

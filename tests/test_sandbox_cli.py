@@ -390,7 +390,7 @@ def test_demo_runs_jobs_on_instances_rebalances_n1_for_the_queue_and_leaves_the_
     (["--gpus", "X100"], "unknown GPU model 'X100'"),
     (["--gpus", "A100-40GB", "--layout", "3g.40gb:1"], "--layout '3g.40gb:1' on A100-40GB"),
     (["--layout", "7g.80gb:2"], "does not fit"),
-    (["--nodes", "0"], "--nodes 0"),
+    (["--nodes", "0"], "Invalid value for '--nodes': '0' is not a node count (1 to 32)"),
 ])
 def test_bad_input_to_up_exits_2_with_one_line_and_creates_nothing(cli, tmp_path, options,
                                                                     message):

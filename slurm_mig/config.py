@@ -17,15 +17,18 @@ another setting (``gres_conf`` under ``slurm_conf_dir``, ``sim.root`` under
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
 from .catalog import load_catalog
 from .errors import ConfigError, UnknownModel
-from .inputs import MAX_GPU_INDEX, MAX_TIMEOUT, MAX_WAIT, NumberError, from_text, from_value, read_config_bytes, shown
+from .inputs import (MAX_GPU_INDEX, MAX_TIMEOUT, MAX_WAIT, NumberError, from_text, from_value,
+                     read_regular_file, shown)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,7 +177,7 @@ def load_config(path: Optional[str] = None) -> Config:
     explicit = path is not None
     path = path if explicit else DEFAULT_PATH
     try:
-        data = read_config_bytes(path)  # no FIFO, device or directory; at most 1 MiB
+        data, st = read_regular_file(path)  # no FIFO, device or directory; at most 1 MiB
     except FileNotFoundError as err:
         if not explicit:
             return default_config()
@@ -182,11 +185,32 @@ def load_config(path: Optional[str] = None) -> Config:
             f"{path}: config file does not exist; create it (see etc/config.toml) "
             f"or point --config/{ENV_VAR} at an existing file"
         ) from err
+    _check_trusted(path, st)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text: {err}") from err
     return parse_config(text, path)
+
+
+def _check_trusted(path: str, st) -> None:
+    """Root acts on what the config says (paths, commands to run): the file, any link to it
+    and every directory above it must be root's (or this user's) alone (docs/security.md)."""
+    from .safefs import UnsafePath, check_dir, resolve_link, trusted_owners
+
+    owners = trusted_owners()
+    try:
+        real = resolve_link(path, "config file")
+        check_dir(os.path.dirname(real), "config directory")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot check the config's directory: "
+                          f"{err.strerror or err}") from err
+    except UnsafePath as err:
+        raise ConfigError(f"{path}: {err}") from err
+    if st.st_uid not in owners or st.st_mode & 0o022:
+        raise ConfigError(f"{path}: config file is owned by uid {st.st_uid} with mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}; root runs what it says, so only root "
+                          f"may write it: `chown root: {path}; chmod 0644 {path}`")
 
 
 def parse_config(text: str, source: str) -> Config:

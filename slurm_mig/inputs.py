@@ -122,12 +122,6 @@ def flag_text(text) -> bool:
     return value
 
 
-def read_config_bytes(path: str, what: str = "config file", *,
-                      limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """The bytes of a small regular file; see :func:`read_regular_file`."""
-    return read_regular_file(path, what, limit=limit)[0]
-
-
 def read_regular_file(path: str, what: str = "config file", *,
                       limit: int = MAX_CONFIG_BYTES) -> tuple:
     """(bytes, stat) of a small regular file; a symbolic link to one is fine.

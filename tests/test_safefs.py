@@ -256,3 +256,59 @@ def test_a_gres_conf_symlink_owned_by_another_user_is_refused(tmp_path, victim):
     with pytest.raises(UnsafePath, match="symbolic link owned by uid"):
         write_atomic(str(conf / "gres.conf"), "new\n")
     _untouched(victim)
+
+
+# ----------------------------------------------------------------------------- the config file
+
+
+def _config(tmp_path, directory="etc"):
+    from slurm_mig.config import sim_config_text
+
+    d = tmp_path / directory
+    d.mkdir(mode=0o755)
+    path = d / "config.toml"
+    path.write_text(sim_config_text(str(tmp_path), ["A100-40GB"]))
+    os.chmod(path, 0o644)
+    return path
+
+
+def _hook_env(config) -> dict:
+    return {"PATH": "/usr/bin:/bin", "SLURM_MIG_CONFIG": str(config), "SLURMD_NODENAME": "n1",
+            "SLURM_JOB_ID": "5", "SLURM_JOB_GPUS": "0", "SLURM_JOB_UID": "1000"}
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664])
+def test_a_config_others_can_write_is_refused_by_the_cli_and_the_hooks(tmp_path, cli, capsys, mode):
+    from slurm_mig import hooks
+
+    config = _config(tmp_path)
+    os.chmod(config, mode)
+    code, out, err = cli("status", config=str(config))
+    assert code == EXIT_CONFIG and "chmod 0644" in err and err.count("\n") == 1
+    assert hooks.run_hook("prolog", _hook_env(config)) == EXIT_CONFIG
+    assert "root runs what it says" in capsys.readouterr().err
+
+
+@root_only
+def test_a_config_in_a_directory_of_another_user_is_refused(tmp_path, cli):
+    config = _config(tmp_path)
+    os.chown(config.parent, NOBODY, NOBODY)
+    code, _, err = cli("status", config=str(config))
+    assert code == EXIT_CONFIG and f"uid {NOBODY}" in err
+
+
+@root_only
+def test_a_config_symlink_of_another_user_is_refused(tmp_path, cli):
+    config = _config(tmp_path)
+    link = tmp_path / "etc" / "link.toml"
+    link.symlink_to(config)
+    os.lchown(link, NOBODY, NOBODY)
+    code, _, err = cli("status", config=str(link))
+    assert code == EXIT_CONFIG and "symbolic link owned by uid" in err
+
+
+def test_a_root_config_behind_a_root_link_is_read(tmp_path, cli):
+    config = _config(tmp_path)
+    link = tmp_path / "etc" / "link.toml"
+    link.symlink_to(config)
+    assert cli("status", config=str(link))[0] == 0

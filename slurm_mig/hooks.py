@@ -659,10 +659,11 @@ def _fast(which: str, environ: Mapping[str, str], proc_root: str) -> dict | None
             AttributeError, IndexError) as err:
         if environ.get(hookfast.REPORT_ENV) == "1":
             why = str(err) if isinstance(err, (hookfast.Doubt, SlurmMigError)) else repr(err)
-            sys.stderr.write(f"slurm-mig {which}: job {environ.get('SLURM_JOB_ID')}: full path ({why})\n")
+            sys.stderr.write(f"slurm-mig {which}: job {_job_label(environ.get('SLURM_JOB_ID'))}: "
+                             f"full path ({why})\n")
         return None
     if environ.get(hookfast.REPORT_ENV) == "1":
-        sys.stderr.write(f"slurm-mig {which}: job {environ.get('SLURM_JOB_ID')}: fast path\n")
+        sys.stderr.write(f"slurm-mig {which}: job {_job_label(environ.get('SLURM_JOB_ID'))}: fast path\n")
     return result
 
 
@@ -686,11 +687,24 @@ def _epilog_messages(job: str, result: dict) -> None:
                          f"instances this job did not hold; a prolog there refuses them)\n")
 
 
+def _job_label(text: str | None) -> str:
+    """The job as an error line names it: the id, or a short escaped form of whatever slurmd
+    passed (a newline in it must not split the line)."""
+    from .jobs import _is_job_id
+
+    if not text:
+        return "?"
+    if _is_job_id(text) or (len(text) <= 24 and text.isascii() and text.isprintable()
+                            and " " not in text):
+        return text
+    return ascii(text[:24])
+
+
 def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
              proc_root: str = "/proc", config=None, backend=None) -> int:
     """Run ``prolog`` or ``epilog`` with one-line errors; returns the exit code."""
     environ = os.environ if environ is None else environ
-    job = environ.get("SLURM_JOB_ID") or "?"
+    job = _job_label(environ.get("SLURM_JOB_ID"))
     own_backend = backend is None
     try:
         if which == "prolog" and not (environ.get("SLURM_JOB_GPUS") or "").strip():

@@ -38,7 +38,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .catalog import load_catalog
-from .channel import Channel, ChannelError, format_channel, parse_channel
+from .channel import MAX_CYCLE, Channel, ChannelError, format_channel, parse_channel
 from .config import Config
 from .errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
 from .finish import Ready, finish, have_gres, verdict
@@ -59,17 +59,29 @@ TAG = "slurm-mig rebalance"
 
 
 def read_state(path: str) -> dict:
+    """The state file, read strictly (never through a symlink).  A damaged one stops
+    rebalance with exit 3 instead of being moved aside on its own: the cycle number it keeps
+    tags the wants in the nodes' Extra field, so starting again at cycle 1 is the admin's
+    call (docs/rebalance.md)."""
+    from .safefs import UnsafePath, read_file
+
+    fix = "move it aside (the next cycle starts again at cycle 1, hysteresis forgotten)"
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {"cycle": 0, "last_changed": {}}
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the rebalance state: {err}; move it aside "
-                          f"(the next cycle starts again at cycle 1, hysteresis forgotten)") from err
-    if not isinstance(data, dict) or not isinstance(data.get("cycle"), int):
-        raise ConfigError(f"{path}: not a rebalance state file; move it aside")
+        raw = read_file(path, "rebalance state file")
+        if raw is None:
+            return {"cycle": 0, "last_changed": {}}
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError, UnsafePath) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(f"{path}: cannot read the rebalance state: {reason}; {fix}") from err
+    data = data if isinstance(data, dict) else {}
     data.setdefault("last_changed", {})
+    cycle, changed = data.get("cycle"), data["last_changed"]
+    if (type(cycle) is not int or not 0 <= cycle <= MAX_CYCLE or not isinstance(changed, dict)
+            or not all(type(v) is int and 0 <= v <= MAX_CYCLE for v in changed.values())
+            or not all(isinstance(data.get(k), (dict, type(None))) for k in ("last", "last_action"))):
+        raise ConfigError(f"{path}: not a rebalance state file (cycle, last_changed, last, "
+                          f"last_action of the wrong type); {fix}")
     return data
 
 

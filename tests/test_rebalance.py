@@ -330,6 +330,32 @@ def test_last_shows_the_latest_decision_after_quiet_cycles(config, cluster, cli,
     assert cli("rebalance", "--last", "--dry-run", config=str(cfg))[0] == 2
 
 
+@pytest.mark.parametrize("damage", [b"{", b"[]", b'{"cycle": true}', b'{"cycle": 1e400}',
+                                    b'{"cycle": -1}', b'{"cycle": 3, "last_changed": [1]}',
+                                    b'{"cycle": 3, "last_changed": {"n1": "x"}}',
+                                    b'{"cycle": 3, "last": 5}', b"[" * 5000, b"\xff"])
+def test_a_damaged_state_file_stops_rebalance_in_one_line(cli, tmp_path, damage):
+    """Exit 3 naming the file and the fix, for the cycle and for --last; never exit 1."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                   f'node_gres_include = "{tmp_path}/nodes.conf"\n[rebalance]\nenabled = true\n')
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "rebalance.json").write_bytes(damage)
+    code, out, err = cli("rebalance", "--last", config=str(cfg))
+    assert code == 3 and out == "" and err.count("\n") == 1, err
+    assert "rebalance.json" in err and "move it aside" in err
+
+
+def test_a_state_file_symlink_is_not_read(cli, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n')
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "secret").write_text('{"cycle": 4, "last_changed": {}}')
+    (tmp_path / "state" / "rebalance.json").symlink_to(tmp_path / "secret")
+    code, _, err = cli("rebalance", "--last", config=str(cfg))
+    assert code == 3 and "symbolic link" in err
+
+
 def test_channel_text_round_trips_and_has_no_blank_or_equals():
     ch = Channel(have=((0, "A100-40GB", ONE_G), (1, "A100-40GB", "empty")),
                  want=((0, "3g.20gb@0,3g.20gb@4"),), cycle=3)

@@ -213,60 +213,155 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
             raise InstanceMismatch(
                 f"SLURM_JOB_GPUS index {i} but {config.paths.gres_conf} has {len(records)} gpu "
                 f"record(s) for node {node}; Slurm and gres.conf disagree: {FIX_GRES}")
+    from . import hookfast
     from .commands import host_paths
     from .devices import MIG_MINORS_RELPATH, read_mig_minors
     from .gresconf import reverse_minors
-    from .hookfast import fingerprint
 
     dev_root, mig_proc = host_paths(config)
     minors_path = os.path.join(mig_proc, MIG_MINORS_RELPATH)
-    try:  # before the parse: a change in between leaves the snapshot stale, never wrong
-        minors_print = fingerprint(minors_path)
-    except (OSError, ValueError):
-        minors_print = "unreadable"  # matches nothing: the fast path stays off
+    driver_path = os.path.join(mig_proc, hookfast.DRIVER_VERSION_RELPATH)
+    # Before the parse: a change in between leaves the snapshot stale, never wrong.
+    minors_id, driver_id = hookfast.identity(minors_path), hookfast.identity(driver_path)
     minors = read_mig_minors(mig_proc)
     reverse = reverse_minors(minors)
     state_dir = config.paths.state_dir
     with node_lock(os.path.join(state_dir, "node.lock"), config.apply.lock_timeout):
         boot = boot_id(proc_root)
         held = holders(state_dir, boot)
+        journal = hookfast.journal_identity(state_dir)  # before the driver is asked anything
         gpus = {g.minor: g for g in backend.gpus()}
+        seen = _Observed(backend, mig_proc, gpus)
         cache: dict = {}
         # Every index is checked before anything changes: a refusal leaves the GPUs as they were.
         judge = _judge(environ, job, node, proc_root)
-        plans = [_check(backend, job, i, records[i], gpus, minors, reverse, held, cache, judge)
-                 for i in indexes]
+        try:
+            plans = [_check(seen, job, i, records[i], gpus, minors, reverse, held, cache, judge)
+                     for i in indexes]
+        except InstanceRefused:
+            _forget_busy(state_dir, seen, held)
+            raise
         got = [_realise(backend, plan) for plan in plans]
         record = {"version": 1, "job_id": job, "uid": environ.get("SLURM_JOB_UID"),
                   "node": node, "boot_id": boot, "instances": got}
         write_job(state_dir, record)
-        if config.backend == "sim":
-            sources = {"gres_conf": (config.paths.gres_conf, gres_text),
-                       "node_gres_include": (config.paths.node_gres_include, include_text),
-                       "mig_minors": (minors_path, minors_print)}
-            _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources)
+        sources = {"gres_conf": (config.paths.gres_conf, gres_text),
+                   "node_gres_include": (config.paths.node_gres_include, include_text),
+                   "mig_minors": (minors_path, minors_id), "driver": (driver_path, driver_id)}
+        _write_snapshot(config, seen, node, records, gpus, minors, reverse, cache, sources, boot,
+                        mig_proc)
+        _write_facts(state_dir, job, plans, seen, held, boot, journal)
     return record
 
 
-def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources) -> None:
+class _Observed:
+    """The backend, noting for each GPU what its capability entries were just *before* the
+    driver listed its instances (:func:`slurm_mig.hookfast.capture_caps`), and that list:
+    what the facts of :func:`_write_facts` are made from."""
+
+    def __init__(self, backend, proc: str, gpus: dict):
+        self._backend = backend
+        self._proc = proc
+        self.minor = {g.index: g.minor for g in gpus.values()}
+        self.seen: dict = {}  #: gpu index -> (capability entries, instances)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def instances(self, gpu: int):
+        from .hookfast import capture_caps
+
+        caps = capture_caps(self._proc, self.minor[gpu]) if gpu in self.minor else {}
+        out = self._backend.instances(gpu)
+        self.seen[gpu] = (caps, out)
+        return out
+
+
+def _instance_fact(seen: _Observed, gpu: int, inst, caps: dict, boot: str, journal, by: str):
+    """The fact of a complete instance the driver listed (None when its capability entries
+    were not both there before the listing)."""
+    from .hookfast import make_fact
+
+    entry = caps.get(inst.gi_id)
+    if not inst.complete or inst.uuid is None or entry is None or inst.ci_id not in entry[1]:
+        return None
+    return make_fact(gpu=gpu, minor=seen.minor[gpu], gi=inst.gi_id, ci=inst.ci_id,
+                     profile_id=inst.profile_id, start=inst.start, uuid=inst.uuid,
+                     caps=[entry[0], entry[1][inst.ci_id]], boot=boot, journal=journal,
+                     fast_epilogs=0, by=by)
+
+
+def _write_facts(state_dir: str, job: str, plans: list, seen: _Observed, held, boot, journal) -> None:
+    """After a successful full prolog: the job's instances as it found them become facts the
+    job holds (not one this prolog made or completed: its epilog checks that through the
+    driver); every other instance of the GPUs it read that is complete, held by no record
+    and runs no process gets an idle fact.  An instance with a process loses its idle fact.
+    Best effort (:mod:`.hookfast`): without facts the next hooks take the full path."""
+    from .hookfast import drop_facts, write_fact
+
+    if not boot:
+        return
+    mine = {(p["info"].index, p["gi"]): p for p in plans if p.get("info") is not None}
+    try:
+        for gpu, (caps, insts) in seen.seen.items():
+            for inst in insts:
+                plan = mine.get((gpu, inst.gi_id))
+                if plan is not None:
+                    drop_facts(state_dir, gpu, inst.gi_id, job)  # the idle one is used up
+                    if plan["action"] is not None:
+                        continue
+                    fact = _instance_fact(seen, gpu, inst, caps, boot, journal,
+                                          f"full prolog of job {job}")
+                    if fact is not None:
+                        write_fact(state_dir, fact, job)
+                elif inst.pids:
+                    drop_facts(state_dir, gpu, inst.gi_id)
+                elif not held.jobs_of(gpu, inst.gi_id):
+                    fact = _instance_fact(seen, gpu, inst, caps, boot, journal,
+                                          f"full prolog of job {job}")
+                    if fact is not None:
+                        write_fact(state_dir, fact)
+    except (OSError, SlurmMigError):
+        return
+
+
+def _forget_busy(state_dir: str, seen: _Observed, held) -> None:
+    """A refused full prolog: an instance the driver showed with a process is not idle,
+    whatever a fact said (it may be a process the fast path could not see)."""
+    from .hookfast import drop_facts
+
+    try:
+        for gpu, (_, insts) in seen.seen.items():
+            for inst in insts:
+                if inst.pids and not held.jobs_of(gpu, inst.gi_id):
+                    drop_facts(state_dir, gpu, inst.gi_id)
+    except OSError:
+        return
+
+
+def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources, boot,
+                    proc) -> None:
     """What this full prolog derived from gres.conf, for the fast path (:mod:`.hookfast`).
 
     Each record goes through the same static checks as :func:`_realise` (:func:`_resolve`);
     one that fails is ``None`` there, so a job on it always gets the full prolog.  Remade
     when its sources changed or it is damaged (the first job it sends to the full path
     repairs it).  Best effort: a snapshot that cannot be made keeps the hooks on the full
-    path."""
-    from .hookfast import code_fingerprint, read_snapshot, text_fingerprint, write_snapshot
+    path.  The same for every backend: GPUs from ``backend.gpus()``, their driver
+    information file from ``<proc>/driver/nvidia/gpus/``."""
+    from .hookfast import FORMAT, code_fingerprint, gpu_information, read_snapshot, \
+        text_fingerprint, write_snapshot
 
-    driver = getattr(backend, "driver", None)
-    if driver is None:
-        return
     try:
-        head = {"version": 1, "node": node, "code": code_fingerprint(),
-                "gpus": {str(g["index"]): [g["uuid"], g["name"], g["model"]] for g in driver.gpus()}}
+        found = gpu_information(proc)
+        head = {"version": FORMAT, "node": node, "code": code_fingerprint(), "boot_id": boot,
+                "gpus": {str(g.index): {"minor": g.minor, "uuid": g.uuid,
+                                        "info": _info_path(found, g)} for g in gpus.values()}}
         for key, (path, content) in sources.items():
-            fp = content if key == "mig_minors" else text_fingerprint(content)
-            head[key] = {"path": path, "fingerprint": fp}
+            if key in ("mig_minors", "driver"):
+                head[key] = {"path": path, "identity": content}
+            else:
+                head[key] = {"path": path, "fingerprint": text_fingerprint(content)}
         if _snapshot_current(read_snapshot(config.paths.state_dir), head, len(records)):
             return
         out = []
@@ -275,18 +370,26 @@ def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache
                 if not rec.mig:
                     raise InputError("not a MIG record")
                 info, gi, ci, profile, _, _ = _resolve(backend, i, rec, gpus, minors, reverse, cache)
+                caps = (minors.gi_minor(info.minor, gi), minors.ci_minor(info.minor, gi, ci))
             except SlurmMigError:
                 out.append(None)
                 continue
             out.append({"type": rec.type, "files": list(rec.files), "gpu": info.index,
                         "minor": info.minor, "profile_id": profile.id, "start": rec.start,
-                        "gi_id": gi, "ci_id": ci})
+                        "gi_id": gi, "ci_id": ci, "gi_cap": caps[0], "ci_cap": caps[1]})
         write_snapshot(config.paths.state_dir, dict(head, records=out))
     except (SlurmMigError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # no snapshot: the next prologs take the full path too, and try again
 
 
-_SNAPSHOT_KEYS = {"type", "files", "gpu", "minor", "profile_id", "start", "gi_id", "ci_id"}
+def _info_path(found: dict, gpu) -> str | None:
+    """The driver's information file of a GPU (by UUID, with its minor), or None."""
+    path, minor = found.get(gpu.uuid, (None, None))
+    return path if minor == str(gpu.minor) else None
+
+
+_SNAPSHOT_KEYS = {"type", "files", "gpu", "minor", "profile_id", "start", "gi_id", "ci_id",
+                  "gi_cap", "ci_cap"}
 
 
 def _snapshot_current(old, head: dict, count: int) -> bool:
@@ -461,10 +564,12 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
     others: set[int] = set()
     strays: dict[int, tuple] = {}
     elsewhere: set[int] = set()
-    for info in backend.gpus():
+    infos = backend.gpus()
+    seen = _epilog_observer(config, state_dir, backend, infos, own)
+    for info in infos:
         if not info.mig_current:
             continue
-        for inst in backend.instances(info.index):
+        for inst in seen.instances(info.index):
             for pid in inst.pids:
                 kind, uid, why, _ = judge.judge(pid)
                 if kind == MINE:
@@ -504,12 +609,69 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
                                 f"instances are gone, nothing to wipe")
             elif wipe:
                 recreated = _wipe(backend, job, reading.record, holders(state_dir, boot), warnings)
+            else:
+                _epilog_facts(state_dir, job, reading, seen, set(targets), holders(state_dir, boot),
+                              boot)
             removed = remove_job(state_dir, job)  # last: a rerun after a kill finishes the wipe
+        _drop_held(state_dir, job)
     return {"job_id": job, "record": reading is not None, "removed": removed, "ended": ended,
             "other_pids": sorted(others), "recreated": recreated, "moved_to": moved,
             "warnings": warnings,
             "strays": [[pid, uid, why] for pid, (uid, why) in sorted(strays.items())],
             "strays_left": sorted(elsewhere - set(strays))}
+
+
+def _epilog_observer(config, state_dir: str, backend, infos, own: set) -> _Observed:
+    """The backend seen as :class:`_Observed` for the GPUs of the job's own instances (their
+    capability entries before the listing), and the apply journal's identity now."""
+    from .commands import host_paths
+    from .hookfast import journal_identity
+
+    seen = _Observed(backend, host_paths(config)[1],
+                     {g.minor: g for g in infos if g.index in {gpu for gpu, _ in own}})
+    seen.journal = journal_identity(state_dir)
+    return seen
+
+
+def _epilog_facts(state_dir: str, job: str, reading, seen: _Observed, ended: set, held,
+                  boot) -> None:
+    """After a full epilog without a wipe: each of the job's instances that the driver listed
+    complete, as the record has it, with no process left but those this epilog ended (or
+    found gone), gets an idle fact (the fast path's count starts again); the others lose
+    theirs.  Best effort, as :func:`_write_facts`."""
+    from .hookfast import drop_facts, write_fact
+
+    if not boot or not reading.ok or reading.stale(boot):
+        return
+    try:
+        for inst in reading.record["instances"]:
+            gpu, gi = inst["gpu"], inst["gi_id"]
+            if gi is None:
+                continue
+            caps, listed = seen.seen.get(gpu, ({}, []))
+            now = next((m for m in listed if m.gi_id == gi), None)
+            same = now is not None and (now.ci_id, now.profile_id, now.start) == (
+                inst["ci_id"], inst["profile_id"], inst["start"])
+            others = [j for j in held.jobs_of(gpu, gi) if j != job]
+            fact = None
+            if same and set(now.pids) <= ended and not others:
+                fact = _instance_fact(seen, gpu, now, caps, boot, seen.journal,
+                                      f"full epilog of job {job}")
+            if fact is None:
+                drop_facts(state_dir, gpu, gi)
+            else:
+                write_fact(state_dir, fact)
+    except (OSError, SlurmMigError):
+        return
+
+
+def _drop_held(state_dir: str, job: str) -> None:
+    from .hookfast import drop_held_facts
+
+    try:
+        drop_held_facts(state_dir, job)
+    except (OSError, SlurmMigError):
+        pass
 
 
 def _own_instances(state_dir: str, job: str) -> set:

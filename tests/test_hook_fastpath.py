@@ -48,8 +48,10 @@ def full_only(node: Node, which: str, env: dict, capsys) -> tuple:
 
 @pytest.fixture
 def warm(node, capsys):
-    """The node after one full prolog and epilog: config cache and snapshot written."""
-    code, path, err = hook(node, "prolog", node.env("1", "20"), capsys)
+    """The node after one full prolog and epilog: config cache and snapshot written, and an
+    idle fact for every instance (the full prolog reads one instance of each GPU, so it
+    vouches for every idle instance of the three GPUs)."""
+    code, path, err = hook(node, "prolog", node.env("1", "6,13,20"), capsys)
     assert code == 0 and path.startswith("full path (no config cache"), (path, err)
     assert hook(node, "epilog", node.env("1"), capsys)[:2] == (0, FAST)
     assert os.path.exists(hookfast.snapshot_path(node.config.paths.state_dir))

@@ -33,7 +33,7 @@ import pynvml as _real
 
 from ..catalog import load_catalog
 from ..errors import GpuError
-from .simdriver import CI_PROFILE_SLICES, SimDriver, SimNvmlError
+from .simdriver import CI_PROFILE_SLICES, SimDriver, SimNvmlError, pci_bus_id
 
 __all__ = ["FakeNvml", "fake_pynvml", "FUNCTIONS", "DeviceHandle", "GpuInstanceHandle",
            "ComputeInstanceHandle"]
@@ -289,9 +289,10 @@ class FakeNvml:
         _, gpu, _, _ = self._ids(handle, _DEVICE, _MIG)
         g = self._gpu_record(gpu)
         info = _real.nvmlPciInfo_t()
-        bus = 0x10 * (gpu + 1) & 0xFF
-        info.busIdLegacy = b"0000:%02X:00.0" % bus
-        info.busId = b"00000000:%02X:00.0" % bus
+        bus_id = pci_bus_id(gpu)  # the simulated driver's /proc/driver/nvidia/gpus/ names it
+        bus = int(bus_id.split(":")[1], 16)
+        info.busIdLegacy = bus_id[4:].encode()
+        info.busId = bus_id.encode()
         info.domain, info.bus, info.device = 0, bus, 0
         info.pciDeviceId = int(g["pci_device_id"], 16)
         info.pciSubSystemId = 0

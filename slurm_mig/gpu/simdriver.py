@@ -19,6 +19,16 @@ above it must cope with it:
   from the listing once the real pid is gone, as with the real driver.
 * Faults: fail the Nth call of an operation with an NVML code, or crash (raise or
   ``os._exit``) before or after the Nth mutation reaches the state file.
+* The driver's cheap facts under ``<root>/proc`` (the node's ``/proc``), kept in step
+  with every change as the kernel module keeps its own (:func:`sync_proc`):
+  ``driver/nvidia/version``, ``driver/nvidia/gpus/<bus id>/information`` (model,
+  UUID, bus, device minor), ``driver/nvidia/capabilities/mig/{config,monitor}`` and, for
+  each created instance, ``capabilities/gpu<minor>/mig/gi<G>/access`` and
+  ``.../gi<G>/ci<C>/access`` (``DeviceFileMinor:``, as the MIG user guide shows them).
+  An entry made again is a new file (a new inode and modification time), as a procfs
+  entry the driver removes and creates again is a new inode; one that did not change is
+  left alone.  The hooks' fast path trusts only these facts (docs/hooks.md), never the
+  state file.
 
 State lives in ``<root>/state.json``, rewritten atomically under an exclusive
 ``flock`` on ``<root>/state.lock``; the prologs that a real slurmd starts share it.
@@ -54,6 +64,11 @@ RESET_FAMILIES = ("A100", "A30", "A800")
 MUTATIONS = ("create_gi", "create_ci", "destroy_ci", "destroy_gi", "set_mig_mode")
 NVIDIA_MAJOR = 195
 CAPS_MAJOR = 511  # any major works for the device cgroup; the real one is dynamic
+#: What the simulated driver calls itself in ``<root>/proc/driver/nvidia/version``.
+DRIVER_VERSION_TEXT = ("NVRM version: slurm-mig simulated driver (an NVIDIA UNIX Open Kernel "
+                       "Module look-alike)  580.82.07  Release Build\n")
+#: DeviceFileMode of the MIG capability files, as the driver reports them (0444, in decimal).
+CAP_FILE_MODE = 292
 
 
 class SimNvmlError(GpuError):
@@ -145,12 +160,21 @@ class SimDriver:
         state = {"version": STATE_VERSION, "gpus": gpus, "faults": [], "calls": {}, "serial": 0}
         with _exclusive(os.path.join(root, "state.lock"), 30.0):
             _atomic_write_json(os.path.join(root, "state.json"), state)
-        proc = os.path.join(root, "proc", "driver", "nvidia-caps")
-        ensure_dir(proc, 0o755, "simulated /proc")
-        write_atomic(os.path.join(proc, "mig-minors"), render_mig_minors(sorted(set(minors))),
-                     mode=0o444, keep_prev=False, follow=False)
+            proc = os.path.join(root, "proc", "driver", "nvidia-caps")
+            ensure_dir(proc, 0o755, "simulated /proc")
+            write_atomic(os.path.join(proc, "mig-minors"), render_mig_minors(sorted(set(minors))),
+                         mode=0o444, keep_prev=False, follow=False)
+            # A new node is a freshly loaded driver: every entry of the old one goes.
+            _remove_tree(os.path.join(root, "proc", "driver", "nvidia"))
+            sync_proc(root, state)
         _make_device_files(os.path.join(root, "dev"), minors, device_nodes)
         return cls(root)
+
+    def refresh_proc(self) -> None:
+        """Bring ``<root>/proc`` in step with the state (for tests that edit the state file
+        by hand: what the kernel module would show for that state)."""
+        with self._state() as state:
+            sync_proc(self.root, state)
 
     # ------------------------------------------------------------------ state plumbing
 
@@ -241,6 +265,7 @@ class SimDriver:
                 raise
             state["serial"] = state.get("serial", 0) + 1
             _atomic_write_json(self.state_path, state)
+            sync_proc(self.root, state)  # the change reached the driver: so did its entries
             self._fault(state, op, "after")
 
     # ------------------------------------------------------------------ faults, processes
@@ -470,6 +495,99 @@ def _exclusive(path: str, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------- the driver's /proc
+
+
+def pci_bus_id(index: int) -> str:
+    """The PCI bus id of simulated gpu ``index``, as NVML writes it (``00000000:10:00.0``)."""
+    return "00000000:%02X:00.0" % (0x10 * (index + 1) & 0xFF)
+
+
+def _proc_bus_dir(index: int) -> str:
+    """``/proc/driver/nvidia/gpus/<dir>`` of a GPU: the bus id with a 4-digit domain,
+    lower case (``0000:10:00.0``), as the driver names it."""
+    return pci_bus_id(index)[4:].lower()
+
+
+def _cap_text(minor: int, mode: int = CAP_FILE_MODE) -> str:
+    return f"DeviceFileMinor: {minor}\nDeviceFileMode: {mode}\nDeviceFileModify: 1\n"
+
+
+def proc_entries(state: dict) -> dict:
+    """Every file the simulated driver shows under ``<root>/proc`` for ``state``:
+    relative path -> text.  Pure."""
+    from ..devices import formula_minors
+
+    out = {os.path.join("driver", "nvidia", "version"): DRIVER_VERSION_TEXT}
+    caps = os.path.join("driver", "nvidia", "capabilities")
+    out[os.path.join(caps, "mig", "config")] = _cap_text(1, 256)
+    out[os.path.join(caps, "mig", "monitor")] = _cap_text(2, 292)
+    for g in state["gpus"]:
+        info = (f"Model: \t\t {g['name']}\nIRQ:   \t\t 0\nGPU UUID: \t {g['uuid']}\n"
+                f"Bus Type: \t PCIe\nBus Location: \t {_proc_bus_dir(g['index'])}\n"
+                f"Device Minor: \t {g['minor']}\nGPU Excluded:\t No\n")
+        out[os.path.join("driver", "nvidia", "gpus", _proc_bus_dir(g["index"]), "information")] = info
+        if g["model"] is None or not g["gis"]:
+            continue
+        fm = formula_minors([g["minor"]])  # the simulator's mig-minors is the formula
+        mig = os.path.join(caps, f"gpu{g['minor']}", "mig")
+        for gi in g["gis"]:
+            out[os.path.join(mig, f"gi{gi['id']}", "access")] = _cap_text(fm.gi_minor(g["minor"], gi["id"]))
+            for ci in gi["cis"]:
+                out[os.path.join(mig, f"gi{gi['id']}", f"ci{ci['id']}", "access")] = _cap_text(
+                    fm.ci_minor(g["minor"], gi["id"], ci["id"]))
+    return out
+
+
+def sync_proc(root: str, state: dict) -> None:
+    """Make ``<root>/proc/driver/nvidia`` show ``state``: new entries are new files (each
+    with its own modification time, so one made again is never the one before), entries
+    of what is gone are removed, unchanged ones are left alone.  ``capabilities/gpu<minor>/mig``
+    exists for every MIG-capable GPU (empty with MIG off, as a real H200 showed)."""
+    base = os.path.join(root, "proc")
+    wanted = proc_entries(state)
+    dirs = {os.path.join(base, "driver", "nvidia", "capabilities", f"gpu{g['minor']}", "mig")
+            for g in state["gpus"] if g["model"] is not None}
+    top = os.path.join(base, "driver", "nvidia")
+    have = set()
+    for dirpath, _, files in os.walk(top):
+        for name in files:
+            have.add(os.path.relpath(os.path.join(dirpath, name), base))
+    for rel in sorted(have - set(wanted)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(base, rel))
+    for rel, text in sorted(wanted.items()):
+        path = os.path.join(base, rel)
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    continue
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o444)
+        stamp = time.time_ns()
+        os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, path)
+    for d in dirs:
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    # Empty gi<G>/ci<C> directories of what is gone (deepest first).
+    caps = os.path.join(top, "capabilities")
+    for dirpath, subdirs, files in sorted(os.walk(caps), key=lambda w: -len(w[0])):
+        if dirpath not in dirs and not files and os.path.basename(dirpath).startswith(("gi", "ci")):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _atomic_write_json(path: str, data: dict) -> None:

@@ -19,6 +19,14 @@ driver's state, which picks them by a per-GPU permutation.
 Not modelled: engine counts other than copy engines (0), process memory (None, as
 pynvml reports "not available"), privileges (inject a ``NO_PERMISSION`` fault into
 the ``SimDriver`` instead), and processes outside MIG.
+
+Latency: ``fake_pynvml(root, latency=latency_table(recorded))`` makes each call take as
+long as it did on a real driver (the first call of a function in the process, then
+every later one), from a table ``bench/nvml_latency.py`` recorded
+(``tests/data/nvml/h200-580.159.04-latency.json``); ``bench/hooks.py`` times the hooks'
+NVML path with it.  :func:`write_pynvml_shim` makes a directory whose ``pynvml`` module,
+put first on ``PYTHONPATH``, is this fake in any Python process (for benchmarks and
+tests that run the hooks as slurmd does, as processes).
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from ..errors import GpuError
 from .simdriver import CI_PROFILE_SLICES, SimDriver, SimNvmlError, pci_bus_id
 
 __all__ = ["FakeNvml", "fake_pynvml", "FUNCTIONS", "DeviceHandle", "GpuInstanceHandle",
-           "ComputeInstanceHandle"]
+           "ComputeInstanceHandle", "latency_table", "write_pynvml_shim", "SHIM_ROOT_ENV",
+           "SHIM_LATENCY_ENV"]
 
 DRIVER_VERSION = "580.82.07"
 
@@ -591,9 +600,11 @@ def _ci_name(gi_profile, ci_slices: int) -> str:
     return f"{ci_slices}c.{gi_profile.name}"
 
 
-def fake_pynvml(root: str, **options) -> types.ModuleType:
+def fake_pynvml(root: str, *, latency: Optional[dict] = None, **options) -> types.ModuleType:
     """A module that can stand in for ``pynvml``: the fake calls plus the real constants,
-    structures and exceptions.  The :class:`FakeNvml` behind it is ``module.fake``."""
+    structures and exceptions.  The :class:`FakeNvml` behind it is ``module.fake``.
+    ``latency``: ``{function name: (first call ms, later calls ms)}`` (:func:`latency_table`);
+    each call then lasts at least that long."""
     fake = FakeNvml(root, **options)
     module = types.ModuleType("fake_pynvml", __doc__)
     for name, value in vars(_real).items():
@@ -603,7 +614,92 @@ def fake_pynvml(root: str, **options) -> types.ModuleType:
     for name in ("nvmlStructToFriendlyObject", "nvmlFriendlyObjectToStruct", "nvmlExceptionClass"):
         setattr(module, name, getattr(_real, name))
     for name in FUNCTIONS:
-        setattr(module, name, getattr(fake, name))
+        fn = getattr(fake, name)
+        if latency and name in latency:
+            fn = _delayed(fn, *latency[name])
+        setattr(module, name, fn)
     module.fake = fake
     return module
+
+
+# ---------------------------------------------------------------------- recorded latency
+
+
+def latency_table(recorded: dict) -> dict:
+    """``{function: (first call ms, later calls ms)}`` from a ``bench/nvml_latency.py`` JSON:
+    the process's first call (``cold_first_ms`` where recorded: ``nvmlInit`` loading the
+    library, ``nvmlShutdown``; else ``first_ms``), then the median; a call that could not
+    be measured (MIG off) takes its recorded estimate both times."""
+    out = {}
+    for name, entry in recorded["calls"].items():
+        later = entry.get("median_ms")
+        if later is None:
+            later = entry.get("estimate_ms")
+        if later is None:
+            continue
+        first = entry.get("cold_first_ms", entry.get("first_ms"))
+        out[name] = (later if first is None else first, later)
+    return out
+
+
+def _delayed(fn, first_ms: float, later_ms: float):
+    import time
+
+    calls = [0]
+
+    def call(*args, **kwargs):
+        wait = (first_ms if calls[0] == 0 else later_ms) / 1e3
+        calls[0] += 1
+        end = time.perf_counter() + wait
+        if wait > 0.002:
+            time.sleep(wait - 0.001)
+        while time.perf_counter() < end:  # the last part spun: sleep overshoots by ~0.1 ms
+            pass
+        return fn(*args, **kwargs)
+
+    call.__name__ = getattr(fn, "__name__", "call")
+    return call
+
+
+#: Read by the module :func:`write_pynvml_shim` writes: the simulated node's root, and
+#: (optional) a recorded latency JSON.
+SHIM_ROOT_ENV = "SLURM_MIG_FAKE_NVML_ROOT"
+SHIM_LATENCY_ENV = "SLURM_MIG_FAKE_NVML_LATENCY"
+
+_SHIM = '''"""pynvml stand-in written by slurm_mig.gpu.fakenvml.write_pynvml_shim (tests, benchmarks).
+
+Imported as ``pynvml`` (this directory first on PYTHONPATH), it loads the real pynvml (for
+its constants and structures), then puts the look-alike over ``$SLURM_MIG_FAKE_NVML_ROOT``
+in its place, with the latency of ``$SLURM_MIG_FAKE_NVML_LATENCY`` when set."""
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+_spec = importlib.machinery.PathFinder.find_spec("pynvml", _path)
+_real = importlib.util.module_from_spec(_spec)
+sys.modules["pynvml"] = _real
+_spec.loader.exec_module(_real)
+
+from slurm_mig.gpu.fakenvml import SHIM_LATENCY_ENV, SHIM_ROOT_ENV, fake_pynvml, latency_table
+
+_latency = None
+if os.environ.get(SHIM_LATENCY_ENV):
+    with open(os.environ[SHIM_LATENCY_ENV]) as _f:
+        _latency = latency_table(json.load(_f))
+sys.modules["pynvml"] = fake_pynvml(os.environ[SHIM_ROOT_ENV], latency=_latency)
+'''
+
+
+def write_pynvml_shim(directory: str) -> str:
+    """Write ``<directory>/pynvml.py`` (see :data:`_SHIM`) and return ``directory``: put it
+    first on ``PYTHONPATH`` with :data:`SHIM_ROOT_ENV` set, and ``import pynvml`` in that
+    process gives the look-alike (imported only when something imports pynvml)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "pynvml.py"), "w") as f:
+        f.write(_SHIM)
+    return directory
 

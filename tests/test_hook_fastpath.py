@@ -161,7 +161,7 @@ def test_the_fast_prolog_writes_the_bytes_the_full_prolog_writes(warm, capsys):
 
 def test_the_fast_path_imports_no_engine(warm):
     heavy = ("slurm_mig.catalog", "slurm_mig.config", "slurm_mig.gresconf", "slurm_mig.gpu",
-             "typing", "dataclasses", "tomllib", "tempfile")
+             "typing", "dataclasses", "tomllib", "tempfile", "pynvml", "ctypes")
     # What this interpreter loads before any of our code (an editable install's .pth
     # finder loads typing on some Pythons) does not count against the hook.
     probe = f"import sys; print(sorted(m for m in {heavy!r} if m in sys.modules))"
@@ -440,6 +440,155 @@ def test_a_snapshot_of_another_node_is_not_used(warm, capsys):
     assert path == "full path (snapshot is for node n1)" and code == 3  # n2 has no records
 
 
+# ----------------------------------------------------------------------------- doubts: driver and facts
+
+
+def _fact(node: Node, index: int, job: str | None = None) -> str:
+    rec = node.records()[index]
+    return hookfast.fact_path(node.config.paths.state_dir, rec.gpu, rec.gi_id, job)
+
+
+def _proc(node: Node, *parts: str) -> str:
+    return os.path.join(node.config.sim.root, "proc", *parts)
+
+
+def test_the_fast_path_asks_the_driver_nothing(warm, capsys):
+    state = os.path.join(warm.config.sim.root, "state.json")
+    os.rename(state, state + ".away")  # any read of the simulator's state would fail
+    try:
+        if isinstance(warm, NvmlNode):
+            warm.nvml.called.clear()
+        assert hook(warm, "prolog", warm.env("60", "0,9,15"), capsys) == (0, FAST, "")
+        assert hook(warm, "epilog", warm.env("60"), capsys) == (0, FAST, "")
+        if isinstance(warm, NvmlNode):
+            assert warm.nvml.called == []
+    finally:
+        os.rename(state + ".away", state)
+
+
+def test_a_subprocess_full_prolog_then_fast_hooks(warm):
+    # As slurmd runs them; the NVML node's full path gets the look-alike through the shim.
+    env = warm.env("61", "2", **{hookfast.REPORT_ENV: "1"})
+    proc = run_sub("prolog", dict(env, **{hookfast.FAST_ENV: "0"}))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = run_sub("epilog", env)
+    assert (proc.returncode, proc.stderr) == (0, "slurm-mig epilog: job 61: fast path\n")
+    proc = run_sub("prolog", dict(env, SLURM_JOB_ID="62"))
+    assert (proc.returncode, proc.stderr) == (0, "slurm-mig prolog: job 62: fast path\n")
+
+
+def test_a_reboot_sends_the_prolog_to_the_full_path(warm, capsys):
+    boot = os.path.join(warm.proc, "sys", "kernel", "random", "boot_id")
+    with open(boot, "w") as f:
+        f.write("00000000-0000-4000-8000-000000000000\n")
+    assert _expect_full(warm, "prolog", warm.env("63", "2"), capsys, "booted again") == (0, "")
+    assert hook(warm, "epilog", warm.env("63"), capsys)[:2] == (0, FAST)
+    assert hook(warm, "prolog", warm.env("64", "2"), capsys)[:2] == (0, FAST)
+
+
+def test_a_fact_from_another_boot_is_not_trusted(warm, capsys):
+    path = _fact(warm, 2)
+    fact = json.load(open(path))
+    json.dump(dict(fact, boot_id="another"), open(path, "w"))
+    assert _expect_full(warm, "prolog", warm.env("65", "2"), capsys, "from another boot") == (0, "")
+
+
+def test_a_driver_loaded_again_sends_the_prolog_to_the_full_path(warm, capsys):
+    path = _proc(warm, hookfast.DRIVER_VERSION_RELPATH)
+    text = open(path).read()
+    os.unlink(path)
+    with open(path, "w") as f:  # a new entry, as after `modprobe -r nvidia; modprobe nvidia`
+        f.write(text)
+    assert _expect_full(warm, "prolog", warm.env("66", "2"), capsys,
+                        "changed since the snapshot (the driver was loaded again?)") == (0, "")
+    assert hook(warm, "prolog", warm.env("67", "3"), capsys)[:2] == (0, FAST)
+
+
+def test_no_driver_version_file_means_no_fast_path(warm, capsys):
+    os.unlink(_proc(warm, hookfast.DRIVER_VERSION_RELPATH))
+    code, _ = _expect_full(warm, "prolog", warm.env("68", "2"), capsys, "version is missing")
+    assert code == 0
+    assert _expect_full(warm, "prolog", warm.env("69", "3"), capsys, "version is missing")[0] == 0
+
+
+def test_an_apply_since_the_fact_sends_the_prolog_to_the_full_path(warm, cli, capsys):
+    assert cli("apply", "3g.20gb:2", "--gpu", "2", config=warm.config_path)[0] == 0
+    code, err = _expect_full(warm, "prolog", warm.env("70", "2"), capsys, "an apply ran since")
+    assert (code, err) == (0, "")
+    assert hook(warm, "prolog", warm.env("71", "3"), capsys)[:2] == (0, FAST)  # GPU 0 vouched again
+
+
+def test_an_instance_made_again_with_the_same_ids_is_not_trusted(warm, capsys):
+    # Another tool (or a reset) destroyed and made the instance again: same ids, a new MIG
+    # UUID, new capability entries.  The fast path must not write the old UUID.
+    rec = warm.records()[2]
+    backend = SimBackend(warm.config.sim.root)
+    old = warm.instance(rec.gpu, rec.gi_id)
+    backend.destroy_instance(rec.gpu, rec.gi_id)
+    new = backend.create_instance(rec.gpu, old.profile_id, old.start)
+    assert (new.gi_id, new.ci_id) == (old.gi_id, old.ci_id) and new.uuid != old.uuid
+    code, err = _expect_full(warm, "prolog", warm.env("72", "2"), capsys, "made again since")
+    assert (code, err) == (0, "") and warm.record_of("72")["instances"][0]["uuid"] == new.uuid
+
+
+def test_a_capability_of_another_minor_is_a_doubt(warm, capsys):
+    rec = warm.records()[2]
+    minor = warm.driver.gpus()[rec.gpu]["minor"]
+    path = hookfast.cap_path(os.path.join(warm.config.sim.root, "proc"), minor, rec.gi_id)
+    with open(path, "w") as f:
+        f.write("DeviceFileMinor: 9999\nDeviceFileMode: 292\nDeviceFileModify: 1\n")
+    code, _ = _expect_full(warm, "prolog", warm.env("73", "2"), capsys, "capability is minor 9999")
+    assert code == 0
+
+
+def test_no_gpu_information_file_is_a_doubt(warm, capsys):
+    rec = warm.records()[2]
+    info = json.load(open(hookfast.snapshot_path(warm.config.paths.state_dir)))["gpus"][str(rec.gpu)]["info"]
+    os.unlink(info)
+    assert _expect_full(warm, "prolog", warm.env("74", "2"), capsys, "not the GPU of the snapshot")[0] == 0
+
+
+def test_no_idle_fact_then_the_full_prolog_vouches_again(warm, capsys):
+    os.unlink(_fact(warm, 2))
+    code, err = _expect_full(warm, "prolog", warm.env("75", "2"), capsys, "no fact that")
+    assert (code, err) == (0, "")
+    assert hook(warm, "epilog", warm.env("75"), capsys)[:2] == (0, FAST)
+    assert hook(warm, "prolog", warm.env("76", "2"), capsys)[:2] == (0, FAST)
+
+
+@pytest.mark.parametrize("garbage", ["", "{not json", "[]", '{"version": 1}'])
+def test_a_damaged_fact_is_a_doubt(warm, capsys, garbage):
+    with open(_fact(warm, 2), "w") as f:
+        f.write(garbage)
+    assert _expect_full(warm, "prolog", warm.env("77", "2"), capsys, _fact(warm, 2))[0] == 0
+
+
+def test_a_fact_for_another_profile_is_a_doubt(warm, capsys):
+    fact = json.load(open(_fact(warm, 2)))
+    json.dump(dict(fact, profile_id=14), open(_fact(warm, 2), "w"))
+    assert _expect_full(warm, "prolog", warm.env("78", "2"), capsys, "its fact names profile_id 14")[0] == 0
+
+
+def test_a_fact_behind_a_symlink_is_never_followed(warm, capsys):
+    path = _fact(warm, 2)
+    os.rename(path, path + ".real")
+    os.symlink(path + ".real", path)
+    code, _ = _expect_full(warm, "prolog", warm.env("79", "2"), capsys, "cannot be read")
+    assert code == 0
+
+
+def test_a_prolog_takes_an_idle_fact_and_its_epilog_gives_it_back(warm, capsys):
+    idle, held = _fact(warm, 2), _fact(warm, 2, "80")
+    assert json.load(open(idle))["fast_epilogs"] == 0
+    assert hook(warm, "prolog", warm.env("80", "2"), capsys)[:2] == (0, FAST)
+    assert (os.path.exists(idle), os.path.exists(held)) == (False, True)
+    # Another job given the same instance meanwhile: held by job 80 (its record), full path.
+    assert _expect_full(warm, "prolog", warm.env("81", "2"), capsys, "held by job 80")[0] == 5
+    assert hook(warm, "epilog", warm.env("80"), capsys)[:2] == (0, FAST)
+    assert (os.path.exists(idle), os.path.exists(held)) == (True, False)
+    assert json.load(open(idle))["fast_epilogs"] == 1
+
+
 # ----------------------------------------------------------------------------- doubts: epilog
 
 
@@ -488,6 +637,48 @@ def test_fast_epilog_leaves_a_stray_on_another_instance_alone(warm, capsys):
         "slurm-mig epilog: job 54: no job record (already cleaned up, or the job had no gpu); "
         f"nothing to do\nslurm-mig epilog: job 54: left pids {stray.pid} alone (no job's, on "
         "instances this job did not hold; a prolog there refuses them)\n"))
+
+
+def test_epilog_without_its_held_fact_takes_the_full_path(warm, capsys):
+    assert hook(warm, "prolog", warm.env("82", "2"), capsys)[:2] == (0, FAST)
+    os.unlink(_fact(warm, 2, "82"))
+    assert _expect_full(warm, "epilog", warm.env("82"), capsys, "has no fact held by the job") == (0, "")
+    assert warm.record_of("82") is None
+    assert hook(warm, "prolog", warm.env("83", "2"), capsys)[:2] == (0, FAST)  # the full epilog vouched
+
+
+def test_epilog_after_the_prolog_made_the_instance_takes_the_full_path(warm, capsys):
+    rec = warm.records()[3]
+    SimBackend(warm.config.sim.root).destroy_instance(rec.gpu, rec.gi_id)
+    assert hook(warm, "prolog", warm.env("84", "3"), capsys)[:2] == (0, f"full path (gres record 3: gpu {rec.gpu} has no gi {rec.gi_id} ({hookfast.cap_path(os.path.join(warm.config.sim.root, 'proc'), warm.driver.gpus()[rec.gpu]['minor'], rec.gi_id)} is missing))")
+    assert _expect_full(warm, "epilog", warm.env("84"), capsys, "has no fact held by the job") == (0, "")
+    assert hook(warm, "prolog", warm.env("85", "3"), capsys)[:2] == (0, FAST)
+
+
+def test_epilog_after_the_instance_was_made_again_takes_the_full_path(warm, capsys):
+    rec = warm.records()[2]
+    assert hook(warm, "prolog", warm.env("86", "2"), capsys)[:2] == (0, FAST)
+    backend = SimBackend(warm.config.sim.root)
+    old = warm.instance(rec.gpu, rec.gi_id)
+    backend.destroy_instance(rec.gpu, rec.gi_id)
+    backend.create_instance(rec.gpu, old.profile_id, old.start)
+    assert _expect_full(warm, "epilog", warm.env("86"), capsys, "made again since") == (0, "")
+    assert hook(warm, "prolog", warm.env("87", "2"), capsys)[:2] == (0, FAST)
+
+
+def test_epilog_after_an_apply_takes_the_full_path(warm, cli, capsys):
+    assert hook(warm, "prolog", warm.env("88", "2"), capsys)[:2] == (0, FAST)
+    assert cli("apply", "3g.20gb:2", "--gpu", "2", config=warm.config_path)[0] == 0
+    assert _expect_full(warm, "epilog", warm.env("88"), capsys, "an apply ran since") == (0, "")
+
+
+def test_a_stale_record_from_another_boot_is_removed_by_the_fast_epilog(warm, capsys):
+    assert hook(warm, "prolog", warm.env("89", "2"), capsys)[:2] == (0, FAST)
+    path = jobs.job_path(warm.config.paths.state_dir, "89")
+    record = json.load(open(path))
+    json.dump(dict(record, boot_id="another"), open(path, "w"))
+    assert hook(warm, "epilog", warm.env("89"), capsys) == (0, FAST, "")
+    assert warm.record_of("89") is None
 
 
 def test_epilog_wipe_takes_the_full_path(warm, capsys):

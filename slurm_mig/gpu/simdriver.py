@@ -566,7 +566,7 @@ def sync_proc(root: str, state: dict) -> None:
                     continue
         except (FileNotFoundError, NotADirectoryError):
             pass
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        _mkdirs(os.path.dirname(path))
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             f.write(text)
@@ -575,13 +575,25 @@ def sync_proc(root: str, state: dict) -> None:
         os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, path)
     for d in dirs:
-        os.makedirs(d, mode=0o755, exist_ok=True)
+        _mkdirs(d)
     # Empty gi<G>/ci<C> directories of what is gone (deepest first).
     caps = os.path.join(top, "capabilities")
     for dirpath, subdirs, files in sorted(os.walk(caps), key=lambda w: -len(w[0])):
         if dirpath not in dirs and not files and os.path.basename(dirpath).startswith(("gi", "ci")):
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
+
+
+def _mkdirs(path: str) -> None:
+    """``path`` and what is missing above it, each 0755 whatever the umask (as /proc shows)."""
+    if os.path.isdir(path):
+        return
+    _mkdirs(os.path.dirname(path))
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o755)
 
 
 def _remove_tree(path: str) -> None:

@@ -63,8 +63,9 @@ cgroup (``/proc/<pid>/cgroup`` by Slurm's layout: :mod:`slurm_mig.jobprocs`; so 
 of the job is left anywhere), and each of the job's instances has the held fact its
 prolog wrote, still true; it writes the idle facts and removes the job record.  It cannot
 see strays (processes of no job) or other jobs' processes on MIG instances; so after
-:data:`FAST_EPILOGS_IN_A_ROW` fast epilogs on an instance, its next epilog takes the
-full path, which lists them through the driver and ends the strays.
+:data:`FAST_EPILOGS_IN_A_ROW` fast epilogs on an instance, its next epilog asks the driver
+what runs on it (:mod:`slurm_mig.instancepids`, one small query) and takes the full path,
+which ends the strays, when anything does.
 
 ``SLURM_MIG_HOOK_FAST=0`` disables the fast path; ``SLURM_MIG_HOOK_REPORT=1`` prints one
 line on stderr naming the path taken and, for the full path, why.
@@ -97,8 +98,8 @@ SNAPSHOT = "hook-snapshot.json"
 FACTS_DIR = "hook-facts"
 CACHE_SUFFIX = ".hooks-cache.json"
 FORMAT = 2  #: version of the cache, the snapshot and the facts; another value is a doubt
-#: Fast epilogs in a row on one instance; the next one takes the full path (it sees
-#: strays through the driver and ends them).  docs/hooks.md says why.
+#: Fast epilogs in a row on one instance; the next one asks the driver what runs there
+#: (and takes the full path, which ends strays, when anything does).  docs/hooks.md says why.
 FAST_EPILOGS_IN_A_ROW = 7
 _CAP_READ = 256  #: bytes read of a capability file (3 short lines)
 _INFO_READ = 4096  #: bytes read of a GPU's information file
@@ -281,6 +282,7 @@ def settings(config) -> dict:
     says (the simulator lays out its own ``/proc`` under its root; a test pins the two)."""
     proc = os.path.join(config.sim.root, "proc") if config.backend == "sim" else config.paths.proc
     return {"backend": config.backend, "state_dir": config.paths.state_dir, "proc": proc,
+            "sim_root": config.sim.root if config.backend == "sim" else None,
             "gres_conf": config.paths.gres_conf,
             "node_gres_include": config.paths.node_gres_include,
             "lock_timeout": config.apply.lock_timeout,
@@ -630,12 +632,28 @@ def _epilog_facts(job: str, record: dict, cfg: dict, boot) -> list:
             why = "its fact names another MIG UUID than the job record"
         if why:
             raise Doubt(f"gpu {gpu} gi {gi}: {why}")
+        count, by = fact["fast_epilogs"] + 1, f"fast epilog of job {job}"
         if fact["fast_epilogs"] >= FAST_EPILOGS_IN_A_ROW:
-            raise Doubt(f"gpu {gpu} gi {gi} has had {fact['fast_epilogs']} fast epilogs in a "
-                        f"row; this one lists its processes through the driver")
-        out.append((path, dict(fact, fast_epilogs=fact["fast_epilogs"] + 1,
-                               by=f"fast epilog of job {job}")))
+            _driver_check(cfg, gpu, gi, ci, fact["fast_epilogs"])
+            count, by = 0, f"epilog of job {job}, checked with the driver"
+        out.append((path, dict(fact, fast_epilogs=count, by=by)))
     return out
+
+
+def _driver_check(cfg: dict, gpu: int, gi: int, ci: int, count: int) -> None:
+    """After :data:`FAST_EPILOGS_IN_A_ROW` fast epilogs on an instance, ask the driver what
+    runs there (:func:`slurm_mig.instancepids.instance_pids`: for NVML the smallest query
+    there is); anything at all, or no such instance, is a doubt: the full epilog ends the
+    strays and names the rest."""
+    from .instancepids import instance_pids
+
+    pids = instance_pids(cfg["backend"], gpu, gi, ci, sim_root=cfg.get("sim_root"))
+    if pids is None:
+        raise Doubt(f"after {count} fast epilogs in a row the driver lists no gpu {gpu} gi {gi} "
+                    f"ci {ci}")
+    if pids:
+        raise Doubt(f"after {count} fast epilogs in a row the driver shows pids "
+                    f"{', '.join(map(str, pids))} on gpu {gpu} gi {gi}")
 
 
 def job_process(job: str, node: str | None, proc_root: str = "/proc") -> int | None:

@@ -303,3 +303,45 @@ def test_handles_show_what_they_stand_for(nv):
     gi = create(nv, dev, P_7G40, 0, 8)
     assert (dev.ids, repr(dev)) == ((0,), "<DeviceHandle gpu=0>")
     assert gi.ids == (0, nv.nvmlGpuInstanceGetInfo(gi).id)
+
+
+# ---------------------------------------------------------------------- recorded latency, shim
+
+
+def test_the_latency_table_takes_the_first_call_and_the_median_as_recorded():
+    import json
+    from pathlib import Path
+
+    from slurm_mig.gpu.fakenvml import latency_table
+
+    recorded = json.loads((Path(__file__).parent / "data" / "nvml"
+                           / "h200-580.159.04-latency.json").read_text())
+    table = latency_table(recorded)
+    assert table["nvmlInit"] == (12.7821, 1.5576)  # the process's first loads the library
+    assert table["nvmlShutdown"] == (9.4556, 8.5924)
+    assert table["nvmlDeviceGetHandleByIndex"] == (6.5202, 0.0028)
+    assert table["nvmlGpuInstanceGetInfo"] == (0.1568, 0.1568)  # not measured: its estimate
+    assert set(table) == set(recorded["calls"])
+
+
+def test_a_delayed_look_alike_answers_as_the_plain_one(driver):
+    slow = fake_pynvml(driver.root, latency={"nvmlInit": (0.01, 0.0), "nvmlDeviceGetCount": (0.0, 0.0)})
+    slow.nvmlInit()
+    assert slow.nvmlDeviceGetCount() == 2
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        slow.nvmlDeviceGetHandleByIndex(7)
+    slow.nvmlShutdown()
+
+
+def test_the_shim_is_the_look_alike_in_another_process(driver, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from slurm_mig.gpu.fakenvml import SHIM_ROOT_ENV, write_pynvml_shim
+
+    shim = write_pynvml_shim(str(tmp_path / "shim"))
+    code = "import pynvml; pynvml.nvmlInit(); print(pynvml.nvmlDeviceGetCount(), type(pynvml.fake).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=shim, **{SHIM_ROOT_ENV: driver.root}))
+    assert (out.stdout, out.stderr) == ("2 FakeNvml\n", "")

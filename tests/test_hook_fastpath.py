@@ -603,10 +603,11 @@ def test_epilog_with_the_jobs_process_takes_the_full_path_and_ends_it(warm, caps
     assert warm.record_of("50") is None
 
 
-def test_a_stray_on_the_jobs_instance_is_ended_by_the_epilog_that_checks_through_the_driver(warm, capsys):
+def test_a_stray_on_the_jobs_instance_is_ended_by_the_epilog_that_asks_the_driver(warm, capsys):
     # Was: the first fast epilog saw the stray (it read the simulator's state) and took the
     # full path.  Without the driver's API it cannot see it; after FAST_EPILOGS_IN_A_ROW
-    # fast epilogs on the instance the next one takes the full path, which ends it.
+    # fast epilogs on the instance the next one asks the driver, finds it, and takes the
+    # full path, which ends it.
     stray = warm.spawn(NO_JOB, environ=b"SLURM_JOB_ID=99\0")
     warm.attach(stray, 3)
     # The warm node's fact for record 3 comes from a full prolog: no fast epilog yet.
@@ -616,7 +617,8 @@ def test_a_stray_on_the_jobs_instance_is_ended_by_the_epilog_that_checks_through
         assert hook(warm, "epilog", warm.env(job), capsys) == (0, FAST, "")
         assert stray.poll() is None
     assert hook(warm, "prolog", warm.env("53", "3"), capsys)[:2] == (0, FAST)
-    code, err = _expect_full(warm, "epilog", warm.env("53"), capsys, "fast epilogs in a row")
+    code, err = _expect_full(warm, "epilog", warm.env("53"), capsys,
+                             f"fast epilogs in a row the driver shows pids {stray.pid} on")
     assert code == 0 and err.startswith(f"slurm-mig epilog: job 53: ended stray processes on its "
                                         f"instances: pid {stray.pid} (uid 1000) belongs to no Slurm job")
     stray.wait(timeout=10)
@@ -624,6 +626,44 @@ def test_a_stray_on_the_jobs_instance_is_ended_by_the_epilog_that_checks_through
     # The full epilog saw the instance idle: the count starts again.
     assert hook(warm, "prolog", warm.env("54", "3"), capsys)[:2] == (0, FAST)
     assert hook(warm, "epilog", warm.env("54"), capsys) == (0, FAST, "")
+
+
+def _fast_epilogs(node: Node, index: int, job: str, count: int) -> None:
+    """Set the count of fast epilogs in job ``job``'s held fact (as after that many)."""
+    path = _fact(node, index, job)
+    json.dump(dict(json.load(open(path)), fast_epilogs=count), open(path, "w"))
+
+
+def test_the_epilog_that_asks_the_driver_and_finds_nothing_stays_fast(warm, capsys):
+    rec = warm.records()[3]
+    assert hook(warm, "prolog", warm.env("55", "3"), capsys)[:2] == (0, FAST)
+    _fast_epilogs(warm, 3, "55", hookfast.FAST_EPILOGS_IN_A_ROW)
+    if isinstance(warm, NvmlNode):
+        warm.nvml.called.clear()
+    assert hook(warm, "epilog", warm.env("55"), capsys) == (0, FAST, "")
+    fact = json.load(open(_fact(warm, 3)))
+    assert (fact["fast_epilogs"], fact["by"]) == (0, "epilog of job 55, checked with the driver")
+    if isinstance(warm, NvmlNode):  # the smallest query NVML has, nothing more
+        assert set(warm.nvml.called) == {
+            "nvmlInit", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetMaxMigDeviceCount",
+            "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId",
+            "nvmlDeviceGetComputeInstanceId", "nvmlDeviceGetComputeRunningProcesses",
+            "nvmlShutdown"}
+        assert warm.nvml.called.count("nvmlDeviceGetComputeRunningProcesses") == 1
+    assert warm.instance(rec.gpu, rec.gi_id).pids == ()
+
+
+def test_the_epilog_that_asks_the_driver_and_finds_no_instance_takes_the_full_path(warm, capsys):
+    rec = warm.records()[3]
+    assert hook(warm, "prolog", warm.env("56", "3"), capsys)[:2] == (0, FAST)
+    _fast_epilogs(warm, 3, "56", hookfast.FAST_EPILOGS_IN_A_ROW)
+    state = os.path.join(warm.config.sim.root, "state.json")
+    data = json.load(open(state))
+    gpu = next(g for g in data["gpus"] if g["index"] == rec.gpu)
+    next(gi for gi in gpu["gis"] if gi["id"] == rec.gi_id)["cis"][0]["id"] = 5  # not in /proc
+    json.dump(data, open(state, "w"))
+    code, _ = _expect_full(warm, "epilog", warm.env("56"), capsys, f"the driver lists no gpu {rec.gpu}")
+    assert code == 0 and warm.record_of("56") is None
 
 
 def test_fast_epilog_leaves_a_stray_on_another_instance_alone(warm, capsys):
@@ -712,8 +752,10 @@ def test_a_damaged_record_of_another_job_sends_the_prolog_to_the_full_path(warm,
 
 
 def test_the_fast_path_names_what_the_engine_names():
-    from slurm_mig import journal
+    from slurm_mig import instancepids, journal
+    from slurm_mig.gpu import nvmlcodes
 
+    assert instancepids.NOT_FOUND == nvmlcodes.NOT_FOUND
     assert hookfast.CONFIG_ENV == config_mod.ENV_VAR
     assert hookfast.DEFAULT_CONFIG == config_mod.DEFAULT_PATH
     assert hookfast.MIG_MINORS_RELPATH == devices.MIG_MINORS_RELPATH

@@ -454,9 +454,9 @@ FORGED = b"PATH=/bin\0SLURM_JOB_ID=200\0"  # `env -i SLURM_JOB_ID=200 ...`: anyo
 
 def full(env: Dict[str, str]) -> Dict[str, str]:
     """The hook without its fast path: the epilog that lists processes on the instances
-    through the driver (the fast epilog cannot see strays or other jobs' processes: it ends
-    them only every FAST_EPILOGS_IN_A_ROW-th time, docs/hooks.md), whose judgment of whose
-    a process is these tests check."""
+    through the driver (the fast epilog cannot see strays or other jobs' processes; only
+    every FAST_EPILOGS_IN_A_ROW + 1-th epilog on an instance asks the driver, docs/hooks.md),
+    whose judgment of whose a process is these tests check."""
     return dict(env, SLURM_MIG_HOOK_FAST="0")
 USER_JOB_200 = "0::/user.slice/user-1000.slice/user@1000.service/job_200\n"  # the user's own cgroup
 

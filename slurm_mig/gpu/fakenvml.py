@@ -604,7 +604,7 @@ def fake_pynvml(root: str, *, latency: Optional[dict] = None, **options) -> type
     """A module that can stand in for ``pynvml``: the fake calls plus the real constants,
     structures and exceptions.  The :class:`FakeNvml` behind it is ``module.fake``.
     ``latency``: ``{function name: (first call ms, later calls ms)}`` (:func:`latency_table`);
-    each call then lasts at least that long."""
+    each call then lasts at least that long (the look-alike's own time included)."""
     fake = FakeNvml(root, **options)
     module = types.ModuleType("fake_pynvml", __doc__)
     for name, value in vars(_real).items():
@@ -643,6 +643,8 @@ def latency_table(recorded: dict) -> dict:
 
 
 def _delayed(fn, first_ms: float, later_ms: float):
+    """``fn`` taking at least the recorded time: its own time counts towards it (the
+    look-alike reads the simulated driver's state on each call, which a driver does not)."""
     import time
 
     calls = [0]
@@ -651,11 +653,14 @@ def _delayed(fn, first_ms: float, later_ms: float):
         wait = (first_ms if calls[0] == 0 else later_ms) / 1e3
         calls[0] += 1
         end = time.perf_counter() + wait
-        if wait > 0.002:
-            time.sleep(wait - 0.001)
-        while time.perf_counter() < end:  # the last part spun: sleep overshoots by ~0.1 ms
-            pass
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            left = end - time.perf_counter()
+            if left > 0.002:
+                time.sleep(left - 0.001)
+            while time.perf_counter() < end:  # the last part spun: sleep overshoots by ~0.1 ms
+                pass
 
     call.__name__ = getattr(fn, "__name__", "call")
     return call

@@ -263,7 +263,7 @@ def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-                     layout=layout, wait=wait, dry_run=dry_run)
+                     layout=layout, wait=wait, dry_run=dry_run).as_dict()
 
 
 # ----------------------------------------------------------------------------- rebalance
@@ -279,7 +279,7 @@ def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
-               node_name(environ, node or config.slurm.node_name), dry_run=dry_run)
+               node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict()
 
 
 def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
@@ -287,4 +287,4 @@ def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
     from .rebalance import default_collaborators, rebalance as run
 
     reader, slurm, channel = default_collaborators(config)
-    return run(config, reader, slurm, channel, dry_run=dry_run)
+    return run(config, reader, slurm, channel, dry_run=dry_run).as_dict()

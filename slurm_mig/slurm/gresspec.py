@@ -20,7 +20,7 @@ import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..inputs import ascii_digits
-from .model import GresRequest
+from .model import DRAIN, GresRequest, drain_flagged
 
 _PROFILE = re.compile(r"([0-9]+g\.[0-9]+gb(?:\+me)?)$")  # [0-9], not \d: ASCII digits only
 
@@ -187,14 +187,14 @@ def normalize_state(words: Iterable[str]) -> Tuple[str, Tuple[str, ...]]:
         elif low == "completing":
             flags.add("COMPLETING")
         elif low in ("drain", "drained", "draining"):
-            flags.add("DRAIN")
+            flags.add(DRAIN)
         elif low in BASE_STATES:  # a second base word (never seen): keep it visible
             flags.add(word.upper())
         else:
             flags.add(word.upper())
     base = base or "unknown"
     state = base
-    if base != "down" and "DRAIN" in flags:
+    if base != "down" and drain_flagged(flags):
         busy = base in ("allocated", "mixed") or "COMPLETING" in flags
         state = "draining" if busy else "drained"
     return state, tuple(sorted(flags))

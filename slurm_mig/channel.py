@@ -172,7 +172,7 @@ class MemoryExtra:
     """An in-memory channel, for tests and dry runs."""
 
     fields: Dict[str, str] = field(default_factory=dict)
-    writes: list = field(default_factory=list)
+    writes: List[Tuple[str, str]] = field(default_factory=list)
 
     def read(self, node: str) -> str:
         return self.fields.get(node, "")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import reasons
 from .apply import ApplyResult, JobAwareBackend, apply_node
@@ -365,7 +365,8 @@ class _Run:
                          f"a longer --wait, or end the jobs first")
 
     def busy_text(self, st: Optional[NodeStatus]) -> str:
-        jobs, pids = set(), set()
+        jobs: Set[str] = set()
+        pids: Set[int] = set()
         for g in self.wanted:
             for m in self.backend.instances(g):
                 jobs.update(m.jobs)

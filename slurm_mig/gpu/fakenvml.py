@@ -178,6 +178,7 @@ class FakeNvml:
     def driver(self) -> SimDriver:
         """The simulated driver; NVMLError_Uninitialized before ``nvmlInit``."""
         self._require_init()
+        assert self._driver is not None  # _require_init: set while initialised
         return self._driver
 
     @contextlib.contextmanager
@@ -603,6 +604,6 @@ def fake_pynvml(root: str, **options) -> types.ModuleType:
         setattr(module, name, getattr(_real, name))
     for name in FUNCTIONS:
         setattr(module, name, getattr(fake, name))
-    module.fake = fake
+    setattr(module, "fake", fake)
     return module
 

@@ -27,7 +27,9 @@ _PROFILE = re.compile(r"([0-9]+g\.[0-9]+gb(?:\+me)?)$")  # [0-9], not \d: ASCII 
 
 def split_top(text: str, sep: str = ",") -> List[str]:
     """Split on ``sep`` outside parentheses and brackets (``IDX:0,2`` and ``n[1,3]`` stay whole)."""
-    out, depth, cur = [], 0, []
+    out: List[str] = []
+    cur: List[str] = []
+    depth = 0
     for ch in text:
         if ch in "([":
             depth += 1

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import UnknownModel, UnknownProfile
 
@@ -47,14 +47,14 @@ class Profile:
     compute_slices: int
     memory_slices: int
     max_count: int
-    placements: tuple  #: legal placement starts, in placement units
+    placements: Tuple[int, ...]  #: legal placement starts, in placement units
     placement_size: int  #: placement units one instance occupies
     memory_mib: Optional[int] = None
     enum: str = ""  #: NVML_GPU_INSTANCE_PROFILE_<enum> index name, where known
     sm_count: Optional[int] = None
-    aliases: tuple = ()
+    aliases: Tuple[str, ...] = ()
 
-    def names(self) -> tuple:
+    def names(self) -> Tuple[str, ...]:
         return (self.name,) + tuple(self.aliases)
 
     def units(self, start: int) -> range:
@@ -71,13 +71,13 @@ class GpuModel:
     compute_slices: int
     memory_slices: int
     placement_units: int
-    profiles: tuple
-    aliases: tuple = ()
-    pci_device_ids: tuple = ()
-    unverified: tuple = field(default=(), compare=False)
-    sources: tuple = field(default=(), compare=False)
+    profiles: Tuple[Profile, ...]
+    aliases: Tuple[str, ...] = ()
+    pci_device_ids: Tuple[str, ...] = ()
+    unverified: Tuple[Any, ...] = field(default=(), compare=False)
+    sources: Tuple[Any, ...] = field(default=(), compare=False)
 
-    def profile(self, query) -> Profile:
+    def profile(self, query: Union[int, str]) -> Profile:
         """Look a profile up by NVML id (int) or by name/alias (str)."""
         if isinstance(query, int):
             for p in self.profiles:
@@ -104,7 +104,7 @@ class GpuModel:
 
 @dataclass(frozen=True)
 class Catalog:
-    models: tuple
+    models: Tuple[GpuModel, ...]
 
     def model(self, query: str) -> GpuModel:
         """Find a model by key, NVML name, alias or PCI device id (``0x20B010DE``)."""
@@ -129,7 +129,7 @@ class Catalog:
             return None
 
 
-def _profile_from_json(d: dict) -> Profile:
+def _profile_from_json(d: Mapping[str, Any]) -> Profile:
     return Profile(
         id=int(d["id"]),
         name=d["name"],
@@ -145,7 +145,7 @@ def _profile_from_json(d: dict) -> Profile:
     )
 
 
-def catalog_from_json(data: dict) -> Catalog:
+def catalog_from_json(data: Mapping[str, Any]) -> Catalog:
     models = []
     for m in data["models"]:
         models.append(
@@ -196,7 +196,7 @@ class ObservedProfile:
     compute_slices: int  #: ``info.sliceCount``
     max_count: int  #: ``info.instanceCount``
     memory_mib: int  #: ``info.memorySizeMB``
-    placements: tuple
+    placements: Tuple[int, ...]
     placement_size: int
     enum: int = -1  #: the index it was read at
 
@@ -223,7 +223,7 @@ def observed_model(
         if base is not None:
             known = next((p for p in base.profiles if p.id == o.id), None)
         mem_slices = max(1, o.placement_size * mem_total // units) if units else 1
-        aliases = ()
+        aliases: Tuple[str, ...] = ()
         if known is not None and known.name != o.name:
             aliases = tuple(dict.fromkeys((known.name,) + tuple(known.aliases)))
         elif known is not None:
@@ -269,7 +269,8 @@ class Difference:
         return f"{where}: {self.field}: catalog {self.catalog!r}, NVML {self.nvml!r}"
 
 
-def verify(model: Optional[GpuModel], gpu_name: str, observed: Iterable[ObservedProfile]) -> list:
+def verify(model: Optional[GpuModel], gpu_name: str,
+           observed: Iterable[ObservedProfile]) -> List[Difference]:
     """Every field where the driver's answer differs from the catalog's entry."""
     observed = list(observed)
     if model is None:

@@ -26,14 +26,24 @@ does the I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Protocol, Tuple
 
 from .errors import InputError, SlurmError
 from .inputs import MAX_GPU_INDEX, from_text
+from .reasons import TAG
 from .slurm.reader import run_command
 from .slurm.scontrol import parse_pairs
 
-TAG = "slurm-mig"
+
+class ExtraChannel(Protocol):
+    """A node's Extra field, read and written whole: :class:`ScontrolExtra` (scontrol) or
+    :class:`MemoryExtra` (tests, dry runs)."""
+
+    def read(self, node: str) -> str:
+        """The field's text ("" when empty)."""
+
+    def write(self, node: str, text: str) -> None:
+        """Replace the field's text."""
 
 
 class ChannelError(InputError):
@@ -162,7 +172,7 @@ class MemoryExtra:
     """An in-memory channel, for tests and dry runs."""
 
     fields: Dict[str, str] = field(default_factory=dict)
-    writes: list = field(default_factory=list)
+    writes: List[Tuple[str, str]] = field(default_factory=list)
 
     def read(self, node: str) -> str:
         return self.fields.get(node, "")

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from . import catalog as catalog_mod
 from .config import Config
+from .gpu import GpuBackend, GpuInfo
 from .devices import instance_devices, read_mig_minors
 from .errors import InputError, MigNotEnabled, NotSupported
 from .inputs import MAX_GPU_INDEX, NumberError, from_text, shown
@@ -60,7 +61,7 @@ def catalog_models(query: Optional[str] = None) -> dict:
     return {"models": [model_dict(m) for m in models]}
 
 
-def catalog_verify(backend) -> dict:
+def catalog_verify(backend: GpuBackend) -> dict:
     """Where the live driver and the catalog disagree, per GPU."""
     out = []
     for info in backend.gpus():
@@ -85,7 +86,7 @@ def catalog_verify(backend) -> dict:
     return {"gpus": out}
 
 
-def _profiles_for_verify(backend, info) -> list:
+def _profiles_for_verify(backend: GpuBackend, info: GpuInfo) -> list:
     """The driver's profiles; with MIG mode off, [] where the driver will not say.
 
     A real H200 on driver 580.159.04 answered every profile and placement with MIG
@@ -106,7 +107,7 @@ def layouts(model_query: str, maximal: bool = False, include_me: bool = True) ->
             "layouts": [format_layout(l) for l in found]}
 
 
-def status(config: Config, backend) -> dict:
+def status(config: Config, backend: GpuBackend) -> dict:
     """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files;
     ``warnings``: one line per damaged job record (its instances show as busy)."""
     from .apply import JobAwareBackend
@@ -144,7 +145,7 @@ def status(config: Config, backend) -> dict:
     return {"backend": config.backend, "gpus": gpus, "warnings": list(backend.record_warnings)}
 
 
-def select_gpus(backend, gpu: str) -> list:
+def select_gpus(backend: GpuBackend, gpu: str) -> list:
     """``--gpu N`` or ``all`` -> GpuInfo list; MIG-capable GPUs only for ``all``."""
     infos = backend.gpus()
     if gpu == "all":
@@ -170,7 +171,7 @@ __all__ = [
 ]
 
 
-def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_run: bool = False,
+def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all", *, dry_run: bool = False,
                  partial: bool = False) -> dict:
     """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply.
 
@@ -200,7 +201,7 @@ def apply_layout(config: Config, backend, text: str, gpu: str = "all", *, dry_ru
 # ----------------------------------------------------------------------------- Slurm files
 
 
-def node_gres_records(config: Config, backend, node: str, non_mig_type: Optional[str] = None) -> list:
+def node_gres_records(config: Config, backend: GpuBackend, node: str, non_mig_type: Optional[str] = None) -> list:
     """This node's gres.conf records, from its GPUs and their complete MIG instances."""
     from .gresconf import node_records
 
@@ -215,7 +216,7 @@ def node_gres_records(config: Config, backend, node: str, non_mig_type: Optional
     return node_records(node, gpus, instances, models, minors, dev, non_mig_type=non_mig_type)
 
 
-def gres_conf(config: Config, backend, node: str, *, write: bool = False,
+def gres_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
               non_mig_type: Optional[str] = None) -> dict:
     """The node's gres.conf lines; with ``write``, merged into ``paths.gres_conf``."""
     from .gresconf import merge_gres_conf, node_gres_value, render_gres_conf
@@ -233,7 +234,7 @@ def gres_conf(config: Config, backend, node: str, *, write: bool = False,
     return result
 
 
-def node_conf(config: Config, backend, node: str, *, write: bool = False,
+def node_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
               non_mig_type: Optional[str] = None) -> dict:
     """The node's ``NodeName=... Gres=...`` line; with ``write``, merged into the include."""
     from .gresconf import merge_node_include, node_gres_value, render_node_line
@@ -254,7 +255,7 @@ def node_conf(config: Config, backend, node: str, *, write: bool = False,
 # ----------------------------------------------------------------------------- sync
 
 
-def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout: Optional[str] = None,
+def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = None, layout: Optional[str] = None,
          wait: Optional[float] = None, dry_run: bool = False) -> dict:
     """``slurm-mig sync``: this node to its layout through Slurm (:mod:`slurm_mig.sync`)."""
     from .hooks import node_name
@@ -263,13 +264,13 @@ def sync(config: Config, backend, environ, *, node: Optional[str] = None, layout
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-                     layout=layout, wait=wait, dry_run=dry_run)
+                     layout=layout, wait=wait, dry_run=dry_run).as_dict()
 
 
 # ----------------------------------------------------------------------------- rebalance
 
 
-def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None,
+def sync_pending(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = None,
                  dry_run: bool = False) -> dict:
     """``slurm-mig sync --pending``: apply the layout rebalance left for this node."""
     from .channel import ScontrolExtra
@@ -279,7 +280,7 @@ def sync_pending(config: Config, backend, environ, *, node: Optional[str] = None
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
-               node_name(environ, node or config.slurm.node_name), dry_run=dry_run)
+               node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict()
 
 
 def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
@@ -287,4 +288,4 @@ def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
     from .rebalance import default_collaborators, rebalance as run
 
     reader, slurm, channel = default_collaborators(config)
-    return run(config, reader, slurm, channel, dry_run=dry_run)
+    return run(config, reader, slurm, channel, dry_run=dry_run).as_dict()

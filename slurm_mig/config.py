@@ -175,7 +175,7 @@ def resolve_config_path(option: Optional[str], environ: Mapping[str, str]) -> Op
 def load_config(path: Optional[str] = None) -> Config:
     """Read and check the config; ``None`` means the default path, which may be absent."""
     explicit = path is not None
-    path = path if explicit else DEFAULT_PATH
+    path = DEFAULT_PATH if path is None else path
     try:
         data, st = read_regular_file(path)  # no FIFO, device or directory; at most 1 MiB
     except FileNotFoundError as err:

@@ -178,7 +178,7 @@ def _rebalance_story(cluster, files, echo: Echo) -> list:
         echo(f"# meanwhile n1's node timer ({files.timer_log('n1')}):")
         echo("\n".join("#   " + line for line in timer_lines.splitlines()))
     n1 = cluster.status()["n1"]
-    if not n1.gres.get(profile) or "DRAIN" in n1.flags:
+    if not n1.gres.get(profile) or n1.drain_flagged:
         raise SandboxError(f"after rebalance n1 is {n1.state} with gres {n1.gres_text or '-'}"
                            + (f" ({n1.reason})" if n1.reason else "") + f", not {profile} "
                            f"instances for the waiting jobs")

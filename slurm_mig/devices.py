@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import GpuError
 
@@ -47,7 +47,7 @@ class MigMinors:
     cis: Mapping[Tuple[int, int, int], int]  #: (gpu minor, gi id, ci id) -> minor
     source: str = field(default=FORMULA, compare=False)  #: file path, or "formula"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Read-only views: the value is frozen, so its tables must be too.
         object.__setattr__(self, "gis", types.MappingProxyType(dict(self.gis)))
         object.__setattr__(self, "cis", types.MappingProxyType(dict(self.cis)))
@@ -79,9 +79,10 @@ def parse_mig_minors(text: str, source: str = "mig-minors") -> MigMinors:
     Names the driver may add in future (not ``config``, ``monitor`` or ``gpu...``) are
     skipped, so a newer driver does not break us; a malformed ``gpu...`` line is not.
     """
-    config = monitor = None
-    gis = {}
-    cis = {}
+    config: Optional[int] = None
+    monitor: Optional[int] = None
+    gis: Dict[Tuple[int, int], int] = {}
+    cis: Dict[Tuple[int, int, int], int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -103,14 +104,18 @@ def parse_mig_minors(text: str, source: str = "mig-minors") -> MigMinors:
                     f"{source}:{lineno}: unknown entry {name!r} (expected gpuN/giG/access "
                     f"or gpuN/giG/ciC/access); {_FIX}"
                 )
-            (cis if len(key) == 3 else gis)[key] = minor
+            if len(key) == 3:
+                cis[(key[0], key[1], key[2])] = minor
+            else:
+                gis[(key[0], key[1])] = minor
     for name, value in (("config", config), ("monitor", monitor)):
         if value is None:
             raise DeviceFilesError(f"{source}: no '{name}' entry; {_FIX}")
+    assert config is not None and monitor is not None  # checked just above
     return MigMinors(config=config, monitor=monitor, gis=gis, cis=cis, source=source)
 
 
-def _gpu_entry(name: str):
+def _gpu_entry(name: str) -> Optional[Tuple[int, ...]]:
     """``gpu0/gi3/access`` -> (0, 3); ``gpu0/gi3/ci1/access`` -> (0, 3, 1); else None."""
     p = name.split("/")
     if p[-1] != "access" or len(p) not in (3, 4) or not p[1].startswith("gi"):
@@ -205,7 +210,8 @@ def instance_devices(
     )
 
 
-def common_device_files(dev_root: str = "/dev", minors: Optional[MigMinors] = None) -> tuple:
+def common_device_files(dev_root: str = "/dev",
+                        minors: Optional[MigMinors] = None) -> Tuple[str, ...]:
     """Files every GPU job needs besides its instance's: control, UVM, and MIG config/monitor caps."""
     config, monitor = (minors.config, minors.monitor) if minors is not None else (1, 2)
     return (

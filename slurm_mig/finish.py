@@ -26,19 +26,22 @@ a second resume change nothing).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .channel import Channel, format_channel, parse_channel
+from . import reasons
+from .catalog import Catalog
+from .channel import Channel, ExtraChannel, format_channel, parse_channel
+from .config import Config
 from .errors import InputError, SlurmError
 from .gresconf import GresRecord, node_gres_value
 from .layout import parse_layout
-from .syncsteps import fit_reason, one_line, wait_registered, write_node_include
+from .reasons import REBALANCE, one_line
+from .slurm import SlurmClient
+from .slurm.model import NodeInfo
+from .syncsteps import wait_registered, write_node_include
 
 log = logging.getLogger(__name__)
-
-TAG = "slurm-mig rebalance"
-FIX = "fix and rerun slurm-mig rebalance"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,22 @@ class Ready:
     gres: str
 
 
-def have_counts(ch: Channel, catalog) -> Dict[str, int]:
+@dataclass(frozen=True)
+class FinishResult:
+    """What the finish step did: ``finished`` (nodes resumed), ``reconfigured`` (whether the
+    command ran), ``failed`` ([{node, step, error}]) and ``actions`` (greppable lines)."""
+
+    finished: Tuple[str, ...] = ()
+    reconfigured: bool = False
+    failed: Tuple[Dict[str, str], ...] = ()
+    actions: Tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"finished": list(self.finished), "reconfigured": self.reconfigured,
+                "failed": list(self.failed), "actions": list(self.actions)}
+
+
+def have_counts(ch: Channel, catalog: Catalog) -> Dict[str, int]:
     """Instances per Slurm type in the node's published layout (InputError if unreadable)."""
     counts: Dict[str, int] = {}
     for _index, key, text in ch.have:
@@ -59,17 +77,17 @@ def have_counts(ch: Channel, catalog) -> Dict[str, int]:
     return counts
 
 
-def have_gres(node: str, ch: Channel, catalog) -> str:
+def have_gres(node: str, ch: Channel, catalog: Catalog) -> str:
     """The node's ``Gres=`` value for its published layout, written as the node's own
     ``node-conf`` writes it (types sorted by name), so both files agree record by record."""
-    records = []
+    records: List[GresRecord] = []
     for index, key, text in ch.have:
         records += [GresRecord(node, index, None, inst.name, ())
                     for inst in parse_layout(text, catalog.model(key))]
     return node_gres_value(records)
 
 
-def verdict(info, ch: Optional[Channel], catalog) -> Tuple[str, str]:
+def verdict(info: NodeInfo, ch: Optional[Channel], catalog: Catalog) -> Tuple[str, str]:
     """For a node drained by rebalance with no want: ("finish" | "resume" | "wait", why)."""
     if ch is None or not ch.have:
         return "wait", (f"node {info.name}: drained by rebalance, no layout published; waits for "
@@ -86,33 +104,29 @@ def verdict(info, ch: Optional[Channel], catalog) -> Tuple[str, str]:
     return "resume", "drained by rebalance but no layout is waiting for it (a crash or a cleared want)"
 
 
-def failure_reason(cycle: int, step: str, err: BaseException) -> str:
-    return fit_reason(f"{TAG}: cycle {cycle}: {step} failed: ", one_line(err), f"; {FIX}")
-
-
-def finish(config, slurm, channel, ready: List[Ready], cycle: int, *, dry_run: bool = False,
-           clock: Callable[[], float], sleep: Callable[[float], None], poll: float) -> dict:
-    """Finish ``ready`` (see the module doc).  Returns ``finished`` (nodes resumed),
-    ``reconfigured`` (whether the command ran), ``failed`` ([{node, step, error}]) and
-    ``actions`` (greppable lines).  Never raises for a Slurm or file failure: that is what
-    ``failed`` and the drain reasons are for; a crash (BaseException) propagates."""
-    out = {"finished": [], "reconfigured": False, "failed": [], "actions": []}
+def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Sequence[Ready],
+           cycle: int, *, dry_run: bool = False, clock: Callable[[], float],
+           sleep: Callable[[float], None], poll: float) -> FinishResult:
+    """Finish ``ready`` (see the module doc).  Never raises for a Slurm or file failure: that
+    is what :attr:`FinishResult.failed` and the drain reasons are for; a crash (BaseException)
+    propagates."""
     if not ready:
-        return out
+        return FinishResult()
     names = [r.name for r in ready]
-    head = f"{TAG}: cycle {cycle}:"
+    head = f"{REBALANCE}: cycle {cycle}:"
     if dry_run:
-        for r in ready:
-            out["actions"].append(f"{head} node {r.name}: finish: Gres={r.gres or '(none)'}, "
-                                  f"reconfigure, resume (dry run)")
-        out["finished"] = names
-        return out
+        return FinishResult(finished=tuple(names), actions=tuple(
+            f"{head} node {r.name}: finish: Gres={r.gres or '(none)'}, reconfigure, resume "
+            f"(dry run)" for r in ready))
+    finished: List[str] = []
+    failed: List[Dict[str, str]] = []
+    actions: List[str] = []
 
     def fail(nodes: List[str], step: str, err: BaseException) -> None:
-        reason = failure_reason(cycle, step, err)
+        reason = reasons.finish_failed(cycle, step, err)
         for n in nodes:
-            out["failed"].append({"node": n, "step": step, "error": one_line(err)})
-            out["actions"].append(f"{head} node {n}: {step} failed: {one_line(err)}; left drained")
+            failed.append({"node": n, "step": step, "error": one_line(err)})
+            actions.append(f"{head} node {n}: {step} failed: {one_line(err)}; left drained")
             log.error("%s node %s: %s failed: %s", head, n, step, one_line(err))
             try:
                 slurm.drain(n, reason)
@@ -120,21 +134,23 @@ def finish(config, slurm, channel, ready: List[Ready], cycle: int, *, dry_run: b
                 log.error("%s node %s: setting the drain reason failed too: %s", head, n,
                           one_line(drain_err))
 
+    def result(reconfigured: bool) -> FinishResult:
+        return FinishResult(tuple(finished), reconfigured, tuple(failed), tuple(actions))
+
     paths = config.paths
     try:
         write_node_include(paths.node_gres_include, {r.name: r.gres for r in ready},
                            lock_timeout=config.apply.lock_timeout)
     except Exception as err:
         fail(names, "writing the node include", err)
-        return out
+        return result(False)
     try:
         slurm.reconfigure()
     except Exception as err:
         fail(names, "reconfigure", err)
-        return out
-    out["reconfigured"] = True
-    out["actions"].append(f"{head} reconfigured Slurm once for {', '.join(names)} "
-                          f"({' '.join(config.slurm.reconfigure_command)})")
+        return result(False)
+    actions.append(f"{head} reconfigured Slurm once for {', '.join(names)} "
+                   f"({' '.join(config.slurm.reconfigure_command)})")
     seen = wait_registered(slurm, {r.name: r.gres for r in ready}, config.slurm.register_timeout,
                            clock=clock, sleep=sleep, poll=poll)
     for r in ready:
@@ -150,18 +166,18 @@ def finish(config, slurm, channel, ready: List[Ready], cycle: int, *, dry_run: b
         try:
             slurm.resume(r.name)
         except Exception as err:  # the next cycle resumes it: drained by us, nothing left to do
-            out["failed"].append({"node": r.name, "step": "resume", "error": one_line(err)})
-            out["actions"].append(f"{head} node {r.name}: resume failed: {one_line(err)}; the "
-                                  f"next cycle resumes it")
+            failed.append({"node": r.name, "step": "resume", "error": one_line(err)})
+            actions.append(f"{head} node {r.name}: resume failed: {one_line(err)}; the "
+                           f"next cycle resumes it")
             continue
-        out["finished"].append(r.name)
+        finished.append(r.name)
         line = f"{head} node {r.name}: finished: Gres={r.gres or '(none)'} registered; resumed"
-        out["actions"].append(line)
+        actions.append(line)
         log.info("%s", line)
-    return out
+    return result(True)
 
 
-def _mark(channel, r: Ready) -> None:
+def _mark(channel: ExtraChannel, r: Ready) -> None:
     """Drop the applied marker, keeping the rest of the field as it is now; if a slurmctld
     restart lost the field, write back the ``have`` this cycle read."""
     now = parse_channel(channel.read(r.name), r.name)  # ChannelError: not ours any more

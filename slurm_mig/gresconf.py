@@ -23,10 +23,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, InputError
 from .inputs import ascii_digits
+
+if TYPE_CHECKING:
+    from .catalog import GpuModel
+    from .devices import MigMinors
+    from .gpu.types import GpuInfo, MigInstance
+
+#: cap minor -> ``("gi", gpu_minor, gi)`` or ``("ci", gpu_minor, gi, ci)``
+CapEntry = Tuple[Any, ...]
 
 GRES_NAME = "gpu"
 META_TAG = "slurm-mig"
@@ -92,7 +100,7 @@ class GresRecord:
         line = " ".join(parts)
         return f"{line}  # {META_TAG} {' '.join(meta)}" if meta else line
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"node": self.node, "gpu": self.gpu, "minor": self.minor, "type": self.type,
                 "profile_id": self.profile_id, "start": self.start, "gi_id": self.gi_id,
                 "ci_id": self.ci_id, "files": list(self.files)}
@@ -101,8 +109,8 @@ class GresRecord:
 # ----------------------------------------------------------------------------- generating
 
 
-def node_records(node: str, gpus: Sequence, instances: Mapping[int, Sequence], models: Mapping,
-                 minors, dev_root: str = "/dev", *,
+def node_records(node: str, gpus: Sequence[GpuInfo], instances: Mapping[int, Sequence[MigInstance]],
+                 models: Mapping[int, GpuModel], minors: MigMinors, dev_root: str = "/dev", *,
                  non_mig_type: Optional[str] = None) -> List[GresRecord]:
     """The node's records in Slurm's order (see the module doc).
 
@@ -124,7 +132,7 @@ def node_records(node: str, gpus: Sequence, instances: Mapping[int, Sequence], m
             continue
         model = models[info.index]
         for inst in instances.get(info.index, ()):
-            if not inst.complete:
+            if inst.ci_id is None:  # half-made (not ``complete``): no job can use it
                 continue
             dev = instance_devices(minors, info.minor, inst.gi_id, inst.ci_id, dev_root)
             out.append(GresRecord(node, info.index, info.minor, model.profile(inst.profile_id).name,
@@ -137,7 +145,7 @@ def node_records(node: str, gpus: Sequence, instances: Mapping[int, Sequence], m
     return sort_records(out)
 
 
-def record_key(r: GresRecord) -> tuple:
+def record_key(r: GresRecord) -> Tuple[str, int, int]:
     return (r.type or "", r.gpu if r.gpu is not None else -1,
             r.start if r.start is not None else -1)
 
@@ -328,9 +336,9 @@ def slurm_order(records: Sequence[GresRecord], type_order: Optional[Sequence[str
 # ----------------------------------------------------------------------------- cap minors
 
 
-def reverse_minors(minors) -> Dict[int, tuple]:
+def reverse_minors(minors: MigMinors) -> Dict[int, CapEntry]:
     """cap minor -> ``("gi", gpu_minor, gi)`` or ``("ci", gpu_minor, gi, ci)``."""
-    out: Dict[int, tuple] = {}
+    out: Dict[int, CapEntry] = {}
     for (g, gi), m in minors.gis.items():
         out[m] = ("gi", g, gi)
     for (g, gi, ci), m in minors.cis.items():
@@ -338,7 +346,8 @@ def reverse_minors(minors) -> Dict[int, tuple]:
     return out
 
 
-def instance_ids(record: GresRecord, minors, reverse: Optional[Dict[int, tuple]] = None
+def instance_ids(record: GresRecord, minors: MigMinors,
+                 reverse: Optional[Dict[int, CapEntry]] = None
                  ) -> Tuple[int, int, int]:
     """(gpu minor, gi id, ci id) that a MIG record's files name, through the driver's minors."""
     reverse = reverse if reverse is not None else reverse_minors(minors)
@@ -471,7 +480,7 @@ def render_cgroup_conf_snippet() -> str:
     )
 
 
-def render_allowed_devices(dev_root: str = "/dev", minors=None) -> str:
+def render_allowed_devices(dev_root: str = "/dev", minors: Optional[MigMinors] = None) -> str:
     """Content for ``AllowedDevicesFile`` (cgroup.conf of Slurm up to 20.11, cgroup v1 only):
     the devices every job may open besides its gres files.  Slurm 21.08 removed the option
     (22.05's cgroup.conf(5) does not list it) and allows every device that no gres.conf line

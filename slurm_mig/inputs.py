@@ -29,9 +29,12 @@ from .errors import ConfigError
 
 TYPE_CHECKING = False  # no `typing` at run time: the hooks start on every job
 if TYPE_CHECKING:
-    from typing import Union
+    from typing import Literal, Union, overload
 
     Number = Union[int, float]
+else:
+    def overload(func):  # the type checker's; at run time the last definition is the one
+        return func
 
 #: Longest number text read (ASCII digits and one '.'); every bound here has far fewer digits.
 MAX_DIGITS = 24
@@ -55,17 +58,17 @@ class NumberError(ValueError):
     """A value that is not the number asked for; the text says what was wanted."""
 
 
-def _fmt(x) -> str:
+def _fmt(x: Number) -> str:
     return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
 
 
-def wanted(lo, hi, *, whole: bool = True, kind: str | None = None) -> str:
+def wanted(lo: Number, hi: Number, *, whole: bool = True, kind: str | None = None) -> str:
     """``a whole number (0 to 7)``: what a value must be, for messages and docs."""
     kind = kind or ("a whole number" if whole else "a number")
     return f"{kind} ({_fmt(lo)} to {_fmt(hi)})"
 
 
-def shown(value, limit: int = 40) -> str:
+def shown(value: object, limit: int = 40) -> str:
     """``repr(value)``, cut to about ``limit`` characters: an error line stays one short line."""
     if isinstance(value, str) and len(value) > limit:
         return f"{value[:limit]!r}... ({len(value)} characters)"
@@ -78,7 +81,14 @@ def ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()  # isdigit on ASCII text is exactly [0-9]+
 
 
-def from_text(text, lo, hi, *, whole: bool = True, kind: str | None = None) -> Number:
+@overload
+def from_text(text: object, lo: Number, hi: Number, *, whole: Literal[True] = ...,
+              kind: str | None = None) -> int: ...
+@overload
+def from_text(text: object, lo: Number, hi: Number, *, whole: bool,
+              kind: str | None = None) -> Number: ...
+def from_text(text: object, lo: Number, hi: Number, *, whole: bool = True,
+              kind: str | None = None) -> Number:
     """Text (an environment variable, an option, a layout count) as a number in [lo, hi].
 
     ``whole``: ``[0-9]+`` only, returns an int; else a fraction is allowed too and a
@@ -96,25 +106,33 @@ def from_text(text, lo, hi, *, whole: bool = True, kind: str | None = None) -> N
     return from_value(int(text) if whole else float(text), lo, hi, whole=whole, kind=kind)
 
 
-def from_value(value, lo, hi, *, whole: bool = True, kind: str | None = None) -> Number:
+@overload
+def from_value(value: object, lo: Number, hi: Number, *, whole: Literal[True] = ...,
+               kind: str | None = None) -> int: ...
+@overload
+def from_value(value: object, lo: Number, hi: Number, *, whole: bool,
+               kind: str | None = None) -> Number: ...
+def from_value(value: object, lo: Number, hi: Number, *, whole: bool = True,
+               kind: str | None = None) -> Number:
     """An already parsed TOML/JSON value as a number in [lo, hi], returned unchanged.
 
     ``whole``: an int; else an int or a finite float.  Never a bool (``true`` is an
     int in Python), a string, ``inf`` or ``nan``.  Raises :class:`NumberError`.
     """
-    types = int if whole else (int, float)
-    # `lo <= value <= hi` is False for nan, and for inf with a finite hi: both refused.
-    if isinstance(value, bool) or not isinstance(value, types) or not lo <= value <= hi:
+    # Whole: an int; else an int or a float.  `lo <= value <= hi` is False for nan, and for
+    # inf with a finite hi: both refused.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (whole and not isinstance(value, int)) or not lo <= value <= hi):
         raise NumberError("not " + wanted(lo, hi, whole=whole, kind=kind))
     return value
 
 
-def seconds_text(text, hi, *, lo=0) -> float:
+def seconds_text(text: object, hi: Number, *, lo: Number = 0) -> float:
     """``"5"`` or ``"2.5"`` seconds, from ``lo`` to ``hi``, as a float."""
     return float(from_text(text, lo, hi, whole=False, kind="a number of seconds"))
 
 
-def flag_text(text) -> bool:
+def flag_text(text: object) -> bool:
     """An on/off switch from text: ``1 yes true on`` / ``0 no false off`` (any case)."""
     value = _FLAGS.get(text.strip().lower()) if isinstance(text, str) else None
     if value is None:
@@ -123,7 +141,7 @@ def flag_text(text) -> bool:
 
 
 def read_regular_file(path: str, what: str = "config file", *,
-                      limit: int = MAX_CONFIG_BYTES) -> tuple:
+                      limit: int = MAX_CONFIG_BYTES) -> tuple[bytes, os.stat_result]:
     """(bytes, stat) of a small regular file; a symbolic link to one is fine.
 
     Opened without blocking, so a FIFO cannot hang the caller; a FIFO, a device
@@ -151,7 +169,8 @@ def read_regular_file(path: str, what: str = "config file", *,
                               f"slurm-mig config (see etc/config.toml)")
         if st.st_size > limit:
             raise too_big
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             chunk = os.read(fd, 1 << 16)
             if not chunk:

@@ -197,7 +197,7 @@ class Judge:
 
     def __init__(self, job: str, uid: int | None, node: str | None, proc_root: str = "/proc"):
         self.job, self.uid, self.node, self.proc_root = job, uid, node, proc_root
-        self._init = None
+        self._init: str | None = None
 
     def judge(self, pid: int) -> tuple:
         """(:data:`MINE` | :data:`OTHER` | :data:`STRAY` | :data:`GONE`, uid, why, job)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .catalog import GpuModel, Profile
 from .errors import LayoutError, UnknownProfile
@@ -60,12 +60,12 @@ class Layout:
 
     instances: Tuple[Instance, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(
             self, "instances", tuple(sorted(self.instances, key=lambda i: (i.start, i.profile_id)))
         )
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Instance]:
         return iter(self.instances)
 
     def __len__(self) -> int:
@@ -81,7 +81,7 @@ class Layout:
             out[i.name] = out.get(i.name, 0) + 1
         return out
 
-    def keys(self) -> frozenset:
+    def keys(self) -> FrozenSet[Tuple[int, int]]:
         return frozenset((i.profile_id, i.start) for i in self.instances)
 
 
@@ -247,7 +247,8 @@ def enumerate_layouts(model: GpuModel, include_me: bool = True) -> Tuple[Layout,
         by_start.setdefault(s, []).append(p)
     out: List[Layout] = []
 
-    def walk(unit: int, chosen: List[Instance], counts: Dict[int, int], compute: int, media: bool):
+    def walk(unit: int, chosen: List[Instance], counts: Dict[int, int], compute: int,
+             media: bool) -> None:
         if unit >= model.placement_units:
             out.append(Layout(tuple(chosen)))
             return
@@ -293,7 +294,7 @@ def maximal_layouts(model: GpuModel, include_me: bool = True) -> Tuple[Layout, .
 # ----------------------------------------------------------------------------- count form
 
 
-def room_score(model: GpuModel, layout: Layout) -> tuple:
+def room_score(model: GpuModel, layout: Layout) -> Tuple[int, ...]:
     """How much room ``layout`` leaves: addable placements per profile, biggest profile first.
 
     Comparing these tuples prefers the layout that still admits the largest profiles,

@@ -247,7 +247,7 @@ def read_file(path: str, what: str = "file", *, limit: int = MAX_STATE_BYTES,
     except FileNotFoundError:
         return None
     try:
-        chunks = []
+        chunks: list[bytes] = []
         size = 0
         while True:
             chunk = os.read(fd, 1 << 16)

@@ -22,31 +22,38 @@ matching GPU, identical files are not rewritten) and resumes the node at the end
 
 Pure orchestration: the config, the GPU backend, the :class:`~slurm_mig.slurm.SlurmClient`,
 the clock and the sleep are parameters, so tests drive it with an in-memory Slurm and the
-simulator.  Returns a dict with stable keys (``--json``); :mod:`slurm_mig.render` prints it.
+simulator.  They travel down the steps as one :class:`~slurm_mig.syncsteps.NodeChange`; the
+drain reasons are :mod:`slurm_mig.reasons`'.  Returns a frozen :class:`SyncResult` whose
+``as_dict()`` has stable keys (``--json``); :mod:`slurm_mig.render` prints it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from .apply import JobAwareBackend, apply_node
+from . import reasons
+from .apply import ApplyResult, JobAwareBackend, apply_node
 from .commands import gres_conf, node_conf, node_gres_records
 from .config import Config
 from .errors import ConfigError, InputError, LayoutError, SlurmError
+from .gpu import GpuBackend
 from .gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
                        node_gres_value)
 from .inventory import current_layout, gpu_model, no_mig_gpu
 from .layout import Layout, format_counts, format_layout, parse_layout
+from .reasons import SYNC, SYNC_FIX, one_line
+from .slurm import SlurmClient
 from .slurm.scontrol import NodeStatus, parse_gres
-from .syncsteps import (StepLog, apply_layouts, apply_summary, check_registered, fit_reason, idle,
-                        one_line, read_text, state_text, sync_lock, with_context)
+from .syncsteps import (NodeChange, StepLog, apply_layouts, apply_summary, check_registered, idle,
+                        read_text, state_text, sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 
-TAG = "slurm-mig"  #: drain reasons that start with this are ours (a previous sync's)
-FIX = "fix and rerun slurm-mig sync"
+#: gpu index -> (text asked for, wanted layout, current canonical text)
+Wanted = Dict[int, Tuple[str, Layout, str]]
 
 STEPS = ("check", "drain", "wait", "apply", "write", "reconfigure", "register", "resume")
 
@@ -54,8 +61,7 @@ STEPS = ("check", "drain", "wait", "apply", "write", "reconfigure", "register", 
 # ----------------------------------------------------------------------------- wanted layouts
 
 
-def resolve_wanted(config: Config, backend, layout: Optional[str] = None
-                   ) -> Dict[int, Tuple[str, Layout, str]]:
+def resolve_wanted(config: Config, backend: GpuBackend, layout: Optional[str] = None) -> Wanted:
     """gpu index -> (text asked for, wanted layout, current canonical text).  Reads GPUs only.
 
     ``layout`` applies to every GPU in MIG mode; without it each GPU gets
@@ -78,11 +84,12 @@ def resolve_wanted(config: Config, backend, layout: Optional[str] = None
         chosen = mig
     if not mig:
         raise no_mig_gpu(infos)
-    out: Dict[int, Tuple[str, Layout, str]] = {}
+    out: Wanted = {}
     for info in chosen:
         source = "--layout" if layout is not None else (
             f"layout.gpus.{info.index}" if info.index in dict(config.layout.gpus) else "layout.default")
         text = layout if layout is not None else config.layout_for(info.index)
+        assert text is not None  # chosen: a GPU with a layout of its own or the default
         model = gpu_model(backend, info)  # MigNotEnabled with the fix for a GPU not in MIG mode
         now = current_layout(model, backend.instances(info.index))
         try:
@@ -97,16 +104,12 @@ def resolve_wanted(config: Config, backend, layout: Optional[str] = None
     return out
 
 
-def layout_summary(wanted: Dict[int, Tuple[str, Layout, str]]) -> str:
+def layout_summary(wanted: Wanted) -> str:
     """``3g.20gb:2 on gpu 0,1; 1g.10gb:7 on gpu 2``: short, for a drain reason."""
-    by_counts: Dict[str, List[int]] = {}
-    for gpu, (_, layout, _) in sorted(wanted.items()):
-        by_counts.setdefault(format_counts(layout), []).append(gpu)
-    return "; ".join(f"{c} on gpu {','.join(map(str, g))}" for c, g in by_counts.items())
+    return reasons.summary({gpu: format_counts(layout) for gpu, (_, layout, _) in wanted.items()})
 
 
-def expected_gres(current: Sequence[GresRecord], wanted: Dict[int, Tuple[str, Layout, str]],
-                  node: str) -> str:
+def expected_gres(current: Sequence[GresRecord], wanted: Wanted, node: str) -> str:
     """The node's ``Gres=`` once ``wanted`` is applied: untouched GPUs keep their records."""
     records = [r for r in current if r.gpu not in wanted]
     for gpu, (_, layout, _) in wanted.items():
@@ -117,15 +120,47 @@ def expected_gres(current: Sequence[GresRecord], wanted: Dict[int, Tuple[str, La
 # ----------------------------------------------------------------------------- the run
 
 
-def failure_reason(step: str, err: BaseException) -> str:
-    """``slurm-mig sync failed at apply: <error>; fix and rerun slurm-mig sync``, one short line."""
-    return fit_reason(f"{TAG} sync failed at {step}: ", one_line(err), f"; {FIX}")
+@dataclass(frozen=True)
+class SyncResult:
+    """What one ``slurm-mig sync`` did or would do; ``as_dict()`` is its ``--json`` output."""
+
+    node: str
+    dry_run: bool
+    already_in_sync: bool
+    layout: Optional[str]
+    wanted: Tuple[Dict[str, Any], ...]
+    gres_before: str
+    gres_after: str
+    drained_by_us: bool
+    drained_before: Optional[str]
+    resumed: bool
+    apply: Tuple[Dict[str, Any], ...]
+    files: Dict[str, Optional[Dict[str, Any]]]
+    steps: Tuple[Dict[str, Any], ...]
+    seconds: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "node": self.node,
+            "dry_run": self.dry_run,
+            "already_in_sync": self.already_in_sync,
+            "layout": self.layout,
+            "wanted": list(self.wanted),
+            "gres": {"before": self.gres_before, "after": self.gres_after},
+            "drained_by_us": self.drained_by_us,
+            "drained_before": self.drained_before,
+            "resumed": self.resumed,
+            "apply": list(self.apply),
+            "files": dict(self.files),
+            "steps": list(self.steps),
+            "seconds": self.seconds,
+        }
 
 
 def sync_node(
     config: Config,
-    backend,
-    slurm,
+    backend: GpuBackend,
+    slurm: SlurmClient,
     node: str,
     *,
     layout: Optional[str] = None,
@@ -134,7 +169,7 @@ def sync_node(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     poll: float = 2.0,
-) -> dict:
+) -> SyncResult:
     """Make ``node`` (this machine) match its layout; see the module doc.  Returns the result.
 
     ``slurm`` is a :class:`~slurm_mig.slurm.SlurmClient`; ``wait`` defaults to
@@ -145,33 +180,36 @@ def sync_node(
     if not wait >= 0:  # also nan
         raise InputError(f"--wait {wait!r}: give 0 or more seconds")
     state_dir = config.paths.state_dir
-    backend = JobAwareBackend(backend, state_dir)
-    wanted = resolve_wanted(config, backend, layout)  # bad input: exit 2, Slurm untouched
+    jb = JobAwareBackend(backend, state_dir)
+    wanted = resolve_wanted(config, jb, layout)  # bad input: exit 2, Slurm untouched
+    ctx = NodeChange(config, jb, slurm, node, StepLog(f"{SYNC}: node {node}", clock, log), clock,
+                     dry_run=dry_run)
     if dry_run:
-        return _Run(config, backend, slurm, node, wanted, layout, wait, clock, sleep, poll,
-                    dry_run=True).run()
+        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
     with sync_lock(state_dir):
-        return _Run(config, backend, slurm, node, wanted, layout, wait, clock, sleep, poll,
-                    dry_run=False).run()
+        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
 
 
 class _Run:
-    def __init__(self, config: Config, backend, slurm, node: str, wanted, layout: Optional[str],
-                 wait: float, clock, sleep, poll: float, *, dry_run: bool):
-        self.config = config
-        self.backend = backend
-        self.slurm = slurm
-        self.node = node
+    """One sync's progress (what it drained, resumed, wrote) over its :class:`NodeChange`."""
+
+    def __init__(self, ctx: NodeChange, wanted: Wanted, layout: Optional[str], wait: float,
+                 sleep: Callable[[float], None], poll: float):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.backend = ctx.backend
+        self.slurm = ctx.slurm
+        self.node = ctx.node
+        self.clock = ctx.clock
+        self.steps = ctx.steps
+        self.dry_run = ctx.dry_run
         self.wanted = wanted
         self.layout = layout
         self.wait = wait
-        self.clock = clock
         self.sleep = sleep
         self.poll = max(poll, 0.0)
-        self.dry_run = dry_run
-        self.steps = StepLog(f"{TAG} sync: node {node}", clock, log)
-        self.apply_results: List[dict] = []
-        self.files = {"gres_conf": None, "node_include": None}
+        self.apply_results: List[Dict[str, Any]] = []
+        self.files: Dict[str, Optional[Dict[str, Any]]] = {"gres_conf": None, "node_include": None}
         self.drained_by_us = False
         self.drained_before: Optional[str] = None  #: reason of a drain by someone else
         self.resumed = False
@@ -180,32 +218,20 @@ class _Run:
 
     # -- the result ------------------------------------------------------------------------
 
-    def result(self, in_sync: bool) -> dict:
-        return {
-            "node": self.node,
-            "dry_run": self.dry_run,
-            "already_in_sync": in_sync,
-            "layout": self.layout,
-            "wanted": [{"gpu": g, "text": text, "before": before, "wanted": format_layout(l)}
-                       for g, (text, l, before) in sorted(self.wanted.items())],
-            "gres": {"before": self.gres_before, "after": self.gres_after},
-            "drained_by_us": self.drained_by_us,
-            "drained_before": self.drained_before,
-            "resumed": self.resumed,
-            "apply": self.apply_results,
-            "files": self.files,
-            "steps": self.steps.items,
-            "seconds": round(self.clock() - self.steps.t0, 3),
-        }
+    def result(self, in_sync: bool) -> SyncResult:
+        return SyncResult(
+            node=self.node, dry_run=self.dry_run, already_in_sync=in_sync, layout=self.layout,
+            wanted=tuple({"gpu": g, "text": text, "before": before, "wanted": format_layout(l)}
+                         for g, (text, l, before) in sorted(self.wanted.items())),
+            gres_before=self.gres_before, gres_after=self.gres_after,
+            drained_by_us=self.drained_by_us, drained_before=self.drained_before,
+            resumed=self.resumed, apply=tuple(self.apply_results), files=dict(self.files),
+            steps=self.steps.snapshot(), seconds=round(self.clock() - self.steps.t0, 3))
 
     # -- reading -----------------------------------------------------------------------------
 
     def status(self) -> NodeStatus:
-        st = self.slurm.nodes([self.node]).get(self.node)
-        if st is None:
-            raise SlurmError(f"node {self.node} is not known to slurmctld; check --node or "
-                             f"[slurm] node_name in {self.config.source} (`scontrol show node`)")
-        return st
+        return self.ctx.status()
 
     def files_match(self, records: Sequence[GresRecord]) -> bool:
         paths = self.config.paths
@@ -217,7 +243,7 @@ class _Run:
 
     # -- the steps ---------------------------------------------------------------------------
 
-    def run(self) -> dict:
+    def run(self) -> SyncResult:
         node = self.node
         records = node_gres_records(self.config, self.backend, node)
         self.gres_before = node_gres_value(records)
@@ -228,8 +254,8 @@ class _Run:
                          for r in preview)
         files_match = self.files_match(records)
         st = self.status()
-        ours = "DRAIN" in st.flags and st.reason.startswith(TAG)
-        if "DRAIN" in st.flags and not ours:
+        ours = st.drain_flagged and reasons.is_ours(st.reason)
+        if st.drain_flagged and not ours:
             self.drained_before = st.reason or "(no reason)"
         if gpus_match and files_match and st.gres == parse_gres(self.gres_before):
             self.steps.add("check", "done", f"already in sync: {self.gres_before or 'no gres'}; "
@@ -270,7 +296,7 @@ class _Run:
             self.resume("in sync")
         return self.result(False)
 
-    def plan(self, st: NodeStatus, preview) -> dict:
+    def plan(self, st: NodeStatus, preview: Sequence[ApplyResult]) -> SyncResult:
         add = self.steps.add
         if self.drained_before is not None:
             add("drain", "planned", f"already drained by someone else ({self.drained_before}); "
@@ -296,7 +322,7 @@ class _Run:
         return self.result(False)
 
     def drain_reason(self) -> str:
-        return fit_reason(f"{TAG} sync: applying ", layout_summary(self.wanted))
+        return reasons.sync_applying(layout_summary(self.wanted))
 
     def drain(self, st: NodeStatus, ours: bool) -> None:
         t0 = self.clock()
@@ -321,7 +347,7 @@ class _Run:
             except SlurmError as err:  # slurmctld busy or restarting: look again
                 last_err = err
             if last is not None and last_err is None and idle(last):
-                if "DRAIN" not in last.flags:  # resumed behind our back: jobs may land any time
+                if not last.drain_flagged:  # resumed behind our back: jobs may land any time
                     raise SlurmError(
                         f"node {self.node} is no longer drained ({state_text(last)}): someone "
                         f"resumed it during the wait; nothing was changed on its GPUs; rerun "
@@ -339,7 +365,8 @@ class _Run:
                          f"a longer --wait, or end the jobs first")
 
     def busy_text(self, st: Optional[NodeStatus]) -> str:
-        jobs, pids = set(), set()
+        jobs: Set[str] = set()
+        pids: Set[int] = set()
         for g in self.wanted:
             for m in self.backend.instances(g):
                 jobs.update(m.jobs)
@@ -358,16 +385,16 @@ class _Run:
         """Nothing changed on the GPUs: undo our drain if the node was not drained before."""
         t0 = self.clock()
         self.steps.add("wait", "failed", one_line(err), t0)
-        if "DRAIN" not in st.flags:
+        if not st.drain_flagged:
             try:
                 self.slurm.resume(self.node)
                 self.resumed = True
                 self.steps.add("resume", "done", "nothing was changed: drain undone", t0)
             except Exception as resume_err:  # say so; the wait error is the one raised
                 self.steps.add("resume", "failed", one_line(resume_err), t0)
-                log.error("%s sync: node %s: could not resume it after the failed wait: %s; "
+                log.error("%s: node %s: could not resume it after the failed wait: %s; "
                           "resume it with `scontrol update nodename=%s state=resume`",
-                          TAG, self.node, one_line(resume_err), self.node)
+                          SYNC, self.node, one_line(resume_err), self.node)
         elif self.drained_before is None:
             # Drained by an earlier failed sync: its GPUs may still be half-changed.
             self.set_failure_reason("wait", err)
@@ -425,7 +452,7 @@ class _Run:
     def set_failure_reason(self, step: str, err: BaseException) -> Optional[str]:
         """Best effort; returns why it could not be set, or None."""
         try:
-            self.slurm.drain(self.node, failure_reason(step, err))
+            self.slurm.drain(self.node, reasons.sync_failed(step, err))
             return None
         except Exception as drain_err:
             return one_line(drain_err)
@@ -439,6 +466,6 @@ class _Run:
             where += f" (and setting its drain reason failed too: {problem})"
         elif self.drained_before is not None:
             where += f" (it was drained before by someone else: {self.drained_before})"
-        message = f"{one_line(err)}; {where}; {FIX}"
-        log.error("%s sync: node %s: %s", TAG, self.node, message)
+        message = f"{one_line(err)}; {where}; {SYNC_FIX}"
+        log.error("%s: node %s: %s", SYNC, self.node, message)
         return with_context(err, message)

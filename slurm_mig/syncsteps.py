@@ -13,7 +13,10 @@ that the node registered with the new gres, resume.  Three callers run parts of 
   it belongs to the controller and happens once per cycle rather than once per node.
 
 So each step lives here once, and the callers only order the steps and decide what a
-failure leaves behind.
+failure leaves behind.  A node-side change (sync, sync --pending) hands one
+:class:`NodeChange` down its steps: the config, the job-aware GPU backend, the Slurm
+client, the Extra channel, the node, the clock and the step log, never changed on the way.
+The drain reasons the steps set are built in :mod:`slurm_mig.reasons`.
 """
 
 from __future__ import annotations
@@ -21,27 +24,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+import time
+from dataclasses import dataclass
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple)
 
-from .apply import apply_node
+from .apply import ApplyResult, JobAwareBackend, apply_node
+from .channel import ExtraChannel
+from .config import Config
 from .errors import LockBusy, SlurmError, SlurmMigError
 from .gresconf import GresConfError, merge_node_include
 from .layout import Layout
 from .locking import node_lock
+from .reasons import one_line
+from .slurm import SlurmClient
 from .slurm.scontrol import NodeStatus, parse_gres
 from .slurmfiles import WriteResult, update_file
 
 log = logging.getLogger(__name__)
 
-REASON_MAX = 300  #: Slurm reasons are one line; keep them readable in sinfo/scontrol
-
-
 # ----------------------------------------------------------------------------- text
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def with_context(err: BaseException, message: str) -> BaseException:
@@ -54,29 +55,6 @@ def with_context(err: BaseException, message: str) -> BaseException:
         new.__cause__ = err
         return new
     return err
-
-
-def reason_text(text: str) -> str:
-    """One line with no ``=``: ``scontrol show node -o`` ends a Reason= value at the next
-    ``word=`` (measured: ``... reports IDLE+DRAIN gres=gpu:...`` came back cut before ``gres=``),
-    so an ``=`` in a reason would hide the rest of it from whoever reads it back."""
-    return " ".join(text.replace("=", ":").split())
-
-
-def fit_reason(head: str, detail: str = "", tail: str = "") -> str:
-    """``head + detail + tail`` as a drain reason: ``detail`` is shortened so that the whole
-    fits in :data:`REASON_MAX`, and ``tail`` (what to do) is never cut."""
-    def norm(text: str) -> str:  # one line, no '=', the blanks at either end kept (one)
-        core = reason_text(text)
-        if not core:
-            return ""
-        return (" " if text[:1].isspace() else "") + core + (" " if text[-1:].isspace() else "")
-
-    head, detail, tail = norm(head), norm(detail).strip(), norm(tail)
-    room = REASON_MAX - len(head) - len(tail)
-    if len(detail) > room:
-        detail = detail[: max(room - 3, 0)].rstrip() + "..."
-    return (head + detail + tail)[:REASON_MAX]
 
 
 def idle(st: NodeStatus) -> bool:
@@ -110,16 +88,57 @@ class StepLog:
         self.who = who  #: ``slurm-mig sync: node n1``, for the log lines
         self.clock = clock
         self.log = logger  #: the caller's, so its log lines keep their module's name
-        self.items: List[dict] = []
+        self.items: List[Dict[str, Any]] = []
         self.t0 = clock()
 
-    def add(self, name: str, status: str, detail: str, started: Optional[float] = None) -> dict:
+    def add(self, name: str, status: str, detail: str,
+            started: Optional[float] = None) -> Dict[str, Any]:
         seconds = round(self.clock() - started, 3) if started is not None else 0.0
-        item = {"step": name, "status": status, "detail": detail, "seconds": seconds}
+        item: Dict[str, Any] = {"step": name, "status": status, "detail": detail,
+                                "seconds": seconds}
         self.items.append(item)
         level = logging.WARNING if status == "failed" else logging.INFO
         self.log.log(level, "%s: %s %s: %s", self.who, name, status, detail)
         return item
+
+    def snapshot(self) -> Tuple[Dict[str, Any], ...]:
+        """The steps so far, for a result (later steps do not change it)."""
+        return tuple(dict(item) for item in self.items)
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """One change of one node's layout, as ``sync`` and ``sync --pending`` run it on the
+    node: what every step works with, handed down whole.
+
+    Frozen: no step swaps a collaborator under another.  ``steps`` is the run's log, the
+    one thing in it that grows.  ``channel`` is the node's Extra field (``sync --pending``
+    only); ``backend`` is job-aware, so instances a job record holds count as busy."""
+
+    config: Config
+    backend: JobAwareBackend
+    slurm: SlurmClient
+    node: str
+    steps: StepLog
+    clock: Callable[[], float] = time.monotonic
+    channel: Optional[ExtraChannel] = None
+    dry_run: bool = False
+
+    @property
+    def state_dir(self) -> str:
+        return self.config.paths.state_dir
+
+    def look(self) -> Optional[NodeStatus]:
+        """The node as slurmctld reports it now, or None if slurmctld does not know it."""
+        return self.slurm.nodes([self.node]).get(self.node)
+
+    def status(self) -> NodeStatus:
+        """:meth:`look`, with SlurmError (and the fix) for a node slurmctld does not know."""
+        st = self.look()
+        if st is None:
+            raise SlurmError(f"node {self.node} is not known to slurmctld; check --node or "
+                             f"[slurm] node_name in {self.config.source} (`scontrol show node`)")
+        return st
 
 
 @contextlib.contextmanager
@@ -135,14 +154,15 @@ def sync_lock(state_dir: str) -> Iterator[None]:
         yield
 
 
-def apply_layouts(config, backend, wanted: Mapping[int, Layout]) -> list:
+def apply_layouts(config: Config, backend: JobAwareBackend,
+                  wanted: Mapping[int, Layout]) -> List[ApplyResult]:
     """The apply engine on an idle, drained node: ``partial`` off, so a busy instance (a
     stray process, a stale job record) refuses the change instead of half-doing it."""
     return apply_node(backend, dict(wanted), state_dir=config.paths.state_dir, partial=False,
                       lock_timeout=config.apply.lock_timeout)
 
 
-def apply_summary(results) -> str:
+def apply_summary(results: Sequence[ApplyResult]) -> str:
     return "; ".join(f"gpu {r.gpu} {r.before} -> {r.after} ({len(r.steps)} change(s))" if r.changed
                      else f"gpu {r.gpu} {r.after} unchanged" for r in results)
 
@@ -166,7 +186,7 @@ def register_error(node: str, gres: str, timeout: float, seen: str) -> str:
             f"(docs/sync.md); else see slurmd's log on {node} or raise [slurm] register_timeout")
 
 
-def wait_registered(slurm, expected: Mapping[str, str], timeout: float, *,
+def wait_registered(slurm: SlurmClient, expected: Mapping[str, str], timeout: float, *,
                     clock: Callable[[], float], sleep: Callable[[float], None],
                     poll: float) -> Dict[str, Tuple[bool, str]]:
     """Look at the nodes (one ``scontrol show node`` a look) until each is registered with
@@ -199,7 +219,9 @@ def wait_registered(slurm, expected: Mapping[str, str], timeout: float, *,
                 else (True, seen[n])) for n in sorted(want)}
 
 
-def check_registered(slurm, node: str, gres: str, timeout: float, *, clock, sleep, poll) -> str:
+def check_registered(slurm: SlurmClient, node: str, gres: str, timeout: float, *,
+                     clock: Callable[[], float], sleep: Callable[[float], None],
+                     poll: float) -> str:
     """:func:`wait_registered` for one node: what slurmctld reports, or SlurmError with the fix."""
     ok, text = wait_registered(slurm, {node: gres}, timeout, clock=clock, sleep=sleep, poll=poll)[node]
     if not ok:

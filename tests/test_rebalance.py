@@ -14,7 +14,7 @@ from slurm_mig.config import parse_config
 from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
 from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.locking import node_lock
-from slurm_mig.pending import applied_reason, node_failure_reason
+from slurm_mig.reasons import applied as applied_reason, node_failed as node_failure_reason
 from slurm_mig.rebalance import rebalance
 from slurm_mig.render import rebalance_text
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
@@ -176,7 +176,7 @@ def clock():
 def _run(config, cluster, clock=None, **kw):
     clock = clock or Clock()
     return rebalance(config, cluster, cluster.client, cluster.channel, clock=clock,
-                     sleep=clock.sleep, poll=1.0, **kw)
+                     sleep=clock.sleep, poll=1.0, **kw).as_dict()
 
 
 def _applied(cluster, *nodes, cycle=1):
@@ -399,7 +399,7 @@ def sim_node(tmp_path):
 def _pending(n, channel):
     from slurm_mig.pending import sync_pending
 
-    return sync_pending(n.config, n.backend, n.slurm, channel, "n1", clock=n.clock)
+    return sync_pending(n.config, n.backend, n.slurm, channel, "n1", clock=n.clock).as_dict()
 
 
 def test_sync_pending_without_a_want_publishes_the_layout_once_and_touches_nothing(sim_node):
@@ -838,7 +838,7 @@ def test_reading_the_nodes_again_after_the_wait_failing_is_a_note_not_exit_9(con
 
     cfg = config("apply_wait = 30\n")
     result = rebalance(cfg, Reader(), cluster.client, cluster.channel, clock=clock,
-                       sleep=clock.sleep, poll=1.0)
+                       sleep=clock.sleep, poll=1.0).as_dict()
     assert [c["node"] for c in result["changed"]] == ["n1"] and result["finished"] == []
     assert reads == [None, ["n1"]]
     assert any(n.startswith("applied n1, but reading the nodes again failed (cannot read Slurm: ")

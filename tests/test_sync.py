@@ -25,7 +25,8 @@ from slurm_mig.gpu.simdriver import SimDriver
 from slurm_mig.gresconf import parse_gres_conf
 from slurm_mig.locking import node_lock
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
-from slurm_mig.sync import STEPS, failure_reason, sync_node
+from slurm_mig.reasons import sync_failed as failure_reason
+from slurm_mig.sync import STEPS, sync_node
 
 from conftest import tree_snapshot
 
@@ -138,7 +139,7 @@ class Node:
     def sync(self, layout: Optional[str] = "3g.20gb:2", **kw) -> dict:
         kw.setdefault("wait", 60)
         return sync_node(self.config, self.backend, self.slurm, NODE, layout=layout,
-                         clock=self.clock, sleep=self.clock.sleep, poll=1.0, **kw)
+                         clock=self.clock, sleep=self.clock.sleep, poll=1.0, **kw).as_dict()
 
     def layout(self) -> str:
         from slurm_mig.commands import status

@@ -73,7 +73,7 @@ def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it
         t0 = time.monotonic()
         client = sbx.slurm_client()
         result = sync_node(cfg, backend, client, "n1", layout="3g.20gb:2", wait=60,
-                           sleep=sleep, poll=0.2)
+                           sleep=sleep, poll=0.2).as_dict()
         elapsed = time.monotonic() - t0
         print(f"\nsync: {elapsed:.1f}s; " + ", ".join(f"{s['step']} {s['seconds']:.1f}s"
                                                      for s in result["steps"])
@@ -124,7 +124,7 @@ def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it
 def test_sync_again_finds_the_node_in_sync_and_leaves_slurm_alone(sbx):
     cfg = sbx.config("n1")
     client = sbx.slurm_client()
-    result = sync_node(cfg, SimBackend(cfg.sim.root), client, "n1", layout="3g.20gb:2", wait=5)
+    result = sync_node(cfg, SimBackend(cfg.sim.root), client, "n1", layout="3g.20gb:2", wait=5).as_dict()
     assert result["already_in_sync"] and not result["drained_by_us"]
     assert client.reconfigured == []
     assert sbx.cluster.status()["n1"].state == "idle"
@@ -139,7 +139,7 @@ def test_plain_reconfigure_on_22_05_leaves_the_node_drained_until_slurmctld_rest
     backend = SimBackend(cfg.sim.root)
     plain = CommandSlurm(which("scontrol") or "scontrol", env=cluster.env())  # scontrol reconfigure
     if cluster.version >= (23, 11):
-        result = sync_node(cfg, backend, plain, "n1", layout="1g.5gb:7", wait=5, poll=0.2)
+        result = sync_node(cfg, backend, plain, "n1", layout="1g.5gb:7", wait=5, poll=0.2).as_dict()
         assert result["resumed"]  # reconfigure restarts the daemons there
         return
     with pytest.raises(SlurmError) as err:
@@ -154,7 +154,7 @@ def test_plain_reconfigure_on_22_05_leaves_the_node_drained_until_slurmctld_rest
     # The fix: restart slurmctld (the sandbox's reconfigure does), then rerun sync.
     sbx.adopt_files()
     cluster.reconfigure()
-    result = sync_node(cfg, backend, plain, "n1", layout="1g.5gb:7", wait=5, poll=0.2)
+    result = sync_node(cfg, backend, plain, "n1", layout="1g.5gb:7", wait=5, poll=0.2).as_dict()
     assert result["already_in_sync"] and result["resumed"]
     node = cluster.status()["n1"]
     assert node.gres == {"1g.5gb": 7} and node.state == "idle", node

@@ -7,7 +7,7 @@ factory that picks the implementation.
 
 from __future__ import annotations
 
-from typing import List, Protocol
+from typing import Any, List, Optional, Protocol
 
 from ..catalog import ObservedProfile
 from .types import GpuInfo, MigInstance, MigModeResult
@@ -46,7 +46,8 @@ class GpuBackend(Protocol):
         """Release the driver (nvmlShutdown)."""
 
 
-def make_backend(kind: str, *, sim_root=None, nvml_module=None) -> GpuBackend:
+def make_backend(kind: str, *, sim_root: Optional[str] = None,
+                 nvml_module: Any = None) -> GpuBackend:
     """The factory: ``nvml`` (pynvml, production) or ``sim`` (state under ``sim_root``)."""
     from ..errors import ConfigError
 

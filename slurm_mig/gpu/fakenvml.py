@@ -187,6 +187,7 @@ class FakeNvml:
     def driver(self) -> SimDriver:
         """The simulated driver; NVMLError_Uninitialized before ``nvmlInit``."""
         self._require_init()
+        assert self._driver is not None  # _require_init: set while initialised
         return self._driver
 
     @contextlib.contextmanager
@@ -618,7 +619,7 @@ def fake_pynvml(root: str, *, latency: Optional[dict] = None, **options) -> type
         if latency and name in latency:
             fn = _delayed(fn, *latency[name])
         setattr(module, name, fn)
-    module.fake = fake
+    setattr(module, "fake", fake)
     return module
 
 

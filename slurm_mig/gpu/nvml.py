@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import errors
 from ..catalog import ObservedProfile, load_catalog
@@ -40,7 +40,7 @@ def _text(value) -> str:
 class NvmlBackend:
     """GPUs as NVML reports them.  ``nvml_module``: pynvml or a stand-in (default: import pynvml)."""
 
-    def __init__(self, nvml_module=None):
+    def __init__(self, nvml_module: Any = None) -> None:
         self._module = nvml_module
         self._started = False
         self._handles: Dict[int, object] = {}
@@ -290,7 +290,7 @@ class NvmlBackend:
     def _compute_instances(self, gpu: int, gi, gi_id: int, gi_profile_id: int) -> List[tuple]:
         """(CI id, CI profile id, handle) of a GPU instance's compute instances, by CI id."""
         nv = self._module
-        found = {}
+        found: Dict[int, tuple] = {}
         for ci_profile, _, max_count in self._ci_profiles(gpu, gi, gi_profile_id):
             array = (nv.c_nvmlComputeInstance_t * max(max_count, 1))()
             count = ctypes.c_uint(len(array))

@@ -43,7 +43,7 @@ import json
 import os
 import stat
 import time
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..errors import GpuError, LockBusy, SimulatedCrash
@@ -137,7 +137,7 @@ class SimDriver:
         # New GPUs get new UUIDs (and id permutations) unless a seed pins them, so that
         # state keyed by UUID (the apply journal) never follows a GPU that was replaced.
         run_seed = seed if seed is not None else uuidlib.uuid4().hex
-        gpus = []
+        gpus: List[Dict[str, Any]] = []
         for index, query in enumerate(models):
             mig_capable = not query.startswith("nomig:")
             model: Optional[GpuModel] = catalog.model(query) if mig_capable else None

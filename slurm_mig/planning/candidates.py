@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Optional, Sequence, Tuple
+
+#: A layout's instances as (profile id, start) pairs (:meth:`Layout.keys`).
+Keys = FrozenSet[Tuple[int, int]]
 
 from ..catalog import GpuModel
 from ..layout import Layout, enumerate_layouts, format_layout, is_media_extension
@@ -67,7 +70,7 @@ class Option:
 class GpuOptions:
     current: Tuple[int, ...]  #: instances per type index on the current layout
     options: Tuple[Option, ...]  #: the alternatives to keeping the current layout
-    types: frozenset = frozenset()  #: type indexes any option changes
+    types: FrozenSet[int] = frozenset()  #: type indexes any option changes
 
 
 def count_vector(layout: Layout, type_ids: Sequence[Optional[int]]) -> Tuple[int, ...]:
@@ -84,9 +87,9 @@ class CandidateSet:
     def __init__(self, layouts: Sequence[Layout], type_ids: Sequence[Optional[int]]):
         self.type_ids = tuple(type_ids)
         self.layouts = [(layout, layout.keys(), count_vector(layout, self.type_ids)) for layout in layouts]
-        self._cache: Dict[tuple, GpuOptions] = {}
+        self._cache: Dict[Tuple[Keys, Keys], GpuOptions] = {}
 
-    def options(self, current: Layout, busy: frozenset) -> GpuOptions:
+    def options(self, current: Layout, busy: Keys) -> GpuOptions:
         key = (current.keys(), busy)
         hit = self._cache.get(key)
         if hit is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
 
 from ..layout import format_counts
 from .model import GpuChange, NodePlan, Plan, PlanTotals
+
+if TYPE_CHECKING:
+    from .problem import Node
+    from .search import _Planner
 
 
 def _plural(n: int, word: str) -> str:
@@ -20,7 +24,8 @@ def _parts(partitions: Sequence[str]) -> str:
 
 def _gpu_list(indexes: Sequence[int]) -> str:
     """``gpu0-3,gpu6``."""
-    out, run = [], []
+    out: List[str] = []
+    run: List[int] = []
     for i in sorted(indexes):
         if run and i == run[-1] + 1:
             run.append(i)
@@ -33,7 +38,7 @@ def _gpu_list(indexes: Sequence[int]) -> str:
     return ",".join(out)
 
 
-def _by_text(pairs) -> List[Tuple[str, List[int]]]:
+def _by_text(pairs: Iterable[Tuple[str, int]]) -> List[Tuple[str, List[int]]]:
     groups: Dict[str, List[int]] = {}
     for text, index in pairs:
         groups.setdefault(text, []).append(index)
@@ -45,7 +50,7 @@ def _names(names: Sequence[str], most: int = 2) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def build(pl) -> Plan:
+def build(pl: _Planner) -> Plan:
     """Turn the finished search (:class:`.search._Planner`) into a :class:`Plan`."""
     gpu_changes: List[Tuple[GpuChange, ...]] = []
     for node in pl.nodes:
@@ -85,7 +90,8 @@ def build(pl) -> Plan:
     return Plan(cycle=pl.cycle, nodes=tuple(plans), notes=tuple(_notes(pl, totals)), totals=totals)
 
 
-def _change_line(pl, node, gpus, rec, holders) -> str:
+def _change_line(pl: _Planner, node: Node, gpus: Sequence[GpuChange], rec: Mapping[str, Any],
+                 holders: Mapping[int, List[str]]) -> str:
     name = node.src.name
     parts = []
     for t, d, used in rec["served"]:
@@ -121,7 +127,8 @@ def _change_line(pl, node, gpus, rec, holders) -> str:
     return f"{name}: " + "; ".join(parts)
 
 
-def _keep_line(pl, i, node, gpus, leftover) -> str:
+def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
+               leftover: Mapping[int, bool]) -> str:
     have = _by_text((format_counts(g.before), g.index) for g in gpus)
     what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
     if node.why_not is not None:
@@ -133,8 +140,8 @@ def _keep_line(pl, i, node, gpus, leftover) -> str:
     return f"{node.src.name}: keeps {what}; {why}"
 
 
-def _leftover(pl) -> Dict[int, bool]:
-    cache: Dict = {}
+def _leftover(pl: _Planner) -> Dict[int, bool]:
+    cache: Dict[Hashable, Tuple[int, float]] = {}
     out = {}
     for i, node in enumerate(pl.nodes):
         if node.why_not is None and i not in pl.changed:
@@ -143,9 +150,9 @@ def _leftover(pl) -> Dict[int, bool]:
     return out
 
 
-def _notes(pl, totals: PlanTotals) -> List[str]:
+def _notes(pl: _Planner, totals: PlanTotals) -> List[str]:
     notes = []
-    unservable: Dict[tuple, List[float]] = {}
+    unservable: Dict[Tuple[int, Tuple[str, ...]], List[float]] = {}
     for it in pl.items:
         if not any(g in pl.offered[it.type] for g in it.groups):
             acc = unservable.setdefault((it.type, it.partitions), [0, 0.0])
@@ -157,7 +164,7 @@ def _notes(pl, totals: PlanTotals) -> List[str]:
             why = f"no GPU model in the cluster offers {tname}"
         else:
             why = f"no node in {_parts(parts)} has a GPU model that offers {tname}"
-        notes.append(f"{tname}: {_plural(jobs, 'pending job')} (priority up to {weight:g}) in "
+        notes.append(f"{tname}: {_plural(int(jobs), 'pending job')} (priority up to {weight:g}) in "
                      f"{_parts(parts)} cannot be served: {why}; fix the job's --gres or the partition")
     for t, m in enumerate(pl.matches):
         idx = pl.type_items[t]

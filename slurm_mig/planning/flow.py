@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 
 @dataclass
@@ -75,11 +75,13 @@ def match(weights: Sequence[float], counts: Sequence[int], adjacency: Sequence[T
     return Match(served=served, used=used, flow=flow, weight=weight, units=sum(served))
 
 
-def _augmenting_path(start: int, adjacency, caps, used, holders):
+def _augmenting_path(start: int, adjacency: Sequence[Tuple[int, ...]], caps: Sequence[int],
+                     used: Sequence[int], holders: Sequence[Dict[int, int]]
+                     ) -> Optional[List[Tuple[int, int]]]:
     """BFS: item -> group; a full group -> an item holding units there -> its other groups."""
     parent: Dict[Tuple[str, int], Tuple[str, int]] = {}
     seen_items = {start}
-    seen_groups = set()
+    seen_groups: Set[int] = set()
     queue = deque([start])
     while queue:
         item = queue.popleft()
@@ -98,8 +100,9 @@ def _augmenting_path(start: int, adjacency, caps, used, holders):
     return None
 
 
-def _walk_back(parent, group: int) -> List[Tuple[int, int]]:
-    out = []
+def _walk_back(parent: Mapping[Tuple[str, int], Tuple[str, int]],
+               group: int) -> List[Tuple[int, int]]:
+    out: List[Tuple[int, int]] = []
     node = ("g", group)
     while node in parent:
         item = parent[node]

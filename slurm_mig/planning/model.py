@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from ..errors import InputError
 from ..layout import Layout, format_counts, format_layout
@@ -58,7 +58,7 @@ class PlanGpu:
     index: int
     model_key: str  #: catalog key or NVML name (``A100-80GB``)
     layout: Layout
-    busy: frozenset = frozenset()  #: ``(profile_id, start)`` of instances in use
+    busy: FrozenSet[Tuple[int, int]] = frozenset()  #: ``(profile_id, start)`` of instances in use
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Policy:
     partitions: Optional[Tuple[str, ...]] = None
     candidates: Optional[Mapping[str, Tuple[object, ...]]] = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_nodes_per_cycle is not None and self.max_nodes_per_cycle < 0:
             raise InputError("policy: max_nodes_per_cycle must be 0 or more (or unset for no cap)")
         for name, n in self.floor.items():
@@ -142,7 +142,7 @@ class GpuChange:
     model_key: str
     before: Layout
     after: Layout
-    busy: frozenset = frozenset()
+    busy: FrozenSet[Tuple[int, int]] = frozenset()
 
     @property
     def changed(self) -> bool:
@@ -153,7 +153,7 @@ class GpuChange:
         """Instances destroyed plus instances created."""
         return len(self.before.keys() ^ self.after.keys())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {
             "gpu": self.index,
             "model": self.model_key,
@@ -182,7 +182,7 @@ class NodePlan:
         """GPU index -> wanted layout, for the GPUs that change."""
         return {g.index: g.after for g in self.gpus if g.changed}
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {
             "node": self.name,
             "decision": self.decision,
@@ -204,7 +204,7 @@ class PlanTotals:
     gpus_changed: int
     instance_changes: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -230,7 +230,7 @@ class Plan:
         """Every line: one per node, then the notes."""
         return tuple(line for n in self.nodes for line in n.explain) + self.notes
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         """Plain data with stable keys, for ``--json``."""
         return {
             "cycle": self.cycle,

@@ -15,14 +15,14 @@ Nodes with the same GPU classes share the same options objects, so a node's ``si
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..catalog import GpuModel, load_catalog, normalize_profile_name
 from ..errors import InputError, UnknownProfile
 from ..layout import Layout, is_media_extension, parse_layout, check_layout
-from .candidates import CandidateSet, GpuOptions, maximal
+from .candidates import CandidateSet, GpuOptions, Option, maximal
 from .flow import Match, match
-from .model import PlanNode, Policy, condition
+from .model import DemandItem, PlanNode, Policy, condition
 
 #: Node conditions whose free instances count as supply for pending jobs.
 SUPPLYING = ("idle", "mixed", "completing")
@@ -33,7 +33,15 @@ class Item:
 
     __slots__ = ("type", "weight", "count", "jobs", "partitions", "groups")
 
-    def __init__(self, type_, weight, count, jobs, partitions):
+    type: int
+    weight: float
+    count: int
+    jobs: int
+    partitions: Tuple[str, ...]
+    groups: Tuple[int, ...]
+
+    def __init__(self, type_: int, weight: float, count: int, jobs: int,
+                 partitions: Tuple[str, ...]) -> None:
         self.type, self.weight, self.count, self.jobs, self.partitions = type_, weight, count, jobs, partitions
         self.groups: Tuple[int, ...] = ()
 
@@ -44,15 +52,28 @@ class Node:
     __slots__ = ("src", "cond", "gid", "models", "options", "busy_vec", "count_vec", "why_not",
                  "recent", "sig", "choice")
 
-    def __init__(self, src: PlanNode):
+    src: PlanNode
+    cond: str
+    gid: int
+    models: List[GpuModel]
+    options: List[GpuOptions]
+    busy_vec: List[int]
+    count_vec: List[int]
+    why_not: Optional[str]
+    recent: bool
+    sig: Tuple[int, Tuple[int, ...], bool]
+    choice: Optional[List[Optional[Option]]]  #: per GPU: the option taken, None: kept
+
+    def __init__(self, src: PlanNode) -> None:
         self.src = src
-        self.choice: Optional[List] = None
+        self.choice = None
 
 
 class Problem:
     """Indexed inputs plus today's supply and the exact per-type match of demand to it."""
 
-    def __init__(self, nodes, demand, policy: Policy, cycle: int, models):
+    def __init__(self, nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Policy,
+                 cycle: int, models: Mapping[str, GpuModel]) -> None:
         self.policy, self.cycle = policy, cycle
         self._models_in = models
         self._model_cache: Dict[str, GpuModel] = {}
@@ -67,8 +88,8 @@ class Problem:
             self._model_cache[key] = m
         return m
 
-    def _items(self, demand):
-        merged: Dict[tuple, List[int]] = {}
+    def _items(self, demand: Sequence[DemandItem]) -> None:
+        merged: Dict[Tuple[str, Tuple[str, ...], float], List[int]] = {}
         for d in demand:
             if d.count <= 0:
                 continue
@@ -91,7 +112,7 @@ class Problem:
         self.tol = 1e-9 * self.scale
 
     def _type_ids(self, model: GpuModel) -> Tuple[Optional[int], ...]:
-        out = []
+        out: List[Optional[int]] = []
         for t in self.types:
             try:
                 out.append(model.profile(t).id)
@@ -110,7 +131,7 @@ class Problem:
         type_ids = self._type_ids(model)
         given = (self.policy.candidates or {}).get(model.key)
         if given is not None:
-            layouts = []
+            layouts: List[Layout] = []
             for entry in given:
                 if isinstance(entry, Layout):
                     layouts.append(check_layout(model, entry.instances))
@@ -123,7 +144,7 @@ class Problem:
         self._sets[model.key] = out
         return out
 
-    def _nodes(self, nodes):
+    def _nodes(self, nodes: Sequence[PlanNode]) -> None:
         self._sets: Dict[str, CandidateSet] = {}
         pol = self.policy
         names = [n.name for n in nodes]
@@ -161,7 +182,7 @@ class Problem:
             node.sig = (node.gid, tuple(id(o) for o in node.options), node.recent)
             self.nodes.append(node)
 
-    def _why_not(self, node: Node, allowed_parts) -> Optional[str]:
+    def _why_not(self, node: Node, allowed_parts: Optional[Set[str]]) -> Optional[str]:
         """None when the node may change, else the reason it may not."""
         src, pol = node.src, self.policy
         if node.cond == "unavailable":
@@ -185,11 +206,11 @@ class Problem:
                     f"{pol.hysteresis_cycles} cycles")
         return None
 
-    def _supply(self):
+    def _supply(self) -> None:
         K, G = len(self.types), len(self.groups)
         self.caps = [[0] * G for _ in range(K)]
         self.totals = [0] * K
-        self.offered = [set() for _ in range(K)]  # groups where some GPU model offers the type
+        self.offered: List[Set[int]] = [set() for _ in range(K)]  # groups where some GPU model offers the type
         for node in self.nodes:
             supplies = node.cond in SUPPLYING
             for t in range(K):
@@ -215,7 +236,7 @@ class Problem:
                      [self.items[i].groups for i in idx], self.caps[t])
 
 
-def _name_allowed(name: str, patterns) -> bool:
+def _name_allowed(name: str, patterns: Collection[str]) -> bool:
     import fnmatch
 
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -16,10 +16,21 @@ when a table they read is rebuilt.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .model import Policy
+from ..catalog import GpuModel
+from .candidates import Option
+from .model import DemandItem, PlanNode, Policy
 from .problem import Node, Problem
+
+#: (-floor violation, floor gain, weight, -GPUs changed, -instances changed)
+Score = Tuple[int, int, float, int, int]
+Delta = Sequence[Tuple[int, int]]  #: (type index, change in instance count)
+#: A node's evaluation: its score, the option taken per GPU (None: kept), the total delta.
+Evaluation = Tuple[Score, List[Optional[Option]], List[Tuple[int, int]]]
+#: Per group: prefix sums of gains, prefix sums of losses, and the gain runs (item, units).
+Table = Tuple[List[float], List[float], List[Tuple[int, int]]]
+CacheKey = Tuple[str, Hashable]  #: ("h", (options id, group)) or ("e", node signature)
 
 #: Coordinate-descent passes over a node's GPUs.
 PASSES = 2
@@ -28,23 +39,25 @@ PASSES = 2
 class Scorer(Problem):
     """The problem plus its value tables and the scores read from them."""
 
-    def __init__(self, nodes, demand, policy: Policy, cycle: int, models):
+    def __init__(self, nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Policy,
+                 cycle: int, models: Mapping[str, GpuModel]) -> None:
         super().__init__(nodes, demand, policy, cycle, models)
-        self.tables: List[Dict[int, tuple]] = [self._table(t) for t in range(len(self.types))]
+        self.tables: List[Dict[int, Table]] = [self._table(t) for t in range(len(self.types))]
         # Cached values, dropped when a table (type, group) they read changes.
-        self.hcache: Dict = {}
-        self.ecache: Dict = {}
-        self.deps: Dict[Tuple[int, int], set] = {}
+        self.hcache: Dict[Hashable, Tuple[int, float]] = {}
+        self.ecache: Dict[Hashable, Evaluation] = {}
+        self.deps: Dict[Tuple[int, int], Set[CacheKey]] = {}
 
     # ------------------------------------------------------------------ tables
 
-    def _table(self, t: int) -> Dict[int, tuple]:
+    def _table(self, t: int) -> Dict[int, Table]:
         """Per changeable group: prefix sums of gains and losses, and the gain runs."""
         m, idx, caps, L = self.matches[t], self.type_items[t], self.caps[t], self.limit
         spare = [c - u for c, u in zip(caps, m.used)]
-        out = {}
+        out: Dict[int, Table] = {}
         for g in self.changeable_gids:
-            gains, runs = [0.0], []
+            gains: List[float] = [0.0]
+            runs: List[Tuple[int, int]] = []
             for k, i in enumerate(idx):
                 if len(gains) > L:
                     break
@@ -85,7 +98,7 @@ class Scorer(Problem):
 
     # ------------------------------------------------------------------ evaluation
 
-    def _marginal(self, g: int, D: List[int], delta) -> Tuple[int, int, float]:
+    def _marginal(self, g: int, D: List[int], delta: Delta) -> Tuple[int, int, float]:
         viol, fgain, weight = 0, 0, 0.0
         tables, floor = self.tables, self.floor
         for t, d in delta:
@@ -106,7 +119,7 @@ class Scorer(Problem):
                 fgain += max(0, ha) - max(0, hb)
         return viol, fgain, weight
 
-    def _better(self, a, b) -> bool:
+    def _better(self, a: Score, b: Score) -> bool:
         """Is score a better than b: (-violation, floor gain, weight, -gpus, -instances)."""
         for k, (x, y) in enumerate(zip(a, b)):
             if k == 2:
@@ -118,11 +131,11 @@ class Scorer(Problem):
                 return x > y
         return False
 
-    def _evaluate(self, node: Node):
+    def _evaluate(self, node: Node) -> Evaluation:
         """Coordinate descent over the node's GPUs; returns (score, choice, delta)."""
         g, K = node.gid, len(self.types)
         D = [0] * K
-        choice: List = [None] * len(node.options)
+        choice: List[Optional[Option]] = [None] * len(node.options)
         for _ in range(PASSES):
             moved = False
             for k, opts in enumerate(node.options):
@@ -130,10 +143,11 @@ class Scorer(Problem):
                 if cur is not None:
                     for t, d in cur.delta:
                         D[t] -= d
-                best, best_score = None, (0, 0, 0.0, 0, 0)
+                best: Optional[Option] = None
+                best_score: Score = (0, 0, 0.0, 0, 0)
                 for opt in opts.options:
                     viol, fgain, weight = self._marginal(g, D, opt.delta)
-                    score = (-viol, fgain, weight, -1, -opt.changes)
+                    score: Score = (-viol, fgain, weight, -1, -opt.changes)
                     if self._better(score, best_score):
                         best, best_score = opt, score
                 if best is not cur:
@@ -150,7 +164,7 @@ class Scorer(Problem):
         changes = sum(c.changes for c in choice if c is not None)
         return (-viol, fgain, weight, -gpus, -changes), choice, delta
 
-    def _heuristic(self, node: Node, cache: Dict) -> Tuple[int, float]:
+    def _heuristic(self, node: Node, cache: Dict[Hashable, Tuple[int, float]]) -> Tuple[int, float]:
         """Sum over the node's GPUs of each GPU's best single change (cached per GPU class)."""
         fsum, wsum = 0, 0.0
         zero = [0] * len(self.types)
@@ -169,7 +183,7 @@ class Scorer(Problem):
             wsum += hit[1]
         return fsum, wsum
 
-    def _depend(self, entry, types, gid: int) -> None:
+    def _depend(self, entry: CacheKey, types: Iterable[int], gid: int) -> None:
         for t in types:
             self.deps.setdefault((t, gid), set()).add(entry)
 

@@ -30,12 +30,12 @@ the scores (steps 1-2), this module runs the greedy and keeps or rejects each ch
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..catalog import GpuModel
 from . import explain as _explain
 from .model import DemandItem, Plan, PlanNode, Policy
-from .scoring import Scorer
+from .scoring import Evaluation, Scorer
 
 
 def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Optional[Policy] = None,
@@ -54,16 +54,17 @@ class _Planner(Scorer):
     def run(self) -> Plan:
         pol = self.policy
         cap = pol.max_nodes_per_cycle
-        self.changed: Dict[int, dict] = {}
+        self.changed: Dict[int, Dict[str, Any]] = {}  #: node index -> what its change gains
         self.cap_hit = False
-        rejected = set()
+        rejected: Set[Tuple[int, Tuple[int, ...], bool]] = set()
         open_nodes = [i for i, n in enumerate(self.nodes) if n.why_not is None]
         while True:
             if cap is not None and len(self.changed) >= cap:
                 self.cap_hit = True
                 break
             hcache = self.hcache
-            cands, by_sig = [], {}
+            cands: List[Tuple[Tuple[int, float], int]] = []
+            by_sig: Dict[Tuple[int, Tuple[int, ...], bool], Tuple[int, float]] = {}
             open_nodes = [i for i in open_nodes if i not in self.changed]
             for i in open_nodes:
                 node = self.nodes[i]
@@ -80,7 +81,7 @@ class _Planner(Scorer):
             evals = self.ecache
             accepted = False
             while cands and not accepted:
-                best_i, best = None, None
+                best_i, best = -1, None  # best_i is set whenever best is
                 for key, i in cands:
                     node = self.nodes[i]
                     if node.sig in rejected:
@@ -108,7 +109,7 @@ class _Planner(Scorer):
                 break
         return _explain.build(self)
 
-    def _try(self, i: int, ev) -> bool:
+    def _try(self, i: int, ev: Evaluation) -> bool:
         """Apply node i's change if its exact gain passes; return whether it was kept."""
         node, pol = self.nodes[i], self.policy
         _, choice, delta = ev

@@ -287,9 +287,9 @@ class SandboxCluster:
         check_socket_path(p.munge_socket)
         if not os.path.exists(p.munge_key):
             write_munge_key(p.munge_key)
-        self._munged = self._new_munged()
-        self._munged.start(self.env(), self.die_with_parent)
-        if not wait_for(lambda: os.path.exists(p.munge_socket) or not self._munged.alive(), 10):
+        munged = self._munged = self._new_munged()
+        munged.start(self.env(), self.die_with_parent)
+        if not wait_for(lambda: os.path.exists(p.munge_socket) or not munged.alive(), 10):
             raise self._error("munged did not create its socket within 10s")
         if not self._munged.alive():
             raise self._error("munged exited at start")
@@ -425,7 +425,7 @@ class SandboxCluster:
                 if ready(last):
                     return last
             elapsed = time.monotonic() - t0
-            if not slow_done and elapsed >= slow_after:
+            if not slow_done and elapsed >= slow_after and on_slow is not None:
                 slow_done = True
                 on_slow(last)
             if elapsed >= timeout:
@@ -548,10 +548,10 @@ class SandboxCluster:
         self._start_ctld_again()
 
     def _start_ctld_again(self) -> None:
-        self._ctld = self._new_ctld()
-        self._ctld.start(self.env(), self.die_with_parent)
+        ctld = self._ctld = self._new_ctld()
+        ctld.start(self.env(), self.die_with_parent)
         if not wait_for(lambda: self.command(["scontrol", "ping"], timeout=10, check=False)
-                        .returncode == 0 or not self._ctld.alive(), 30, 0.1):
+                        .returncode == 0 or not ctld.alive(), 30, 0.1):
             raise self._error("slurmctld did not answer within 30s of a restart")
         if not self._ctld.alive():
             raise self._error("slurmctld exited right after a restart")

@@ -23,7 +23,7 @@ Pure: text from plain values; :mod:`.mig` writes it.
 from __future__ import annotations
 
 import sys
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Set
 
 from .config import SandboxPaths
 from .files import SandboxFiles, reconfigure_argv, toml_value
@@ -39,7 +39,7 @@ def layout_floors(gpus: Sequence[str], layout: str) -> Dict[str, int]:
     from ..layout import parse_layout
 
     catalog = load_catalog()
-    types = set()
+    types: Set[str] = set()
     for name in gpus:
         types.update(inst.name for inst in parse_layout(layout, catalog.model(name)))
     return {t: FLOOR for t in sorted(types)}

@@ -28,6 +28,7 @@ DAEMON_UMASK = 0o022
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
+_LIBC: Optional[ctypes.CDLL]
 try:
     _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 except OSError:  # pragma: no cover - no libc to load: no parent-death signal

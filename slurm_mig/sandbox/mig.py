@@ -163,7 +163,7 @@ def up(spec: SandboxSpec) -> dict:
         have = files.read_spec()
         running = _attach(root)
         pids = running.daemon_pids() if running else {}
-        if have is not None and pids and all(pids.values()):
+        if have is not None and running is not None and pids and all(pids.values()):
             if have != want:
                 raise InputError(
                     f"a sandbox with {_describe(have)} is already up under {root}; stop it "
@@ -343,8 +343,9 @@ def down(root: str, purge: bool = False) -> dict:
     Idempotent: a stopped (or never started) sandbox gives a result with nothing stopped.
     """
     files = SandboxFiles(root)
-    result = {"root": files.root, "was_running": False, "stopped": {}, "cancelled": [],
-              "purged": False}
+    stopped: Dict[str, List[int]] = {}
+    result: Dict[str, object] = {"root": files.root, "was_running": False, "stopped": stopped,
+                                 "cancelled": [], "purged": False}
     try:
         check_root(files.root, FIX_OTHERS)  # only a root that up made: refused untouched
     except FileNotFoundError:
@@ -365,7 +366,7 @@ def down(root: str, purge: bool = False) -> dict:
             if left:
                 raise SandboxError(f"still running after stop: {_pids_text(left)}; "
                                    f"logs in {cluster.paths.log}")
-            result["stopped"].update({k: v for k, v in before.items() if v})
+            stopped.update({k: v for k, v in before.items() if v})
         if purge:
             _clear(files.root)
     if purge:

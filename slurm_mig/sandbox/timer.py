@@ -62,8 +62,10 @@ def start_timers(files: SandboxFiles, nodes: Sequence[str], env: Mapping[str, st
         timer.start(env, die_with_parent=False)
         started.append(timer)
     for timer in started:
-        if not wait_for(lambda t=timer: t.pid_file_pid() is not None or t.exit_status() is not None,
-                        timeout):
+        def up(t: Daemon = timer) -> bool:
+            return t.pid_file_pid() is not None or t.exit_status() is not None
+
+        if not wait_for(up, timeout):
             raise SandboxError(f"{timer.name} wrote no pid file within {timeout:g}s; see "
                                f"{timer.output}")
         if timer.exit_status() is not None:

@@ -18,7 +18,7 @@ from .scontrol import NodeStatus, parse_scontrol_nodes
 
 def run_process(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]] = None,
                 timeout: float = 60.0, hint: str = "is slurmctld up? (`scontrol ping`)",
-                error: Type[SlurmError] = SlurmError) -> subprocess.CompletedProcess:
+                error: Type[SlurmError] = SlurmError) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (no shell) whatever its exit status; a command that is missing or does
     not finish in ``timeout`` seconds is one ``error`` line (``what``: the line's start)."""
     try:
@@ -31,7 +31,7 @@ def run_process(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]]
         raise error(f"{what}: `{' '.join(argv)}` did not finish in {timeout:g}s; {hint}") from err
 
 
-def failure_detail(done: subprocess.CompletedProcess) -> str:
+def failure_detail(done: subprocess.CompletedProcess[str]) -> str:
     """What a failed command said, on one line (stderr, else stdout, else its exit code)."""
     return " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
 
@@ -42,7 +42,7 @@ def run_command(argv: Sequence[str], what: str, env: Optional[Mapping[str, str]]
     done = run_process(argv, what, env, timeout)
     if done.returncode != 0:
         raise SlurmError(f"{what}: `{' '.join(argv)}` failed: {failure_detail(done)}")
-    return done.stdout
+    return str(done.stdout)
 
 
 class CommandSlurm:

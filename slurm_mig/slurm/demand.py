@@ -21,7 +21,7 @@ each.  ``type`` None is an untyped ``gpu:N`` request that any instance satisfies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Optional, Tuple
 
 from .model import PendingJob
 
@@ -56,7 +56,7 @@ def skipped(job: PendingJob, skip_reasons: Collection[str] = SKIP_REASONS) -> bo
 def demand(jobs: Iterable[PendingJob], skip_reasons: Collection[str] = SKIP_REASONS) -> List[DemandItem]:
     """Aggregate the GPU requests of ``jobs``, heaviest first (weight, then instances, then
     type and partitions for a stable order)."""
-    acc: Dict[Tuple[Optional[str], Tuple[str, ...]], dict] = {}
+    acc: Dict[Tuple[Optional[str], Tuple[str, ...]], Dict[str, Any]] = {}
     for job in jobs:
         if job.state.upper() != "PENDING" or not job.requests or skipped(job, skip_reasons):
             continue

@@ -20,14 +20,16 @@ import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..inputs import ascii_digits
-from .model import GresRequest
+from .model import DRAIN, GresRequest, drain_flagged
 
 _PROFILE = re.compile(r"([0-9]+g\.[0-9]+gb(?:\+me)?)$")  # [0-9], not \d: ASCII digits only
 
 
 def split_top(text: str, sep: str = ",") -> List[str]:
     """Split on ``sep`` outside parentheses and brackets (``IDX:0,2`` and ``n[1,3]`` stay whole)."""
-    out, depth, cur = [], 0, []
+    out: List[str] = []
+    cur: List[str] = []
+    depth = 0
     for ch in text:
         if ch in "([":
             depth += 1
@@ -187,14 +189,14 @@ def normalize_state(words: Iterable[str]) -> Tuple[str, Tuple[str, ...]]:
         elif low == "completing":
             flags.add("COMPLETING")
         elif low in ("drain", "drained", "draining"):
-            flags.add("DRAIN")
+            flags.add(DRAIN)
         elif low in BASE_STATES:  # a second base word (never seen): keep it visible
             flags.add(word.upper())
         else:
             flags.add(word.upper())
     base = base or "unknown"
     state = base
-    if base != "down" and "DRAIN" in flags:
+    if base != "down" and drain_flagged(flags):
         busy = base in ("allocated", "mixed") or "COMPLETING" in flags
         state = "draining" if busy else "drained"
     return state, tuple(sorted(flags))

@@ -26,11 +26,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple, TypeVar, Union)
+
+T = TypeVar("T")
 
 from ..errors import SlurmUnreadable
 from . import gresspec
-from .model import HELD_REASONS, NodeInfo, PendingJob, SlurmOutputError
+from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +80,11 @@ class Source:
 def load(doc: Doc, command: str) -> Tuple[Mapping[str, Any], Source]:
     """Parse the text (or take the dict) and read ``meta``."""
     if isinstance(doc, (str, bytes)):
+        raw = doc
         try:
-            doc = json.loads(doc)
+            doc = json.loads(raw)
         except ValueError as err:
-            head = (doc[:60].decode(errors="replace") if isinstance(doc, bytes) else doc[:60])
+            head = (raw[:60].decode(errors="replace") if isinstance(raw, bytes) else raw[:60])
             raise SlurmOutputError(f"{command}: output is not JSON ({err}); it starts "
                                    f"{head.strip()!r}") from err
     if not isinstance(doc, Mapping):
@@ -123,8 +127,13 @@ def check_errors(doc: Mapping[str, Any], src: Source) -> None:
         log.warning("%s: %s warns: %s", src.command, src.who, error_text(item))
 
 
+def _object(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _source(doc: Mapping[str, Any], command: str) -> Source:
-    meta = doc.get("meta") if isinstance(doc.get("meta"), Mapping) else {}
+    meta = _object(doc.get("meta"))
     # 23.02 (data_parser/v0.0.39) prints ``meta.plugins`` and ``meta.Slurm`` with int
     # versions; 23.11+ print ``meta.plugin`` and ``meta.slurm`` with string versions.
     plugin = meta.get("plugin") or meta.get("plugins")
@@ -183,7 +192,7 @@ def words(src: Source, value: Any, path: str) -> Tuple[str, ...]:
     raise src.fail(path, f"expected a string or a list of strings, got {value!r:.80}")
 
 
-def _parsed(src: Source, path: str, func, *args):
+def _parsed(src: Source, path: str, func: Callable[..., T], *args: Any) -> T:
     try:
         return func(*args)
     except ValueError as err:
@@ -211,7 +220,8 @@ def read_pending_jobs(doc: Doc, command: str = "squeue --json") -> List[PendingJ
     return out
 
 
-def _pending_job(src: Source, job: Mapping[str, Any], path: str, states) -> PendingJob:
+def _pending_job(src: Source, job: Mapping[str, Any], path: str,
+                 states: Collection[str]) -> PendingJob:
     job_id = num(src, job.get("job_id"), f"{path}.job_id")
     if job_id is None:
         raise src.fail(f"{path}.job_id", "missing")
@@ -226,7 +236,7 @@ def _pending_job(src: Source, job: Mapping[str, Any], path: str, states) -> Pend
         throttle = _parsed(src, f"{path}.array_task_string", gresspec.array_throttle, spec) or max_tasks
     elif array_job_id and task_id is not None:
         array_task = str(task_id)
-    requests = []
+    requests: List[GresRequest] = []
     for field, per in _PER_FIELDS:
         value = text(src, job.get(field), f"{path}.{field}")
         requests.extend(_parsed(src, f"{path}.{field}", gresspec.parse_tres_per, value, per))
@@ -280,7 +290,7 @@ def read_nodes(doc: Doc, command: str = "sinfo -N --json",
     return nodes
 
 
-def _node_state(src: Source, node: Mapping[str, Any], path: str):
+def _node_state(src: Source, node: Mapping[str, Any], path: str) -> Tuple[str, Tuple[str, ...]]:
     state = node.get("state")
     if isinstance(state, str):  # 22.05: "mixed" + state_flags; pyslurm-like "MIXED+DRAIN"
         parts = state.split("+") + list(words(src, node.get("state_flags"), f"{path}.state_flags"))
@@ -289,7 +299,7 @@ def _node_state(src: Source, node: Mapping[str, Any], path: str):
     return gresspec.normalize_state(parts)
 
 
-def _from_node_objects(src: Source, items: list) -> Dict[str, NodeInfo]:
+def _from_node_objects(src: Source, items: List[Any]) -> Dict[str, NodeInfo]:
     out: Dict[str, NodeInfo] = {}
     for i, node in enumerate(items):
         path = f"nodes[{i}]"
@@ -306,22 +316,22 @@ def _from_node_objects(src: Source, items: list) -> Dict[str, NodeInfo]:
     return out
 
 
-def _from_sinfo_records(src: Source, items: list) -> Dict[str, NodeInfo]:
+def _from_sinfo_records(src: Source, items: List[Any]) -> Dict[str, NodeInfo]:
     out: Dict[str, NodeInfo] = {}
     for i, rec in enumerate(items):
         path = f"sinfo[{i}]"
         if not isinstance(rec, Mapping):
             raise src.fail(path, "expected an object")
-        node_obj = rec.get("node") if isinstance(rec.get("node"), Mapping) else {}
+        node_obj = _object(rec.get("node"))
         state, flags = gresspec.normalize_state(words(src, node_obj.get("state"), f"{path}.node.state"))
-        nodes_obj = rec.get("nodes") if isinstance(rec.get("nodes"), Mapping) else {}
+        nodes_obj = _object(rec.get("nodes"))
         raw = nodes_obj.get("nodes")
         names = (_parsed(src, f"{path}.nodes.nodes", gresspec.expand_hostlist, raw)
                  if isinstance(raw, str) else list(words(src, raw, f"{path}.nodes.nodes")))
         part = rec.get("partition")
         part_name = text(src, part.get("name") if isinstance(part, Mapping) else part,
                          f"{path}.partition.name").rstrip("*")
-        gres_obj = rec.get("gres") if isinstance(rec.get("gres"), Mapping) else {}
+        gres_obj = _object(rec.get("gres"))
         gres = text(src, gres_obj.get("total"), f"{path}.gres.total")
         used = text(src, gres_obj.get("used"), f"{path}.gres.used")
         if len(names) > 1 and gresspec.parse_gres_used(used)[0]:
@@ -338,7 +348,8 @@ def _from_sinfo_records(src: Source, items: list) -> Dict[str, NodeInfo]:
     return out
 
 
-def _node(src: Source, path: str, name: str, state: str, flags, partitions, gres: str,
+def _node(src: Source, path: str, name: str, state: str, flags: Iterable[str],
+          partitions: Iterable[str], gres: str,
           used: str, obj: Mapping[str, Any]) -> NodeInfo:
     used_counts, used_idx = _parsed(src, f"{path}.gres_used", gresspec.parse_gres_used, used)
     return NodeInfo(

@@ -8,7 +8,7 @@ edge looks at a Slurm string again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 from ..errors import SlurmError
 
@@ -16,6 +16,16 @@ PER = ("node", "job", "task", "socket")
 
 # Pending reasons that a new layout cannot help: the job would still wait.
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+
+
+DRAIN = "DRAIN"  #: Slurm's flag on a node that takes no new job (drained, or draining)
+
+
+def drain_flagged(flags: Iterable[str]) -> bool:
+    """Whether a node is drained or draining: Slurm's DRAIN flag is set, whatever its base
+    state (idle, mixed, allocated: jobs that run go on, no new job lands).  The one test of
+    it; :class:`NodeInfo` and :class:`~slurm_mig.slurm.scontrol.NodeStatus` use it."""
+    return DRAIN in flags
 
 
 class SlurmOutputError(SlurmError):
@@ -116,3 +126,8 @@ class NodeInfo:
     @property
     def responding(self) -> bool:
         return "NOT_RESPONDING" not in self.flags
+
+    @property
+    def drain_flagged(self) -> bool:
+        """Drained or draining (:func:`drain_flagged`)."""
+        return drain_flagged(self.flags)

@@ -25,7 +25,7 @@ _RAW_PER = (("tres_per_node", "node"), ("tres_per_job", "job"), ("tres_per_task"
             ("tres_per_socket", "socket"))
 
 
-def import_pyslurm():
+def import_pyslurm() -> Any:
     """The pyslurm module, or a SlurmError that says how to do without it."""
     try:
         import pyslurm  # noqa: PLC0415  (optional, lazy by design)
@@ -88,7 +88,7 @@ def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
     requests: Tuple[GresRequest, ...] = ()
     raw = [(getattr(job, attr, None), per) for attr, per in _RAW_PER]
     if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
-        reqs = []
+        reqs: List[GresRequest] = []
         for value, per in raw:
             try:
                 reqs.extend(gresspec.parse_tres_per(value if isinstance(value, str) else "", per))
@@ -113,7 +113,7 @@ def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
     partition = getattr(job, "partition", "") or ""
     return PendingJob(
         job_id=job_id, array_job_id=array_id, array_task=array_task, array_tasks_pending=pending,
-        priority=_int("job", job_id, "priority", getattr(job, "priority", None), 0),
+        priority=_int("job", job_id, "priority", getattr(job, "priority", None), 0) or 0,
         partition=tuple(p for p in str(partition).split(",") if p),
         reason=reason, user=str(getattr(job, "user_name", "") or ""), requests=requests,
         nodes_requested=_int("job", job_id, "num_nodes", getattr(job, "num_nodes", None), 1) or 1,
@@ -144,9 +144,10 @@ def _gres_counts(name: str, attr: str, gres: Any) -> Tuple[Dict[str, int], Dict[
         kind, _, gtype = str(key).partition(":")
         if kind != "gpu":
             continue
-        indexes = None
+        indexes: Any = None
         if isinstance(value, Mapping):
-            value, indexes = value.get("count"), value.get("indexes")
+            indexes = value.get("indexes")
+            value = value.get("count")
         n = _int("node", name, f"{attr}[{key!r}]", value, 0)
         if n:
             counts[gtype] = counts.get(gtype, 0) + n
@@ -184,7 +185,7 @@ class PyslurmReader:
         self._module = module
 
     @property
-    def module(self):
+    def module(self) -> Any:
         if self._module is None:
             self._module = import_pyslurm()
         return self._module

@@ -69,7 +69,7 @@ class SlurmJsonClient:
             raise SlurmUnreadable(f"cannot read Slurm: `{' '.join(argv)}` failed (exit "
                                   f"{done.returncode}): {failure_detail(done)[:300]}; "
                                   f"{jsonread.CHECK_SLURMCTLD}")
-        return done.stdout
+        return str(done.stdout)
 
     def pending_jobs(self) -> List[PendingJob]:
         argv = self.squeue_argv()

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Mapping, Tuple
 
+from .model import drain_flagged
+
 # "Key=value" pairs of one `scontrol show ... -o` line; a value may hold blanks (OS=, Reason=)
 # and runs up to the next " Key=".
 _PAIR = re.compile(r"(?:^|\s)([A-Za-z][\w/:.]*)=(.*?)(?=\s+[A-Za-z][\w/:.]*=|\s*$)")
@@ -41,13 +43,18 @@ class NodeStatus:
         """sinfo's compact state: idle, alloc, mix, drain, drng, inval, down, unk, ..."""
         if any(f.startswith("INVAL") for f in self.flags):
             return "inval"
-        if "DRAIN" in self.flags:
+        if self.drain_flagged:
             return "drng" if self.base in ("allocated", "mixed", "completing") else "drain"
         return _COMPACT.get(self.base, self.base)
 
     @property
     def responding(self) -> bool:
         return "NOT_RESPONDING" not in self.flags
+
+    @property
+    def drain_flagged(self) -> bool:
+        """Drained or draining (:func:`~slurm_mig.slurm.model.drain_flagged`)."""
+        return drain_flagged(self.flags)
 
     @property
     def registered(self) -> bool:

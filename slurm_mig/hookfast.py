@@ -247,7 +247,7 @@ def capture_caps(proc: str, minor: int) -> dict:
 
 def gpu_information(proc: str) -> dict:
     """``{uuid: (path, device minor text)}`` from ``<proc>/driver/nvidia/gpus/*/information``."""
-    out = {}
+    out: dict = {}
     base = os.path.join(proc, GPUS_RELPATH)
     try:
         names = sorted(os.listdir(base))

@@ -83,7 +83,7 @@ def parse_job_gpus(text: str | None) -> list[int]:
     if len(text) > MAX_JOB_GPUS_TEXT:
         raise JobGpusError(f"SLURM_JOB_GPUS={shown(text)} is longer than {MAX_JOB_GPUS_TEXT} "
                            f"characters; expected a list of gpu indexes (e.g. 0,2 or 0-2)")
-    out = set()
+    out: set[int] = set()
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:
@@ -264,6 +264,7 @@ class _Observed:
         self._proc = proc
         self.minor = {g.index: g.minor for g in gpus.values()}
         self.seen: dict = {}  #: gpu index -> (capability entries, instances)
+        self.journal: list | None = None  #: the apply journal's identity, when the epilog took it
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
@@ -364,7 +365,7 @@ def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache
                 head[key] = {"path": path, "fingerprint": text_fingerprint(content)}
         if _snapshot_current(read_snapshot(config.paths.state_dir), head, len(records)):
             return
-        out = []
+        out: list = []
         for i, rec in enumerate(records):
             try:
                 if not rec.mig:
@@ -650,11 +651,11 @@ def _epilog_facts(state_dir: str, job: str, reading, seen: _Observed, ended: set
                 continue
             caps, listed = seen.seen.get(gpu, ({}, []))
             now = next((m for m in listed if m.gi_id == gi), None)
-            same = now is not None and (now.ci_id, now.profile_id, now.start) == (
-                inst["ci_id"], inst["profile_id"], inst["start"])
             others = [j for j in held.jobs_of(gpu, gi) if j != job]
             fact = None
-            if same and set(now.pids) <= ended and not others:
+            if (now is not None and (now.ci_id, now.profile_id, now.start) == (
+                    inst["ci_id"], inst["profile_id"], inst["start"])
+                    and set(now.pids) <= ended and not others):
                 fact = _instance_fact(seen, gpu, now, caps, boot, seen.journal,
                                       f"full epilog of job {job}")
             if fact is None:
@@ -761,7 +762,7 @@ def sim_run(config, environ: Mapping[str, str], command: Sequence[str],
                 os.close(os.open(path, os.O_RDONLY))
                 access[path] = "OPENED"
             except OSError as err:
-                access[path] = errno.errorcode.get(err.errno, str(err.errno))
+                access[path] = errno.errorcode.get(err.errno or 0, str(err.errno))
         entry["access"] = access
         seen.append(entry)
     result = {"job_id": job, "node": record.get("node"), "pid": pid,

@@ -40,10 +40,13 @@ def instance_pids(kind: str, gpu: int, gi_id: int, ci_id: int, *, sim_root=None,
         backend.close()
 
 
-def _nvml_pids(gpu: int, gi_id: int, ci_id: int, nv) -> list | None:
+def _nvml_pids(gpu: int, gi_id: int, ci_id: int, module) -> list | None:
+    nv = module
     if nv is None:
         try:
-            import pynvml as nv
+            import pynvml
+
+            nv = pynvml
         except ImportError as err:
             raise GpuError("the NVML backend needs pynvml: install nvidia-ml-py") from err
     try:

@@ -17,8 +17,8 @@ Two nodes, measured in turn in every run:
 
 * **sim**: ``backend = "sim"``, the simulated driver.
 * **nvml**: ``backend = "nvml"``, the production backend, over the pynvml look-alike
-  (``slurm_mig/gpu/fakenvml.py``) on a simulated driver of its own, reached through a
-  ``pynvml`` module first on ``PYTHONPATH`` (:func:`~slurm_mig.gpu.fakenvml.write_pynvml_shim`).
+  (``slurm_mig/sim/fakenvml.py``) on a simulated driver of its own, reached through a
+  ``pynvml`` module first on ``PYTHONPATH`` (:func:`~slurm_mig.sim.fakenvml.write_pynvml_shim`).
   Each NVML call is delayed as long as it took on a real NVIDIA H200 with driver
   580.159.04 (``tests/data/nvml/h200-580.159.04-latency.json``, docs/hardware.md): the
   process's first ``nvmlInit`` 12.8 ms, ``nvmlShutdown`` 9.5 ms, the first device handle
@@ -35,7 +35,7 @@ GPU (so the fast path has the facts a node in service has: docs/hooks.md, "The f
 The hooks run with ``SLURM_MIG_HOOK_REPORT=1``, and the table says how many took the fast
 path.  The "full path" rows are the same hooks with ``SLURM_MIG_HOOK_FAST=0``, on other
 records.  On a node in service one epilog in ``FAST_EPILOGS_IN_A_ROW + 1`` per instance
-asks the driver what runs on the job's instance (``slurm_mig/instancepids.py``); the
+asks the driver what runs on the job's instance (``slurm_mig/gpu/instancepids.py``); the
 "epilog, asking the driver" rows time that one (a job whose held fact is set to that count
 before its epilog, a bench-only edit), and the last lines give the average over the
 ``FAST_EPILOGS_IN_A_ROW + 1`` epilogs.
@@ -55,10 +55,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from slurm_mig import hookfast, jobs  # noqa: E402
-from slurm_mig.cli import main as cli  # noqa: E402
-from slurm_mig.config import load_config, sim_config_text  # noqa: E402
-from slurm_mig.hookfast import FAST_EPILOGS_IN_A_ROW  # noqa: E402
+from slurm_mig.hooks import fast as hookfast
+from slurm_mig.node import jobs  # noqa: E402
+from slurm_mig.app.cli import main as cli  # noqa: E402
+from slurm_mig.host.config import load_config, sim_config_text  # noqa: E402
+from slurm_mig.hooks.fast import FAST_EPILOGS_IN_A_ROW  # noqa: E402
 
 NODE = "bench1"
 LATENCY = os.path.join(REPO, "tests", "data", "nvml", "h200-580.159.04-latency.json")
@@ -85,8 +86,8 @@ def sim_node(root: str, gpus: int) -> tuple:
 def nvml_node(root: str, gpus: int) -> tuple:
     """(config path, extra environment) of the NVML node: ``backend = "nvml"`` over the
     look-alike, its driver files under the simulated driver's root."""
-    from slurm_mig.gpu import fakenvml
-    from slurm_mig.gpu.simdriver import SimDriver
+    from slurm_mig.sim import fakenvml
+    from slurm_mig.sim.driver import SimDriver
 
     sim = os.path.join(root, "host", "sim")
     SimDriver.create(sim, ["A100-40GB"] * gpus)

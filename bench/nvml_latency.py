@@ -238,7 +238,7 @@ def processes(py: str, env: dict, repo: str | None, rounds: int, budget: float,
     }
     if repo:
         variants.update({
-            "python3 -c 'import slurm_mig.hooks'": [py, "-c", "import slurm_mig.hooks"],
+            "python3 -c 'import slurm_mig.hooks.run'": [py, "-c", "import slurm_mig.hooks.run"],
             "NvmlBackend: gpus(); profiles(0); close()": [
                 py, "-c", "from slurm_mig.gpu.nvml import NvmlBackend\n"
                           "b = NvmlBackend(); b.gpus(); b.profiles(0); b.close()"],
@@ -877,7 +877,7 @@ def main() -> int:
     # 2. NVML in-process
     nv = pynvml
     if args.fake:
-        from slurm_mig.gpu.fakenvml import fake_pynvml
+        from slurm_mig.sim.fakenvml import fake_pynvml
 
         nv = fake_pynvml(args.fake)
         data["fake"] = args.fake

@@ -31,9 +31,9 @@ from typing import Dict, List, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from slurm_mig.catalog import load_catalog  # noqa: E402
-from slurm_mig.layout import parse_layout  # noqa: E402
-from slurm_mig.planning import DemandItem, PlanGpu, PlanNode, Policy, plan  # noqa: E402
+from slurm_mig.core.catalog import load_catalog  # noqa: E402
+from slurm_mig.core.layout import parse_layout  # noqa: E402
+from slurm_mig.rebalance.planning import DemandItem, PlanGpu, PlanNode, Policy, plan  # noqa: E402
 
 #: One pending job as squeue --json printed it on Slurm 22.05.8 (job 8601085, an array).
 TEMPLATE = json.loads("""{"account": "", "accrue_time": 1795894278, "admin_comment": "", "array_job_id": 8601085,

@@ -1,7 +1,7 @@
 """``python -m slurm_mig ...``: the ``slurm-mig`` command, for callers without it on PATH
 (slurmd's bare hook environment, the sandbox's ``reconfigure_command``)."""
 
-from .cli import entry
+from .app.cli import entry
 
 if __name__ == "__main__":
     entry()

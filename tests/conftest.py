@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from slurm_mig.cli import main
-from slurm_mig.config import sim_config_text
+from slurm_mig.app.cli import main
+from slurm_mig.host.config import sim_config_text
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from slurm_mig import journal
-from slurm_mig.apply import ApplyResult, Blocked, Step, apply_gpu, apply_node, plan_gpu
-from slurm_mig.catalog import load_catalog
-from slurm_mig.errors import (
+from slurm_mig.node import journal
+from slurm_mig.node.apply import ApplyResult, Blocked, Step, apply_gpu, apply_node, plan_gpu
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.errors import (
     EXIT_LOCKED,
     EXIT_REFUSED,
     ApplyRefused,
@@ -23,14 +23,14 @@ from slurm_mig.errors import (
     LayoutError,
     LockBusy,
 )
-from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.gpu.types import MigInstance
-from slurm_mig.inventory import current_layout
-from slurm_mig.layout import Instance, Layout, _candidates, enumerate_layouts, is_valid, parse_layout
-from slurm_mig.locking import node_lock
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.core.gputypes import MigInstance
+from slurm_mig.node.inventory import current_layout
+from slurm_mig.core.layout import Instance, Layout, _candidates, enumerate_layouts, is_valid, parse_layout
+from slurm_mig.host.locking import node_lock
 
 CATALOG = load_catalog()
 MODELS = CATALOG.models
@@ -576,12 +576,12 @@ def test_concurrent_read_modify_apply_loses_no_update(node):
 
 HOOK = """
 import sys
-from slurm_mig.apply import apply_gpu
-from slurm_mig.catalog import load_catalog
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.inventory import current_layout
-from slurm_mig.layout import Instance, Layout
-from slurm_mig.locking import node_lock
+from slurm_mig.node.apply import apply_gpu
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.node.inventory import current_layout
+from slurm_mig.core.layout import Instance, Layout
+from slurm_mig.host.locking import node_lock
 sim, state, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model, backend = load_catalog().model("A100-40GB"), SimBackend(sim)
 with node_lock(state + "/node.lock", 60):
@@ -623,7 +623,7 @@ def test_result_as_dict_has_stable_keys(node):
 
 def test_instance_a_job_holds_is_busy_before_its_processes_start(node):
     """The prolog records the job before any process runs; apply must not take it away."""
-    from slurm_mig import jobs
+    from slurm_mig.node import jobs
 
     node.apply(0, L("1g.5gb:7"))
     target = node.by_key(0)[(A100.profile("1g.5gb").id, 3)]

@@ -15,18 +15,19 @@ from typing import Optional, Tuple
 
 import pytest
 
-from slurm_mig import errors, journal
-from slurm_mig.apply import Step, apply_gpu, plan_gpu
-from slurm_mig.catalog import load_catalog
-from slurm_mig.errors import ApplyRefused, SimulatedCrash
+from slurm_mig.core import errors
+from slurm_mig.node import journal
+from slurm_mig.node.apply import Step, apply_gpu, plan_gpu
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.errors import ApplyRefused, SimulatedCrash
 from slurm_mig.gpu import nvmlcodes
-from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.gpu.types import MigInstance
-from slurm_mig.inventory import current_layout
-from slurm_mig.layout import parse_layout
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.core.gputypes import MigInstance
+from slurm_mig.node.inventory import current_layout
+from slurm_mig.core.layout import parse_layout
 
 A100 = load_catalog().model("A100-40GB")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,10 +225,10 @@ def test_job_started_after_a_crash_blocks_the_recovery_too(workdir):
 
 CHILD = """
 import sys
-from slurm_mig.apply import apply_gpu
-from slurm_mig.catalog import load_catalog
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.layout import parse_layout
+from slurm_mig.node.apply import apply_gpu
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.core.layout import parse_layout
 sim, state, text, partial = sys.argv[1:]
 model = load_catalog().model("A100-40GB")
 apply_gpu(SimBackend(sim), 0, parse_layout(text, model), state_dir=state, partial=partial == "1")

@@ -13,14 +13,14 @@ from typing import NamedTuple
 import pynvml
 import pytest
 
-from slurm_mig import errors
-from slurm_mig.catalog import load_catalog
-from slurm_mig.gpu import make_backend
+from slurm_mig.core import errors
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.gpu.backend import make_backend
 from slurm_mig.gpu import nvmlcodes as rc
-from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import ID_RANGES, SimDriver
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import ID_RANGES, SimDriver
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = load_catalog().models
@@ -346,8 +346,8 @@ def test_instance_made_by_a_subprocess_is_seen(node):
     n = node(A100)
     child = (
         "import sys\n"
-        "from slurm_mig.gpu import make_backend\n"
-        "from slurm_mig.gpu.fakenvml import fake_pynvml\n"
+        "from slurm_mig.gpu.backend import make_backend\n"
+        "from slurm_mig.sim.fakenvml import fake_pynvml\n"
         "kind, root = sys.argv[1:]\n"
         "b = make_backend(kind, sim_root=root, nvml_module=fake_pynvml(root) if kind == 'nvml' else None)\n"
         "print(b.create_instance(0, 9, 4).gi_id)\n"

@@ -7,8 +7,8 @@ from importlib import resources
 
 import pytest
 
-from slurm_mig.catalog import load_catalog
-from slurm_mig.gpu.simdriver import GI_PROFILE_ENUMS
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.sim.driver import GI_PROFILE_ENUMS
 
 MODELS = load_catalog().models
 REQUIRED = {"A30", "A100-40GB", "A100-80GB", "H100-80GB", "H100-NVL", "GH200-96GB", "GH200-144GB",

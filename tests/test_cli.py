@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from slurm_mig.catalog import load_catalog
-from slurm_mig.layout import maximal_layouts
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.layout import maximal_layouts
 
 
 def test_layouts_prints_one_canonical_layout_per_line(cli):
@@ -240,12 +240,12 @@ def test_count_form_keeps_the_instances_the_gpu_has_as_documented(cli, node_conf
 
 
 def test_every_exit_code_is_documented():
-    """Each EXIT_* of slurm_mig/errors.py has its row in docs/exit-codes.md and its line in
+    """Each EXIT_* of slurm_mig/core/errors.py has its row in docs/exit-codes.md and its line in
     errors.py's docstring, and no row names a code the code does not have."""
     import os
     import re
 
-    from slurm_mig import errors
+    from slurm_mig.core import errors
 
     codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

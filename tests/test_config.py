@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig.config import (
+from slurm_mig.host.config import (
     DEFAULT_PATH,
     ApplySettings,
     Config,
@@ -19,7 +19,7 @@ from slurm_mig.config import (
     parse_config,
     resolve_config_path,
 )
-from slurm_mig.errors import EXIT_CONFIG, ConfigError
+from slurm_mig.core.errors import EXIT_CONFIG, ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "config.toml"
 
@@ -273,7 +273,7 @@ def test_explicit_missing_file_is_an_error(tmp_path):
 
 
 def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
-    monkeypatch.setattr("slurm_mig.config.DEFAULT_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr("slurm_mig.host.config.DEFAULT_PATH", str(tmp_path / "absent.toml"))
     assert load_config(None) == default_config()
 
 
@@ -316,7 +316,7 @@ def test_example_config_documents_every_key_with_its_default():
 
 
 def test_slurm_section_defaults_and_values():
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
 
     c = parse_config("version = 1\n", "t.toml")
     assert c.slurm.reconfigure_command == ("scontrol", "reconfigure") and c.slurm.node_name is None
@@ -333,7 +333,7 @@ def test_slurm_section_defaults_and_values():
     ("wait = 1", "unknown key 'slurm.wait'"),
 ])
 def test_slurm_section_errors_name_the_key(body, fragment):
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
 
     with pytest.raises(ConfigError) as err:
         parse_config(f"version = 1\n[slurm]\n{body}\n", "t.toml")
@@ -341,7 +341,7 @@ def test_slurm_section_errors_name_the_key(body, fragment):
 
 
 def test_hooks_section():
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
 
     c = parse_config("version = 1\n[hooks]\nepilog_wipe = true\nkill_grace = 2\n", "t.toml")
     assert c.hooks.epilog_wipe is True and c.hooks.kill_grace == 2
@@ -350,7 +350,7 @@ def test_hooks_section():
 
 
 def test_rebalance_apply_wait_defaults_to_90_seconds_and_names_its_key_when_bad():
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
 
     assert parse_config("version = 1\n", "t.toml").rebalance.apply_wait == 90
     assert parse_config("version = 1\n[rebalance]\napply_wait = 0\n", "t.toml").rebalance.apply_wait == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_mig.devices import (
+from slurm_mig.core.devices import (
     FORMULA,
     DeviceFilesError,
     InstanceDevices,
@@ -16,7 +16,7 @@ from slurm_mig.devices import (
     read_mig_minors,
     render_mig_minors,
 )
-from slurm_mig.errors import EXIT_GPU, GpuError
+from slurm_mig.core.errors import EXIT_GPU, GpuError
 
 HAND_WRITTEN = """\
 config 11

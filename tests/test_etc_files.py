@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from slurm_mig.cli import cli
+from slurm_mig.app.cli import cli
 
 ETC = Path(__file__).resolve().parents[1] / "etc"
 UNITS = sorted(ETC.glob("*.service"))
@@ -81,7 +81,7 @@ def test_example_config_parses_as_shipped_and_with_every_setting_uncommented():
     together must still be a valid config (a renamed key or a bad example shows here)."""
     import re
 
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
 
     text = (ETC / "config.toml").read_text()
     parse_config(text, "etc/config.toml")

@@ -9,8 +9,8 @@ import inspect
 import pynvml
 import pytest
 
-from slurm_mig.gpu.fakenvml import FUNCTIONS, fake_pynvml
-from slurm_mig.gpu.simdriver import SimDriver
+from slurm_mig.sim.fakenvml import FUNCTIONS, fake_pynvml
+from slurm_mig.sim.driver import SimDriver
 
 A100 = "A100-40GB"
 P_1G5, P_1G5_ME, P_3G20, P_7G40 = 19, 20, 9, 0
@@ -312,7 +312,7 @@ def test_the_latency_table_takes_the_first_call_and_the_median_as_recorded():
     import json
     from pathlib import Path
 
-    from slurm_mig.gpu.fakenvml import latency_table
+    from slurm_mig.sim.fakenvml import latency_table
 
     recorded = json.loads((Path(__file__).parent / "data" / "nvml"
                            / "h200-580.159.04-latency.json").read_text())
@@ -338,7 +338,7 @@ def test_the_shim_is_the_look_alike_in_another_process(driver, tmp_path):
     import subprocess
     import sys
 
-    from slurm_mig.gpu.fakenvml import SHIM_ROOT_ENV, write_pynvml_shim
+    from slurm_mig.sim.fakenvml import SHIM_ROOT_ENV, write_pynvml_shim
 
     shim = write_pynvml_shim(str(tmp_path / "shim"))
     code = "import pynvml; pynvml.nvmlInit(); print(pynvml.nvmlDeviceGetCount(), type(pynvml.fake).__name__)"

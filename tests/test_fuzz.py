@@ -24,9 +24,9 @@ import random
 
 import pytest
 
-from slurm_mig import hooks
-from slurm_mig.config import ConfigError, parse_config
-from slurm_mig.gpu.simdriver import SimDriver
+from slurm_mig.hooks import run as hooks
+from slurm_mig.host.config import ConfigError, parse_config
+from slurm_mig.sim.driver import SimDriver
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NODE = "n1"
@@ -94,7 +94,7 @@ def _gpu_state(config) -> list:
 def test_fuzz_layout_text(cli, node_config):
     config_path = node_config(gpus=("A100-40GB", "A100-40GB"))
     assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
-    from slurm_mig.config import load_config
+    from slurm_mig.host.config import load_config
 
     config = load_config(config_path)
     driver = SimDriver(config.sim.root)
@@ -172,7 +172,7 @@ def hook_node(cli, node_config):
     assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
     for cmd in ("gres-conf", "node-conf"):
         assert cli(cmd, "--node", NODE, "--write", config=config_path)[0] == 0
-    from slurm_mig.config import load_config
+    from slurm_mig.host.config import load_config
 
     return config_path, load_config(config_path)
 

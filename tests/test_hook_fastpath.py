@@ -1,4 +1,4 @@
-"""The hooks' fast path (:mod:`slurm_mig.hookfast`): taken in the common case, and every
+"""The hooks' fast path (:mod:`slurm_mig.hooks.fast`): taken in the common case, and every
 doubt sends the hook to the full path, which gives the same result as without a fast path.
 
 The node is the one of ``test_hooks.py`` (three simulated A100-40GB, seven 1g.5gb each),
@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from slurm_mig import config as config_mod
-from slurm_mig import devices, hookfast, hooks, jobs
-from slurm_mig.config import load_config
-from slurm_mig.gpu import fakenvml, simdriver
-from slurm_mig.gpu.sim import SimBackend
+from slurm_mig.host import config as config_mod
+from slurm_mig.core import devices
+from slurm_mig.hooks import fast as hookfast, run as hooks
+from slurm_mig.node import jobs
+from slurm_mig.host.config import load_config
+from slurm_mig.sim import fakenvml, driver as simdriver
+from slurm_mig.sim.backend import SimBackend
 
 import test_hooks
 from test_hooks import NO_JOB, NODE, Node, one_error_line, run_sub, v1
@@ -53,7 +55,7 @@ class Recorder:
 @dataclass
 class NvmlNode(Node):
     """A node whose config says ``backend = "nvml"``; subprocess hooks get the look-alike
-    through :func:`slurm_mig.gpu.fakenvml.write_pynvml_shim`."""
+    through :func:`slurm_mig.sim.fakenvml.write_pynvml_shim`."""
 
     shim_env: dict = field(default_factory=dict)
     nvml: Recorder = None
@@ -160,14 +162,14 @@ def test_the_fast_prolog_writes_the_bytes_the_full_prolog_writes(warm, capsys):
 
 
 def test_the_fast_path_imports_no_engine(warm):
-    heavy = ("slurm_mig.catalog", "slurm_mig.config", "slurm_mig.gresconf", "slurm_mig.gpu",
+    heavy = ("slurm_mig.core.catalog", "slurm_mig.host.config", "slurm_mig.core.gresconf", "slurm_mig.gpu",
              "typing", "dataclasses", "tomllib", "tempfile", "pynvml", "ctypes")
     # What this interpreter loads before any of our code (an editable install's .pth
     # finder loads typing on some Pythons) does not count against the hook.
     probe = f"import sys; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     before = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60).stdout
-    code = ("import sys; from slurm_mig.hooks import main; rc = main(['prolog']); "
+    code = ("import sys; from slurm_mig.hooks.run import main; rc = main(['prolog']); "
             f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], env=warm.env("12", "5"),
                           capture_output=True, text=True, timeout=60)
@@ -752,7 +754,8 @@ def test_a_damaged_record_of_another_job_sends_the_prolog_to_the_full_path(warm,
 
 
 def test_the_fast_path_names_what_the_engine_names():
-    from slurm_mig import instancepids, journal
+    from slurm_mig.gpu import instancepids
+    from slurm_mig.node import journal
     from slurm_mig.gpu import nvmlcodes
 
     assert instancepids.NOT_FOUND == nvmlcodes.NOT_FOUND
@@ -764,7 +767,7 @@ def test_the_fast_path_names_what_the_engine_names():
 
 @pytest.mark.parametrize("backend", ["sim", "nvml"])
 def test_the_fast_path_finds_the_drivers_files_where_the_engine_does(tmp_path, backend):
-    from slurm_mig.commands import host_paths
+    from slurm_mig.app.commands import host_paths
 
     path = tmp_path / "config.toml"
     path.write_text(f'version = 1\nbackend = "{backend}"\n[paths]\nroot = "{tmp_path}"\n')

@@ -2,7 +2,7 @@
 
 The node: three simulated A100-40GB, seven 1g.5gb instances each, gres.conf and the node
 include written by ``slurm-mig gres-conf/node-conf --write``.  Hooks run in-process
-(:func:`slurm_mig.hooks.run_hook`) and as ``python -m slurm_mig.hooks`` subprocesses with the
+(:func:`slurm_mig.hooks.run.run_hook`) and as ``python -m slurm_mig.hooks`` subprocesses with the
 environment slurmd would give them.
 
 Processes on instances are real (``sleep``); which job each belongs to comes from a fake
@@ -23,12 +23,13 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from slurm_mig import hooks, jobs
-from slurm_mig.config import load_config
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.gpu.sim import SimBackend
+from slurm_mig.hooks import run as hooks
+from slurm_mig.node import jobs
+from slurm_mig.host.config import load_config
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.sim.backend import SimBackend
 from slurm_mig.gpu import nvmlcodes
-from slurm_mig.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
 
 NODE = "n1"
 JOB_UID = 1000  #: SLURM_JOB_UID of every hook here
@@ -202,8 +203,8 @@ def _rewrite_record(node: Node, index: int, new_gi: int) -> None:
     """Make gres.conf name another (unused) GPU instance id for record ``index``."""
     from dataclasses import replace
 
-    from slurm_mig.devices import instance_devices, read_mig_minors
-    from slurm_mig.gresconf import render_gres_conf
+    from slurm_mig.core.devices import instance_devices, read_mig_minors
+    from slurm_mig.core.gresconf import render_gres_conf
 
     recs = node.records()
     minors = read_mig_minors(os.path.join(node.config.sim.root, "proc"))

@@ -4,7 +4,7 @@ small regular file.  Each bad input is one line and a documented exit code (2 ba
 3 config), never an internal error (1) or a hang.
 
 Driven through the real entry points: the CLI in-process (``cli`` fixture) or as a
-subprocess where today's code would hang, the hooks through :func:`slurm_mig.hooks.run_hook`
+subprocess where today's code would hang, the hooks through :func:`slurm_mig.hooks.run.run_hook`
 with an environment, as slurmd gives it.
 """
 
@@ -19,12 +19,13 @@ import sys
 
 import pytest
 
-from slurm_mig import config as config_mod
-from slurm_mig import hooks, inputs
-from slurm_mig.channel import ChannelError, parse_channel
-from slurm_mig.config import ConfigError, load_config, parse_config
-from slurm_mig.gresconf import GresConfError, expand_hostlist
-from slurm_mig.gpu.simdriver import SimDriver
+from slurm_mig.host import config as config_mod
+from slurm_mig.hooks import run as hooks
+from slurm_mig.core import inputs
+from slurm_mig.change.channel import ChannelError, parse_channel
+from slurm_mig.host.config import ConfigError, load_config, parse_config
+from slurm_mig.core.gresconf import GresConfError, expand_hostlist
+from slurm_mig.sim.driver import SimDriver
 
 import test_hooks
 from test_hooks import one_error_line
@@ -275,7 +276,7 @@ def test_numeric_options_are_ascii_bounded_exit_2(cli, args):
 
 
 def test_sandbox_nodes_bound_is_the_sandboxs():
-    from slurm_mig.cli import SANDBOX_NODES
+    from slurm_mig.app.cli import SANDBOX_NODES
     from slurm_mig.sandbox.mig import MAX_NODES
 
     assert SANDBOX_NODES.hi == MAX_NODES

@@ -2,7 +2,7 @@
 
 The node is the one of tests/test_hooks.py: three simulated A100-40GB with seven 1g.5gb
 instances each, gres.conf and the node include written by slurm-mig.  Hooks run in-process
-through :func:`slurm_mig.hooks.run_hook` with an environ dict (and, for a killed epilog, as
+through :func:`slurm_mig.hooks.run.run_hook` with an environ dict (and, for a killed epilog, as
 ``python -m slurm_mig.hooks``); ``status`` and ``apply`` through the CLI.
 """
 
@@ -17,13 +17,14 @@ from typing import Dict, Optional
 import pytest
 
 from conftest import tree_snapshot
-from slurm_mig import hooks, jobs
-from slurm_mig.config import load_config
-from slurm_mig.errors import SimulatedCrash
+from slurm_mig.hooks import run as hooks
+from slurm_mig.node import jobs
+from slurm_mig.host.config import load_config
+from slurm_mig.core.errors import SimulatedCrash
 from slurm_mig.gpu import nvmlcodes
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
 
 NODE = "n1"
 WIPE = {hooks.WIPE_ENV: "1"}
@@ -361,7 +362,7 @@ def _unreadable_record(node: Node, capsys) -> None:
 def _gres_conf_contradicts_itself(node: Node, capsys) -> None:
     from dataclasses import replace
 
-    from slurm_mig.gresconf import render_gres_conf
+    from slurm_mig.core.gresconf import render_gres_conf
 
     recs = node.records()
     recs[1] = replace(recs[1], profile_id=14)  # its comment now names 2g.10gb's id

@@ -1,4 +1,4 @@
-"""Which Slurm job a process belongs to (slurm_mig.jobprocs), from fake /proc trees.
+"""Which Slurm job a process belongs to (slurm_mig.host.jobprocs), from fake /proc trees.
 
 The layouts are Slurm's own (src/plugins/cgroup/v1/xcgroup.c, src/plugins/cgroup/v2/cgroup_v2.c);
 the v1 text with several controllers is the one measured in the sandbox (22.05.8, two slurmd
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_mig import jobprocs
-from slurm_mig.jobprocs import GONE, MINE, OTHER, STRAY, Judge, owner_of, parse_cgroup
+from slurm_mig.host import jobprocs
+from slurm_mig.host.jobprocs import GONE, MINE, OTHER, STRAY, Judge, owner_of, parse_cgroup
 
 SANDBOX_V1 = ("9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/slurm_n2/uid_0/job_1451268/step_batch\n"
               "5:devices:/slurm_n2/uid_0/job_1451268/step_batch/task_0\n"

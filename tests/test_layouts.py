@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from slurm_mig.catalog import ObservedProfile, load_catalog, observed_model
-from slurm_mig.errors import EXIT_USAGE, InputError, LayoutError
-from slurm_mig.layout import (
+from slurm_mig.core.catalog import ObservedProfile, load_catalog, observed_model
+from slurm_mig.core.errors import EXIT_USAGE, InputError, LayoutError
+from slurm_mig.core.layout import (
     Instance,
     Layout,
     addable,

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig import catalog as catalog_mod
-from slurm_mig import commands
-from slurm_mig.catalog import GI_PROFILE_ENUMS, ObservedProfile
-from slurm_mig.devices import formula_minors, parse_mig_minors, render_mig_minors
-from slurm_mig.errors import NotSupported
-from slurm_mig.gpu.fakenvml import fake_pynvml
+from slurm_mig.core import catalog as catalog_mod
+from slurm_mig.app import commands
+from slurm_mig.core.catalog import GI_PROFILE_ENUMS, ObservedProfile
+from slurm_mig.core.devices import formula_minors, parse_mig_minors, render_mig_minors
+from slurm_mig.core.errors import NotSupported
+from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.gpu.nvmlprobe import CALLS, probe
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import SimDriver
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
 
 DATA = Path(__file__).parent / "data" / "nvml"
 H200 = json.loads((DATA / "h200-580.159.04-probe.json").read_text())
@@ -167,7 +167,7 @@ def test_real_mig_minors_file_is_the_formula_byte_for_byte():
 
 
 def test_verify_text_says_whether_a_mig_off_gpu_matched(sim_h200_mig_off):
-    from slurm_mig.render import verify_text
+    from slurm_mig.app.render import verify_text
 
     result = commands.catalog_verify(SimBackend(sim_h200_mig_off))
     assert sorted(result["gpus"][0]) == ["compared", "differences", "index", "mig", "model", "name", "note"]

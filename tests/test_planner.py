@@ -1,4 +1,4 @@
-"""The rebalance planner (slurm_mig.planning): pure inputs in, a plan with reasons out."""
+"""The rebalance planner (slurm_mig.rebalance.planning): pure inputs in, a plan with reasons out."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from slurm_mig.catalog import load_catalog
-from slurm_mig.errors import InputError
-from slurm_mig.layout import (
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.errors import InputError
+from slurm_mig.core.layout import (
     enumerate_layouts,
     is_valid,
     maximal_layouts,
     parse_layout,
 )
-from slurm_mig.planning import DemandItem, PlanGpu, PlanNode, Policy, condition, plan
-from slurm_mig.planning.candidates import maximal
-from slurm_mig.planning.flow import match
+from slurm_mig.rebalance.planning import DemandItem, PlanGpu, PlanNode, Policy, condition, plan
+from slurm_mig.rebalance.planning.candidates import maximal
+from slurm_mig.rebalance.planning.flow import match
 
 CATALOG = load_catalog()
 A100 = CATALOG.model("A100-80GB")

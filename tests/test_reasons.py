@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from slurm_mig import reasons
-from slurm_mig.errors import GpuError, SlurmError
-from slurm_mig.reasons import Reason, parse_reason
+from slurm_mig.change import reasons
+from slurm_mig.core.errors import GpuError, SlurmError
+from slurm_mig.change.reasons import Reason, parse_reason
 from slurm_mig.slurm.model import NodeInfo, drain_flagged
 from slurm_mig.slurm.scontrol import parse_pairs, parse_scontrol_nodes
 
@@ -135,7 +135,7 @@ def test_drained_or_draining_is_the_drain_flag_on_both_views_of_a_node(state, dr
 
 
 def test_no_module_tests_the_drain_flag_or_defines_the_tag_on_its_own():
-    """The protocol lives in one place: slurm_mig.reasons (and the flag in slurm.model)."""
+    """The protocol lives in one place: slurm_mig.change.reasons (and the flag in slurm.model)."""
     root = pathlib.Path(reasons.__file__).parent
     offenders = []
     for path in sorted(root.rglob("*.py")):

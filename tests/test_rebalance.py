@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from slurm_mig.channel import Channel, ChannelError, MemoryExtra, format_channel, parse_channel
-from slurm_mig.config import parse_config
-from slurm_mig.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.locking import node_lock
-from slurm_mig.reasons import applied as applied_reason, node_failed as node_failure_reason
-from slurm_mig.rebalance import rebalance
-from slurm_mig.render import rebalance_text
+from slurm_mig.change.channel import Channel, ChannelError, MemoryExtra, format_channel, parse_channel
+from slurm_mig.host.config import parse_config
+from slurm_mig.core.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.host.locking import node_lock
+from slurm_mig.change.reasons import applied as applied_reason, node_failed as node_failure_reason
+from slurm_mig.rebalance.cycle import rebalance
+from slurm_mig.app.render import rebalance_text
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
 from slurm_mig.slurm.reader import SlurmJsonClient
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
@@ -303,7 +303,7 @@ def test_hysteresis_state_is_saved_per_node(config, cluster):
 
 
 def test_last_shows_the_latest_decision_after_quiet_cycles(config, cluster, cli, monkeypatch, tmp_path):
-    import slurm_mig.rebalance as mod
+    import slurm_mig.rebalance.cycle as mod
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
@@ -397,7 +397,7 @@ def sim_node(tmp_path):
 
 
 def _pending(n, channel):
-    from slurm_mig.pending import sync_pending
+    from slurm_mig.change.pending import sync_pending
 
     return sync_pending(n.config, n.backend, n.slurm, channel, "n1", clock=n.clock).as_dict()
 
@@ -459,7 +459,7 @@ def test_sync_pending_leaves_a_node_drained_by_an_admin_alone(sim_node):
 
 
 def test_sync_pending_apply_failure_keeps_the_want_and_says_what_to_do(sim_node):
-    from slurm_mig.gpu.sim import SimBackend
+    from slurm_mig.sim.backend import SimBackend
 
     channel = _wanting()
     sim_node.slurm.drain("n1", "slurm-mig rebalance: cycle 2: new layout 3g.20gb:2 on gpu 0")
@@ -565,7 +565,7 @@ def test_a_node_that_does_not_register_stays_drained_and_the_others_resume(confi
 
 
 def test_cli_exits_8_when_finishing_a_node_failed(cli, tmp_path, monkeypatch, cluster):
-    import slurm_mig.rebalance as mod
+    import slurm_mig.rebalance.cycle as mod
 
     _applied(cluster, "n1")
     cluster.fail = {"reconfigure": {1}}
@@ -671,7 +671,7 @@ def test_sync_pending_refuses_options_it_would_not_honour(cli, node_config, extr
 def _gpus_ahead(n):
     """What a slurmctld crash can leave (docs/rebalance.md): the node applied a want and wrote
     gres.conf, then the want and the drain were lost; Slurm still has the old gres."""
-    from slurm_mig.commands import apply_layout, gres_conf
+    from slurm_mig.app.commands import apply_layout, gres_conf
 
     apply_layout(n.config, n.backend, "3g.20gb:2")
     gres_conf(n.config, n.backend, "n1", write=True)
@@ -690,8 +690,8 @@ def test_sync_pending_hands_an_idle_node_whose_gpus_are_ahead_of_slurm_to_rebala
     assert sim_node.include() == include  # the controller writes Gres= and reconfigures
     assert ("reconfigure",) not in sim_node.slurm.calls
     # What the controller then sees: a node to finish.
-    from slurm_mig.catalog import load_catalog
-    from slurm_mig.finish import verdict
+    from slurm_mig.core.catalog import load_catalog
+    from slurm_mig.rebalance.finish import verdict
 
     info = _node("n1", state="drained", gres={"1g.5gb": 7})
     assert verdict(info, parse_channel(channel.read("n1")), load_catalog())[0] == "finish"
@@ -739,7 +739,7 @@ def test_sync_pending_catches_up_a_node_slurm_drained_for_its_gres(sim_node):
 def test_catch_up_leaves_a_node_to_an_admin_sync_in_progress(sim_node):
     # An admin's `slurm-mig sync` holds the node's sync lock from its drain to its resume;
     # slurmctld may drain the node for its gres meanwhile (INVALID_REG): not ours to take.
-    from slurm_mig.syncsteps import sync_lock
+    from slurm_mig.change.steps import sync_lock
 
     channel = _gpus_ahead(sim_node)
     sim_node.slurm.drain("n1", "gres/gpu count reported lower than configured (0 < 7)")
@@ -770,7 +770,7 @@ def _printing(tmp_path, name, recorded):
 def ctl(tmp_path, monkeypatch, cluster, cli):
     """A controller config, and ``use(reader)``: what `slurm-mig rebalance` reads through
     (the in-memory ``cluster`` acts as the Slurm client and the Extra channel)."""
-    import slurm_mig.rebalance as mod
+    import slurm_mig.rebalance.cycle as mod
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'

@@ -34,9 +34,9 @@ from typing import Dict, List
 
 import pytest
 
-from slurm_mig.channel import parse_channel
-from slurm_mig.commands import status
-from slurm_mig.gpu.sim import SimBackend
+from slurm_mig.change.channel import parse_channel
+from slurm_mig.app.commands import status
+from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sandbox import missing_requirements
 from slurm_mig.slurm.scontrol import parse_pairs
 

@@ -13,11 +13,12 @@ import stat
 
 import pytest
 
-from slurm_mig import jobs, journal, safefs
-from slurm_mig.errors import EXIT_CONFIG
-from slurm_mig.locking import node_lock
-from slurm_mig.safefs import UnsafePath
-from slurm_mig.slurmfiles import update_file, write_atomic, write_json_atomic
+from slurm_mig.node import jobs, journal
+from slurm_mig.host import safefs
+from slurm_mig.core.errors import EXIT_CONFIG
+from slurm_mig.host.locking import node_lock
+from slurm_mig.host.safefs import UnsafePath
+from slurm_mig.host.atomic import update_file, write_atomic, write_json_atomic
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to nobody)")
@@ -262,7 +263,7 @@ def test_a_gres_conf_symlink_owned_by_another_user_is_refused(tmp_path, victim):
 
 
 def _config(tmp_path, directory="etc"):
-    from slurm_mig.config import sim_config_text
+    from slurm_mig.host.config import sim_config_text
 
     d = tmp_path / directory
     d.mkdir(mode=0o755)
@@ -279,7 +280,7 @@ def _hook_env(config) -> dict:
 
 @pytest.mark.parametrize("mode", [0o666, 0o664])
 def test_a_config_others_can_write_is_refused_by_the_cli_and_the_hooks(tmp_path, cli, capsys, mode):
-    from slurm_mig import hooks
+    from slurm_mig.hooks import run as hooks
 
     config = _config(tmp_path)
     os.chmod(config, mode)

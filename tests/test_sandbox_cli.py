@@ -257,7 +257,7 @@ class TestRunningSandbox:
         assert "nothing wanted (layout published)" in log
 
     def test_controller_config_is_valid_and_rebalance_dry_run_reads_the_sandbox(self, sbx):
-        from slurm_mig.config import load_config
+        from slurm_mig.host.config import load_config
 
         path = f"{sbx.root}/controller/config.toml"
         assert f"slurm-mig --config {path} rebalance --explain" in sbx.up_text
@@ -424,7 +424,7 @@ def test_down_without_a_sandbox_stops_nothing_and_never_touches_a_foreign_direct
 
 
 def test_controller_config_keeps_every_type_of_the_layout_submittable(tmp_path):
-    from slurm_mig.config import parse_config
+    from slurm_mig.host.config import parse_config
     from slurm_mig.sandbox.config import SandboxPaths
     from slurm_mig.sandbox.controller import controller_config_text, layout_floors
     from slurm_mig.sandbox.files import SandboxFiles

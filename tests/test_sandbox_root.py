@@ -243,7 +243,7 @@ def test_down_purge_takes_nothing_outside_the_root_through_links_planted_in_seen
 
 
 def test_the_default_root_is_in_a_directory_no_other_user_can_create_in():
-    from slurm_mig.safefs import check_dir
+    from slurm_mig.host.safefs import check_dir
 
     where = os.path.dirname(mig.DEFAULT_ROOT)
     st = os.stat(where)

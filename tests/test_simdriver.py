@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig import errors
-from slurm_mig.catalog import load_catalog
-from slurm_mig.devices import parse_mig_minors
+from slurm_mig.core import errors
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.devices import parse_mig_minors
 from slurm_mig.gpu import nvmlcodes as rc
-from slurm_mig.gpu.simdriver import ID_RANGES, SimDriver, SimNvmlError
+from slurm_mig.sim.driver import ID_RANGES, SimDriver, SimNvmlError
 
 REPO = Path(__file__).resolve().parents[1]
 A100 = "A100-40GB"
@@ -103,7 +103,7 @@ def test_crash_exit_kills_the_process_and_leaves_consistent_state(root):
     driver.inject_fault("create_gi", crash="exit", when="after")
     child = (
         "import sys\n"
-        "from slurm_mig.gpu.simdriver import SimDriver\n"
+        "from slurm_mig.sim.driver import SimDriver\n"
         "SimDriver(sys.argv[1]).create_gpu_instance(0, 9, 4)\n"
         "print('survived')\n"
     )

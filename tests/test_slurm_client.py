@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from slurm_mig.errors import SlurmError
+from slurm_mig.core.errors import SlurmError
 from slurm_mig.slurm.client import CommandSlurm
 
 NODE_LINES = (

@@ -18,7 +18,7 @@ import types
 
 import pytest
 
-from slurm_mig.errors import SlurmError, SlurmUnreadable
+from slurm_mig.core.errors import SlurmError, SlurmUnreadable
 from slurm_mig.slurm import gresspec, jsonread
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob, SlurmOutputError
 from slurm_mig.slurm.pyslurm_adapter import PyslurmReader
@@ -533,9 +533,9 @@ def test_factory_falls_back_to_json_without_pyslurm(monkeypatch):
 
 def test_rebalance_reads_through_the_configured_reader(monkeypatch):
     """[slurm] reader: auto picks pyslurm when it imports, else the commands; the choice
-    reaches rebalance's collaborators (slurm_mig.rebalance.default_collaborators)."""
-    from slurm_mig.config import parse_config
-    from slurm_mig.rebalance import default_collaborators
+    reaches rebalance's collaborators (slurm_mig.rebalance.cycle.default_collaborators)."""
+    from slurm_mig.host.config import parse_config
+    from slurm_mig.rebalance.cycle import default_collaborators
 
     def reader_of(text):
         return default_collaborators(parse_config("version = 1\n" + text, "t.toml"))[0]
@@ -554,8 +554,8 @@ def test_rebalance_reads_through_the_configured_reader(monkeypatch):
 
 
 def test_reader_setting_is_checked():
-    from slurm_mig.config import parse_config
-    from slurm_mig.errors import ConfigError
+    from slurm_mig.host.config import parse_config
+    from slurm_mig.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="slurm.reader: 'rest' is not one of auto, json, pyslurm"):
         parse_config('version = 1\n[slurm]\nreader = "rest"\n', "t.toml")

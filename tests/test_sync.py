@@ -15,18 +15,18 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from slurm_mig import jobs
-from slurm_mig.commands import apply_layout, gres_conf, node_conf
-from slurm_mig.config import load_config, sim_config_text
-from slurm_mig.errors import ApplyRefused, GpuError, InputError, LayoutError, LockBusy, SlurmError
+from slurm_mig.node import jobs
+from slurm_mig.app.commands import apply_layout, gres_conf, node_conf
+from slurm_mig.host.config import load_config, sim_config_text
+from slurm_mig.core.errors import ApplyRefused, GpuError, InputError, LayoutError, LockBusy, SlurmError
 from slurm_mig.gpu import nvmlcodes
-from slurm_mig.gpu.sim import SimBackend
-from slurm_mig.gpu.simdriver import SimDriver
-from slurm_mig.gresconf import parse_gres_conf
-from slurm_mig.locking import node_lock
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.core.gresconf import parse_gres_conf
+from slurm_mig.host.locking import node_lock
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
-from slurm_mig.reasons import sync_failed as failure_reason
-from slurm_mig.sync import STEPS, sync_node
+from slurm_mig.change.reasons import sync_failed as failure_reason
+from slurm_mig.change.sync import STEPS, sync_node
 
 from conftest import tree_snapshot
 
@@ -142,7 +142,7 @@ class Node:
                          clock=self.clock, sleep=self.clock.sleep, poll=1.0, **kw).as_dict()
 
     def layout(self) -> str:
-        from slurm_mig.commands import status
+        from slurm_mig.app.commands import status
 
         return status(self.config, self.backend)["gpus"][0]["layout"]
 
@@ -194,9 +194,9 @@ def test_sync_drains_waits_applies_writes_reconfigures_checks_and_resumes_in_ord
 
 
 def test_sync_logs_each_step_with_the_node_name(node, caplog):
-    caplog.set_level("INFO", logger="slurm_mig.sync")
+    caplog.set_level("INFO", logger="slurm_mig.change.sync")
     node.sync()
-    lines = [r.getMessage() for r in caplog.records if r.name == "slurm_mig.sync"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "slurm_mig.change.sync"]
     assert [l.split(": ")[2].split(" ")[0] for l in lines] == list(STEPS)
     assert all(l.startswith("slurm-mig sync: node n1: ") for l in lines)
 

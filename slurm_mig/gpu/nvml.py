@@ -1,10 +1,10 @@
 """The production backend: :class:`GpuBackend` over pynvml (nvidia-ml-py).
 
-Every pynvml error is translated here, once, into a :mod:`slurm_mig.errors` type
+Every pynvml error is translated here, once, into a :mod:`slurm_mig.core.errors` type
 through :func:`.nvmlcodes.error_for` and chained with ``raise ... from err``.  pynvml
 is imported on first use, so importing this module costs nothing on a host without
 the driver; any module with pynvml's names can be given instead (the tests give
-:func:`slurm_mig.gpu.fakenvml.fake_pynvml`).
+:func:`slurm_mig.sim.fakenvml.fake_pynvml`).
 
 Nothing here computes an id: GPU-instance ids, compute-instance ids and MIG UUIDs
 are always read back from the driver, which picks GI ids by memory-size class and
@@ -21,10 +21,10 @@ import ctypes
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import errors
-from ..catalog import ObservedProfile, load_catalog
+from ..core import errors
+from ..core.catalog import ObservedProfile, load_catalog
 from . import nvmlcodes as rc
-from .types import GpuInfo, MigInstance, MigModeResult
+from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
 
 FUNCTION_NOT_FOUND = 13  # NVML_ERROR_FUNCTION_NOT_FOUND: the driver predates the call
 _SKIP_PROFILE = (rc.NOT_SUPPORTED, rc.INVALID_ARGUMENT)

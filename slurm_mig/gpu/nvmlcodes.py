@@ -7,7 +7,7 @@ same project error whichever backend saw it.
 
 from __future__ import annotations
 
-from .. import errors
+from ..core import errors
 
 SUCCESS = 0
 UNINITIALIZED = 1

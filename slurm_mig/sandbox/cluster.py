@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from .cgroups import Isolation, detect_isolation
 from .config import (NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf,
                      render_slurm_conf)
-from ..safefs import ensure_dir
+from ..host.safefs import ensure_dir
 from .daemons import (DAEMON_UMASK, Daemon, check_socket_path, in_uts_namespace, kill_daemons,
                       stop_daemons, wait_for, write_munge_key)
 from .errors import SandboxError

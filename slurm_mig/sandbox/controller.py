@@ -35,8 +35,8 @@ FLOOR = 1  # instances of each type kept somewhere
 
 def layout_floors(gpus: Sequence[str], layout: str) -> Dict[str, int]:
     """Slurm GPU type -> FLOOR for every type ``layout`` makes on any of ``gpus``."""
-    from ..catalog import load_catalog
-    from ..layout import parse_layout
+    from ..core.catalog import load_catalog
+    from ..core.layout import parse_layout
 
     catalog = load_catalog()
     types: Set[str] = set()

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..safefs import open_file
+from ..host.safefs import open_file
 from .errors import SandboxError
 from .host import open_append
 

@@ -11,13 +11,13 @@ import stat
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
-from ..safefs import ensure_dir
+from ..host.safefs import ensure_dir
 from .errors import SandboxError
 
 NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
 DEFAULT_CAP_MAJOR = 511  # top of the kernel's dynamic char-major range; any unused major works
-# The modes the NVIDIA driver gives its nodes (as slurm_mig.gpu.simdriver makes them):
+# The modes the NVIDIA driver gives its nodes (as slurm_mig.sim.driver makes them):
 # nvidia<N> and nvidiactl 0666; of nvidia-caps, the config capability 0400, the others 0444.
 DEVICE_MODE = 0o666
 CONFIG_CAP_MINOR = 1  # /proc/driver/nvidia-caps/mig-minors: "config 1"

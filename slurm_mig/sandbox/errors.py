@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import EXIT_CONFIG, SlurmMigError
+from ..core.errors import EXIT_CONFIG, SlurmMigError
 
 
 class SandboxError(SlurmMigError):

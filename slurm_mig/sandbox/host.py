@@ -7,8 +7,8 @@ import shutil
 import socket
 from typing import BinaryIO, List, Optional
 
-from ..safefs import open_file
-from ..slurmfiles import write_atomic as _write_atomic
+from ..host.safefs import open_file
+from ..host.atomic import write_atomic as _write_atomic
 
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")  # often not on a test runner's PATH
 
@@ -55,7 +55,7 @@ def free_ports(count: int) -> List[int]:
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` all at once (readers see old or new) with exactly ``mode``, whatever
     the umask; its directory is made 0755 where missing and must be trusted, a link in the
-    file's place is replaced, never written through (:func:`slurm_mig.slurmfiles.write_atomic`)."""
+    file's place is replaced, never written through (:func:`slurm_mig.host.atomic.write_atomic`)."""
     _write_atomic(path, text, mode=mode, keep_prev=False, durable=False, follow=False)
 
 

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .cluster import SandboxCluster
 from .controller import controller_config_text, layout_floors
 from .errors import SandboxError
@@ -83,8 +83,8 @@ class SandboxUnavailable(SandboxError):
 
 def check_spec(spec: SandboxSpec) -> Dict[str, str]:
     """Bad input, found before anything is touched: model key -> its name.  Raises InputError."""
-    from ..catalog import load_catalog
-    from ..layout import parse_layout
+    from ..core.catalog import load_catalog
+    from ..core.layout import parse_layout
 
     if not 1 <= spec.nodes <= MAX_NODES:
         raise InputError(f"--nodes {spec.nodes}: give 1 to {MAX_NODES}")
@@ -131,7 +131,7 @@ def _check_parents(root: str) -> None:
 
 @contextlib.contextmanager
 def _root_lock(files: SandboxFiles) -> Iterator[None]:
-    from ..locking import node_lock
+    from ..host.locking import node_lock
 
     with node_lock(files.lock, timeout=120):
         yield
@@ -221,10 +221,10 @@ def _attach(root: str) -> Optional[SandboxCluster]:
 
 def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
     """Write every file and cut the simulated GPUs; nothing runs yet."""
-    from ..commands import apply_layout, gres_conf, node_conf
-    from ..config import load_config
-    from ..gpu import make_backend
-    from ..gpu.simdriver import SimDriver
+    from ..app.commands import apply_layout, gres_conf, node_conf
+    from ..host.config import load_config
+    from ..gpu.backend import make_backend
+    from ..sim.driver import SimDriver
     from ..slurm.scontrol import parse_pairs
 
     python = sys.executable
@@ -420,10 +420,10 @@ def status(root: str) -> dict:
 
 
 def _node_status(files: SandboxFiles, node: str, slurm, pairs: dict) -> dict:
-    from ..commands import status as gpu_status
-    from ..config import load_config
-    from ..gpu import make_backend
-    from ..jobs import list_jobs
+    from ..app.commands import status as gpu_status
+    from ..host.config import load_config
+    from ..gpu.backend import make_backend
+    from ..node.jobs import list_jobs
 
     config = load_config(files.node_config(node))
     backend = make_backend("sim", sim_root=config.sim.root)

@@ -6,15 +6,15 @@ Everything under the root is run or read by root: slurmd runs ``prolog.d/*`` and
 be used, not even looked into (docs/sandbox.md, "The root directory"):
 
 * a root that does not exist is made by :func:`make_root`: its missing parents 0755 in a
-  trusted parent (:mod:`slurm_mig.safefs`; a sticky one such as ``/var/tmp`` is fine), the
+  trusted parent (:mod:`slurm_mig.host.safefs`; a sticky one such as ``/var/tmp`` is fine), the
   root 0755, then at once the marker file :data:`MARKER` (0600, ``O_CREAT|O_EXCL|O_NOFOLLOW``);
 * a root that exists is used only if :func:`check_root` passes: a real directory (not a
   symbolic link), owned by root (or the user slurm-mig runs as), not writable by group or
   others, trusted up to ``/``, holding our marker (a regular file of ours, opened with
   ``O_NOFOLLOW``).  Otherwise it is refused with one line, and nothing in it is changed.
 
-Refusals: :class:`~slurm_mig.safefs.UnsafePath` (exit 3) when someone else made or can change
-the path (owner, mode, a link, a parent, the marker); :class:`~slurm_mig.errors.InputError`
+Refusals: :class:`~slurm_mig.host.safefs.UnsafePath` (exit 3) when someone else made or can change
+the path (owner, mode, a link, a parent, the marker); :class:`~slurm_mig.core.errors.InputError`
 (exit 2) when the path is simply not a sandbox (a file, a directory of root's without the
 marker): the wrong ``--root``.
 """
@@ -26,9 +26,9 @@ import os
 import stat
 import time
 
-from .. import safefs
-from ..errors import InputError
-from ..safefs import UnsafePath
+from ..host import safefs
+from ..core.errors import InputError
+from ..host.safefs import UnsafePath
 
 #: Marks a directory as a sandbox root made by ``slurm-mig sandbox up``.
 MARKER = ".slurm-mig-sandbox"

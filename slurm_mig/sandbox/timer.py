@@ -110,7 +110,7 @@ def _worth_logging(result: dict) -> bool:
 
 def run_once(config: str, python: str = sys.executable) -> Optional[str]:
     """One ``sync --pending`` as its own process; the text to log, or None for a quiet run."""
-    from ..render import sync_pending_text
+    from ..app.render import sync_pending_text
 
     argv = [python, "-m", "slurm_mig", "--config", config, "--json", "sync", "--pending"]
     try:

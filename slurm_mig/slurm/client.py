@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from typing import Dict, Mapping, Optional, Sequence, Type
 
-from ..errors import SlurmError
+from ..core.errors import SlurmError
 from .scontrol import NodeStatus, parse_scontrol_nodes
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from ..inputs import ascii_digits
+from ..core.inputs import ascii_digits
 from .model import DRAIN, GresRequest, drain_flagged
 
 _PROFILE = re.compile(r"([0-9]+g\.[0-9]+gb(?:\+me)?)$")  # [0-9], not \d: ASCII digits only

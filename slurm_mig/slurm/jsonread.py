@@ -17,7 +17,7 @@ the parser and the field path.
 
 A document whose ``errors`` list is not empty is Slurm saying it could not answer (22.05 exits
 0 with only ``errors`` and an empty ``jobs``/``nodes`` list while slurmctld is down, recorded
-in tests/data/slurm/22.05/*-ctld-down.json): :class:`~slurm_mig.errors.SlurmUnreadable`
+in tests/data/slurm/22.05/*-ctld-down.json): :class:`~slurm_mig.core.errors.SlurmUnreadable`
 (exit 9) quoting Slurm's first error, never an empty queue.  ``warnings`` are logged only.
 """
 
@@ -31,7 +31,7 @@ from typing import (Any, Callable, Collection, Dict, Iterable, List, Mapping, Op
 
 T = TypeVar("T")
 
-from ..errors import SlurmUnreadable
+from ..core.errors import SlurmUnreadable
 from . import gresspec
 from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Tuple
 
-from ..errors import SlurmError
+from ..core.errors import SlurmError
 
 PER = ("node", "job", "task", "socket")
 

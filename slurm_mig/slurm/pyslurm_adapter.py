@@ -10,14 +10,14 @@ allocated_gres, extra, comment, reason``).  docs/slurm-json.md says what that le
 
 ``pyslurm`` is imported only when a reader is made without a ``module``.  A ``load()`` that
 raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of no nodes is
-:class:`~slurm_mig.errors.SlurmUnreadable` (exit 9), as for the JSON commands.
+:class:`~slurm_mig.core.errors.SlurmUnreadable` (exit 9), as for the JSON commands.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import SlurmError, SlurmUnreadable
+from ..core.errors import SlurmError, SlurmUnreadable
 from . import gresspec
 from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
 

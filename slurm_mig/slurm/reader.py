@@ -6,7 +6,7 @@
   the reader keeps only PENDING records whatever the command printed.
 * :class:`~.pyslurm_adapter.PyslurmReader`: the optional pyslurm extra.
 
-Either raises :class:`~slurm_mig.errors.SlurmUnreadable` (exit 9, one line) when Slurm did
+Either raises :class:`~slurm_mig.core.errors.SlurmUnreadable` (exit 9, one line) when Slurm did
 not answer: the command failed, timed out or is missing, its JSON carries ``errors`` (22.05
 exits 0 with only that while slurmctld is down, after ~MessageTimeout), no node at all, or
 pyslurm raised.  Never an empty queue or an empty cluster in place of an answer.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
-from ..errors import SlurmError, SlurmUnreadable
+from ..core.errors import SlurmError, SlurmUnreadable
 from . import jsonread
 from .client import failure_detail, run_command, run_process
 from .model import NodeInfo, PendingJob, SlurmOutputError

@@ -1,0 +1,528 @@
+"""The ``slurm-mig`` command line: a thin client of the library.
+
+Commands compute a result (:mod:`slurm_mig.app.commands`), then :mod:`slurm_mig.app.render`
+prints it as text or, with ``--json``, as JSON with stable keys.  One error handler
+prints ``slurm-mig: error: <one line>`` and exits with the error's documented code
+(docs/exit-codes.md); a broken pipe is quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import click
+
+from .. import __version__
+from . import render
+from ..core.errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_SLURM, EXIT_USAGE,
+                     SimulatedCrash, SlurmMigError)
+from ..core.inputs import MAX_GPU_INDEX, MAX_WAIT, NumberError, from_text, from_value, shown
+
+
+class Number(click.ParamType):
+    """A bounded number option or argument, read by :mod:`slurm_mig.core.inputs`.
+
+    click's ``int``/``float`` types accept other scripts' digits (``１``), ``1_000``,
+    ``inf`` and ``nan``; this takes ASCII digits only, within [lo, hi]: exit 2 otherwise."""
+
+    def __init__(self, lo, hi, *, whole: bool = True, kind: Optional[str] = None):
+        self.lo, self.hi, self.whole, self.kind = lo, hi, whole, kind
+        self.name = "integer" if whole else "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            if isinstance(value, str):
+                return from_text(value, self.lo, self.hi, whole=self.whole, kind=self.kind)
+            return from_value(value, self.lo, self.hi, whole=self.whole, kind=self.kind)
+        except NumberError as err:
+            self.fail(f"{shown(value)} is {err}", param, ctx)
+
+
+GPU_INDEX = Number(0, MAX_GPU_INDEX, kind="a GPU index")
+INSTANCE_ID = Number(0, 1023, kind="an instance id")
+PID = Number(1, 1 << 22, kind="a process id")  #: PID_MAX_LIMIT on 64-bit Linux
+SANDBOX_NODES = Number(1, 32, kind="a node count")  #: sandbox.mig.MAX_NODES (a test pins it)
+
+
+class Context:
+    """What every command needs: the config, the chosen backend, the output mode."""
+
+    def __init__(self, config_path: Optional[str], backend: Optional[str], as_json: bool, debug: bool):
+        self.config_path = config_path
+        self.backend_kind = backend
+        self.as_json = as_json
+        self.debug = debug
+        self._config = None
+        self._backend = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from dataclasses import replace
+
+            from ..host.config import load_config, resolve_config_path
+
+            config = load_config(resolve_config_path(self.config_path, os.environ))
+            if self.backend_kind:
+                config = replace(config, backend=self.backend_kind)
+            self._config = config
+        return self._config
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ..gpu.backend import make_backend
+
+            config = self.config
+            if config.backend == "sim":
+                ensure_simulator(config)
+            self._backend = make_backend(config.backend, sim_root=config.sim.root)
+        return self._backend
+
+    def close(self):
+        if self._backend is not None:
+            self._backend.close()
+
+    def emit(self, result: dict, text_renderer) -> None:
+        if self.as_json:
+            click.echo(render.as_json(result))
+        else:
+            click.echo(text_renderer(result))
+
+
+def ensure_simulator(config) -> None:
+    """Create the configured simulated GPUs on first use, so ``--backend sim`` just works."""
+    from ..sim.driver import SimDriver
+
+    if not os.path.exists(os.path.join(config.sim.root, "state.json")):
+        SimDriver.create(config.sim.root, list(config.sim.gpus))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slurm-mig")
+@click.option("--config", "config_path", metavar="PATH",
+              help="config file (default: $SLURM_MIG_CONFIG or /etc/slurm-mig/config.toml)")
+@click.option("--backend", type=click.Choice(["nvml", "sim"]), default=None,
+              help="GPU backend, overriding the config: nvml (real GPUs) or sim (simulator)")
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON (stable keys)")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors")
+@click.pass_context
+def cli(ctx, config_path, backend, as_json, debug):
+    """Dynamic NVIDIA MIG layouts for Slurm."""
+    ctx.obj = Context(config_path, backend, as_json, debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command()
+@pass_ctx
+def status(obj: Context):
+    """Show GPUs, MIG mode, layouts and instances (ids, processes, device files)."""
+    from .commands import status as run
+
+    obj.emit(run(obj.config, obj.backend), render.status_text)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--maximal", is_flag=True, help="only layouts to which no instance can be added")
+@click.option("--no-me", is_flag=True, help="leave out +me (media extension) profiles")
+@pass_ctx
+def layouts(obj: Context, model, maximal, no_me):
+    """List every valid layout of MODEL, one canonical layout per line."""
+    from .commands import layouts as run
+
+    obj.emit(run(model, maximal=maximal, include_me=not no_me), render.layouts_text)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--verify", is_flag=True, help="compare the catalog with what NVML reports on this node")
+@pass_ctx
+def catalog(obj: Context, model, verify):
+    """Show the catalog of MIG GPU models and profiles, or --verify it against NVML."""
+    from . import commands
+
+    if verify:
+        obj.emit(commands.catalog_verify(obj.backend), render.verify_text)
+    else:
+        obj.emit(commands.catalog_models(model), render.catalog_text)
+
+
+@cli.command()
+@click.argument("layout")
+@click.option("--gpu", default="all", show_default=True, help="GPU index, or 'all'")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing")
+@click.option("--partial/--no-partial", default=None,
+              help="apply what is possible when busy instances block the rest (exit 6); "
+                   "default: [apply] partial in config.toml")
+@pass_ctx
+def apply(obj: Context, layout, gpu, dry_run, partial):
+    """Make GPUs match LAYOUT (3g.40gb@0,1g.10gb@6 or 1g.10gb:2,3g.40gb:1 or empty).
+
+    Instances in both layouts are kept; only idle instances are destroyed; a GPU that
+    already matches is not touched.  An interrupted earlier apply is finished first.
+    """
+    from .commands import apply_layout
+
+    config = obj.config
+    if partial is None:
+        partial = config.apply.partial
+    result = apply_layout(config, obj.backend, layout, gpu, dry_run=dry_run, partial=partial)
+    obj.emit(result, render.apply_text)
+    if result["blocked"]:
+        # A dry run exits as the real run would: refused without --partial.
+        sys.exit(EXIT_PARTIAL if partial else EXIT_REFUSED)
+
+
+@cli.group()
+def sim():
+    """Manage the GPU simulator (state under [sim] root)."""
+
+
+@sim.command("init")
+@click.argument("models", nargs=-1)
+@click.option("--mig-off", is_flag=True, help="start with MIG mode disabled")
+@pass_ctx
+def sim_init(obj: Context, models, mig_off):
+    """(Re)create simulated GPUs: MODELS or the config's [sim] gpus."""
+    from ..sim.driver import SimDriver
+
+    config = obj.config
+    chosen = list(models) or list(config.sim.gpus)
+    driver = SimDriver.create(config.sim.root, chosen, mig_enabled=not mig_off)
+    result = {"root": driver.root, "gpus": [g["name"] for g in driver.gpus()]}
+    obj.emit(result, lambda r: f"simulated {len(r['gpus'])} GPU(s) under {r['root']}: "
+             + ", ".join(r["gpus"]))
+
+
+@sim.command("show")
+@pass_ctx
+def sim_show(obj: Context):
+    """Print the simulator's whole state (JSON): GPUs, instances, processes, faults."""
+    from ..sim.driver import SimDriver
+
+    ensure_simulator(obj.config)
+    click.echo(render.as_json(SimDriver(obj.config.sim.root).snapshot()))
+
+
+@sim.command("attach")
+@click.argument("gpu", type=GPU_INDEX)
+@click.argument("gi_id", type=INSTANCE_ID)
+@click.argument("pid", type=PID)
+@click.option("--ci", "ci_id", type=INSTANCE_ID, default=0, show_default=True)
+@pass_ctx
+def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
+    """Show process PID running on GPU instance GI_ID (makes it busy)."""
+    from ..core.errors import InputError
+    from ..sim.driver import SimDriver, SimNvmlError
+
+    ensure_simulator(obj.config)
+    try:
+        SimDriver(obj.config.sim.root).attach_process(gpu, gi_id, ci_id, pid)
+    except SimNvmlError as err:
+        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+
+
+@sim.command("detach")
+@click.argument("gpu", type=GPU_INDEX)
+@click.argument("gi_id", type=INSTANCE_ID)
+@click.option("--pid", type=PID, default=None, help="only this process (default: all)")
+@click.option("--ci", "ci_id", type=INSTANCE_ID, default=0, show_default=True)
+@pass_ctx
+def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
+    """Stop showing processes on GPU instance GI_ID."""
+    from ..core.errors import InputError
+    from ..sim.driver import SimDriver, SimNvmlError
+
+    ensure_simulator(obj.config)
+    try:
+        SimDriver(obj.config.sim.root).detach_process(gpu, gi_id, ci_id, pid)
+    except SimNvmlError as err:
+        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+
+
+@cli.command()
+@click.option("--root", default=None, help="the sandbox's directory (default "
+              "/var/lib/slurm-mig-sandbox; with --no-slurm: a new directory under /tmp)")
+@click.option("--no-slurm", is_flag=True, help="the simulator alone: no Slurm, no root needed")
+@pass_ctx
+def demo(obj: Context, root, no_slurm):
+    """Walk through slurm-mig: a real local Slurm cluster on simulated GPUs, jobs on MIG instances."""
+    from ..sandbox.demo import run_demo
+
+    code = run_demo(root, echo=click.echo, slurm=not no_slurm)
+    if code:
+        sys.exit(code)
+
+
+
+@cli.command("gres-conf")
+@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
+@click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")
+@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@pass_ctx
+def gres_conf_cmd(obj: Context, node, write, non_mig_type):
+    """Print (or --write) this node's gres.conf lines, one per MIG instance."""
+    from .commands import gres_conf
+    from ..hooks.run import node_name
+
+    result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
+                       non_mig_type=non_mig_type)
+    obj.emit(result, render.gres_conf_text)
+
+
+@cli.command("node-conf")
+@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
+@click.option("--write", is_flag=True, help="merge this node's Gres= into paths.node_gres_include")
+@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@pass_ctx
+def node_conf_cmd(obj: Context, node, write, non_mig_type):
+    """Print (or --write) this node's slurm.conf line: NodeName=<node> Gres=gpu:<type>:<n>,..."""
+    from .commands import node_conf
+    from ..hooks.run import node_name
+
+    result = node_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
+                       non_mig_type=non_mig_type)
+    obj.emit(result, render.node_conf_text)
+
+
+@cli.command()
+@pass_ctx
+def prolog(obj: Context):
+    """Slurm Prolog: make the job's MIG instances ready (env from slurmd).  See docs/hooks.md."""
+    from ..hooks.run import run_hook
+
+    sys.exit(run_hook("prolog", config=obj.config))
+
+
+@cli.command()
+@pass_ctx
+def epilog(obj: Context):
+    """Slurm Epilog: end the job's processes on its instances, drop its record."""
+    from ..hooks.run import run_hook
+
+    sys.exit(run_hook("epilog", config=obj.config))
+
+
+@sim.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--out", default=None, metavar="FILE", help="write what the job reached here (JSON)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def sim_run_cmd(obj: Context, out, command):
+    """Inside a job: attach this process to the job's simulated instances, then run COMMAND."""
+    from ..hooks.run import sim_run
+
+    sim_run(obj.config, os.environ, list(command), out)
+
+
+# ----------------------------------------------------------------------------- sandbox
+
+
+def _sandbox_root(root):
+    from ..sandbox.mig import DEFAULT_ROOT
+
+    return os.path.abspath(root or DEFAULT_ROOT)
+
+
+_root_option = click.option("--root", default=None, metavar="DIR",
+                            help="the sandbox's directory (default /var/lib/slurm-mig-sandbox)")
+
+
+@cli.group()
+def sandbox():
+    """A real local Slurm cluster with simulated MIG GPUs (root; docs/sandbox.md)."""
+
+
+@sandbox.command("up")
+@_root_option
+@click.option("--nodes", type=SANDBOX_NODES, default=2, show_default=True,
+              help="number of nodes (n1, n2, ...), 1 to 32")
+@click.option("--gpus", default="A100-80GB", show_default=True, metavar="MODEL,...",
+              help="simulated GPU models of each node")
+@click.option("--layout", default="1g.10gb:4,3g.40gb:1", show_default=True,
+              help="MIG layout of every GPU (either form of `apply`)")
+@pass_ctx
+def sandbox_up(obj: Context, root, nodes, gpus, layout):
+    """Start the sandbox and its node timers (detached) and print the shell lines that point
+    Slurm commands at it.
+
+    The same options again while it runs do nothing; other options are refused until
+    `sandbox down`.  `eval "$(slurm-mig sandbox up)"` sets SLURM_CONF in this shell.
+    A --root that exists is used only if up made it (its marker .slurm-mig-sandbox, root's,
+    not writable by others); up makes a missing one itself.
+    """
+    from ..sandbox.mig import SandboxSpec, up
+    from ..sandbox.text import up_text
+
+    spec = SandboxSpec(_sandbox_root(root), nodes, tuple(g.strip() for g in gpus.split(",") if g.strip()),
+                       layout)
+    obj.emit(up(spec), up_text)
+
+
+@sandbox.command("status")
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON (stable keys)")
+@pass_ctx
+def sandbox_status(obj: Context, root, as_json):
+    """Nodes, their gres, each node's MIG layout and which job holds which instance."""
+    from ..sandbox.mig import status
+    from ..sandbox.text import status_text
+
+    obj.as_json = obj.as_json or as_json
+    obj.emit(status(_sandbox_root(root)), status_text)
+
+
+@sandbox.command("reconfigure")
+@_root_option
+@pass_ctx
+def sandbox_reconfigure(obj: Context, root):
+    """Make Slurm read a changed gres.conf/node include (slurm.reconfigure_command of its nodes)."""
+    from ..sandbox.mig import reconfigure
+    from ..sandbox.text import reconfigure_text
+
+    obj.emit(reconfigure(_sandbox_root(root)), reconfigure_text)
+
+
+@sandbox.command("down")
+@_root_option
+@click.option("--purge", is_flag=True, help="also remove the sandbox's directory")
+@pass_ctx
+def sandbox_down(obj: Context, root, purge):
+    """Cancel jobs and stop every daemon of the sandbox (idempotent)."""
+    from ..sandbox.mig import down
+    from ..sandbox.text import down_text
+
+    obj.emit(down(_sandbox_root(root), purge=purge), down_text)
+
+
+@cli.command("sync")
+@click.option("--layout", default=None, metavar="LAYOUT",
+              help="layout for every MIG GPU (default: [layout] in config.toml)")
+@click.option("--wait", "wait_s", type=Number(0, MAX_WAIT, whole=False, kind="a number of seconds"),
+              default=None, metavar="SECONDS",
+              help="how long to wait for running jobs after draining (0: fail if busy; "
+                   f"at most {MAX_WAIT}; default: [slurm] sync_wait)")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
+@click.option("--node", default=None,
+              help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")
+@click.option("--pending", is_flag=True,
+              help="apply the layout rebalance left for this node in its Extra field, if any; "
+                   "else publish the current layout there (docs/rebalance.md)")
+@pass_ctx
+def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
+    """Drain, wait for idle, apply, rewrite gres.conf and Gres=, reconfigure, check, resume.
+
+    A failure leaves the node drained with a reason that says what to do.  See docs/sync.md.
+    """
+    if pending:
+        if layout is not None:
+            raise click.UsageError("--pending takes the layout from rebalance; drop --layout")
+        if wait_s is not None:
+            raise click.UsageError("--pending never waits (a busy node is drained and the next "
+                                   "run looks again); drop --wait")
+        from .commands import sync_pending
+
+        result = sync_pending(obj.config, obj.backend, os.environ, node=node, dry_run=dry_run)
+        obj.emit(result, render.sync_pending_text)
+        return
+    from .commands import sync
+
+    result = sync(obj.config, obj.backend, os.environ, node=node, layout=layout, wait=wait_s,
+                  dry_run=dry_run)
+    obj.emit(result, render.sync_text)
+
+
+@cli.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="plan and print, change nothing (reads Slurm)")
+@click.option("--explain", is_flag=True, help="say why each node keeps or gets its layout")
+@click.option("--last", is_flag=True,
+              help="run nothing: show the decisions of the latest cycle that did something, "
+                   "and when the latest cycle ran ([rebalance] state_file)")
+@pass_ctx
+def rebalance_cmd(obj: Context, dry_run, explain, last):
+    """Controller side: re-plan idle nodes' MIG layouts from the pending queue.
+
+    Drains each chosen node with a reason naming its new layout and leaves the layout in the
+    node's Extra field; `slurm-mig sync --pending` on the node applies it.  Then, for every
+    node that applied its layout: its Gres= in the node include, one reconfigure, resume.
+    Exit 8 when finishing a node failed (it stays drained, its reason says what to do);
+    exit 9 when Slurm could not be read (nothing planned or changed).  docs/rebalance.md.
+    """
+    if last:
+        if dry_run:
+            raise click.UsageError("--last runs nothing; drop --dry-run")
+        from ..rebalance.cycle import read_last
+
+        obj.emit(read_last(obj.config.rebalance.state_file), render.rebalance_last_text)
+        return
+    from .commands import rebalance
+
+    result = rebalance(obj.config, os.environ, dry_run=dry_run)
+    obj.emit(result, lambda r: render.rebalance_text(r, explain))
+    if result["failed"]:
+        sys.exit(EXIT_SLURM)
+
+
+def main(argv=None) -> int:
+    """Entry point: run the CLI, map errors to one line and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    _setup_logging(debug)
+    try:
+        cli.main(args=argv, prog_name="slurm-mig", standalone_mode=False)
+    except SimulatedCrash:
+        os._exit(137)  # the simulator's fault injection: die as a killed process would
+    except SlurmMigError as err:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"slurm-mig: error: {err}", err=True)
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("slurm-mig: aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"slurm-mig: error: {' '.join(err.format_message().split())}", err=True)
+        return err.exit_code if err.exit_code else EXIT_USAGE
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else 0
+    except Exception as err:  # a bug: still one line, traceback with --debug
+        if debug:
+            raise
+        click.echo(f"slurm-mig: internal error: {type(err).__name__}: {' '.join(str(err).split())} "
+                   f"(rerun with --debug and report it)", err=True)
+        return EXIT_INTERNAL
+    return 0
+
+
+def _setup_logging(debug: bool) -> None:
+    """Library log lines go to stderr as ``slurm-mig: LEVEL: ...``; warnings that a command
+    also reports in its result are not repeated unless --debug."""
+    import logging
+
+    logging.basicConfig(format="slurm-mig: %(levelname)s: %(message)s",
+                        level=logging.DEBUG if debug else logging.ERROR)
+
+
+def _quiet_broken_pipe() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,292 @@
+"""What the admin commands do, as functions that return plain results.
+
+Each function takes its collaborators (config, backend) and returns a dict with
+stable keys: the same dict is printed as JSON by ``--json`` (keys pinned by a
+test) or turned into text by :mod:`slurm_mig.app.render`.  No printing here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from ..core import catalog as catalog_mod
+from ..host.config import Config
+from ..gpu.backend import GpuBackend
+from ..core.gputypes import GpuInfo
+from ..core.devices import instance_devices, read_mig_minors
+from ..core.errors import InputError, MigNotEnabled, NotSupported
+from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
+from ..node.inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
+from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
+
+
+def host_paths(config: Config):
+    """Where /dev and /proc are: the simulator lays out its own under its root."""
+    if config.backend == "sim":
+        return os.path.join(config.sim.root, "dev"), os.path.join(config.sim.root, "proc")
+    return config.paths.dev, config.paths.proc
+
+
+def profile_dict(p) -> dict:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "aliases": list(p.aliases),
+        "compute_slices": p.compute_slices,
+        "memory_slices": p.memory_slices,
+        "memory_mib": p.memory_mib,
+        "max_count": p.max_count,
+        "placements": list(p.placements),
+        "placement_size": p.placement_size,
+    }
+
+
+def model_dict(m) -> dict:
+    return {
+        "key": m.key,
+        "name": m.name,
+        "aliases": list(m.aliases),
+        "pci_device_ids": list(m.pci_device_ids),
+        "compute_slices": m.compute_slices,
+        "memory_slices": m.memory_slices,
+        "placement_units": m.placement_units,
+        "profiles": [profile_dict(p) for p in m.profiles],
+        "unverified": list(m.unverified),
+    }
+
+
+def catalog_models(query: Optional[str] = None) -> dict:
+    cat = catalog_mod.load_catalog()
+    models = [cat.model(query)] if query else list(cat.models)
+    return {"models": [model_dict(m) for m in models]}
+
+
+def catalog_verify(backend: GpuBackend) -> dict:
+    """Where the live driver and the catalog disagree, per GPU."""
+    out = []
+    for info in backend.gpus():
+        entry = {"index": info.index, "name": info.name, "model": None, "mig": info.mig_current,
+                 "compared": False, "differences": []}
+        base = catalog_model(info)
+        entry["model"] = base.key if base else None
+        observed = _profiles_for_verify(backend, info)
+        if not observed:
+            entry["note"] = ("MIG mode is off and the driver offers no MIG profiles until it is on"
+                             if base else "no MIG profiles: not a MIG GPU")
+        else:
+            if not info.mig_current:
+                entry["note"] = "MIG mode is off; profiles read anyway (this driver offers them)"
+            entry["compared"] = True
+            diffs = catalog_mod.verify(base, info.name, observed)
+            entry["differences"] = [
+                {"profile_id": d.profile_id, "field": d.field, "catalog": d.catalog, "nvml": d.nvml}
+                for d in diffs
+            ]
+        out.append(entry)
+    return {"gpus": out}
+
+
+def _profiles_for_verify(backend: GpuBackend, info: GpuInfo) -> list:
+    """The driver's profiles; with MIG mode off, [] where the driver will not say.
+
+    A real H200 on driver 580.159.04 answered every profile and placement with MIG
+    off (tests/data/nvml/), so the check runs on GPUs we may not switch; older drivers
+    and GPUs without MIG answer NOT_SUPPORTED."""
+    try:
+        return list(backend.profiles(info.index))
+    except NotSupported:
+        if info.mig_current:
+            raise
+        return []
+
+
+def layouts(model_query: str, maximal: bool = False, include_me: bool = True) -> dict:
+    model = catalog_mod.load_catalog().model(model_query)
+    found = maximal_layouts(model, include_me) if maximal else enumerate_layouts(model, include_me)
+    return {"model": model.key, "name": model.name, "maximal": maximal,
+            "layouts": [format_layout(l) for l in found]}
+
+
+def status(config: Config, backend: GpuBackend) -> dict:
+    """GPUs, MIG mode, current layout, and each instance with its ids, pids and device files;
+    ``warnings``: one line per damaged job record (its instances show as busy)."""
+    from ..node.apply import JobAwareBackend
+
+    dev, proc = host_paths(config)
+    minors = read_mig_minors(proc)
+    backend = JobAwareBackend(backend, config.paths.state_dir)
+    gpus = []
+    for info in backend.gpus():
+        base = catalog_model(info)
+        entry = {
+            "index": info.index, "name": info.name, "model": base.key if base else None,
+            "uuid": info.uuid, "minor": info.minor,
+            "mig": {"current": info.mig_current, "pending": info.mig_pending},
+            "layout": None, "maximal": None, "instances": [],
+        }
+        gpus.append(entry)
+        if not info.mig_current:
+            continue
+        model = gpu_model(backend, info)
+        found = backend.instances(info.index)
+        layout = current_layout(model, found)
+        entry["layout"] = format_layout(layout)
+        entry["maximal"] = is_maximal(model, layout)
+        for inst in sorted(found, key=lambda i: i.start):
+            files: List[str] = []
+            if inst.ci_id is not None:
+                files = list(instance_devices(minors, info.minor, inst.gi_id, inst.ci_id, dev).files())
+            entry["instances"].append({
+                "profile": model.profile(inst.profile_id).name, "profile_id": inst.profile_id,
+                "start": inst.start, "size": inst.size, "gi_id": inst.gi_id, "ci_id": inst.ci_id,
+                "uuid": inst.uuid, "pids": list(inst.pids), "jobs": list(inst.jobs), "busy": inst.busy,
+                "complete": inst.complete, "devices": files,
+            })
+    return {"backend": config.backend, "gpus": gpus, "warnings": list(backend.record_warnings)}
+
+
+def select_gpus(backend: GpuBackend, gpu: str) -> list:
+    """``--gpu N`` or ``all`` -> GpuInfo list; MIG-capable GPUs only for ``all``."""
+    infos = backend.gpus()
+    if gpu == "all":
+        return [i for i in infos if i.mig_current]
+    try:
+        index = from_text(gpu, 0, MAX_GPU_INDEX, kind="a GPU index")
+    except NumberError as err:
+        raise InputError(f"--gpu {shown(gpu)}: {err}; give a GPU index (0, 1, ...) "
+                         f"or 'all'") from err
+    for info in infos:
+        if info.index == index:
+            if not info.mig_current:
+                gpu_model(backend, info)  # raises MigNotEnabled with the fix
+            return [info]
+    raise InputError(
+        f"--gpu {index}: no such GPU (this node has {', '.join(str(i.index) for i in infos) or 'none'})"
+    )
+
+
+__all__ = [
+    "catalog_models", "catalog_verify", "layouts", "status", "select_gpus", "host_paths",
+    "MigNotEnabled",
+]
+
+
+def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all", *, dry_run: bool = False,
+                 partial: bool = False) -> dict:
+    """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply.
+
+    Instances a job record holds count as busy from the start (also when placing a count
+    form); ``warnings``: one line per damaged job record."""
+    from ..node.apply import JobAwareBackend, apply_node
+    from ..core.layout import Instance, parse_layout
+
+    backend = JobAwareBackend(backend, config.paths.state_dir)
+    wanted = {}
+    infos = select_gpus(backend, gpu)
+    if not infos:  # --gpu all and no GPU in MIG mode: nothing applied, so not a success
+        raise no_mig_gpu(backend.gpus())
+    for info in infos:
+        model = gpu_model(backend, info)
+        found = backend.instances(info.index)
+        busy = [Instance.of(model.profile(m.profile_id), m.start) for m in found if m.busy]
+        wanted[info.index] = parse_layout(text, model, current=current_layout(model, found), busy=busy)
+    results = apply_node(backend, wanted, state_dir=config.paths.state_dir, partial=partial,
+                         dry_run=dry_run, lock_timeout=config.apply.lock_timeout)
+    gpus = [r.as_dict() for r in results]
+    return {"dry_run": dry_run, "gpus": gpus,
+            "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus),
+            "warnings": list(backend.record_warnings)}
+
+
+# ----------------------------------------------------------------------------- Slurm files
+
+
+def node_gres_records(config: Config, backend: GpuBackend, node: str, non_mig_type: Optional[str] = None) -> list:
+    """This node's gres.conf records, from its GPUs and their complete MIG instances."""
+    from ..core.gresconf import node_records
+
+    dev, proc = host_paths(config)
+    minors = read_mig_minors(proc)
+    gpus = backend.gpus()
+    instances, models = {}, {}
+    for info in gpus:
+        if info.mig_current:
+            models[info.index] = gpu_model(backend, info)
+            instances[info.index] = backend.instances(info.index)
+    return node_records(node, gpus, instances, models, minors, dev, non_mig_type=non_mig_type)
+
+
+def gres_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
+              non_mig_type: Optional[str] = None) -> dict:
+    """The node's gres.conf lines; with ``write``, merged into ``paths.gres_conf``."""
+    from ..core.gresconf import merge_gres_conf, node_gres_value, render_gres_conf
+    from ..host.atomic import update_file
+
+    records = node_gres_records(config, backend, node, non_mig_type)
+    path = config.paths.gres_conf
+    result = {"node": node, "path": path, "records": [r.as_dict() for r in records],
+              "gres": node_gres_value(records), "text": render_gres_conf(records),
+              "written": False, "changed": False, "prev": None}
+    if write:
+        done = update_file(path, lambda old: merge_gres_conf(old, node, records, source=path),
+                           lock_timeout=config.apply.lock_timeout)
+        result.update(written=True, changed=done.changed, prev=done.prev)
+    return result
+
+
+def node_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
+              non_mig_type: Optional[str] = None) -> dict:
+    """The node's ``NodeName=... Gres=...`` line; with ``write``, merged into the include."""
+    from ..core.gresconf import merge_node_include, node_gres_value, render_node_line
+    from ..host.atomic import update_file
+
+    records = node_gres_records(config, backend, node, non_mig_type)
+    gres = node_gres_value(records)
+    path = config.paths.node_gres_include
+    result = {"node": node, "path": path, "gres": gres, "line": render_node_line(node, records),
+              "written": False, "changed": False, "prev": None}
+    if write:
+        done = update_file(path, lambda old: merge_node_include(old, node, gres, source=path),
+                           lock_timeout=config.apply.lock_timeout)
+        result.update(written=True, changed=done.changed, prev=done.prev)
+    return result
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = None, layout: Optional[str] = None,
+         wait: Optional[float] = None, dry_run: bool = False) -> dict:
+    """``slurm-mig sync``: this node to its layout through Slurm (:mod:`slurm_mig.change.sync`)."""
+    from ..hooks.run import node_name
+    from ..slurm.client import CommandSlurm
+    from ..change.sync import sync_node
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+                     layout=layout, wait=wait, dry_run=dry_run).as_dict()
+
+
+# ----------------------------------------------------------------------------- rebalance
+
+
+def sync_pending(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = None,
+                 dry_run: bool = False) -> dict:
+    """``slurm-mig sync --pending``: apply the layout rebalance left for this node."""
+    from ..change.channel import ScontrolExtra
+    from ..hooks.run import node_name
+    from ..change.pending import sync_pending as run
+    from ..slurm.client import CommandSlurm
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
+               node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict()
+
+
+def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
+    """``slurm-mig rebalance``: one controller cycle (:mod:`slurm_mig.rebalance.cycle`)."""
+    from ..rebalance.cycle import default_collaborators, rebalance as run
+
+    reader, slurm, channel = default_collaborators(config)
+    return run(config, reader, slurm, channel, dry_run=dry_run).as_dict()

@@ -1,0 +1,186 @@
+"""The planner's result and its one-line reasons.  Pure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
+
+from ...core.layout import format_counts
+from .model import GpuChange, NodePlan, Plan, PlanTotals
+
+if TYPE_CHECKING:
+    from .problem import Node
+    from .search import _Planner
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _parts(partitions: Sequence[str]) -> str:
+    if not partitions:
+        return "any partition"
+    return f"partition{'s' if len(partitions) > 1 else ''} {','.join(partitions)}"
+
+
+def _gpu_list(indexes: Sequence[int]) -> str:
+    """``gpu0-3,gpu6``."""
+    out: List[str] = []
+    run: List[int] = []
+    for i in sorted(indexes):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            out.append(f"gpu{run[0]}" if len(run) == 1 else f"gpu{run[0]}-{run[-1]}")
+        run = [i]
+    if run:
+        out.append(f"gpu{run[0]}" if len(run) == 1 else f"gpu{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def _by_text(pairs: Iterable[Tuple[str, int]]) -> List[Tuple[str, List[int]]]:
+    groups: Dict[str, List[int]] = {}
+    for text, index in pairs:
+        groups.setdefault(text, []).append(index)
+    return sorted(groups.items(), key=lambda kv: (min(kv[1]), kv[0]))
+
+
+def _names(names: Sequence[str], most: int = 2) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def build(pl: _Planner) -> Plan:
+    """Turn the finished search (:class:`.search._Planner`) into a :class:`Plan`."""
+    gpu_changes: List[Tuple[GpuChange, ...]] = []
+    for node in pl.nodes:
+        out = []
+        for k, gpu in enumerate(sorted(node.src.gpus, key=lambda g: g.index)):
+            opt = node.choice[k] if node.choice else None
+            out.append(GpuChange(gpu.index, gpu.model_key, gpu.layout,
+                                 opt.layout if opt is not None else gpu.layout, frozenset(gpu.busy)))
+        gpu_changes.append(tuple(out))
+    holders: Dict[int, List[str]] = {t: [] for t, f in enumerate(pl.floor) if f}
+    for node, gpus in zip(pl.nodes, gpu_changes):
+        for t in holders:
+            if any(pl.type_ids(model)[t] in {i.profile_id for i in g.after}
+                   for model, g in zip(node.models, gpus)):
+                holders[t].append(node.src.name)
+    leftover = _leftover(pl) if pl.cap_hit else {}
+    plans = []
+    for i, (node, gpus) in enumerate(zip(pl.nodes, gpu_changes)):
+        if i in pl.changed:
+            line = _change_line(pl, node, gpus, pl.changed[i], holders)
+            plans.append(NodePlan(node.src.name, "change", gpus, (line,)))
+        else:
+            plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover),)))
+    changed_gpus = sum(1 for gpus in gpu_changes for g in gpus if g.changed)
+    totals = PlanTotals(
+        demand_instances=sum(it.count for it in pl.items),
+        demand_jobs=sum(it.jobs for it in pl.items),
+        demand_weight=sum(it.count * it.weight for it in pl.items),
+        satisfied_before=pl.before[0],
+        satisfied_after=sum(m.units for m in pl.matches),
+        weight_before=pl.before[1],
+        weight_after=sum(m.weight for m in pl.matches),
+        nodes_changed=len(pl.changed),
+        gpus_changed=changed_gpus,
+        instance_changes=sum(g.instance_changes for gpus in gpu_changes for g in gpus),
+    )
+    return Plan(cycle=pl.cycle, nodes=tuple(plans), notes=tuple(_notes(pl, totals)), totals=totals)
+
+
+def _change_line(pl: _Planner, node: Node, gpus: Sequence[GpuChange], rec: Mapping[str, Any],
+                 holders: Mapping[int, List[str]]) -> str:
+    name = node.src.name
+    parts = []
+    for t, d, used in rec["served"]:
+        tname = pl.types[t]
+        if used:
+            who = ", ".join(
+                f"{_plural(pl.items[i].jobs, 'pending job')} (priority {pl.items[i].weight:g}) in "
+                f"{_parts(pl.items[i].partitions)}"
+                for i, _ in used
+            )
+            parts.append(f"{tname} x{d} wanted by {who}")
+        elif pl.floor[t]:
+            parts.append(f"{tname} x{d} restores floor {tname} >= {pl.floor[t]}")
+        else:
+            parts.append(f"{tname} x{d} frees other instances for pending jobs")
+    state = f"{name} {node.cond}"
+    if node.cond == "mixed":
+        state += " (policy drains mixed nodes; running jobs keep their instances)"
+    if node.recent:
+        state += f" (changed in cycle {node.src.last_changed_cycle}; gain {rec['gain']:g} beats hysteresis)"
+    parts.append(state)
+    moves = _by_text(
+        (f"from {format_counts(g.before)} to {format_counts(g.after)}", g.index) for g in gpus if g.changed
+    )
+    parts.append("changes " + ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in moves))
+    busy = [f"{i} on gpu{g.index}" for g in gpus if g.changed for i in g.after if (i.profile_id, i.start) in g.busy]
+    if busy:
+        parts.append("keeps busy " + ", ".join(busy))
+    for t, d in rec["delta"]:
+        if d < 0 and pl.floor[t]:
+            others = [n for n in holders[t] if n != name] or [name]
+            parts.append(f"keeps floor {pl.types[t]} >= {pl.floor[t]} via {_names(others)}")
+    return f"{name}: " + "; ".join(parts)
+
+
+def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
+               leftover: Mapping[int, bool]) -> str:
+    have = _by_text((format_counts(g.before), g.index) for g in gpus)
+    what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
+    if node.why_not is not None:
+        why = node.why_not
+    elif leftover.get(i):
+        why = f"per-cycle cap of {pl.policy.max_nodes_per_cycle} changed nodes reached"
+    else:
+        why = "no change here would serve more pending demand"
+    return f"{node.src.name}: keeps {what}; {why}"
+
+
+def _leftover(pl: _Planner) -> Dict[int, bool]:
+    cache: Dict[Hashable, Tuple[int, float]] = {}
+    out = {}
+    for i, node in enumerate(pl.nodes):
+        if node.why_not is None and i not in pl.changed:
+            f, w = pl._heuristic(node, cache)
+            out[i] = f > 0 or w > pl.tol
+    return out
+
+
+def _notes(pl: _Planner, totals: PlanTotals) -> List[str]:
+    notes = []
+    unservable: Dict[Tuple[int, Tuple[str, ...]], List[float]] = {}
+    for it in pl.items:
+        if not any(g in pl.offered[it.type] for g in it.groups):
+            acc = unservable.setdefault((it.type, it.partitions), [0, 0.0])
+            acc[0] += it.jobs
+            acc[1] = max(acc[1], it.weight)
+    for (t, parts), (jobs, weight) in sorted(unservable.items(), key=lambda kv: (pl.types[kv[0][0]], kv[0][1])):
+        tname = pl.types[t]
+        if not pl.offered[t]:
+            why = f"no GPU model in the cluster offers {tname}"
+        else:
+            why = f"no node in {_parts(parts)} has a GPU model that offers {tname}"
+        notes.append(f"{tname}: {_plural(int(jobs), 'pending job')} (priority up to {weight:g}) in "
+                     f"{_parts(parts)} cannot be served: {why}; fix the job's --gres or the partition")
+    for t, m in enumerate(pl.matches):
+        idx = pl.type_items[t]
+        unmet = sum(pl.items[i].count - m.served[k] for k, i in enumerate(idx)
+                    if any(g in pl.offered[t] for g in pl.items[i].groups))
+        if unmet:
+            notes.append(f"{pl.types[t]}: {_plural(unmet, 'instance')} of servable demand still "
+                         f"without a free instance after this plan")
+    for t, f in enumerate(pl.floor):
+        if f and pl.totals[t] < f:
+            notes.append(f"floor {pl.types[t]} >= {f} not met: {pl.totals[t]} in the cluster and no "
+                         f"changeable node could add one")
+    notes.append(
+        f"plan: {_plural(totals.nodes_changed, 'node')}, {_plural(totals.gpus_changed, 'GPU')} changed; "
+        f"demand {_plural(totals.demand_instances, 'instance')} for {_plural(totals.demand_jobs, 'pending job')}: "
+        f"{totals.satisfied_before} could start before, {totals.satisfied_after} after "
+        f"(priority weight {totals.weight_before:g} -> {totals.weight_after:g})"
+    )
+    return notes

@@ -24,11 +24,11 @@ import time
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from slurm_mig.app.cli import main as cli_main
-from slurm_mig.host.config import load_config
-from slurm_mig.sim.driver import SimDriver
 from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+from slurm_mig.host.config import load_config
 from slurm_mig.sandbox import SandboxCluster
 from slurm_mig.sandbox.host import which
+from slurm_mig.sim.driver import SimDriver
 from slurm_mig.slurm.client import CommandSlurm
 from slurm_mig.slurm.scontrol import parse_pairs
 

@@ -11,26 +11,20 @@ import threading
 
 import pytest
 
+from slurm_mig.core.catalog import load_catalog
+from slurm_mig.core.errors import (EXIT_LOCKED, EXIT_REFUSED, ApplyRefused, GpuError, InputError,
+                                   LayoutError, LockBusy)
+from slurm_mig.core.gputypes import MigInstance
+from slurm_mig.core.layout import (Instance, Layout, _candidates, enumerate_layouts, is_valid,
+                                   parse_layout)
+from slurm_mig.gpu.nvml import NvmlBackend
+from slurm_mig.host.locking import node_lock
 from slurm_mig.node import journal
 from slurm_mig.node.apply import ApplyResult, Blocked, Step, apply_gpu, apply_node, plan_gpu
-from slurm_mig.core.catalog import load_catalog
-from slurm_mig.core.errors import (
-    EXIT_LOCKED,
-    EXIT_REFUSED,
-    ApplyRefused,
-    GpuError,
-    InputError,
-    LayoutError,
-    LockBusy,
-)
-from slurm_mig.sim.fakenvml import fake_pynvml
-from slurm_mig.gpu.nvml import NvmlBackend
+from slurm_mig.node.inventory import current_layout
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import SimDriver
-from slurm_mig.core.gputypes import MigInstance
-from slurm_mig.node.inventory import current_layout
-from slurm_mig.core.layout import Instance, Layout, _candidates, enumerate_layouts, is_valid, parse_layout
-from slurm_mig.host.locking import node_lock
+from slurm_mig.sim.fakenvml import fake_pynvml
 
 CATALOG = load_catalog()
 MODELS = CATALOG.models

@@ -16,18 +16,18 @@ from typing import Optional, Tuple
 import pytest
 
 from slurm_mig.core import errors
-from slurm_mig.node import journal
-from slurm_mig.node.apply import Step, apply_gpu, plan_gpu
 from slurm_mig.core.catalog import load_catalog
 from slurm_mig.core.errors import ApplyRefused, SimulatedCrash
+from slurm_mig.core.gputypes import MigInstance
+from slurm_mig.core.layout import parse_layout
 from slurm_mig.gpu import nvmlcodes
-from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
+from slurm_mig.node import journal
+from slurm_mig.node.apply import Step, apply_gpu, plan_gpu
+from slurm_mig.node.inventory import current_layout
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import SimDriver
-from slurm_mig.core.gputypes import MigInstance
-from slurm_mig.node.inventory import current_layout
-from slurm_mig.core.layout import parse_layout
+from slurm_mig.sim.fakenvml import fake_pynvml
 
 A100 = load_catalog().model("A100-40GB")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

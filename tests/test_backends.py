@@ -15,12 +15,12 @@ import pytest
 
 from slurm_mig.core import errors
 from slurm_mig.core.catalog import load_catalog
-from slurm_mig.gpu.backend import make_backend
 from slurm_mig.gpu import nvmlcodes as rc
-from slurm_mig.sim.fakenvml import fake_pynvml
+from slurm_mig.gpu.backend import make_backend
 from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import ID_RANGES, SimDriver
+from slurm_mig.sim.fakenvml import fake_pynvml
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = load_catalog().models

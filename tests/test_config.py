@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig.host.config import (
-    DEFAULT_PATH,
-    ApplySettings,
-    Config,
-    HostPaths,
-    LayoutSettings,
-    SimSettings,
-    default_config,
-    load_config,
-    parse_config,
-    resolve_config_path,
-)
 from slurm_mig.core.errors import EXIT_CONFIG, ConfigError
+from slurm_mig.host.config import (DEFAULT_PATH, ApplySettings, Config, HostPaths, LayoutSettings,
+                                   SimSettings, default_config, load_config, parse_config,
+                                   resolve_config_path)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "config.toml"
 

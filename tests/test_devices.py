@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_mig.core.devices import (
-    FORMULA,
-    DeviceFilesError,
-    InstanceDevices,
-    common_device_files,
-    formula_minors,
-    instance_devices,
-    missing_device_files,
-    parse_mig_minors,
-    read_mig_minors,
-    render_mig_minors,
-)
+from slurm_mig.core.devices import (FORMULA, DeviceFilesError, InstanceDevices, common_device_files,
+                                    formula_minors, instance_devices, missing_device_files,
+                                    parse_mig_minors, read_mig_minors, render_mig_minors)
 from slurm_mig.core.errors import EXIT_GPU, GpuError
 
 HAND_WRITTEN = """\

@@ -9,8 +9,8 @@ import inspect
 import pynvml
 import pytest
 
-from slurm_mig.sim.fakenvml import FUNCTIONS, fake_pynvml
 from slurm_mig.sim.driver import SimDriver
+from slurm_mig.sim.fakenvml import FUNCTIONS, fake_pynvml
 
 A100 = "A100-40GB"
 P_1G5, P_1G5_ME, P_3G20, P_7G40 = 19, 20, 9, 0

@@ -7,15 +7,15 @@ import os
 
 import pytest
 
-from slurm_mig.host import atomic as slurmfiles
 from slurm_mig.core.catalog import load_catalog
 from slurm_mig.core.devices import formula_minors
 from slurm_mig.core.gputypes import GpuInfo, MigInstance
 from slurm_mig.core.gresconf import (GresConfError, GresRecord, expand_hostlist, instance_ids,
-                                merge_gres_conf, merge_node_include, node_gres_value,
-                                node_records, parse_gres_conf, parse_node_gres_types,
-                                render_allowed_devices, render_cgroup_conf_snippet,
-                                render_gres_conf, render_node_line, slurm_order)
+                                     merge_gres_conf, merge_node_include, node_gres_value,
+                                     node_records, parse_gres_conf, parse_node_gres_types,
+                                     render_allowed_devices, render_cgroup_conf_snippet,
+                                     render_gres_conf, render_node_line, slurm_order)
+from slurm_mig.host import atomic as slurmfiles
 
 MINORS = formula_minors()
 H100 = load_catalog().model("H100-80GB")

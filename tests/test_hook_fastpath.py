@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from slurm_mig.host import config as config_mod
 from slurm_mig.core import devices
-from slurm_mig.hooks import fast as hookfast, run as hooks
-from slurm_mig.node import jobs
+from slurm_mig.hooks import fast as hookfast, jobenv, run as hooks
+from slurm_mig.host import config as config_mod
 from slurm_mig.host.config import load_config
-from slurm_mig.sim import fakenvml, driver as simdriver
+from slurm_mig.node import jobs
+from slurm_mig.sim import driver as simdriver, fakenvml
 from slurm_mig.sim.backend import SimBackend
 
 import test_hooks
@@ -162,7 +162,8 @@ def test_the_fast_prolog_writes_the_bytes_the_full_prolog_writes(warm, capsys):
 
 
 def test_the_fast_path_imports_no_engine(warm):
-    heavy = ("slurm_mig.core.catalog", "slurm_mig.host.config", "slurm_mig.core.gresconf", "slurm_mig.gpu",
+    heavy = ("slurm_mig.core.catalog", "slurm_mig.host.config", "slurm_mig.core.gresconf",
+             "slurm_mig.gpu", "slurm_mig.gpu.backend", "slurm_mig.hooks.full", "slurm_mig.node.apply",
              "typing", "dataclasses", "tomllib", "tempfile", "pynvml", "ctypes")
     # What this interpreter loads before any of our code (an editable install's .pth
     # finder loads typing on some Pythons) does not count against the hook.
@@ -727,7 +728,7 @@ def test_epilog_wipe_takes_the_full_path(warm, capsys):
     rec = warm.records()[9]
     assert hook(warm, "prolog", warm.env("51", "9"), capsys)[:2] == (0, FAST)
     before = warm.instance(rec.gpu, rec.gi_id).uuid
-    env = warm.env("51", **{hooks.WIPE_ENV: "1"})
+    env = warm.env("51", **{jobenv.WIPE_ENV: "1"})
     assert _expect_full(warm, "epilog", env, capsys, "wipes") == (0, "")
     assert warm.instance(rec.gpu, rec.gi_id).uuid != before
 
@@ -754,9 +755,8 @@ def test_a_damaged_record_of_another_job_sends_the_prolog_to_the_full_path(warm,
 
 
 def test_the_fast_path_names_what_the_engine_names():
-    from slurm_mig.gpu import instancepids
+    from slurm_mig.gpu import instancepids, nvmlcodes
     from slurm_mig.node import journal
-    from slurm_mig.gpu import nvmlcodes
 
     assert instancepids.NOT_FOUND == nvmlcodes.NOT_FOUND
     assert hookfast.CONFIG_ENV == config_mod.ENV_VAR
@@ -767,7 +767,7 @@ def test_the_fast_path_names_what_the_engine_names():
 
 @pytest.mark.parametrize("backend", ["sim", "nvml"])
 def test_the_fast_path_finds_the_drivers_files_where_the_engine_does(tmp_path, backend):
-    from slurm_mig.app.commands import host_paths
+    from slurm_mig.host.config import host_paths
 
     path = tmp_path / "config.toml"
     path.write_text(f'version = 1\nbackend = "{backend}"\n[paths]\nroot = "{tmp_path}"\n')

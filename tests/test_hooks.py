@@ -23,13 +23,13 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from slurm_mig.hooks import run as hooks
-from slurm_mig.node import jobs
-from slurm_mig.host.config import load_config
-from slurm_mig.sim.driver import SimDriver
-from slurm_mig.sim.backend import SimBackend
-from slurm_mig.gpu import nvmlcodes
 from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+from slurm_mig.gpu import nvmlcodes
+from slurm_mig.hooks import jobenv, run as hooks
+from slurm_mig.host.config import load_config
+from slurm_mig.node import jobs
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
 
 NODE = "n1"
 JOB_UID = 1000  #: SLURM_JOB_UID of every hook here
@@ -144,11 +144,11 @@ def one_error_line(err: str, job: str, which: str = "prolog") -> str:
 
 
 def test_job_gpus_accepts_lists_and_ranges():
-    assert hooks.parse_job_gpus("0-2,5,1") == [0, 1, 2, 5]
-    assert hooks.parse_job_gpus("") == [] and hooks.parse_job_gpus(None) == []
+    assert jobenv.parse_job_gpus("0-2,5,1") == [0, 1, 2, 5]
+    assert jobenv.parse_job_gpus("") == [] and jobenv.parse_job_gpus(None) == []
     for bad in ("0,x", "1-", "-1", "3-1", "0;1", "1.0"):
-        with pytest.raises(hooks.JobGpusError):
-            hooks.parse_job_gpus(bad)
+        with pytest.raises(jobenv.JobGpusError):
+            jobenv.parse_job_gpus(bad)
 
 
 @pytest.mark.parametrize("bad", ["", "12a", "../1", "0", "-3", "1 2", "1" * 21])
@@ -158,9 +158,11 @@ def test_job_ids_must_be_plain_digits(bad):
 
 
 def test_node_name_prefers_option_then_slurmd_nodename():
-    assert hooks.node_name({"SLURMD_NODENAME": "n7"}, "n9") == "n9"
-    assert hooks.node_name({"SLURMD_NODENAME": "n7"}) == "n7"
-    assert hooks.node_name({}) == os.uname().nodename.split(".")[0]
+    from slurm_mig.host.config import node_name
+
+    assert node_name({"SLURMD_NODENAME": "n7"}, "n9") == "n9"
+    assert node_name({"SLURMD_NODENAME": "n7"}) == "n7"
+    assert node_name({}) == os.uname().nodename.split(".")[0]
 
 
 # ----------------------------------------------------------------------------- prolog
@@ -336,7 +338,7 @@ def test_epilog_can_wipe_the_instance_by_recreating_it(node, capsys):
     rec = node.records()[9]
     assert run(node, "prolog", node.env("63", "9"), capsys)[0] == 0
     before = node.instance(rec.gpu, rec.gi_id).uuid
-    code, _, err = run(node, "epilog", node.env("63", **{hooks.WIPE_ENV: "1"}), capsys)
+    code, _, err = run(node, "epilog", node.env("63", **{jobenv.WIPE_ENV: "1"}), capsys)
     assert code == 0, err
     after = node.instance(rec.gpu, rec.gi_id)
     assert after.uuid != before and (after.start, after.ci_id) == (rec.start, rec.ci_id)
@@ -345,7 +347,7 @@ def test_epilog_can_wipe_the_instance_by_recreating_it(node, capsys):
 def test_driver_error_in_the_epilog_wipe_is_one_line(node, capsys):
     assert run(node, "prolog", node.env("64", "10"), capsys)[0] == 0
     node.driver.inject_fault("create_gi", code=nvmlcodes.NO_PERMISSION)
-    code, _, err = run(node, "epilog", node.env("64", **{hooks.WIPE_ENV: "1"}), capsys)
+    code, _, err = run(node, "epilog", node.env("64", **{jobenv.WIPE_ENV: "1"}), capsys)
     assert code == 4
     assert "permission" in one_error_line(err, "64", "epilog").lower()
 
@@ -524,7 +526,7 @@ def test_the_epilog_ends_a_stray_on_its_instance_after_the_grace(node, capsys, t
         time.sleep(0.02)
     assert run(node, "prolog", node.env("65", "13"), capsys)[0] == 0
     node.attach(stray, 13)
-    code, out, err = run(node, "epilog", full(node.env("65", **{hooks.GRACE_ENV: "0.2"})), capsys)
+    code, out, err = run(node, "epilog", full(node.env("65", **{jobenv.GRACE_ENV: "0.2"})), capsys)
     assert (code, out) == (0, "")
     assert err == (f"slurm-mig epilog: job 65: ended stray processes on its instances: pid {stray.pid} "
                    f"(uid 0) belongs to no Slurm job: its cgroup is /user.slice/user-1000.slice/"

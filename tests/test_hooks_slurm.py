@@ -22,9 +22,9 @@ from typing import Dict, List
 import pytest
 
 from slurm_mig.gpu import nvmlcodes
+from slurm_mig.sandbox import missing_requirements
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import SimDriver
-from slurm_mig.sandbox import missing_requirements
 
 from sbx import Sbx, sandbox, until
 

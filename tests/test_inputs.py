@@ -19,12 +19,12 @@ import sys
 
 import pytest
 
-from slurm_mig.host import config as config_mod
-from slurm_mig.hooks import run as hooks
-from slurm_mig.core import inputs
 from slurm_mig.change.channel import ChannelError, parse_channel
-from slurm_mig.host.config import ConfigError, load_config, parse_config
+from slurm_mig.core import inputs
 from slurm_mig.core.gresconf import GresConfError, expand_hostlist
+from slurm_mig.hooks import jobenv, run as hooks
+from slurm_mig.host import config as config_mod
+from slurm_mig.host.config import ConfigError, load_config, parse_config
 from slurm_mig.sim.driver import SimDriver
 
 import test_hooks
@@ -296,13 +296,13 @@ def test_job_gpus_that_are_not_ascii_indexes_are_exit_2(node, capsys, gpus):
 
 
 @pytest.mark.parametrize("name, value, wanted", [
-    (hooks.GRACE_ENV, "abc", "not a number of seconds (0 to 3600)"),
-    (hooks.GRACE_ENV, "nan", "not a number of seconds (0 to 3600)"),
-    (hooks.GRACE_ENV, "-5", "not a number of seconds (0 to 3600)"),
-    (hooks.GRACE_ENV, "inf", "not a number of seconds (0 to 3600)"),
-    (hooks.GRACE_ENV, "٥", "not a number of seconds (0 to 3600)"),
-    (hooks.GRACE_ENV, "3601", "not a number of seconds (0 to 3600)"),
-    (hooks.WIPE_ENV, "maybe", "not 1 or 0 (also yes/no, true/false, on/off)"),
+    (jobenv.GRACE_ENV, "abc", "not a number of seconds (0 to 3600)"),
+    (jobenv.GRACE_ENV, "nan", "not a number of seconds (0 to 3600)"),
+    (jobenv.GRACE_ENV, "-5", "not a number of seconds (0 to 3600)"),
+    (jobenv.GRACE_ENV, "inf", "not a number of seconds (0 to 3600)"),
+    (jobenv.GRACE_ENV, "٥", "not a number of seconds (0 to 3600)"),
+    (jobenv.GRACE_ENV, "3601", "not a number of seconds (0 to 3600)"),
+    (jobenv.WIPE_ENV, "maybe", "not 1 or 0 (also yes/no, true/false, on/off)"),
 ])
 def test_bad_epilog_overrides_are_exit_2_on_both_paths(node, capsys, name, value, wanted):
     assert hooks.run_hook("prolog", node.env("72", "3"), ) == 0
@@ -320,7 +320,7 @@ def test_good_epilog_overrides_are_read(node, capsys):
     rec = node.records()[5]
     assert hooks.run_hook("prolog", node.env("73", "5")) == 0
     before = node.instance(rec.gpu, rec.gi_id).uuid
-    env = node.env("73", **{hooks.WIPE_ENV: "On", hooks.GRACE_ENV: "0.5"})
+    env = node.env("73", **{jobenv.WIPE_ENV: "On", jobenv.GRACE_ENV: "0.5"})
     assert hooks.run_hook("epilog", env) == 0, capsys.readouterr()
     assert node.instance(rec.gpu, rec.gi_id).uuid != before  # wiped: "On" is on
 

@@ -16,18 +16,19 @@ from typing import Dict, Optional
 
 import pytest
 
-from conftest import tree_snapshot
-from slurm_mig.hooks import run as hooks
-from slurm_mig.node import jobs
-from slurm_mig.host.config import load_config
 from slurm_mig.core.errors import SimulatedCrash
+from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
 from slurm_mig.gpu import nvmlcodes
+from slurm_mig.hooks import jobenv, run as hooks
+from slurm_mig.host.config import load_config
+from slurm_mig.node import jobs
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import SimDriver
-from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
+
+from conftest import tree_snapshot
 
 NODE = "n1"
-WIPE = {hooks.WIPE_ENV: "1"}
+WIPE = {jobenv.WIPE_ENV: "1"}
 
 
 class Node:

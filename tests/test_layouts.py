@@ -8,21 +8,9 @@ import pytest
 
 from slurm_mig.core.catalog import ObservedProfile, load_catalog, observed_model
 from slurm_mig.core.errors import EXIT_USAGE, InputError, LayoutError
-from slurm_mig.core.layout import (
-    Instance,
-    Layout,
-    addable,
-    check_layout,
-    enumerate_layouts,
-    format_counts,
-    format_layout,
-    is_maximal,
-    is_media_extension,
-    is_valid,
-    layout_from,
-    maximal_layouts,
-    parse_layout,
-)
+from slurm_mig.core.layout import (Instance, Layout, addable, check_layout, enumerate_layouts,
+                                   format_counts, format_layout, is_maximal, is_media_extension,
+                                   is_valid, layout_from, maximal_layouts, parse_layout)
 
 CATALOG = load_catalog()
 A100 = CATALOG.model("A100-40GB")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.sim.driver import SimDriver
+from slurm_mig.sim.fakenvml import fake_pynvml
 
 DATA = Path(__file__).parent / "data" / "nvml"
 LATENCY = json.loads((DATA / "h200-580.159.04-latency.json").read_text())

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from slurm_mig.core import catalog as catalog_mod
 from slurm_mig.app import commands
+from slurm_mig.core import catalog as catalog_mod
 from slurm_mig.core.catalog import GI_PROFILE_ENUMS, ObservedProfile
 from slurm_mig.core.devices import formula_minors, parse_mig_minors, render_mig_minors
 from slurm_mig.core.errors import NotSupported
-from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.gpu.nvmlprobe import CALLS, probe
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sim.driver import SimDriver
+from slurm_mig.sim.fakenvml import fake_pynvml
 
 DATA = Path(__file__).parent / "data" / "nvml"
 H200 = json.loads((DATA / "h200-580.159.04-probe.json").read_text())

@@ -9,12 +9,7 @@ import pytest
 
 from slurm_mig.core.catalog import load_catalog
 from slurm_mig.core.errors import InputError
-from slurm_mig.core.layout import (
-    enumerate_layouts,
-    is_valid,
-    maximal_layouts,
-    parse_layout,
-)
+from slurm_mig.core.layout import enumerate_layouts, is_valid, maximal_layouts, parse_layout
 from slurm_mig.rebalance.planning import DemandItem, PlanGpu, PlanNode, Policy, condition, plan
 from slurm_mig.rebalance.planning.candidates import maximal
 from slurm_mig.rebalance.planning.flow import match

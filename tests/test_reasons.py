@@ -9,8 +9,8 @@ import re
 import pytest
 
 from slurm_mig.change import reasons
-from slurm_mig.core.errors import GpuError, SlurmError
 from slurm_mig.change.reasons import Reason, parse_reason
+from slurm_mig.core.errors import GpuError, SlurmError
 from slurm_mig.slurm.model import NodeInfo, drain_flagged
 from slurm_mig.slurm.scontrol import parse_pairs, parse_scontrol_nodes
 

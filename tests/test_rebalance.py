@@ -9,14 +9,15 @@ from dataclasses import replace
 
 import pytest
 
-from slurm_mig.change.channel import Channel, ChannelError, MemoryExtra, format_channel, parse_channel
-from slurm_mig.host.config import parse_config
-from slurm_mig.core.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
-from slurm_mig.sim.driver import SimDriver
-from slurm_mig.host.locking import node_lock
-from slurm_mig.change.reasons import applied as applied_reason, node_failed as node_failure_reason
-from slurm_mig.rebalance.cycle import rebalance
 from slurm_mig.app.render import rebalance_text
+from slurm_mig.change.channel import (Channel, ChannelError, MemoryExtra, format_channel,
+                                      parse_channel)
+from slurm_mig.change.reasons import applied as applied_reason, node_failed as node_failure_reason
+from slurm_mig.core.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
+from slurm_mig.host.config import parse_config
+from slurm_mig.host.locking import node_lock
+from slurm_mig.rebalance.cycle import rebalance
+from slurm_mig.sim.driver import SimDriver
 from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
 from slurm_mig.slurm.reader import SlurmJsonClient
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
@@ -671,7 +672,8 @@ def test_sync_pending_refuses_options_it_would_not_honour(cli, node_config, extr
 def _gpus_ahead(n):
     """What a slurmctld crash can leave (docs/rebalance.md): the node applied a want and wrote
     gres.conf, then the want and the drain were lost; Slurm still has the old gres."""
-    from slurm_mig.app.commands import apply_layout, gres_conf
+    from slurm_mig.app.commands import apply_layout
+    from slurm_mig.node.gresfiles import gres_conf
 
     apply_layout(n.config, n.backend, "3g.20gb:2")
     gres_conf(n.config, n.backend, "n1", write=True)

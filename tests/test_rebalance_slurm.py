@@ -34,10 +34,10 @@ from typing import Dict, List
 
 import pytest
 
-from slurm_mig.change.channel import parse_channel
 from slurm_mig.app.commands import status
-from slurm_mig.sim.backend import SimBackend
+from slurm_mig.change.channel import parse_channel
 from slurm_mig.sandbox import missing_requirements
+from slurm_mig.sim.backend import SimBackend
 from slurm_mig.slurm.scontrol import parse_pairs
 
 from sbx import REPO, sandbox, until

@@ -13,12 +13,12 @@ import stat
 
 import pytest
 
-from slurm_mig.node import jobs, journal
-from slurm_mig.host import safefs
 from slurm_mig.core.errors import EXIT_CONFIG
+from slurm_mig.host import safefs
+from slurm_mig.host.atomic import update_file, write_atomic, write_json_atomic
 from slurm_mig.host.locking import node_lock
 from slurm_mig.host.safefs import UnsafePath
-from slurm_mig.host.atomic import update_file, write_atomic, write_json_atomic
+from slurm_mig.node import jobs, journal
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to nobody)")

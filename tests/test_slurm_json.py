@@ -554,8 +554,8 @@ def test_rebalance_reads_through_the_configured_reader(monkeypatch):
 
 
 def test_reader_setting_is_checked():
-    from slurm_mig.host.config import parse_config
     from slurm_mig.core.errors import ConfigError
+    from slurm_mig.host.config import parse_config
 
     with pytest.raises(ConfigError, match="slurm.reader: 'rest' is not one of auto, json, pyslurm"):
         parse_config('version = 1\n[slurm]\nreader = "rest"\n', "t.toml")

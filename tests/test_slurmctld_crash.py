@@ -237,13 +237,13 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
     ``sync --pending`` once (it sees its GPUs ahead of Slurm and hands itself to rebalance)
     and ``slurm-mig rebalance`` once (finish: include, ONE reconfigure, registration,
     resume): the node is back in service with the new gres and runs a 3g.20gb job."""
-    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # its reconfigure bridge
-
-    from slurm_mig.change.channel import parse_channel
     from slurm_mig.app.commands import status
-    from slurm_mig.sim.backend import SimBackend
+    from slurm_mig.change.channel import parse_channel
     from slurm_mig.core.gresconf import parse_gres_conf
+    from slurm_mig.sim.backend import SimBackend
+
     from sbx import REPO, sandbox, until
+    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # its reconfigure bridge
 
     script = tmp_path / "reconfigure.py"
     script.write_text(RECONFIGURE)

@@ -15,18 +15,20 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from slurm_mig.node import jobs
-from slurm_mig.app.commands import apply_layout, gres_conf, node_conf
-from slurm_mig.host.config import load_config, sim_config_text
-from slurm_mig.core.errors import ApplyRefused, GpuError, InputError, LayoutError, LockBusy, SlurmError
-from slurm_mig.gpu import nvmlcodes
-from slurm_mig.sim.backend import SimBackend
-from slurm_mig.sim.driver import SimDriver
-from slurm_mig.core.gresconf import parse_gres_conf
-from slurm_mig.host.locking import node_lock
-from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
+from slurm_mig.app.commands import apply_layout
 from slurm_mig.change.reasons import sync_failed as failure_reason
 from slurm_mig.change.sync import STEPS, sync_node
+from slurm_mig.core.errors import (ApplyRefused, GpuError, InputError, LayoutError, LockBusy,
+                                   SlurmError)
+from slurm_mig.core.gresconf import parse_gres_conf
+from slurm_mig.gpu import nvmlcodes
+from slurm_mig.host.config import load_config, sim_config_text
+from slurm_mig.host.locking import node_lock
+from slurm_mig.node import jobs
+from slurm_mig.node.gresfiles import gres_conf, node_conf
+from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.driver import SimDriver
+from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 
 from conftest import tree_snapshot
 

@@ -22,12 +22,12 @@ from typing import Dict, List
 
 import pytest
 
+from slurm_mig.change.sync import STEPS, sync_node
 from slurm_mig.core.errors import SlurmError
-from slurm_mig.sim.backend import SimBackend
 from slurm_mig.sandbox import missing_requirements
 from slurm_mig.sandbox.host import which
+from slurm_mig.sim.backend import SimBackend
 from slurm_mig.slurm.client import CommandSlurm
-from slurm_mig.change.sync import STEPS, sync_node
 
 from sbx import sandbox, until
 

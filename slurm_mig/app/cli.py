@@ -15,10 +15,10 @@ from typing import Optional
 import click
 
 from .. import __version__
-from . import render
 from ..core.errors import (EXIT_INTERNAL, EXIT_PARTIAL, EXIT_REFUSED, EXIT_SLURM, EXIT_USAGE,
-                     SimulatedCrash, SlurmMigError)
+                           SimulatedCrash, SlurmMigError)
 from ..core.inputs import MAX_GPU_INDEX, MAX_WAIT, NumberError, from_text, from_value, shown
+from . import render
 
 
 class Number(click.ParamType):
@@ -94,10 +94,15 @@ class Context:
 
 def ensure_simulator(config) -> None:
     """Create the configured simulated GPUs on first use, so ``--backend sim`` just works."""
-    from ..sim.driver import SimDriver
+    guest("sim").ensure(config.sim.root, config.sim.gpus)
 
-    if not os.path.exists(os.path.join(config.sim.root, "state.json")):
-        SimDriver.create(config.sim.root, list(config.sim.gpus))
+
+def guest(name: str):
+    """A guest's module (the simulator, the sandbox, the demo): by name, through the one door
+    (:mod:`slurm_mig.core.guests`); imported only by the commands that need it."""
+    from ..core.guests import visit
+
+    return visit(name)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -190,12 +195,9 @@ def sim():
 @pass_ctx
 def sim_init(obj: Context, models, mig_off):
     """(Re)create simulated GPUs: MODELS or the config's [sim] gpus."""
-    from ..sim.driver import SimDriver
-
     config = obj.config
     chosen = list(models) or list(config.sim.gpus)
-    driver = SimDriver.create(config.sim.root, chosen, mig_enabled=not mig_off)
-    result = {"root": driver.root, "gpus": [g["name"] for g in driver.gpus()]}
+    result = guest("sim").init(config.sim.root, chosen, mig_enabled=not mig_off)
     obj.emit(result, lambda r: f"simulated {len(r['gpus'])} GPU(s) under {r['root']}: "
              + ", ".join(r["gpus"]))
 
@@ -204,10 +206,8 @@ def sim_init(obj: Context, models, mig_off):
 @pass_ctx
 def sim_show(obj: Context):
     """Print the simulator's whole state (JSON): GPUs, instances, processes, faults."""
-    from ..sim.driver import SimDriver
-
     ensure_simulator(obj.config)
-    click.echo(render.as_json(SimDriver(obj.config.sim.root).snapshot()))
+    click.echo(render.as_json(guest("sim").snapshot(obj.config.sim.root)))
 
 
 @sim.command("attach")
@@ -218,14 +218,8 @@ def sim_show(obj: Context):
 @pass_ctx
 def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
     """Show process PID running on GPU instance GI_ID (makes it busy)."""
-    from ..core.errors import InputError
-    from ..sim.driver import SimDriver, SimNvmlError
-
     ensure_simulator(obj.config)
-    try:
-        SimDriver(obj.config.sim.root).attach_process(gpu, gi_id, ci_id, pid)
-    except SimNvmlError as err:
-        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+    guest("sim").attach(obj.config.sim.root, gpu, gi_id, ci_id, pid)
 
 
 @sim.command("detach")
@@ -236,14 +230,8 @@ def sim_attach(obj: Context, gpu, gi_id, pid, ci_id):
 @pass_ctx
 def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
     """Stop showing processes on GPU instance GI_ID."""
-    from ..core.errors import InputError
-    from ..sim.driver import SimDriver, SimNvmlError
-
     ensure_simulator(obj.config)
-    try:
-        SimDriver(obj.config.sim.root).detach_process(gpu, gi_id, ci_id, pid)
-    except SimNvmlError as err:
-        raise InputError(f"no instance gpu {gpu} gi {gi_id} ci {ci_id}; see `slurm-mig status`") from err
+    guest("sim").detach(obj.config.sim.root, gpu, gi_id, ci_id, pid)
 
 
 @cli.command()
@@ -253,9 +241,7 @@ def sim_detach(obj: Context, gpu, gi_id, pid, ci_id):
 @pass_ctx
 def demo(obj: Context, root, no_slurm):
     """Walk through slurm-mig: a real local Slurm cluster on simulated GPUs, jobs on MIG instances."""
-    from ..sandbox.demo import run_demo
-
-    code = run_demo(root, echo=click.echo, slurm=not no_slurm)
+    code = guest("demo").run_demo(root, echo=click.echo, slurm=not no_slurm)
     if code:
         sys.exit(code)
 
@@ -268,8 +254,8 @@ def demo(obj: Context, root, no_slurm):
 @pass_ctx
 def gres_conf_cmd(obj: Context, node, write, non_mig_type):
     """Print (or --write) this node's gres.conf lines, one per MIG instance."""
-    from .commands import gres_conf
-    from ..hooks.run import node_name
+    from ..host.config import node_name
+    from ..node.gresfiles import gres_conf
 
     result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
                        non_mig_type=non_mig_type)
@@ -283,8 +269,8 @@ def gres_conf_cmd(obj: Context, node, write, non_mig_type):
 @pass_ctx
 def node_conf_cmd(obj: Context, node, write, non_mig_type):
     """Print (or --write) this node's slurm.conf line: NodeName=<node> Gres=gpu:<type>:<n>,..."""
-    from .commands import node_conf
-    from ..hooks.run import node_name
+    from ..host.config import node_name
+    from ..node.gresfiles import node_conf
 
     result = node_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
                        non_mig_type=non_mig_type)
@@ -324,9 +310,7 @@ def sim_run_cmd(obj: Context, out, command):
 
 
 def _sandbox_root(root):
-    from ..sandbox.mig import DEFAULT_ROOT
-
-    return os.path.abspath(root or DEFAULT_ROOT)
+    return os.path.abspath(root or guest("sandbox").DEFAULT_ROOT)
 
 
 _root_option = click.option("--root", default=None, metavar="DIR",
@@ -356,12 +340,10 @@ def sandbox_up(obj: Context, root, nodes, gpus, layout):
     A --root that exists is used only if up made it (its marker .slurm-mig-sandbox, root's,
     not writable by others); up makes a missing one itself.
     """
-    from ..sandbox.mig import SandboxSpec, up
-    from ..sandbox.text import up_text
-
-    spec = SandboxSpec(_sandbox_root(root), nodes, tuple(g.strip() for g in gpus.split(",") if g.strip()),
-                       layout)
-    obj.emit(up(spec), up_text)
+    sandbox = guest("sandbox")
+    spec = sandbox.SandboxSpec(_sandbox_root(root), nodes,
+                               tuple(g.strip() for g in gpus.split(",") if g.strip()), layout)
+    obj.emit(sandbox.up(spec), guest("sandbox.text").up_text)
 
 
 @sandbox.command("status")
@@ -370,11 +352,8 @@ def sandbox_up(obj: Context, root, nodes, gpus, layout):
 @pass_ctx
 def sandbox_status(obj: Context, root, as_json):
     """Nodes, their gres, each node's MIG layout and which job holds which instance."""
-    from ..sandbox.mig import status
-    from ..sandbox.text import status_text
-
     obj.as_json = obj.as_json or as_json
-    obj.emit(status(_sandbox_root(root)), status_text)
+    obj.emit(guest("sandbox").status(_sandbox_root(root)), guest("sandbox.text").status_text)
 
 
 @sandbox.command("reconfigure")
@@ -382,10 +361,8 @@ def sandbox_status(obj: Context, root, as_json):
 @pass_ctx
 def sandbox_reconfigure(obj: Context, root):
     """Make Slurm read a changed gres.conf/node include (slurm.reconfigure_command of its nodes)."""
-    from ..sandbox.mig import reconfigure
-    from ..sandbox.text import reconfigure_text
-
-    obj.emit(reconfigure(_sandbox_root(root)), reconfigure_text)
+    obj.emit(guest("sandbox").reconfigure(_sandbox_root(root)),
+             guest("sandbox.text").reconfigure_text)
 
 
 @sandbox.command("down")
@@ -394,10 +371,8 @@ def sandbox_reconfigure(obj: Context, root):
 @pass_ctx
 def sandbox_down(obj: Context, root, purge):
     """Cancel jobs and stop every daemon of the sandbox (idempotent)."""
-    from ..sandbox.mig import down
-    from ..sandbox.text import down_text
-
-    obj.emit(down(_sandbox_root(root), purge=purge), down_text)
+    obj.emit(guest("sandbox").down(_sandbox_root(root), purge=purge),
+             guest("sandbox.text").down_text)
 
 
 @cli.command("sync")

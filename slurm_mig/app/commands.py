@@ -7,25 +7,17 @@ test) or turned into text by :mod:`slurm_mig.app.render`.  No printing here.
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 from ..core import catalog as catalog_mod
-from ..host.config import Config
-from ..gpu.backend import GpuBackend
-from ..core.gputypes import GpuInfo
 from ..core.devices import instance_devices, read_mig_minors
 from ..core.errors import InputError, MigNotEnabled, NotSupported
+from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
-from ..node.inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
-
-
-def host_paths(config: Config):
-    """Where /dev and /proc are: the simulator lays out its own under its root."""
-    if config.backend == "sim":
-        return os.path.join(config.sim.root, "dev"), os.path.join(config.sim.root, "proc")
-    return config.paths.dev, config.paths.proc
+from ..gpu.backend import GpuBackend
+from ..host.config import Config, host_paths, node_name
+from ..node.inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
 
 
 def profile_dict(p) -> dict:
@@ -167,7 +159,7 @@ def select_gpus(backend: GpuBackend, gpu: str) -> list:
 
 
 __all__ = [
-    "catalog_models", "catalog_verify", "layouts", "status", "select_gpus", "host_paths",
+    "catalog_models", "catalog_verify", "layouts", "status", "select_gpus",
     "MigNotEnabled",
 ]
 
@@ -178,8 +170,8 @@ def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all
 
     Instances a job record holds count as busy from the start (also when placing a count
     form); ``warnings``: one line per damaged job record."""
-    from ..node.apply import JobAwareBackend, apply_node
     from ..core.layout import Instance, parse_layout
+    from ..node.apply import JobAwareBackend, apply_node
 
     backend = JobAwareBackend(backend, config.paths.state_dir)
     wanted = {}
@@ -199,69 +191,14 @@ def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all
             "warnings": list(backend.record_warnings)}
 
 
-# ----------------------------------------------------------------------------- Slurm files
-
-
-def node_gres_records(config: Config, backend: GpuBackend, node: str, non_mig_type: Optional[str] = None) -> list:
-    """This node's gres.conf records, from its GPUs and their complete MIG instances."""
-    from ..core.gresconf import node_records
-
-    dev, proc = host_paths(config)
-    minors = read_mig_minors(proc)
-    gpus = backend.gpus()
-    instances, models = {}, {}
-    for info in gpus:
-        if info.mig_current:
-            models[info.index] = gpu_model(backend, info)
-            instances[info.index] = backend.instances(info.index)
-    return node_records(node, gpus, instances, models, minors, dev, non_mig_type=non_mig_type)
-
-
-def gres_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
-              non_mig_type: Optional[str] = None) -> dict:
-    """The node's gres.conf lines; with ``write``, merged into ``paths.gres_conf``."""
-    from ..core.gresconf import merge_gres_conf, node_gres_value, render_gres_conf
-    from ..host.atomic import update_file
-
-    records = node_gres_records(config, backend, node, non_mig_type)
-    path = config.paths.gres_conf
-    result = {"node": node, "path": path, "records": [r.as_dict() for r in records],
-              "gres": node_gres_value(records), "text": render_gres_conf(records),
-              "written": False, "changed": False, "prev": None}
-    if write:
-        done = update_file(path, lambda old: merge_gres_conf(old, node, records, source=path),
-                           lock_timeout=config.apply.lock_timeout)
-        result.update(written=True, changed=done.changed, prev=done.prev)
-    return result
-
-
-def node_conf(config: Config, backend: GpuBackend, node: str, *, write: bool = False,
-              non_mig_type: Optional[str] = None) -> dict:
-    """The node's ``NodeName=... Gres=...`` line; with ``write``, merged into the include."""
-    from ..core.gresconf import merge_node_include, node_gres_value, render_node_line
-    from ..host.atomic import update_file
-
-    records = node_gres_records(config, backend, node, non_mig_type)
-    gres = node_gres_value(records)
-    path = config.paths.node_gres_include
-    result = {"node": node, "path": path, "gres": gres, "line": render_node_line(node, records),
-              "written": False, "changed": False, "prev": None}
-    if write:
-        done = update_file(path, lambda old: merge_node_include(old, node, gres, source=path),
-                           lock_timeout=config.apply.lock_timeout)
-        result.update(written=True, changed=done.changed, prev=done.prev)
-    return result
-
-
 # ----------------------------------------------------------------------------- sync
 
 
 def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = None, layout: Optional[str] = None,
          wait: Optional[float] = None, dry_run: bool = False) -> dict:
     """``slurm-mig sync``: this node to its layout through Slurm (:mod:`slurm_mig.change.sync`)."""
-    from ..hooks.run import node_name
-    from ..slurm.client import CommandSlurm
     from ..change.sync import sync_node
+    from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
     return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
@@ -275,7 +212,6 @@ def sync_pending(config: Config, backend: GpuBackend, environ, *, node: Optional
                  dry_run: bool = False) -> dict:
     """``slurm-mig sync --pending``: apply the layout rebalance left for this node."""
     from ..change.channel import ScontrolExtra
-    from ..hooks.run import node_name
     from ..change.pending import sync_pending as run
     from ..slurm.client import CommandSlurm
 

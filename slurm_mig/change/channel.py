@@ -19,8 +19,9 @@ by the node once applied.  ``applied:7`` is then set by the node: it applied cyc
 and wrote its gres.conf, and the controller still has to write its ``Gres=``, reconfigure
 Slurm and resume it (rebalance's finish step, which drops the marker).  The marker matters
 when the counts per type did not change (only placements did): ``have`` then agrees with
-Slurm, but slurmd must still re-read gres.conf.  Pure parsing here; :class:`ScontrolExtra`
-does the I/O.
+Slurm, but slurmd must still re-read gres.conf.  Pure parsing here, and what a published
+``have`` means in instances per type (:func:`have_counts`, :func:`have_gres`: both sides ask);
+:class:`ScontrolExtra` does the I/O.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Protocol, Tuple
 
+from ..core.catalog import Catalog
 from ..core.errors import InputError, SlurmError
+from ..core.gresconf import GresRecord, node_gres_value
 from ..core.inputs import MAX_GPU_INDEX, from_text
-from .reasons import TAG
+from ..core.layout import parse_layout
 from ..slurm.reader import run_command
 from ..slurm.scontrol import parse_pairs
+from .reasons import TAG
 
 
 class ExtraChannel(Protocol):
@@ -142,6 +146,25 @@ def parse_channel(text: str, node: str = "?") -> Optional[Channel]:
                            f"with `scontrol update nodename={node} extra=` and run "
                            f"`slurm-mig sync --pending` on the node") from err
     return Channel(tuple(sorted(have)), tuple(sorted(want)), cycle, applied)
+
+
+def have_counts(ch: Channel, catalog: Catalog) -> Dict[str, int]:
+    """Instances per Slurm type in the node's published layout (InputError if unreadable)."""
+    counts: Dict[str, int] = {}
+    for _index, key, text in ch.have:
+        for inst in parse_layout(text, catalog.model(key)):
+            counts[inst.name] = counts.get(inst.name, 0) + 1
+    return counts
+
+
+def have_gres(node: str, ch: Channel, catalog: Catalog) -> str:
+    """The node's ``Gres=`` value for its published layout, written as the node's own
+    ``node-conf`` writes it (types sorted by name), so both files agree record by record."""
+    records: List[GresRecord] = []
+    for index, key, text in ch.have:
+        records += [GresRecord(node, index, None, inst.name, ())
+                    for inst in parse_layout(text, catalog.model(key))]
+    return node_gres_value(records)
 
 
 class ScontrolExtra:

@@ -40,24 +40,23 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from . import reasons
-from ..node.apply import JobAwareBackend
 from ..core.catalog import load_catalog
-from .channel import Channel, ExtraChannel, format_channel, parse_channel
-from ..app.commands import gres_conf
-from ..host.config import Config, LayoutSettings
 from ..core.errors import InputError, LockBusy
-from ..rebalance.finish import have_counts
-from ..gpu.backend import GpuBackend
 from ..core.gresconf import check_node_name
-from ..node.inventory import current_layout, gpu_model
 from ..core.layout import format_layout
-from .reasons import NEXT, REBALANCE, one_line
+from ..gpu.backend import GpuBackend
+from ..host.config import Config, LayoutSettings
+from ..node.apply import JobAwareBackend
+from ..node.gresfiles import gres_conf
+from ..node.inventory import current_layout, gpu_model
 from ..slurm import SlurmClient
 from ..slurm.scontrol import NodeStatus
+from . import reasons
+from .channel import Channel, ExtraChannel, format_channel, have_counts, parse_channel
+from .reasons import NEXT, REBALANCE, one_line
+from .steps import (NodeChange, StepLog, apply_layouts, apply_summary, idle, state_text, sync_lock,
+                    with_context)
 from .sync import layout_summary, resolve_wanted
-from .steps import (NodeChange, StepLog, apply_layouts, apply_summary, idle, state_text,
-                        sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 

@@ -26,19 +26,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple)
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..node.apply import ApplyResult, JobAwareBackend, apply_node
-from .channel import ExtraChannel
-from ..host.config import Config
 from ..core.errors import LockBusy, SlurmError, SlurmMigError
 from ..core.gresconf import GresConfError, merge_node_include
 from ..core.layout import Layout
+from ..host.atomic import WriteResult, update_file
+from ..host.config import Config
 from ..host.locking import node_lock
-from .reasons import one_line
+from ..node.apply import ApplyResult, JobAwareBackend, apply_node
 from ..slurm import SlurmClient
 from ..slurm.scontrol import NodeStatus, parse_gres
-from ..host.atomic import WriteResult, update_file
+from .channel import ExtraChannel
+from .reasons import one_line
 
 log = logging.getLogger(__name__)
 

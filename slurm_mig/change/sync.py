@@ -34,21 +34,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import reasons
-from ..node.apply import ApplyResult, JobAwareBackend, apply_node
-from ..app.commands import gres_conf, node_conf, node_gres_records
-from ..host.config import Config
 from ..core.errors import ConfigError, InputError, LayoutError, SlurmError
-from ..gpu.backend import GpuBackend
 from ..core.gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
-                       node_gres_value)
-from ..node.inventory import current_layout, gpu_model, no_mig_gpu
+                             node_gres_value)
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
-from .reasons import SYNC, SYNC_FIX, one_line
+from ..gpu.backend import GpuBackend
+from ..host.config import Config
+from ..node.apply import ApplyResult, JobAwareBackend, apply_node
+from ..node.gresfiles import gres_conf, node_conf, node_gres_records
+from ..node.inventory import current_layout, gpu_model, no_mig_gpu
 from ..slurm import SlurmClient
 from ..slurm.scontrol import NodeStatus, parse_gres
+from . import reasons
+from .reasons import SYNC, SYNC_FIX, one_line
 from .steps import (NodeChange, StepLog, apply_layouts, apply_summary, check_registered, idle,
-                        read_text, state_text, sync_lock, with_context)
+                    read_text, state_text, sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 

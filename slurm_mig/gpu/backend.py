@@ -48,15 +48,19 @@ class GpuBackend(Protocol):
 
 def make_backend(kind: str, *, sim_root: Optional[str] = None,
                  nvml_module: Any = None) -> GpuBackend:
-    """The factory: ``nvml`` (pynvml, production) or ``sim`` (state under ``sim_root``)."""
+    """The factory: ``nvml`` (pynvml, production) or ``sim`` (state under ``sim_root``).
+
+    The simulator is a guest: it is imported by name, through :mod:`slurm_mig.core.guests`,
+    only when ``kind`` is ``sim``."""
     from ..core.errors import ConfigError
 
     if kind == "sim":
-        from ..sim.backend import SimBackend
+        from ..core.guests import visit
 
         if sim_root is None:
             raise ConfigError("backend 'sim' needs a state directory: set [sim] root in config.toml")
-        return SimBackend(sim_root)
+        backend: GpuBackend = visit("sim").backend(sim_root)
+        return backend
     if kind == "nvml":
         from .nvml import NvmlBackend
 

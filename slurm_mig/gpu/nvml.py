@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core import errors
 from ..core.catalog import ObservedProfile, load_catalog
-from . import nvmlcodes as rc
 from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
+from . import nvmlcodes as rc
 
 FUNCTION_NOT_FOUND = 13  # NVML_ERROR_FUNCTION_NOT_FOUND: the driver predates the call
 _SKIP_PROFILE = (rc.NOT_SUPPORTED, rc.INVALID_ARGUMENT)

@@ -77,10 +77,10 @@ import json
 import os
 import zlib
 
-from ..host import jobprocs, safefs
-from ..node import jobs
 from ..core.errors import SlurmMigError
 from ..core.inputs import flag_text, read_regular_file
+from ..host import jobprocs, safefs
+from ..node import jobs
 
 FAST_ENV = "SLURM_MIG_HOOK_FAST"  #: "0": always the full path
 REPORT_ENV = "SLURM_MIG_HOOK_REPORT"  #: "1": one stderr line naming the path taken

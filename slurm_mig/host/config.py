@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional, Tuple
 from ..core.catalog import load_catalog
 from ..core.errors import ConfigError, UnknownModel
 from ..core.inputs import (MAX_GPU_INDEX, MAX_TIMEOUT, MAX_WAIT, NumberError, from_text, from_value,
-                     read_regular_file, shown)
+                           read_regular_file, shown)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,6 +170,26 @@ def sim_config_text(root: str, models, extra: str = "") -> str:
 def resolve_config_path(option: Optional[str], environ: Mapping[str, str]) -> Optional[str]:
     """The explicitly chosen file (``--config``, then ``$SLURM_MIG_CONFIG``), or None for the default."""
     return option or environ.get(ENV_VAR) or None
+
+
+def host_paths(config: Config) -> Tuple[str, str]:
+    """(dev, proc): where the driver's device files and ``/proc`` entries are.  The
+    simulator lays out its own under its root (``<sim.root>/dev``, ``<sim.root>/proc``)."""
+    if config.backend == "sim":
+        return os.path.join(config.sim.root, "dev"), os.path.join(config.sim.root, "proc")
+    return config.paths.dev, config.paths.proc
+
+
+def node_name(environ: Mapping[str, str], option: Optional[str] = None) -> str:
+    """This host's Slurm node name: ``--node`` (or ``[slurm] node_name``), else
+    ``$SLURMD_NODENAME``, else the short host name."""
+    if option:
+        return option
+    if environ.get("SLURMD_NODENAME"):
+        return environ["SLURMD_NODENAME"]
+    import socket
+
+    return socket.gethostname().split(".")[0]
 
 
 def load_config(path: Optional[str] = None) -> Config:

@@ -51,14 +51,14 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import journal
 from ..core.catalog import GpuModel
 from ..core.errors import ApplyRefused, GpuError, InputError, LayoutError, SlurmMigError
 from ..core.gputypes import GpuInfo, MigInstance
-from .inventory import current_layout, gpu_model
-from .jobs import boot_id, holders
 from ..core.layout import Instance, Layout, format_layout, is_valid, layout_from
 from ..host.locking import node_lock
+from . import journal
+from .inventory import current_layout, gpu_model
+from .jobs import boot_id, holders
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,6 @@ def boot_id(proc_root: str = "/proc") -> str | None:
 
 def write_job(state_dir: str, record: dict) -> str:
     from ..host.atomic import write_json_atomic
-
     from ..host.safefs import ensure_dir
 
     ensure_dir(jobs_dir(state_dir), 0o700, "job records directory", tighten=True)

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 
 from ..core.errors import SlurmMigError
 from ..core.inputs import MAX_GPU_INDEX, from_value, shown
-from ..host.safefs import ensure_dir
 from ..host.atomic import fsync_dir as _fsync_dir, write_json_atomic
+from ..host.safefs import ensure_dir
 
 JOURNAL_VERSION = 1
 JOURNAL_DIR = "journal"

@@ -41,26 +41,26 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import (AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, List, Mapping,
-                    Optional, Sequence, Set, Tuple)
+from typing import (AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
+                    Sequence, Set, Tuple)
 
 from ..change import reasons
-from ..core.catalog import Catalog, load_catalog
 from ..change.channel import (MAX_CYCLE, Channel, ChannelError, ExtraChannel, format_channel,
-                      parse_channel)
-from ..host.config import Config
-from ..core.errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
-from .finish import FinishResult, Ready, finish, have_gres, verdict
-from ..core.layout import Layout, format_counts, format_layout, parse_layout
-from ..host.locking import node_lock
-from .planning import DemandItem, Plan, PlanGpu, PlanNode, Policy, plan
-from .planning.model import NodePlan
+                              have_gres, parse_channel)
 from ..change.reasons import REBALANCE
+from ..core.catalog import Catalog, load_catalog
+from ..core.errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
+from ..core.layout import Layout, format_counts, format_layout, parse_layout
+from ..host.atomic import write_json_atomic
+from ..host.config import Config
+from ..host.locking import node_lock
 from ..slurm import SlurmClient
 from ..slurm.demand import demand as queue_demand
 from ..slurm.model import NodeInfo, PendingJob
 from ..slurm.reader import SlurmReader
-from ..host.atomic import write_json_atomic
+from .finish import FinishResult, Ready, finish, verdict
+from .planning import DemandItem, Plan, PlanGpu, PlanNode, Policy, plan
+from .planning.model import NodePlan
 
 log = logging.getLogger(__name__)
 

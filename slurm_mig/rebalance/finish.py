@@ -30,16 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..change import reasons
-from ..core.catalog import Catalog
-from ..change.channel import Channel, ExtraChannel, format_channel, parse_channel
-from ..host.config import Config
-from ..core.errors import InputError, SlurmError
-from ..core.gresconf import GresRecord, node_gres_value
-from ..core.layout import parse_layout
+from ..change.channel import Channel, ExtraChannel, format_channel, have_counts, parse_channel
 from ..change.reasons import REBALANCE, one_line
+from ..change.steps import wait_registered, write_node_include
+from ..core.catalog import Catalog
+from ..core.errors import InputError, SlurmError
+from ..host.config import Config
 from ..slurm import SlurmClient
 from ..slurm.model import NodeInfo
-from ..change.steps import wait_registered, write_node_include
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +64,6 @@ class FinishResult:
     def as_dict(self) -> Dict[str, Any]:
         return {"finished": list(self.finished), "reconfigured": self.reconfigured,
                 "failed": list(self.failed), "actions": list(self.actions)}
-
-
-def have_counts(ch: Channel, catalog: Catalog) -> Dict[str, int]:
-    """Instances per Slurm type in the node's published layout (InputError if unreadable)."""
-    counts: Dict[str, int] = {}
-    for _index, key, text in ch.have:
-        for inst in parse_layout(text, catalog.model(key)):
-            counts[inst.name] = counts.get(inst.name, 0) + 1
-    return counts
-
-
-def have_gres(node: str, ch: Channel, catalog: Catalog) -> str:
-    """The node's ``Gres=`` value for its published layout, written as the node's own
-    ``node-conf`` writes it (types sorted by name), so both files agree record by record."""
-    records: List[GresRecord] = []
-    for index, key, text in ch.have:
-        records += [GresRecord(node, index, None, inst.name, ())
-                    for inst in parse_layout(text, catalog.model(key))]
-    return node_gres_value(records)
 
 
 def verdict(info: NodeInfo, ch: Optional[Channel], catalog: Catalog) -> Tuple[str, str]:

@@ -7,12 +7,12 @@ gres.conf can name.  Needs root and the Debian packages munge, slurmctld, slurmd
 
 from __future__ import annotations
 
+from ..slurm.scontrol import NodeStatus
 from .cgroups import Isolation, detect_isolation
 from .cluster import ReconfigureResult, SandboxCluster
-from .host import missing_requirements
 from .devices import DeviceNodes, make_device_nodes
 from .errors import SandboxError
-from ..slurm.scontrol import NodeStatus
+from .host import missing_requirements
 from .parse import JobInfo
 
 __all__ = [

@@ -28,15 +28,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .cgroups import Isolation, detect_isolation
-from .config import (NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf,
-                     render_slurm_conf)
 from ..host.safefs import ensure_dir
+from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
+from .cgroups import Isolation, detect_isolation
+from .config import NodeSpec, SandboxPaths, render_cgroup_conf, render_nodes_conf, render_slurm_conf
 from .daemons import (DAEMON_UMASK, Daemon, check_socket_path, in_uts_namespace, kill_daemons,
                       stop_daemons, wait_for, write_munge_key)
 from .errors import SandboxError
 from .host import free_ports, missing_requirements, tail, which, write_atomic
-from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
 from .parse import JobInfo, error_lines, parse_sbatch_parsable, parse_scontrol_job, parse_version
 
 # Errors in the logs that are expected here and say nothing about the problem at hand.

@@ -227,9 +227,8 @@ def _show_nodes(cluster, echo: Echo) -> None:
 
 def _published(cluster, node: str) -> bool:
     """The node's Extra says the layout Slurm has (its timer republished after a change)."""
+    from ..change.channel import ChannelError, have_counts, parse_channel
     from ..core.catalog import load_catalog
-    from ..change.channel import ChannelError, parse_channel
-    from ..rebalance.finish import have_counts
     from ..slurm.scontrol import parse_pairs, parse_scontrol_nodes
 
     out = cluster.command(["scontrol", "show", "node", "-o", node], timeout=10).stdout
@@ -345,9 +344,8 @@ def _config_text(root: str) -> str:
 
 def run_sim_demo(root: Optional[str], echo: Echo) -> int:
     from ..app.cli import main
-
-    from ..host.safefs import ensure_dir
     from ..host.atomic import write_atomic
+    from ..host.safefs import ensure_dir
 
     root = os.path.abspath(root) if root else tempfile.mkdtemp(prefix="slurm-mig-demo.")
     ensure_dir(root, 0o755, "demo directory")  # a trusted one; made 0755 where missing

@@ -7,8 +7,8 @@ import shutil
 import socket
 from typing import BinaryIO, List, Optional
 
-from ..host.safefs import open_file
 from ..host.atomic import write_atomic as _write_atomic
+from ..host.safefs import open_file
 
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")  # often not on a test runner's PATH
 

@@ -221,9 +221,10 @@ def _attach(root: str) -> Optional[SandboxCluster]:
 
 def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
     """Write every file and cut the simulated GPUs; nothing runs yet."""
-    from ..app.commands import apply_layout, gres_conf, node_conf
-    from ..host.config import load_config
+    from ..app.commands import apply_layout
     from ..gpu.backend import make_backend
+    from ..host.config import load_config
+    from ..node.gresfiles import gres_conf, node_conf
     from ..sim.driver import SimDriver
     from ..slurm.scontrol import parse_pairs
 
@@ -421,8 +422,8 @@ def status(root: str) -> dict:
 
 def _node_status(files: SandboxFiles, node: str, slurm, pairs: dict) -> dict:
     from ..app.commands import status as gpu_status
-    from ..host.config import load_config
     from ..gpu.backend import make_backend
+    from ..host.config import load_config
     from ..node.jobs import list_jobs
 
     config = load_config(files.node_config(node))

@@ -26,8 +26,8 @@ import os
 import stat
 import time
 
-from ..host import safefs
 from ..core.errors import InputError
+from ..host import safefs
 from ..host.safefs import UnsafePath
 
 #: Marks a directory as a sandbox root made by ``slurm-mig sandbox up``.

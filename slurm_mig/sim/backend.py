@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import List
 
 from ..core.catalog import ObservedProfile
+from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
 from ..gpu import nvmlcodes
 from .driver import CI_PROFILE_SLICES, GI_PROFILE_ENUMS, SimDriver, SimNvmlError
-from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
 
 
 class SimBackend:

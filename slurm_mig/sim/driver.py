@@ -47,11 +47,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..core.catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..core.errors import GpuError, LockBusy, SimulatedCrash
-from ..host.jobprocs import pid_alive
 from ..core.layout import is_media_extension
-from ..host.safefs import ensure_dir, open_file
-from ..host.atomic import write_atomic, write_json_atomic
 from ..gpu import nvmlcodes as rc
+from ..host.atomic import write_atomic, write_json_atomic
+from ..host.jobprocs import pid_alive
+from ..host.safefs import ensure_dir, open_file
 
 STATE_VERSION = 1
 ID_RANGES = {"FULL": (0,), "HALF": (1, 2), "QUARTER": (3, 4, 5, 6), "EIGHTH": tuple(range(7, 15))}

@@ -19,7 +19,7 @@ from typing import Collection, Dict, List, Mapping, Optional, Sequence, Set, Tup
 
 from ...core.catalog import GpuModel, load_catalog, normalize_profile_name
 from ...core.errors import InputError, UnknownProfile
-from ...core.layout import Layout, is_media_extension, parse_layout, check_layout
+from ...core.layout import Layout, check_layout, is_media_extension, parse_layout
 from .candidates import CandidateSet, GpuOptions, Option, maximal
 from .flow import Match, match
 from .model import DemandItem, PlanNode, Policy, condition

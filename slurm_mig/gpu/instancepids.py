@@ -7,8 +7,9 @@ runs there.  For NVML that is the smallest query there is: ``nvmlInit``, the GPU
 a walk of its MIG device handles to the one with that GPU-instance and compute-instance
 id, that device's compute processes, ``nvmlShutdown`` (about 30 ms on an H200 with driver
 580, nearly all of it init, first handle and shutdown: docs/hardware.md).  It imports
-pynvml and nothing of the engine (no catalog, no ``slurm_mig.gpu`` package).  Any other
-backend is asked through :func:`slurm_mig.gpu.backend.make_backend`, the one factory.
+pynvml and nothing of the engine (no catalog, not :mod:`slurm_mig.gpu.backend`; the
+package's ``__init__`` is empty).  Any other backend is asked through
+:func:`slurm_mig.gpu.backend.make_backend`, the one factory.
 
 Errors are :class:`slurm_mig.core.errors.GpuError` (the hook then takes its full path).
 """

@@ -8,7 +8,7 @@ the driver; any module with pynvml's names can be given instead (the tests give
 
 Nothing here computes an id: GPU-instance ids, compute-instance ids and MIG UUIDs
 are always read back from the driver, which picks GI ids by memory-size class and
-position in ways that differ between GPUs (:mod:`.simdriver` models this).  The call
+position in ways that differ between GPUs (:mod:`slurm_mig.sim.driver` models this).  The call
 sequence is NVML's: discover profiles by enum index (v2 info, v1 on old drivers) and
 their placements; create the GPU instance at a placement, then its full-size compute
 instance; destroy compute instances before the GPU instance; find MIG devices by

@@ -63,7 +63,7 @@ def _node_gres(config, node: str) -> tuple:
 
 
 def _judge(environ: Mapping[str, str], job: str, node: str, proc_root: str):
-    """How this job's hook tells its processes from others' and strays (:mod:`.jobprocs`)."""
+    """How this job's hook tells its processes from others' and strays (:mod:`slurm_mig.host.jobprocs`)."""
     from ..host.jobprocs import Judge, parse_uid
 
     return Judge(job, parse_uid(environ.get("SLURM_JOB_UID")), node, proc_root)
@@ -185,7 +185,7 @@ def _write_facts(state_dir: str, job: str, plans: list, seen: _Observed, held, b
     job holds (not one this prolog made or completed: its epilog checks that through the
     driver); every other instance of the GPUs it read that is complete, held by no record
     and runs no process gets an idle fact.  An instance with a process loses its idle fact.
-    Best effort (:mod:`.hookfast`): without facts the next hooks take the full path."""
+    Best effort (:mod:`.fast`): without facts the next hooks take the full path."""
     from .fast import drop_facts, write_fact
 
     if not boot:
@@ -230,7 +230,7 @@ def _forget_busy(state_dir: str, seen: _Observed, held) -> None:
 
 def _write_snapshot(config, backend, node, records, gpus, minors, reverse, cache, sources, boot,
                     proc) -> None:
-    """What this full prolog derived from gres.conf, for the fast path (:mod:`.hookfast`).
+    """What this full prolog derived from gres.conf, for the fast path (:mod:`.fast`).
 
     Each record goes through the same static checks as :func:`_realise` (:func:`_resolve`);
     one that fails is ``None`` there, so a job on it always gets the full prolog.  Remade

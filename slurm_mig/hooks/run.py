@@ -77,7 +77,7 @@ def _record_error(config, line: str) -> None:
 
 
 def _fast(which: str, environ: Mapping[str, str], proc_root: str) -> dict | None:
-    """The hook's result through :mod:`.hookfast`, or None: then the full hook runs."""
+    """The hook's result through :mod:`.fast`, or None: then the full hook runs."""
     from . import fast as hookfast
 
     if environ.get(hookfast.FAST_ENV) == "0":

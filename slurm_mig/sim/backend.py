@@ -2,7 +2,7 @@
 
 It reads and writes the same state file as every other process on the "node", and
 turns the driver's NVML codes into project errors through the same table as the
-NVML backend (:mod:`.nvmlcodes`).
+NVML backend (:mod:`slurm_mig.gpu.nvmlcodes`).
 """
 
 from __future__ import annotations

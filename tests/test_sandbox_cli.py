@@ -331,6 +331,8 @@ def test_down_from_another_process_stops_every_daemon_and_up_rebuilds_a_stopped_
         result = json.loads(proc.stdout)
         assert set(result) == DOWN_KEYS
         assert (result["was_running"], result["cancelled"], result["purged"]) == (True, [job], False)
+        assert {k: sorted(v) for k, v in result["stopped"].items()} == \
+            {k: sorted(v) for k, v in daemons.items()}  # every daemon it stopped, by name
         assert [p for p in pids if _alive(p)] == []
         again = slurm_mig("sandbox", "down", "--root", root)
         assert again.returncode == 0 and "nothing was running" in again.stdout

@@ -353,7 +353,7 @@ def down(root: str, purge: bool = False) -> dict:
         return result
     with _root_lock(files):
         timers = stop_timers(files)  # first: no sync --pending while Slurm stops
-        result["stopped"] = dict(timers)
+        stopped.update(timers)
         result["was_running"] = bool(timers)
         cluster = _attach(files.root)
         if cluster is not None:

@@ -558,6 +558,14 @@ class SandboxCluster:
             # The nodes stay UNKNOWN until they next register (~4 s); a reconfigure makes
             # them register now.  (Since 23.11 it would restart the daemons once more.)
             self.command(["scontrol", "reconfigure"], timeout=30, check=False)
+        else:
+            # 24.11 keeps a node UNKNOWN(+DRAIN) until its slurmd answers slurmctld's first
+            # ping, and refuses `state=resume` until then ("Invalid node state specified",
+            # measured); callers expect the nodes back as they were saved, so wait for them.
+            t0 = time.monotonic()
+            self.wait_nodes(lambda st: all(n in st and st[n].base != "unknown" for n in self.nodes),
+                            60, "every node registered again after a slurmctld restart")
+            self.timings["nodes back after a slurmctld restart"] = round(time.monotonic() - t0, 2)
 
     def restart_slurmd(self, node: str) -> None:
         if node in self._slurmds:

@@ -475,13 +475,18 @@ class SandboxCluster:
         behaviour: nothing is restarted, and a refused change ends in a timeout).  A refused
         count in the log also restarts it; if nodes are still not registered with their
         configured gres after a while, slurmctld and then the stale slurmds are restarted.
-        The result names every restart.
+        On 23.11+ none of that: the release's own reconfigure, then the wait (a layout it
+        does not apply ends in a timeout).  The result names every restart.
         """
         t0 = time.monotonic()
         restarted: List[str] = []
         layout = self._layout_signature()
         if restart_controller is None:
-            restart_controller = layout != self._loaded_layout and self.version < (23, 11)
+            # 23.11+: the release's own reconfigure restarts the daemons (measured on 24.11
+            # and 26.05: new counts and types applied); nothing else is done for it, so a
+            # reconfigure that does not apply a layout fails here instead of being helped.
+            restart_controller = (layout != self._loaded_layout if self.version < (23, 11)
+                                  else False)
         offset = os.path.getsize(self.paths.ctld_log) if os.path.exists(self.paths.ctld_log) else 0
         self.command(["scontrol", "reconfigure"], timeout=30)
         self._wait_controller(15)

@@ -40,6 +40,34 @@ def cli(capsys, monkeypatch):
     return run
 
 
+#: What squeue prints for a CPU job (the prolog's guard, slurm_mig/hooks/guard.py).
+CPU_JOB_ROW = "1|N/A|N/A|N/A|N/A|"
+
+
+def fake_command(path: pathlib.Path, body: str) -> str:
+    """A stand-in for a Slurm command at ``path``: appends its argv (one line, NUL-joined)
+    to ``<path>.calls`` and runs the shell ``body``."""
+    calls = f"{path}.calls"
+    path.write_text(f'#!/bin/sh\nprintf \'%s\\0\' "$@" >> {calls}; echo >> {calls}\n{body}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def fake_calls(path: str) -> list:
+    """Each call's argv (without argv[0]) of a :func:`fake_command`; [] when never called."""
+    if not os.path.exists(f"{path}.calls"):
+        return []
+    return [line.split("\0")[:-1] for line in open(f"{path}.calls").read().splitlines()]
+
+
+@pytest.fixture
+def cpu_squeue(tmp_path):
+    """A squeue that answers every job as a CPU job: hooks that run a job without
+    SLURM_JOB_GPUS get it as SLURM_MIG_SQUEUE."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    return fake_command(tmp_path / "bin" / "squeue", f"echo '{CPU_JOB_ROW}'")
+
+
 @pytest.fixture
 def sim_root(tmp_path):
     return str(tmp_path / "sim")

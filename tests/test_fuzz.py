@@ -184,14 +184,14 @@ GRACES = ["abc", "nan", "-5", "inf", "0", "1e3", "٣", "", "0.01"]
 WIPES = ["1", "0", "yes", "x", ""]
 
 
-def test_fuzz_hook_environment(hook_node, capsys):
+def test_fuzz_hook_environment(hook_node, capsys, cpu_squeue):
     config_path, config = hook_node
     rng = random.Random(8_003)
     for case in range(150):
         which = rng.choice(["prolog", "prolog", "epilog"])
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURM_MIG_CONFIG": config_path,
                "SLURMD_NODENAME": rng.choice([NODE, NODE, NODE, "", "../x", "n2"]),
-               "SLURM_JOB_UID": rng.choice(["1000", "0", "x", ""])}
+               "SLURM_JOB_UID": rng.choice(["1000", "0", "x", ""]), "SLURM_MIG_SQUEUE": cpu_squeue}
         for key, pool in (("SLURM_JOB_ID", JOB_IDS), ("SLURM_JOB_GPUS", JOB_GPUS),
                           ("SLURM_MIG_EPILOG_GRACE", GRACES), ("SLURM_MIG_EPILOG_WIPE", WIPES)):
             if rng.random() < 0.85:
@@ -225,7 +225,7 @@ DAMAGE = [b"", b"{", b"[]", b"null", b"\x00\xff", b'{"job_id": 5}', b'{"instance
           b"1" * 5000, json.dumps({"a": [[[[[[]]]]]] * 50}).encode()]
 
 
-def test_fuzz_state_files(hook_node, cli, capsys):
+def test_fuzz_state_files(hook_node, cli, capsys, cpu_squeue):
     config_path, config = hook_node
     state = pathlib.Path(config.paths.state_dir)
     driver = SimDriver(config.sim.root)
@@ -250,7 +250,8 @@ def test_fuzz_state_files(hook_node, cli, capsys):
         for which, job, gpus in (("prolog", "10", "1"), ("epilog", "10", None),
                                  ("epilog", "9", None), ("prolog", "9", "0")):
             env = {"PATH": "/usr/bin:/bin", "SLURM_MIG_CONFIG": config_path, "SLURMD_NODENAME": NODE,
-                   "SLURM_JOB_UID": "1000", "SLURM_JOB_ID": job, "SLURM_MIG_EPILOG_GRACE": "0"}
+                   "SLURM_JOB_UID": "1000", "SLURM_JOB_ID": job, "SLURM_MIG_EPILOG_GRACE": "0",
+                   "SLURM_MIG_SQUEUE": cpu_squeue}
             if gpus:
                 env["SLURM_JOB_GPUS"] = gpus
             code = hooks.run_hook(which, env)

@@ -57,6 +57,7 @@ class Node:
     driver: SimDriver
     procs: List[subprocess.Popen]
     proc: str  #: the fake /proc tree the in-process hooks read
+    squeue: str = ""  #: SLURM_MIG_SQUEUE for hooks: a stand-in that answers "a CPU job"
 
     def fake_proc(self, pid: int, cgroup: str, uid: int = JOB_UID, environ: bytes = b"") -> None:
         """What ``<proc>/<pid>`` says of a process: its cgroup, real uid and environment."""
@@ -72,6 +73,8 @@ class Node:
     def env(self, job: Optional[str], gpus: Optional[str] = None, **extra) -> Dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
                "SLURM_MIG_CONFIG": self.config_path, "SLURM_JOB_UID": str(JOB_UID)}
+        if self.squeue:
+            env["SLURM_MIG_SQUEUE"] = self.squeue
         if job is not None:
             env["SLURM_JOB_ID"] = job
         if gpus is not None:
@@ -105,7 +108,7 @@ class Node:
 
 
 @pytest.fixture
-def node(cli, node_config, tmp_path):
+def node(cli, node_config, tmp_path, cpu_squeue):
     config_path = node_config(gpus=("A100-40GB",) * 3)
     assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
     for cmd in ("gres-conf", "node-conf"):
@@ -115,7 +118,7 @@ def node(cli, node_config, tmp_path):
     proc = tmp_path / "fakeproc"
     (proc / "sys" / "kernel" / "random").mkdir(parents=True)
     (proc / "sys" / "kernel" / "random" / "boot_id").write_text(jobs.boot_id() or "")
-    n = Node(config_path, config, SimDriver(config.sim.root), [], str(proc))
+    n = Node(config_path, config, SimDriver(config.sim.root), [], str(proc), cpu_squeue)
     yield n
     for p in n.procs:
         if p.poll() is None:

@@ -53,6 +53,12 @@ BUILT = [
      "slurm-mig sync --pending: layout not in Slurm: the GPUs hold 3g.20gb:2 but Slurm has "
      "1g.5gb:7; waits for running jobs, then hands the node to slurm-mig rebalance",
      Reason(reasons.DRIFTED, detail="the GPUs hold 3g.20gb:2 but Slurm has 1g.5gb:7")),
+    (reasons.prolog_no_gpus("812", "tres-per-node gres/gpu:1g.10gb:1"),
+     "slurm-mig prolog: job 812 asked for gpus (tres-per-node gres/gpu:1g.10gb:1) but Slurm "
+     "gave it none; resume the node once scontrol show node lists its Gres (or slurm-mig sync "
+     "on the node)",
+     Reason(reasons.NO_GPUS, detail="job 812 asked for gpus (tres-per-node gres/gpu:1g.10gb:1) "
+                                    "but Slurm gave it none")),
 ]
 
 

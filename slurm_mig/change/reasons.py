@@ -25,6 +25,9 @@ What slurm-mig writes (``N``: the rebalance cycle, as in Extra's ``cycle:N``)::
                                                                           finish, failure
     slurm-mig sync --pending: layout not in Slurm: <what>; waits for running jobs, then
         hands the node to slurm-mig rebalance                             catch-up, busy
+    slurm-mig prolog: job J asked for gpus (<request>) but Slurm gave it none; resume the
+        node once scontrol show node lists its Gres (or slurm-mig sync on the node)
+                                                                          the prolog's guard
 
 ``<summary>`` is ``3g.20gb:2 on gpu 0,1; 1g.10gb:7 on gpu 2`` (:func:`summary`).  A reason
 is one line, has no ``=`` (``scontrol show node -o`` would end the value there) and fits in
@@ -52,6 +55,7 @@ SYNC = f"{TAG} sync"  #: ``slurm-mig sync``'s reasons, and its log lines
 REBALANCE = f"{TAG} rebalance"  #: rebalance's and ``sync --pending``'s reasons
 #: The reason of a node whose GPUs are ahead of Slurm, waiting for its jobs (not rebalance's own).
 DRIFT = f"{TAG} sync --pending: layout not in Slurm"
+PROLOG = f"{TAG} prolog"  #: the prolog's guard (slurm_mig/hooks/guard.py)
 #: What happens to a node that handed over: said in its reason and in sync --pending's output.
 NEXT = "the next slurm-mig rebalance run reconfigures Slurm and resumes the node"
 SYNC_FIX = "fix and rerun slurm-mig sync"
@@ -61,6 +65,8 @@ RECORD_TAIL = ("; slurm-mig sync --pending on the node applies it, then slurm-mi
                "reconfigures Slurm and resumes the node")
 WAITS = "new layout waits for running jobs; slurm-mig sync --pending on the node applies it"
 APPLYING_TAIL = " on the node (slurm-mig sync --pending)"
+PROLOG_FIX = ("; resume the node once scontrol show node lists its Gres (or slurm-mig sync on "
+              "the node)")
 DRIFT_TAIL = "; waits for running jobs, then hands the node to slurm-mig rebalance"
 
 REASON_MAX = 300  #: Slurm reasons are one line; keep them readable in sinfo/scontrol
@@ -75,6 +81,7 @@ APPLIED = "applied"  #: the hand-over: the controller's finish step is next
 NODE_FAILED = "node-failed"
 FINISH_FAILED = "finish-failed"
 DRIFTED = "drift"
+NO_GPUS = "prolog-no-gpus"  #: the prolog refused a gpu job Slurm gave no gpu
 OTHER = "other"  #: starts with the tag, but none of the above
 FAILURES = frozenset({SYNC_FAILED, NODE_FAILED, FINISH_FAILED})
 
@@ -172,6 +179,14 @@ def drift(what: str) -> str:
     return fit_reason(f"{DRIFT}: ", what, DRIFT_TAIL)
 
 
+def prolog_no_gpus(job: str, asked: str) -> str:
+    """The prolog's guard drained the node: job ``job`` asked for gpus (``asked``, squeue's
+    field and value) and Slurm gave it none (its gres not registered after a slurmctld
+    restart).  ``slurm-mig sync`` resumes the node once it is consistent (it is ours)."""
+    return fit_reason(f"{PROLOG}: job {job} asked for gpus (", f"{asked}",
+                      f") but Slurm gave it none{PROLOG_FIX}")
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -200,6 +215,8 @@ def parse_reason(text: str) -> Optional[Reason]:
     """What a reason says, or None when it is not slurm-mig's (an admin's, slurmctld's)."""
     if not is_ours(text):
         return None
+    if text.startswith(f"{PROLOG}: job "):
+        return Reason(NO_GPUS, detail=_strip(text[len(PROLOG) + 2:], PROLOG_FIX))
     if text.startswith(f"{DRIFT}: "):
         return Reason(DRIFTED, detail=_strip(text[len(DRIFT) + 2:], DRIFT_TAIL))
     if text.startswith(f"{SYNC}: applying "):

@@ -10,6 +10,9 @@ hold and that the instance is idle and free; then it writes the same job record.
 doubt, and every failure, goes to the full hook (:mod:`slurm_mig.hooks.full`).  Design and
 invariants: docs/hooks.md.
 
+A job slurmd gave no ``SLURM_JOB_GPUS`` is asked about (:mod:`slurm_mig.hooks.guard`): one
+that asked for gpus is refused, so it never runs without its instance.
+
 A failure prints one line, ``slurm-mig prolog: error: job <id>: <what>; <fix>``, to stderr
 (slurmd logs it), writes it to ``<state_dir>/last-error`` and exits non-zero: Slurm drains
 the node and requeues the job held.
@@ -143,9 +146,12 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
     try:
         if which == "prolog" and not (environ.get("SLURM_JOB_GPUS") or "").strip():
             from ..node.jobs import check_job_id
+            from .guard import check
 
-            check_job_id(environ.get("SLURM_JOB_ID"))
-            return 0  # a job without gpus: nothing to do, nothing loaded
+            # a job Slurm gave no gpu: nothing to make, but it must not have asked for one
+            # (gres not registered yet after a slurmctld restart; docs/hooks.md)
+            check(check_job_id(environ.get("SLURM_JOB_ID")), environ)
+            return 0
         if config is None and backend is None:
             fast = _fast(which, environ, proc_root)
             if fast is not None:
@@ -187,6 +193,11 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
             backend.close()
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+    if config is None:  # failed before the config was read (a CPU job's guard): try it now
+        try:
+            config = _load_config(environ)
+        except Exception:  # the line on stderr is what matters
+            pass
     _record_error(config, line)
     return code
 

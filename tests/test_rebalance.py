@@ -647,7 +647,8 @@ def test_dry_run_says_which_nodes_it_would_finish(config, cluster):
 def test_result_keys_are_stable(config, cluster):
     result = _run(config(), cluster)
     assert sorted(result) == ["actions", "changed", "cycle", "dry_run", "explain", "failed",
-                              "finished", "notes", "plan", "reconfigured", "resumed", "wait"]
+                              "finished", "notes", "plan", "reconfigured", "reconfigures", "resumed",
+                              "wait"]
     assert sorted(result["wait"]) == ["applied", "failed", "pending", "seconds"]
     assert sorted(result["changed"][0]) == ["node", "reason", "want"]
 

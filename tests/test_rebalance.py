@@ -934,7 +934,7 @@ def test_late_apply_before_the_cycle_reads_slurm_is_finished_in_its_one_reconfig
     _n1_late(cluster)
     node_applies(cluster, "n1")
     result = _run(config(), cluster)
-    assert result["finished"] == ["n1", "n2"] and result["reconfigures"] == 1
+    assert result["finished"] == ["n1", "n2"] and cluster.count["reconfigure"] == 1
     assert cluster.includes == [NEW_BOTH] and _no_node_drained(cluster)
 
 
@@ -945,7 +945,7 @@ def test_late_apply_after_the_cycle_read_slurm_joins_the_include_before_the_reco
     cluster.hooks[("after", "read", 1)] = lambda: node_applies(cluster, "n1")
     result = _run(config(), cluster)
     assert result["finished"] == ["n1", "n2"] and result["failed"] == []
-    assert result["reconfigures"] == 1 and cluster.includes == [NEW_BOTH]
+    assert cluster.count["reconfigure"] == 1 and cluster.includes == [NEW_BOTH]
     assert _no_node_drained(cluster)
     assert any("node n1: applied after this cycle read Slurm (seen before the include)" in a
                for a in result["actions"])
@@ -959,7 +959,8 @@ def test_late_apply_between_the_include_write_and_the_reconfigure_costs_one_more
     cluster.hooks[("before", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
     result = _run(config(), cluster)
     assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}, NEW_BOTH]
-    assert result["reconfigures"] == 2 and result["finished"] == ["n1", "n2"]
+    assert cluster.count["reconfigure"] == result["reconfigures"] == 2
+    assert result["finished"] == ["n1", "n2"]
     assert result["failed"] == [] and _no_node_drained(cluster)
     assert [c[0] for c in cluster.calls if c[0] in ("reconfigure", "resume")] == [
         "reconfigure", "reconfigure", "resume", "resume"]  # nobody resumed between the two
@@ -973,7 +974,7 @@ def test_late_apply_that_makes_the_reconfigure_command_fail_is_retried_once_with
     cluster.hooks[("before", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
     cluster.fail = {"reconfigure": {1}}
     result = _run(config(), cluster)
-    assert result["reconfigures"] == 2 and result["finished"] == ["n1", "n2"]
+    assert cluster.count["reconfigure"] == 2 and result["finished"] == ["n1", "n2"]
     assert result["failed"] == [] and _no_node_drained(cluster)
     assert cluster.includes[-1] == NEW_BOTH
 
@@ -983,7 +984,7 @@ def test_late_apply_right_after_the_reconfigure_is_finished_by_the_same_cycle(co
     _n1_late(cluster)
     cluster.hooks[("after", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
     result = _run(config(), cluster)
-    assert result["reconfigures"] == 2 and result["finished"] == ["n1", "n2"]
+    assert cluster.count["reconfigure"] == 2 and result["finished"] == ["n1", "n2"]
     assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}, NEW_BOTH]
     assert _no_node_drained(cluster)
 
@@ -995,17 +996,17 @@ def test_late_apply_during_registration_keeps_no_one_else_drained_and_the_next_c
     _n1_late(cluster)
     cluster.hooks[("before", "resume", 1)] = lambda: node_applies(cluster, "n1")
     result = _run(config(), cluster)
-    assert result["finished"] == ["n2"] and result["reconfigures"] == 1
+    assert result["finished"] == ["n2"] and cluster.count["reconfigure"] == 1
     assert "DRAIN" not in cluster.infos["n2"].flags
     again = _run(config(), cluster)
-    assert again["finished"] == ["n1"] and again["reconfigures"] == 1
+    assert again["finished"] == ["n1"] and cluster.count["reconfigure"] == 2  # one each
     assert cluster.includes[-1] == NEW_BOTH and _no_node_drained(cluster)
 
 
 def test_a_node_that_never_applies_is_left_out_of_the_include_and_stays_waiting(config, cluster):
     _n1_late(cluster)
     result = _run(config(), cluster)
-    assert result["finished"] == ["n2"] and result["reconfigures"] == 1
+    assert result["finished"] == ["n2"] and cluster.count["reconfigure"] == 1
     assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}]
     assert "INVALID_REG" not in cluster.infos["n1"].flags
     assert parse_channel(cluster.channel.read("n1")).want  # still waits for its timer
@@ -1021,7 +1022,7 @@ def test_a_node_slurmctld_set_invalid_for_its_gres_after_applying_is_finished(co
     cluster.infos["n1"] = replace(cluster.infos["n1"], flags=("DRAIN", "INVALID_REG"),
                                   reason="gres/gpu count reported lower than configured (2 < 7)")
     result = _run(config(), cluster)
-    assert result["finished"] == ["n1", "n2"] and result["reconfigures"] == 1
+    assert result["finished"] == ["n1", "n2"] and cluster.count["reconfigure"] == 1
     assert cluster.includes == [NEW_BOTH] and _no_node_drained(cluster)
     assert "INVALID_REG" not in cluster.infos["n1"].flags
 

@@ -947,7 +947,7 @@ def test_late_apply_after_the_cycle_read_slurm_joins_the_include_before_the_reco
     assert result["finished"] == ["n1", "n2"] and result["failed"] == []
     assert cluster.count["reconfigure"] == 1 and cluster.includes == [NEW_BOTH]
     assert _no_node_drained(cluster)
-    assert any("node n1: applied after this cycle read Slurm (seen before the include)" in a
+    assert any("node n1: applied after this cycle read Slurm (seen before the include); joins" in a
                for a in result["actions"])
 
 

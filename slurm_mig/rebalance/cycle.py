@@ -12,7 +12,8 @@ The cycle (docs/rebalance.md)::
     save      cycle number and last-changed cycle per node in <rebalance.state_file>
     wait      up to [rebalance] apply_wait for the changed nodes' ``sync --pending``
     finish    for every node that applied: its Gres= in the node include, ONE reconfigure,
-              registration, resume (:mod:`slurm_mig.rebalance.finish`)
+              registration, resume (:mod:`slurm_mig.rebalance.finish`); the nodes read
+              again before the include and after the reconfigure (a late apply joins)
 
 The node applies its want with ``slurm-mig sync --pending`` (:mod:`slurm_mig.change.pending`) and
 hands back with ``applied:<cycle>`` in Extra; it never reconfigures Slurm: on Slurm < 23.11

@@ -12,6 +12,12 @@ lines, is drained, and says ``applied:<cycle>`` in its Extra; slurmctld still ha
     mark         the ``applied`` marker dropped from Extra (``have`` rewritten if lost)
     resume
 
+Mark and resume run per node, in the look that sees it registered: never held by another.
+Just before the include and just after the reconfigure the nodes are read again: a node
+that applied meanwhile (a late apply: it could only have made itself INVALID) joins, and
+after the reconfigure that costs one more include write and reconfigure, before anyone is
+checked or resumed (docs/rebalance.md, "A late apply").
+
 Which nodes (:func:`verdict`): drained with a reason starting ``slurm-mig rebalance`` and no
 want left.  With the marker, or a ``have`` that disagrees with Slurm's gres: finish.  A
 ``have`` that agrees and no marker: the change was cancelled (want cleared) or already
@@ -54,7 +60,8 @@ class Ready:
 @dataclass(frozen=True)
 class FinishResult:
     """What the finish step did: ``finished`` (nodes resumed), ``reconfigured`` (whether the
-    command ran and succeeded, the last time), ``reconfigures`` (how many times it ran), ``failed`` ([{node, step, error}]) and ``actions`` (greppable lines)."""
+    command ran and its last run succeeded), ``reconfigures`` (how many times it ran),
+    ``failed`` ([{node, step, error}]) and ``actions`` (greppable lines)."""
 
     finished: Tuple[str, ...] = ()
     reconfigured: bool = False
@@ -138,7 +145,7 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
             return []
         for r in found:
             line = (f"{head} node {r.name}: applied after this cycle read Slurm (seen {when}); "
-                    f"finished in this cycle")
+                    f"joins this cycle's finish")
             actions.append(line)
             log.info("%s", line)
         return found

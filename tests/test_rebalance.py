@@ -977,6 +977,9 @@ def test_late_apply_that_makes_the_reconfigure_command_fail_is_retried_once_with
     assert cluster.count["reconfigure"] == 2 and result["finished"] == ["n1", "n2"]
     assert result["failed"] == [] and _no_node_drained(cluster)
     assert cluster.includes[-1] == NEW_BOTH
+    assert any(a.startswith("slurm-mig rebalance: cycle 1: reconfigure failed: reconfigure: ")
+               and a.endswith("once more with n1, which applied meanwhile")
+               for a in result["actions"])
 
 
 def test_late_apply_right_after_the_reconfigure_is_finished_by_the_same_cycle(config, cluster):

@@ -73,8 +73,9 @@ class Reconfigurer:
     first one, the late node's timer fires (``before_first``).  Records the late node's
     flags once it registered after each (``late_after``)."""
 
-    def __init__(self, sbx, path: str, before_first, late):
+    def __init__(self, sbx, path: str, before_first, late, stand_in: str):
         self.sbx = sbx
+        self.stand_in = stand_in
         self.before_first = before_first
         self.late = late
         self.late_after: List[frozenset] = []
@@ -94,29 +95,44 @@ class Reconfigurer:
                 return  # closed
             with conn:
                 conn.makefile().read()
+                first = not self.late_after
                 try:
-                    if not self.late_after:
+                    if first:
                         self.before_first()
-                    cluster.command(["scontrol", "reconfigure"], timeout=30)
-                    cluster.restart_slurmctld()  # waits for `scontrol ping`
-                    # Once the nodes registered again (INVALID_REG is set at registration).
-                    n = self.late()
-                    st = until(f"{n} registered again after the reconfigure", lambda: (
-                        lambda s: s if n in s and s[n].base != "unknown" else None)(
-                            cluster.status()))
-                    self.late_after.append(frozenset(st[n].flags))
-                    self.late_reasons.append(st[n].reason)
+                    if self.stand_in == "ping":  # etc/slurm-mig-reconfigure
+                        cluster.command(["scontrol", "reconfigure"], timeout=30)
+                        cluster.restart_slurmctld()  # waits for `scontrol ping`
+                    else:  # the sandbox's: waits for every node registered as configured
+                        self.sbx.adopt_files()
+                        cluster.reconfigure(timeout=15)
                     reply = "ok"
                 except BaseException as err:  # the controller's command fails with this line
                     reply = f"error: {type(err).__name__}: {err}"
+                # The first: until slurmctld set the late node INVALID_REG (issue 10); the
+                # second: until it registered with its new gres.
+                n = self.late()
+                try:
+                    st = until(f"{n} {'INVALID_REG' if first else 'registered'} after the "
+                               f"reconfigure", lambda: (lambda s: s if n in s and (
+                                   "INVALID_REG" in s[n].flags if first else s[n].registered)
+                                   else None)(cluster.status()))
+                    self.late_after.append(frozenset(st[n].flags))
+                    self.late_reasons.append(st[n].reason)
+                except AssertionError as err:
+                    self.late_after.append(frozenset({str(err)}))
+                    self.late_reasons.append("")
                 conn.sendall(reply.encode())
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node(tmp_path):
-    """(n1 below is whichever node cycle 1 changed, n2 the other.)"""
+@pytest.mark.parametrize("stand_in", ["ping", "every-node"])
+def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node(tmp_path, stand_in):
+    """(n1 below is whichever node cycle 1 changed, n2 the other.)  ``stand_in``: the 22.05
+    reconfigure: ``ping`` as etc/slurm-mig-reconfigure (restart, wait for `scontrol ping`:
+    it succeeds with n1 INVALID), ``every-node`` as the sandbox's (waits for every node to
+    register as configured: n1 INVALID makes it fail, as in issue 10)."""
     catalog = load_catalog()
     with sandbox("sbx-late-", GPUS, LAYOUTS) as sbx:
         cluster = sbx.cluster
@@ -141,7 +157,7 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
         late_runs: List[dict] = []
         who = {}  # "late": the node cycle 1 changed; "other": the one recut by hand
         server = Reconfigurer(sbx, sock, lambda: late_runs.append(sync_pending(sbx, who["late"])),
-                              lambda: who["late"])
+                              lambda: who["late"], stand_in)
         try:
             for n in sbx.nodes:
                 sync_pending(sbx, n)  # every node publishes its layout
@@ -163,11 +179,14 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
             print(f"\nlate node {late}\n" + "\n".join(second["actions"]) + "\nits flags after "
                   f"each reconfigure: {[sorted(f) for f in server.late_after]}; its reasons: "
                   f"{server.late_reasons}")
+            assert second["finished"] == ["n1", "n2"]
+            failed_first = [a for a in second["actions"] if "reconfigure failed: " in a]
+            assert len(failed_first) == (stand_in == "every-node"), failed_first
             assert len(late_runs) == 1 and late_runs[0]["applied"]  # it applied in the window
             assert "INVALID_REG" in server.late_after[0]  # what issue 10 saw
-            assert second["finished"] == ["n1", "n2"]
             assert second["changed"] == [] and second["failed"] == []
             assert second["reconfigures"] == 2 and "INVALID_REG" not in server.late_after[1]
+            assert server.late_after[1] == frozenset({"DRAIN"})  # registered, before the resume
             assert any(f"node {late}: applied after this cycle read Slurm (seen after the "
                        f"reconfigure)" in a for a in second["actions"])
 

@@ -186,6 +186,10 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
         # Gres=, its new count): once more with it, for everyone, before anyone resumes.
         more = look_late("after the reconfigure")
         if more:
+            if error is not None:
+                actions.append(f"{head} reconfigure failed: {one_line(error[1])}; once more "
+                               f"with {', '.join(r.name for r in more)}, which applied meanwhile")
+                log.warning("%s", actions[-1])
             ready += more
             error = tell_slurm()
     if error is not None:

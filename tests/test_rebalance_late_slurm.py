@@ -181,7 +181,10 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
                   f"{server.late_reasons}")
             assert second["finished"] == ["n1", "n2"]
             failed_first = [a for a in second["actions"] if "reconfigure failed: " in a]
-            assert len(failed_first) == (stand_in == "every-node"), failed_first
+            # The sandbox's stand-in fails when n1's INVALID_REG shows before its wait ends
+            # (most runs; not all: right after the restart, slurmctld reports the state it
+            # saved until the slurmds register again); the one for sites never does.
+            assert not failed_first or stand_in == "every-node", failed_first
             assert len(late_runs) == 1 and late_runs[0]["applied"]  # it applied in the window
             assert "INVALID_REG" in server.late_after[0]  # what issue 10 saw
             assert second["changed"] == [] and second["failed"] == []

@@ -183,9 +183,11 @@ def write_hooks(root: str) -> None:
         d = os.path.join(root, f"{which_hook}.d")
         os.makedirs(d)
         scripts = {
-            # Proves the glob runs every file, in order.
-            "10-mark": f"#!/bin/bash\necho ran >> {root}/marks/$SLURM_JOB_ID.{which_hook}\n",
+            # Proves the glob runs every file; both log their turn in <job>.<hook>.order.
+            "10-mark": (f"#!/bin/bash\necho ran >> {root}/marks/$SLURM_JOB_ID.{which_hook}\n"
+                        f"echo 10-mark >> {root}/marks/$SLURM_JOB_ID.{which_hook}.order\n"),
             "50-slurm-mig": (f"#!/bin/bash\nexport SLURM_MIG_DEFAULTS={root}/slurm-mig.env\n"
+                             f"echo 50-slurm-mig >> {root}/marks/$SLURM_JOB_ID.{which_hook}.order\n"
                              f"exec {REPO}/{which_hook}.d/50-slurm-mig\n"),
         }
         for name, text in scripts.items():

@@ -534,3 +534,35 @@ def test_the_epilog_ends_a_stray_on_its_instance_after_the_grace(node, capsys, t
     stray.wait(timeout=10)
     assert got.read_text() == "TERM"  # it ignored SIGTERM: SIGKILL, after the grace, ended it
     assert node.instance(node.records()[13].gpu, node.records()[13].gi_id).pids == ()
+
+
+# ----------------------------------------------------------------------------- Slurm 26.05: SLUIDs
+
+
+def v2_sluid(sluid: str) -> str:
+    """A task's cgroup under Slurm 26.05's cgroup/v2: the job directory is the job's SLUID."""
+    return f"0::/system.slice/slurmstepd.scope/{sluid}/step_0/user/task_0\n"
+
+
+def test_a_26_05_epilog_ends_the_jobs_processes_in_its_sluid_cgroup(node, capsys):
+    env = node.env("70", "3", SLURM_JOB_SLUID="sEKNKTV3WPV500")
+    assert run(node, "prolog", env, capsys)[0] == 0
+    mine = node.spawn(v2_sluid("sEKNKTV3WPV500"))
+    theirs = node.spawn(v2_sluid("s0D4H7Q2ZZ1M9X"))
+    node.attach(mine, 3)
+    node.attach(theirs, 3)
+    code, out, err = run(node, "epilog", node.env("70", SLURM_JOB_SLUID="sEKNKTV3WPV500"), capsys)
+    assert (code, out) == (0, "")
+    assert err == f"slurm-mig epilog: job 70: left pids {theirs.pid} alone (other jobs')\n"
+    mine.wait(timeout=10)
+    assert _alive(theirs) and node.record_of("70") is None
+
+
+def test_an_epilog_without_slurm_job_sluid_leaves_a_sluid_process_alone(node, capsys):
+    assert run(node, "prolog", node.env("71", "4"), capsys)[0] == 0
+    maybe_mine = node.spawn(v2_sluid("sEKNKTV3WPV500"))
+    node.attach(maybe_mine, 4)
+    code, out, err = run(node, "epilog", full(node.env("71")), capsys)
+    assert (code, out) == (0, "")
+    assert err == f"slurm-mig epilog: job 71: left pids {maybe_mine.pid} alone (other jobs')\n"
+    assert _alive(maybe_mine)

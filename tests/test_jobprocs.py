@@ -131,3 +131,125 @@ def test_the_real_uid_is_the_first_field():
 def test_describe_names_pid_uid_and_why():
     assert (jobprocs.describe(4242, 1000, "belongs to no Slurm job: its cgroup is /user.slice/x")
             == "pid 4242 (uid 1000) belongs to no Slurm job: its cgroup is /user.slice/x")
+
+
+# ----------------------------------------------------------------------------- Slurm 26.05: SLUIDs
+# cgroup/v2 job directories are named by the job's SLUID from 26.05.0 (cgroup_p_step_create in
+# src/plugins/cgroup/v2/cgroup_v2.c: "/%s" of print_sluid, unless cgroup.conf CgroupJobIdPaths=yes,
+# 26.05.2+); the step directories below are unchanged (step_0, step_batch, step_extern).  A SLUID
+# is "s" and 13 characters of Crockford's base 32, the first 0-F (print_sluid, src/common/sluid.c).
+SLUID = "sEKNKTV3WPV500"  #: the example in Slurm 26.05's cgroup.conf(5)
+SLUID_B = "s0D4H7Q2ZZ1M9X"
+NO_SLUID = "s0000000000000"  #: a job without one (sluid 0): slurmd sets no SLURM_JOB_SLUID
+
+
+@pytest.mark.parametrize("text, node", [
+    (f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0/user/task_0\n", "n1"),
+    (f"0::/system.slice/slurmstepd.scope/{SLUID}\n", None),  # the job's own (extern)
+    (f"0::/system.slice/n1_slurmstepd.scope/{SLUID}/step_batch/user/task_0\n", "n1"),
+    (f"0::/system.slice/slurmstepd.scope/{SLUID}/step_extern/slurm\n", "n1"),
+], ids=["v2-sluid", "v2-sluid-job-level", "v2-sluid-node-scope", "v2-sluid-extern"])
+def test_slurm_26_05_v2_cgroups_name_their_jobs_sluid(text, node):
+    assert parse_cgroup(text, node)[:2] == (SLUID, None)
+
+
+def test_a_sluid_with_a_legacy_number_or_zero_is_still_a_sluid():
+    # a job carried over from 25.05 state has its old db_index as SLUID (job_record.c); 0 = none
+    for sluid in ("s00000000001ZZ", NO_SLUID, "sFZZZZZZZZZZZZ"):  # old, none, largest
+        assert parse_cgroup(f"0::/system.slice/slurmstepd.scope/{sluid}/step_0\n", "n1")[0] == sluid
+
+
+@pytest.mark.parametrize("name", [
+    "sEKNKTV3WPV50",     # 13 characters
+    "sEKNKTV3WPV5000",   # 15
+    "SEKNKTV3WPV500",    # print_sluid's "s" is lower case
+    "sekNKTV3WPV500",    # and the rest upper case
+    "sEKNKTV3WPV5O0",    # O is not in Crockford's base 32 (nor I, L, U)
+    "sEKNKTV3WPVU00",
+    "sGKNKTV3WPV500",    # the first character carries 4 bits: 0-F
+    "sEKNKTV3WPV50_",
+    "job_sEKNKTV3WPV500",
+], ids=["short", "long", "upper-s", "lower-case", "letter-O", "letter-U", "top-over-F", "underscore",
+        "job_-prefix"])
+def test_a_name_that_only_looks_like_a_sluid_names_no_job(name):
+    assert jobprocs.is_sluid(SLUID) and jobprocs.parse_sluid(SLUID) == SLUID
+    text = f"0::/system.slice/slurmstepd.scope/{name}/step_0\n"
+    assert parse_cgroup(text, "n1") == (None, None, f"its cgroup is /system.slice/slurmstepd.scope/{name}/step_0")
+    assert not jobprocs.is_sluid(name) and jobprocs.parse_sluid(name) is None
+
+
+@pytest.mark.parametrize("path", [
+    f"/user.slice/user-1000.slice/user@1000.service/{SLUID}",  # the user's own delegated cgroup
+    f"/user.slice/user-1000.slice/user@1000.service/system.slice/slurmstepd.scope/{SLUID}",
+    f"/system.slice/slurmstepd.scope/system/{SLUID}",  # below Slurm's waiting area, not at the job level
+    f"/system.slice/n2_slurmstepd.scope/{SLUID}/step_0",  # another slurmd's
+    f"/system.slice/{SLUID}/step_0",
+], ids=["user-delegated", "layout-not-at-the-start", "under-system", "other-slurmd", "no-scope"])
+def test_a_sluid_outside_slurms_anchored_layout_names_no_job(path):
+    assert parse_cgroup(f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0\n", "n1")[0] == SLUID
+    assert parse_cgroup(f"0::{path}\n", "n1") == (None, None, f"its cgroup is {path}")
+
+
+def test_a_sluid_is_anchored_under_pid_1s_cgroup_in_a_container(tmp_path):
+    proc = fake(tmp_path, 4242, f"0::/kubepods/pod1/system.slice/slurmstepd.scope/{SLUID}/step_0\n")
+    fake(tmp_path, 1, "0::/kubepods/pod1/init.scope\n", uid=0)
+    assert owner_of(4242, proc, "n1")[0] == SLUID
+    assert parse_cgroup(f"0::/kubepods/pod1/system.slice/slurmstepd.scope/{SLUID}\n", "n1", "")[0] is None
+
+
+@pytest.mark.parametrize("cgroup, uid, kind, why", [
+    (f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0\n", 1000, MINE,
+     f"its cgroup is /system.slice/slurmstepd.scope/{SLUID}/step_0"),
+    (f"0::/system.slice/n1_slurmstepd.scope/{SLUID}/step_batch/user/task_0\n", 1000, MINE,
+     f"its cgroup is /system.slice/n1_slurmstepd.scope/{SLUID}/step_batch/user/task_0"),
+    (f"0::/system.slice/slurmstepd.scope/{SLUID_B}/step_0\n", 1000, OTHER,
+     f"belongs to job {SLUID_B}: its cgroup is /system.slice/slurmstepd.scope/{SLUID_B}/step_0"),
+    (f"0::/system.slice/slurmstepd.scope/{NO_SLUID}/step_0\n", 1000, OTHER,
+     f"belongs to job {NO_SLUID}: its cgroup is /system.slice/slurmstepd.scope/"
+     f"{NO_SLUID}/step_0"),
+    (f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0\n", 0, STRAY,
+     f"is in job {SLUID}'s cgroup but runs as uid 0, not the job's uid 1000"),
+    # CgroupJobIdPaths=yes (or a step started before the upgrade): the numeric id still counts
+    ("0::/system.slice/slurmstepd.scope/job_5/step_0\n", 1000, MINE,
+     "its cgroup is /system.slice/slurmstepd.scope/job_5/step_0"),
+], ids=["mine", "mine-node-scope", "other-job", "no-sluid-job", "wrong-uid", "job-id-path"])
+def test_a_hook_with_slurm_job_sluid_matches_sluid_paths_by_it(tmp_path, cgroup, uid, kind, why):
+    proc = fake(tmp_path, 77, cgroup, uid=uid)
+    assert Judge("5", 1000, "n1", proc, SLUID).judge(77)[:3] == (kind, uid, why)
+
+
+def test_without_slurm_job_sluid_a_sluid_process_is_neither_the_jobs_nor_a_stray(tmp_path):
+    # a hook run by hand (SLURM_JOB_ID=5 slurm-mig epilog) has no SLURM_JOB_SLUID: the process
+    # may be job 5's (never ended as a stray) or another's (never taken for job 5's)
+    proc = fake(tmp_path, 77, f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0\n")
+    assert Judge("5", 1000, "n1", proc).judge(77) == (
+        OTHER, 1000, f"belongs to job {SLUID}, which this hook cannot tell from its own: slurmd gave "
+                     f"it no SLURM_JOB_SLUID: its cgroup is /system.slice/slurmstepd.scope/{SLUID}/step_0",
+        SLUID)
+
+
+@pytest.mark.parametrize("env, kind", [
+    ({"SLURM_JOB_SLUID": SLUID}, MINE),
+    ({"SLURM_JOB_SLUID": SLUID_B}, OTHER),
+    ({}, OTHER),
+    ({"SLURM_JOB_SLUID": SLUID.lower()}, OTHER),  # not as slurmd prints it: as if absent
+    ({"SLURM_JOB_SLUID": NO_SLUID}, OTHER),
+], ids=["its-sluid", "another-sluid", "none", "malformed", "zero"])
+def test_the_full_hooks_judge_takes_the_sluid_from_slurmd(tmp_path, env, kind):
+    from slurm_mig.hooks.full import _judge
+
+    proc = fake(tmp_path, 77, f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0\n")
+    judge = _judge({"SLURM_JOB_ID": "5", "SLURM_JOB_UID": "1000", **env}, "5", "n1", proc)
+    assert judge.judge(77)[0] == kind
+
+
+def test_the_fast_epilog_finds_a_process_left_in_the_jobs_sluid_cgroup(tmp_path):
+    from slurm_mig.hooks.fast import job_process
+
+    proc = fake(tmp_path, 77, f"0::/system.slice/slurmstepd.scope/{SLUID}/step_0/user/task_0\n")
+    fake(tmp_path, 78, f"0::/system.slice/slurmstepd.scope/{SLUID_B}/step_0\n")
+    fake(tmp_path, 79, f"0::/user.slice/user-1000.slice/user@1000.service/{SLUID}\n")
+    assert job_process("5", "n1", proc, SLUID) == 77
+    assert job_process("5", "n1", proc, SLUID_B) == 78
+    assert job_process("5", "n1", proc, "sZZZZZZZZZZZZZ") is None
+    assert job_process("5", "n1", proc) is None  # no SLUID: as the full epilog, which ends none

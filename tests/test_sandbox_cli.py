@@ -298,7 +298,9 @@ class TestRunningSandbox:
         print(proc.stdout.strip())
         sbx.slurm("scontrol", "update", "nodename=n2", "state=resume")
         assert dict(sbx.wait_idle()["n2"].gres) == {"3g.40gb": 2}
-        jobs = [sbx.sim_job("3g.40gb:1", "true", node="n2") for _ in range(2)]
+        # Long enough to overlap: a `true` job may end before the next is scheduled, which
+        # then gets the same record (seen once on 24.11).
+        jobs = [sbx.sim_job("3g.40gb:1", "sleep", "3", node="n2") for _ in range(2)]
         assert set(sbx.wait_jobs(jobs).values()) == {"COMPLETED"}
         assert sorted(sbx.seen(j)["instances"][0]["gi_id"] for j in jobs) == [1, 2]
         # `slurm-mig sync` reaches Slurm through the node's reconfigure_command (the sandbox's).

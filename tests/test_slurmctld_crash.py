@@ -311,10 +311,18 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
             with open(cluster.paths.gres_conf) as f:
                 assert [r.type for r in parse_gres_conf(f.read(), GNODE)] == ["3g.20gb"] * 2
 
-            # The crash's restart reconfigures (SandboxCluster.crash_slurmctld): slurmd rereads
-            # gres.conf and registers 3g.20gb against Gres=gpu:1g.5gb:7; slurmctld drains it.
-            reg = until("g1's registration refused", lambda: (lambda s: s if "INVALID_REG" in s.flags
-                        else None)(cluster.status()[GNODE]), timeout=10)
+            if cluster.version < (23, 11):
+                # The crash's restart reconfigures (SandboxCluster.crash_slurmctld, as the
+                # 22.05 stand-in does): slurmd rereads gres.conf and registers 3g.20gb against
+                # Gres=gpu:1g.5gb:7; slurmctld drains it.
+                reg = until("g1's registration refused", lambda: (lambda s: s if "INVALID_REG"
+                            in s.flags else None)(cluster.status()[GNODE]), timeout=10)
+            else:
+                # 23.11+: nothing rereads gres.conf on a restart (slurmd re-registers what it
+                # read at its start), so Slurm keeps the node in service with the old gres
+                # until the node's own sync --pending hands it over (next step).
+                reg = cluster.status()[GNODE]
+                assert reg.registered and not reg.drain_flagged, (reg.flags, reg.reason)
             print(f"\nafter the registration: {sorted(reg.flags)} {reg.reason!r}")
             caught = sync_pending()
             print(f"\nsync --pending after the crash: {caught['action']}")
@@ -328,7 +336,9 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
             assert len(server.done) == 1
 
             extra_now, drained, reason_now = c.node(GNODE)
-            assert not drained and reason_now == "", (drained, reason_now)
+            # 24.11 keeps the Reason of a resumed node (measured): only the drain flag counts.
+            assert not drained, (drained, reason_now)
+            assert reason_now == "" or cluster.version >= (23, 11), reason_now
             assert gres() == {"3g.20gb": 2}
             ch = parse_channel(extra_now, GNODE)
             assert ch.want == () and ch.applied is None and ch.have

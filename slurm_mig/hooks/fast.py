@@ -588,7 +588,7 @@ def epilog(environ, wipe_env: str, proc_root: str = "/proc") -> dict:
     reading = jobs.read_record(state_dir, job)
     if reading is not None and not reading.ok:
         raise Doubt("the job record is unreadable")
-    pid = job_process(job, node, proc_root)
+    pid = job_process(job, node, proc_root, jobprocs.parse_sluid(environ.get("SLURM_JOB_SLUID")))
     if pid is not None:
         raise Doubt(f"pid {pid} of the job is still in its cgroup")
     with node_lock(os.path.join(state_dir, "node.lock"), cfg["lock_timeout"]):
@@ -658,12 +658,14 @@ def _driver_check(cfg: dict, gpu: int, gi: int, ci: int, count: int) -> None:
                     f"{', '.join(map(str, pids))} on gpu {gpu} gi {gi}")
 
 
-def job_process(job: str, node: str | None, proc_root: str = "/proc") -> int | None:
+def job_process(job: str, node: str | None, proc_root: str = "/proc",
+                sluid: str | None = None) -> int | None:
     """A process in ``job``'s cgroup by Slurm's layout (:func:`slurm_mig.host.jobprocs.parse_cgroup`,
-    whatever its uid), or None.  The full epilog ends a process as the job's only when it is
-    in that cgroup, so with none there it would end none of the job's.  Reads each
-    process's ``cgroup`` file once (about 6 µs each); parses only those naming the job."""
-    needle = f"/job_{job}".encode()
+    whatever its uid; ``sluid``: the job's SLUID, named by cgroup/v2 paths from Slurm 26.05),
+    or None.  The full epilog ends a process as the job's only when it is in that cgroup, so
+    with none there it would end none of the job's.  Reads each process's ``cgroup`` file
+    once (about 6 µs each); parses only those naming the job."""
+    needles = [f"/job_{job}".encode()] + ([f"/{sluid}".encode()] if sluid else [])
     init = None
     try:
         names = os.listdir(proc_root)
@@ -677,12 +679,12 @@ def job_process(job: str, node: str | None, proc_root: str = "/proc") -> int | N
                 data = f.read()
         except OSError:
             continue  # ended since the listing, or not ours to read
-        if needle not in data:
+        if not any(needle in data for needle in needles):
             continue
         if init is None:
             init = jobprocs.init_dir(proc_root)
         owner = jobprocs.parse_cgroup(data.decode("utf-8", "replace"), node, init)[0]
-        if owner == job:
+        if owner is not None and owner in (job, sluid):
             return int(name)
     return None
 

@@ -64,9 +64,10 @@ def _node_gres(config, node: str) -> tuple:
 
 def _judge(environ: Mapping[str, str], job: str, node: str, proc_root: str):
     """How this job's hook tells its processes from others' and strays (:mod:`slurm_mig.host.jobprocs`)."""
-    from ..host.jobprocs import Judge, parse_uid
+    from ..host.jobprocs import Judge, parse_sluid, parse_uid
 
-    return Judge(job, parse_uid(environ.get("SLURM_JOB_UID")), node, proc_root)
+    return Judge(job, parse_uid(environ.get("SLURM_JOB_UID")), node, proc_root,
+                 parse_sluid(environ.get("SLURM_JOB_SLUID")))
 
 
 def _foreign_pids(pids: Sequence[int], judge) -> list[str]:

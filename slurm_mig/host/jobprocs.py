@@ -14,17 +14,26 @@ is one command), so that is never read.  What the user cannot change is:
     (the controllers Slurm manages: freezer, devices, ...) must have that form and name the
     same uid and job; lines of other controllers (``cpu:/``, ``name=systemd:/...``) are not
     Slurm's and say nothing.
-  - cgroup v2 (``src/plugins/cgroup/v2/cgroup_v2.c``, ``_set_int_cg_ns``): the single
-    ``0::`` line is ``<init>/system.slice/slurmstepd.scope/job_<id>[/...]``, or
+  - cgroup v2 (``src/plugins/cgroup/v2/cgroup_v2.c``, ``_set_int_cg_ns`` and
+    ``cgroup_p_step_create``): the single ``0::`` line is
+    ``<init>/system.slice/slurmstepd.scope/<job>[/...]``, or
     ``.../<node>_slurmstepd.scope/...`` with several slurmd; ``<init>`` is the directory
     of pid 1's cgroup when pid 1 is not at the root (a container), as Slurm computes it.
+    ``<job>`` is ``job_<id>`` up to 25.11 (and from 26.05.2 with cgroup.conf
+    ``CgroupJobIdPaths=yes``), and the job's **SLUID** from 26.05.0: ``s`` and 13
+    characters of Crockford's base 32, exactly as ``print_sluid`` (``src/common/sluid.c``)
+    prints it, such as ``sEKNKTV3WPV500``.  A SLUID is matched against the hook's
+    ``SLURM_JOB_SLUID`` (slurmd sets it for the prolog and epilog from 25.11 on, when the
+    job has one), never against ``SLURM_JOB_ID``: without it a process under a SLUID is
+    taken for another job's (left alone, refused), never this job's and never a stray.
 
 * its **real uid** (first field of ``Uid:`` in ``/proc/<pid>/status``): on v1 it must be
   the ``uid_<N>`` of the path; the hooks also check it against the job's uid that slurmd
   gives them (``SLURM_JOB_UID``).
 
 A path that only *contains* ``/job_200`` somewhere (``/user.slice/.../user@1000.service/job_200``,
-a cgroup the user may create under systemd's delegation) names no job.
+a cgroup the user may create under systemd's delegation) names no job; nor does a SLUID
+anywhere but right below the ``slurmstepd.scope`` of this node's slurmd.
 
 Stdlib only, no ``re`` and no ``typing`` at run time: the hooks import this on every job.
 """
@@ -38,6 +47,13 @@ if TYPE_CHECKING:
     from typing import Iterable
 
 _DIGITS = frozenset("0123456789")
+#: Crockford's base 32 as Slurm prints a SLUID (``cb32map`` in ``src/common/sluid.c``); the
+#: first character after the ``s`` carries the top 4 of the 64 bits, so it is one of the first 16.
+_CB32 = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_CB32_TOP = frozenset("0123456789ABCDEF")
+#: The SLUID of a job that has none (``sluid`` 0): slurmd sets no SLURM_JOB_SLUID then, and
+#: every such job on a node would share the one cgroup, so it never names *this* job.
+NO_SLUID = "s0000000000000"
 
 #: What :meth:`Judge.judge` says of a process.
 MINE = "mine"    #: in this job's cgroup, running as this job's uid
@@ -59,11 +75,27 @@ def _job_component(text: str) -> str | None:
     return None
 
 
+def is_sluid(text: str) -> bool:
+    """Whether ``text`` is a SLUID exactly as Slurm prints one (``print_sluid``): ``s``, then
+    13 characters of Crockford's base 32 in upper case, the first of them 0-F."""
+    return (len(text) == 14 and text[0] == "s" and text[1] in _CB32_TOP
+            and all(c in _CB32 for c in text[2:]))
+
+
+def parse_sluid(text: str | None) -> str | None:
+    """``SLURM_JOB_SLUID`` when it is a SLUID as slurmd prints it (and not :data:`NO_SLUID`),
+    else None: then a process under a SLUID path is never taken for this job's."""
+    return text if text is not None and is_sluid(text) and text != NO_SLUID else None
+
+
 # ----------------------------------------------------------------------------- pure
 
 
 def parse_cgroup(text: str, node: str | None = None, init: str = "") -> tuple:
-    """(job id, uid named by the path or None, why) from a ``/proc/<pid>/cgroup`` text.
+    """(job, uid named by the path or None, why) from a ``/proc/<pid>/cgroup`` text.
+
+    The job is its numeric id (digits), or on cgroup/v2 from Slurm 26.05 its SLUID
+    (``s...``, :func:`is_sluid`): the two never look alike.
 
     ``node``: this node's name (``SLURMD_NODENAME``), for the prefixes of several slurmd on
     one host; ``init``: pid 1's cgroup directory (:func:`init_dir`), v2's anchor.  The job
@@ -122,6 +154,8 @@ def _parse_v2(path: str, node: str | None, init: str) -> tuple:
         parts = path[len(head):].split("/")
         if len(parts) >= 2 and parts[0] in scopes:
             job = _job_component(parts[1])
+            if job is None and is_sluid(parts[1]):
+                job = parts[1]  # Slurm 26.05: the job's SLUID
             if job is not None:
                 return job, None, f"its cgroup is {path}"
     return None, None, f"its cgroup is {path}"
@@ -191,12 +225,17 @@ def parse_uid(text: str | None) -> int | None:
 
 class Judge:
     """How one job's hook sees the processes on MIG instances (:func:`owner_of`, then the
-    job's uid from slurmd, ``SLURM_JOB_UID``)."""
+    job's uid from slurmd, ``SLURM_JOB_UID``).  ``sluid``: the job's SLUID from slurmd
+    (``SLURM_JOB_SLUID`` through :func:`parse_sluid`), matched against cgroup paths that
+    name a SLUID (cgroup/v2 from Slurm 26.05); paths with ``job_<id>`` are matched against
+    ``job``."""
 
-    __slots__ = ("job", "uid", "node", "proc_root", "_init")
+    __slots__ = ("job", "uid", "node", "proc_root", "sluid", "_init")
 
-    def __init__(self, job: str, uid: int | None, node: str | None, proc_root: str = "/proc"):
+    def __init__(self, job: str, uid: int | None, node: str | None, proc_root: str = "/proc",
+                 sluid: str | None = None):
         self.job, self.uid, self.node, self.proc_root = job, uid, node, proc_root
+        self.sluid = sluid
         self._init: str | None = None
 
     def judge(self, pid: int) -> tuple:
@@ -208,7 +247,12 @@ class Judge:
             return GONE, None, "is not in /proc (ended, or in another pid namespace)", None
         if job is None:
             return STRAY, uid, f"belongs to no Slurm job: {why}", None
-        if job != self.job:
+        if job.startswith("s") and self.sluid is None:
+            # Taken for another job's: it may be this job's, so it is never ended as a stray,
+            # and it may be another's, so it is never this job's.
+            return OTHER, uid, (f"belongs to job {job}, which this hook cannot tell from its "
+                                f"own: slurmd gave it no SLURM_JOB_SLUID: {why}"), job
+        if job != (self.sluid if job.startswith("s") else self.job):
             return OTHER, uid, f"belongs to job {job}: {why}", job
         if self.uid is None:
             return STRAY, uid, (f"is in job {job}'s cgroup but the hook has no SLURM_JOB_UID to "

@@ -256,7 +256,8 @@ def wait_applied(channel: ExtraChannel, slurm: SlurmClient, names: Sequence[str]
         except SlurmError:
             states = {}
         for n, st in states.items():
-            if reasons.is_node_failure(st.reason):
+            # drain_flagged: since 23.11 (measured on 24.11) a resume keeps the old Reason
+            if st.drain_flagged and reasons.is_node_failure(st.reason):
                 left.discard(n)
                 failed.append(n)
         for n in sorted(left):

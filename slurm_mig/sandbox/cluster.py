@@ -475,13 +475,18 @@ class SandboxCluster:
         behaviour: nothing is restarted, and a refused change ends in a timeout).  A refused
         count in the log also restarts it; if nodes are still not registered with their
         configured gres after a while, slurmctld and then the stale slurmds are restarted.
-        The result names every restart.
+        On 23.11+ none of that: the release's own reconfigure, then the wait (a layout it
+        does not apply ends in a timeout).  The result names every restart.
         """
         t0 = time.monotonic()
         restarted: List[str] = []
         layout = self._layout_signature()
         if restart_controller is None:
-            restart_controller = layout != self._loaded_layout and self.version < (23, 11)
+            # 23.11+: the release's own reconfigure restarts the daemons (measured on 24.11
+            # and 26.05: new counts and types applied); nothing else is done for it, so a
+            # reconfigure that does not apply a layout fails here instead of being helped.
+            restart_controller = (layout != self._loaded_layout if self.version < (23, 11)
+                                  else False)
         offset = os.path.getsize(self.paths.ctld_log) if os.path.exists(self.paths.ctld_log) else 0
         self.command(["scontrol", "reconfigure"], timeout=30)
         self._wait_controller(15)
@@ -558,6 +563,14 @@ class SandboxCluster:
             # The nodes stay UNKNOWN until they next register (~4 s); a reconfigure makes
             # them register now.  (Since 23.11 it would restart the daemons once more.)
             self.command(["scontrol", "reconfigure"], timeout=30, check=False)
+        else:
+            # 24.11 keeps a node UNKNOWN(+DRAIN) until its slurmd answers slurmctld's first
+            # ping, and refuses `state=resume` until then ("Invalid node state specified",
+            # measured); callers expect the nodes back as they were saved, so wait for them.
+            t0 = time.monotonic()
+            self.wait_nodes(lambda st: all(n in st and st[n].base != "unknown" for n in self.nodes),
+                            60, "every node registered again after a slurmctld restart")
+            self.timings["nodes back after a slurmctld restart"] = round(time.monotonic() - t0, 2)
 
     def restart_slurmd(self, node: str) -> None:
         if node in self._slurmds:

@@ -11,7 +11,7 @@ run by the test at the moment it wants, as a node's timer would at that moment.
 * cycle 2: its ``reconfigure_command`` first runs n1's ``sync --pending`` (n1's timer firing
   between the include write and the reconfigure, the window of issue 10), then does what
   etc/slurm-mig-reconfigure does (``scontrol reconfigure``, restart slurmctld, wait for
-  ``scontrol ping``).  That reconfigure sets n1 INVALID (its new gres.conf, its old
+  ``scontrol ping``; from 23.11 ``scontrol reconfigure`` alone), or the sandbox's own.  That reconfigure sets n1 INVALID (its new gres.conf, its old
   ``Gres=``); the cycle sees n1's ``applied`` right after it, writes n1's ``Gres=`` and
   reconfigures once more; n2 and n1 are both resumed and the 3g job runs.
 
@@ -99,9 +99,13 @@ class Reconfigurer:
                 try:
                     if first:
                         self.before_first()
-                    if self.stand_in == "ping":  # etc/slurm-mig-reconfigure
+                    if self.stand_in == "site":  # what a site runs (docs/sync.md)
                         cluster.command(["scontrol", "reconfigure"], timeout=30)
-                        cluster.restart_slurmctld()  # waits for `scontrol ping`
+                        if cluster.version < (23, 11):  # etc/slurm-mig-reconfigure's restart
+                            cluster.restart_slurmctld()  # waits for `scontrol ping`
+                        else:
+                            until("slurmctld answering", lambda: cluster.command(
+                                ["scontrol", "ping"], timeout=10, check=False).returncode == 0)
                     else:  # the sandbox's: waits for every node registered as configured
                         self.sbx.adopt_files()
                         cluster.reconfigure(timeout=15)
@@ -115,7 +119,8 @@ class Reconfigurer:
                     st = until(f"{n} {'INVALID_REG' if first else 'registered'} after the "
                                f"reconfigure", lambda: (lambda s: s if n in s and (
                                    "INVALID_REG" in s[n].flags if first else s[n].registered)
-                                   else None)(cluster.status()))
+                                   else None)(cluster.status()),
+                               30 if cluster.version < (23, 11) or not first else 10)
                     self.late_after.append(frozenset(st[n].flags))
                     self.late_reasons.append(st[n].reason)
                 except AssertionError as err:
@@ -127,12 +132,13 @@ class Reconfigurer:
         self.sock.close()
 
 
-@pytest.mark.parametrize("stand_in", ["ping", "every-node"])
+@pytest.mark.parametrize("stand_in", ["site", "every-node"])
 def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node(tmp_path, stand_in):
-    """(n1 below is whichever node cycle 1 changed, n2 the other.)  ``stand_in``: the 22.05
-    reconfigure: ``ping`` as etc/slurm-mig-reconfigure (restart, wait for `scontrol ping`:
-    it succeeds with n1 INVALID), ``every-node`` as the sandbox's (waits for every node to
-    register as configured: n1 INVALID makes it fail, as in issue 10)."""
+    """(n1 below is whichever node cycle 1 changed, n2 the other.)  ``stand_in``: ``site``
+    as a site's command (before 23.11 etc/slurm-mig-reconfigure: reconfigure, restart, wait
+    for `scontrol ping`; it succeeds with n1 INVALID; from 23.11 `scontrol reconfigure`),
+    ``every-node`` as the sandbox's (waits for every node to register as configured: on
+    22.05 n1 INVALID makes it fail, as in issue 10)."""
     catalog = load_catalog()
     with sandbox("sbx-late-", GPUS, LAYOUTS) as sbx:
         cluster = sbx.cluster
@@ -186,7 +192,8 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
             # saved until the slurmds register again); the one for sites never does.
             assert not failed_first or stand_in == "every-node", failed_first
             assert len(late_runs) == 1 and late_runs[0]["applied"]  # it applied in the window
-            assert "INVALID_REG" in server.late_after[0]  # what issue 10 saw
+            if cluster.version < (23, 11):  # measured on 22.05 (issue 10); printed elsewhere
+                assert "INVALID_REG" in server.late_after[0]
             assert second["changed"] == [] and second["failed"] == []
             assert second["reconfigures"] == 2 and "INVALID_REG" not in server.late_after[1]
             assert server.late_after[1] == frozenset({"DRAIN"})  # registered, before the resume

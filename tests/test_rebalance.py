@@ -11,8 +11,9 @@ import pytest
 
 from slurm_mig.app.render import rebalance_text
 from slurm_mig.change.channel import (Channel, ChannelError, MemoryExtra, format_channel,
-                                      parse_channel)
-from slurm_mig.change.reasons import applied as applied_reason, node_failed as node_failure_reason
+                                      have_counts, parse_channel)
+from slurm_mig.change.reasons import applied as applied_reason, new_layout, node_failed as node_failure_reason
+from slurm_mig.core.catalog import load_catalog
 from slurm_mig.core.errors import ApplyRefused, ConfigError, LockBusy, SlurmError, SlurmUnreadable
 from slurm_mig.host.config import parse_config
 from slurm_mig.host.locking import node_lock
@@ -40,6 +41,13 @@ class FakeSlurm:
     gres change only on ``reconfigure``, from its ``Gres=`` in the node ``include`` file;
     nodes in ``stale`` keep their old gres then (not registering).  ``fail``/``crash``: op ->
     call numbers (1-based) that raise SlurmError / :class:`Crash`.
+
+    ``gresconf`` (None: not modelled): node -> the gres counts its gres.conf says, which its
+    slurmd reports on ``reconfigure``; one that disagrees with the node's ``Gres=`` is set
+    ``INVALID_REG`` as slurmctld does (drained with a ``gres/`` reason if it was not).
+    ``hooks``: (when, op, call number) -> function, ``when`` "before" or "after" the call;
+    the reader's ``nodes()`` is op "read": what another host does at that exact step.
+    ``includes``: the ``Gres=`` of each node in the include at each ``reconfigure``.
     """
 
     def __init__(self, channel: MemoryExtra, nodes, jobs=(), include=None):
@@ -52,11 +60,20 @@ class FakeSlurm:
         self.fail = {}
         self.crash = {}
         self.stale = set()
+        self.gresconf = None
+        self.hooks = {}
+        self.includes = []
         self.client = FakeClient(self)
+
+    def _hook(self, when, op):
+        fn = self.hooks.get((when, op, self.count.get(op, 0)))
+        if fn is not None:
+            fn()
 
     def _call(self, op, *args):
         self.calls.append((op, *args))
         self.count[op] = self.count.get(op, 0) + 1
+        self._hook("before", op)
         if self.count[op] in self.crash.get(op, ()):
             raise Crash(op)
         if self.count[op] in self.fail.get(op, ()):
@@ -68,6 +85,13 @@ class FakeSlurm:
     def nodes(self, names=None):
         return {n: replace(i, extra=self.channel.read(n)) for n, i in self.infos.items()
                 if names is None or n in names}
+
+    def read(self, names=None):
+        """The rebalance reader's ``nodes()`` (op "read", hooks after it returned)."""
+        self.count["read"] = self.count.get("read", 0) + 1
+        out = self.nodes(names)
+        self._hook("after", "read")
+        return out
 
     def drain(self, node, reason):
         self._call("drain", node, reason)
@@ -87,6 +111,20 @@ class FakeSlurm:
                 name = pairs.get("NodeName")
                 if name in self.infos and name not in self.stale:
                     self.infos[name] = replace(self.infos[name], gres=parse_gres(pairs.get("Gres", "")))
+        self.includes.append(_gres_in_include(self))
+        for name, counts in sorted((self.gresconf or {}).items()):
+            i = self.infos[name]
+            flags = set(i.flags) - {"INVALID_REG"}
+            reason = i.reason
+            if counts != i.gres:  # slurmd reports its gres.conf; slurmctld keeps Gres=
+                flags |= {"INVALID_REG"}
+                if "DRAIN" not in flags:
+                    flags |= {"DRAIN"}
+                    reason = (f"gres/gpu count reported lower than configured "
+                              f"({sum(counts.values())} < {sum(i.gres.values())})")
+            self.infos[name] = replace(i, flags=tuple(sorted(flags)), reason=reason,
+                                       state="drained" if "DRAIN" in flags else i.state)
+        self._hook("after", "reconfigure")
 
     def reasons(self):
         return {n: i.reason for n, i in self.infos.items()}
@@ -148,6 +186,8 @@ def node_applies(cluster: FakeSlurm, node: str) -> None:
     ch = parse_channel(cluster.channel.read(node))
     have = tuple((g, "A100-40GB", layout) for g, layout in ch.want)
     cluster.channel.write(node, format_channel(ch.applied_as(have)))
+    if cluster.gresconf is not None:
+        cluster.gresconf[node] = have_counts(ch.applied_as(have), load_catalog())
     cluster.drain(node, applied_reason(ch.cycle, "..."))
 
 
@@ -174,9 +214,22 @@ def clock():
     return Clock()
 
 
+class Reader:
+    """The rebalance reader's view of a FakeSlurm (reads counted, hooks run)."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def pending_jobs(self):
+        return self.cluster.pending_jobs()
+
+    def nodes(self, names=None):
+        return self.cluster.read(names)
+
+
 def _run(config, cluster, clock=None, **kw):
     clock = clock or Clock()
-    return rebalance(config, cluster, cluster.client, cluster.channel, clock=clock,
+    return rebalance(config, Reader(cluster), cluster.client, cluster.channel, clock=clock,
                      sleep=clock.sleep, poll=1.0, **kw).as_dict()
 
 
@@ -647,7 +700,8 @@ def test_dry_run_says_which_nodes_it_would_finish(config, cluster):
 def test_result_keys_are_stable(config, cluster):
     result = _run(config(), cluster)
     assert sorted(result) == ["actions", "changed", "cycle", "dry_run", "explain", "failed",
-                              "finished", "notes", "plan", "reconfigured", "resumed", "wait"]
+                              "finished", "notes", "plan", "reconfigured", "reconfigures", "resumed",
+                              "wait"]
     assert sorted(result["wait"]) == ["applied", "failed", "pending", "seconds"]
     assert sorted(result["changed"][0]) == ["node", "reason", "want"]
 
@@ -848,3 +902,147 @@ def test_reading_the_nodes_again_after_the_wait_failing_is_a_note_not_exit_9(con
     with open(cfg.rebalance.state_file) as f:
         assert json.load(f)["last"]["cycle"] == 1
     assert _run(cfg, cluster, Clock())["finished"] == ["n1"]  # the next cycle finishes it
+
+
+# ----------------------------------------------------------------------------- a late apply
+# Issue 10: n1's want is from cycle 1, whose wait ended before n1's timer ran; cycle 2
+# finishes n2.  n1's `sync --pending` runs at one exact step of cycle 2 (a hook in the fake),
+# and the fake models gres.conf: a reconfigure while n1's gres.conf is new and its Gres= old
+# sets n1 INVALID_REG, as slurmctld did.
+
+
+def _n1_late(cluster):
+    """n1: cycle 1's want, drained by rebalance, not applied yet; n2: applied cycle 2's."""
+    cluster.gresconf = {"n1": {"1g.5gb": 7}, "n2": {"1g.5gb": 7}}
+    _applied(cluster, "n2", cycle=2)
+    cluster.channel.write("n1", format_channel(Channel(have=OLD_HAVE, want=((0, TWO_3G),), cycle=1)))
+    cluster.drain("n1", new_layout(1, "3g.20gb:2 on gpu 0"))
+    cluster.jobs = []
+    cluster.calls.clear()
+    cluster.channel.writes.clear()
+
+
+def _no_node_drained(cluster):
+    return {n: i.flags for n, i in cluster.infos.items() if "DRAIN" in i.flags} == {}
+
+
+NEW_BOTH = {"n1": "gpu:3g.20gb:2", "n2": "gpu:3g.20gb:2"}
+
+
+def test_late_apply_before_the_cycle_reads_slurm_is_finished_in_its_one_reconfigure(config, cluster):
+    """Interleaving (a) (already right before issue 10: kept as the reference)."""
+    _n1_late(cluster)
+    node_applies(cluster, "n1")
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1", "n2"] and cluster.count["reconfigure"] == 1
+    assert cluster.includes == [NEW_BOTH] and _no_node_drained(cluster)
+
+
+def test_late_apply_after_the_cycle_read_slurm_joins_the_include_before_the_reconfigure(
+        config, cluster):
+    """Interleaving (a'): n1 applies right after the cycle's first read of the nodes."""
+    _n1_late(cluster)
+    cluster.hooks[("after", "read", 1)] = lambda: node_applies(cluster, "n1")
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1", "n2"] and result["failed"] == []
+    assert cluster.count["reconfigure"] == 1 and cluster.includes == [NEW_BOTH]
+    assert _no_node_drained(cluster)
+    assert any("node n1: applied after this cycle read Slurm (seen before the include); joins" in a
+               for a in result["actions"])
+
+
+def test_late_apply_between_the_include_write_and_the_reconfigure_costs_one_more_reconfigure(
+        config, cluster):
+    """Interleaving (b): n1's gres.conf goes new just before the reconfigure, which sets it
+    INVALID; the cycle writes n1's Gres= and reconfigures once more before resuming anyone."""
+    _n1_late(cluster)
+    cluster.hooks[("before", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
+    result = _run(config(), cluster)
+    assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}, NEW_BOTH]
+    assert cluster.count["reconfigure"] == result["reconfigures"] == 2
+    assert result["finished"] == ["n1", "n2"]
+    assert result["failed"] == [] and _no_node_drained(cluster)
+    assert [c[0] for c in cluster.calls if c[0] in ("reconfigure", "resume")] == [
+        "reconfigure", "reconfigure", "resume", "resume"]  # nobody resumed between the two
+    assert "reconfigured twice" in rebalance_text(result)
+
+
+def test_late_apply_that_makes_the_reconfigure_command_fail_is_retried_once_with_it(config, cluster):
+    """Issue 10 as seen: the 22.05 stand-in waits for every node, so n1 INVALID made the
+    reconfigure fail; the cycle finds n1's late apply and reconfigures again with it."""
+    _n1_late(cluster)
+    cluster.hooks[("before", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
+    cluster.fail = {"reconfigure": {1}}
+    result = _run(config(), cluster)
+    assert cluster.count["reconfigure"] == 2 and result["finished"] == ["n1", "n2"]
+    assert result["failed"] == [] and _no_node_drained(cluster)
+    assert cluster.includes[-1] == NEW_BOTH
+    assert any(a.startswith("slurm-mig rebalance: cycle 1: reconfigure failed: reconfigure: ")
+               and a.endswith("once more with n1, which applied meanwhile")
+               for a in result["actions"])
+
+
+def test_late_apply_right_after_the_reconfigure_is_finished_by_the_same_cycle(config, cluster):
+    """Interleaving (c): n1 applies once slurmd has re-read (not INVALID, Slurm still old)."""
+    _n1_late(cluster)
+    cluster.hooks[("after", "reconfigure", 1)] = lambda: node_applies(cluster, "n1")
+    result = _run(config(), cluster)
+    assert cluster.count["reconfigure"] == 2 and result["finished"] == ["n1", "n2"]
+    assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}, NEW_BOTH]
+    assert _no_node_drained(cluster)
+
+
+def test_late_apply_during_registration_keeps_no_one_else_drained_and_the_next_cycle_finishes_it(
+        config, cluster):
+    """Later than the cycle's last look (n1 applies while n2 is being resumed): n2 resumes
+    now, n1 is finished by the next cycle with one reconfigure."""
+    _n1_late(cluster)
+    cluster.hooks[("before", "resume", 1)] = lambda: node_applies(cluster, "n1")
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n2"] and cluster.count["reconfigure"] == 1
+    assert "DRAIN" not in cluster.infos["n2"].flags
+    again = _run(config(), cluster)
+    assert again["finished"] == ["n1"] and cluster.count["reconfigure"] == 2  # one each
+    assert cluster.includes[-1] == NEW_BOTH and _no_node_drained(cluster)
+
+
+def test_a_node_that_never_applies_is_left_out_of_the_include_and_stays_waiting(config, cluster):
+    _n1_late(cluster)
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n2"] and cluster.count["reconfigure"] == 1
+    assert cluster.includes == [{"n1": "gpu:1g.5gb:7", "n2": "gpu:3g.20gb:2"}]
+    assert "INVALID_REG" not in cluster.infos["n1"].flags
+    assert parse_channel(cluster.channel.read("n1")).want  # still waits for its timer
+
+
+def test_a_node_slurmctld_set_invalid_for_its_gres_after_applying_is_finished(config, cluster):
+    """n1 applied late, a reconfigure saw its new gres.conf first, and slurmctld drained it
+    with its own reason (``gres/gpu count ...``, INVALID_REG): its Extra says applied, so
+    the next cycle finishes it rather than leaving it to an admin."""
+    _n1_late(cluster)
+    cluster.gresconf["n1"] = {"3g.20gb": 2}
+    cluster.channel.write("n1", format_channel(Channel(have=NEW_HAVE, applied=1)))
+    cluster.infos["n1"] = replace(cluster.infos["n1"], flags=("DRAIN", "INVALID_REG"),
+                                  reason="gres/gpu count reported lower than configured (2 < 7)")
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1", "n2"] and cluster.count["reconfigure"] == 1
+    assert cluster.includes == [NEW_BOTH] and _no_node_drained(cluster)
+    assert "INVALID_REG" not in cluster.infos["n1"].flags
+
+
+def test_a_healthy_node_is_resumed_as_soon_as_it_registers_while_another_stays_invalid(
+        config, cluster):
+    """Registration is per node: n2 resumes in the look that sees it registered, not after
+    n1's register_timeout (n1's gres.conf disagrees with its published layout)."""
+    _applied(cluster, "n1", "n2")
+    cluster.jobs = []
+    cluster.gresconf = {"n1": {"1g.5gb": 7}, "n2": {"3g.20gb": 2}}
+    drained_at_first_sleep = []
+    clock = Clock()
+    clock.on_sleep = lambda now: drained_at_first_sleep.append(
+        sorted(n for n, i in cluster.infos.items() if "DRAIN" in i.flags)) \
+        if not drained_at_first_sleep else None
+    result = _run(config(), cluster, clock)
+    assert drained_at_first_sleep == [["n1"]]
+    assert result["finished"] == ["n2"]
+    assert [(f["node"], f["step"]) for f in result["failed"]] == [("n1", "register")]

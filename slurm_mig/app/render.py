@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, Mapping
 
 
 def as_json(result: dict) -> str:
@@ -196,9 +197,17 @@ def rebalance_text(result: dict, explain: bool = False) -> str:
         failed = sorted({f["node"] for f in result["failed"]})
         out.append(f"{head} changed {names([c['node'] for c in result['changed']])}; finished "
                    f"{names(result['finished'])}; reconfigured "
-                   f"{'once' if result['reconfigured'] else 'no'}; resumed "
+                   f"{_reconfigured(result)}; resumed "
                    f"{names(result['resumed'])}; failed {names(failed)}{waited}{dry}")
     out += [f"note: {n}" for n in result["notes"]]
     if explain:
         out += [f"explain: {line}" for line in result["explain"]]
     return "\n".join(out)
+
+
+def _reconfigured(result: Mapping[str, Any]) -> str:
+    """``no``, ``once``, or ``twice`` (a late apply, docs/rebalance.md); old state files
+    (``--last``) have no ``reconfigures``."""
+    if not result["reconfigured"]:
+        return "no"
+    return "twice" if result.get("reconfigures", 1) > 1 else "once"

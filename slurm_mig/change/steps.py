@@ -188,9 +188,15 @@ def register_error(node: str, gres: str, timeout: float, seen: str) -> str:
 
 def wait_registered(slurm: SlurmClient, expected: Mapping[str, str], timeout: float, *,
                     clock: Callable[[], float], sleep: Callable[[float], None],
-                    poll: float) -> Dict[str, Tuple[bool, str]]:
+                    poll: float,
+                    on_registered: Optional[Callable[[str, str], None]] = None,
+                    ) -> Dict[str, Tuple[bool, str]]:
     """Look at the nodes (one ``scontrol show node`` a look) until each is registered with
     the gres counts of its expected ``Gres=`` value, or ``timeout`` seconds have passed.
+
+    Per node: ``on_registered(node, what slurmctld reports)`` runs as soon as that node
+    registered, in the look that saw it, so a caller resumes a healthy node at once, never
+    after the timeout of another that stays invalid (a late apply, docs/rebalance.md).
 
     Counts per type are enough with the files slurm-mig writes (types sorted alike in both
     files, docs/sync.md).  Returns node -> (registered, what slurmctld reports) or
@@ -202,6 +208,7 @@ def wait_registered(slurm: SlurmClient, expected: Mapping[str, str], timeout: fl
     left = set(want)
     seen: Dict[str, str] = {n: "slurmctld did not answer" for n in want}
     while left:
+        now_registered: List[str] = []
         try:
             status = slurm.nodes(sorted(left))
             for n in sorted(left):
@@ -209,9 +216,13 @@ def wait_registered(slurm: SlurmClient, expected: Mapping[str, str], timeout: fl
                 seen[n] = f"slurmctld reports {state_text(st)}"
                 if st is not None and st.registered and dict(st.gres) == want[n]:
                     left.discard(n)
+                    now_registered.append(n)
         except SlurmError as err:  # slurmctld may be restarting: look again
             for n in left:
                 seen[n] = f"last error: {one_line(err)}"
+        for n in now_registered:
+            if on_registered is not None:
+                on_registered(n, seen[n])
         if not left or clock() >= deadline:
             break
         sleep(max(0.0, min(poll, deadline - clock())))

@@ -12,7 +12,8 @@ The cycle (docs/rebalance.md)::
     save      cycle number and last-changed cycle per node in <rebalance.state_file>
     wait      up to [rebalance] apply_wait for the changed nodes' ``sync --pending``
     finish    for every node that applied: its Gres= in the node include, ONE reconfigure,
-              registration, resume (:mod:`slurm_mig.rebalance.finish`)
+              registration, resume (:mod:`slurm_mig.rebalance.finish`); the nodes read
+              again before the include and after the reconfigure (a late apply joins)
 
 The node applies its want with ``slurm-mig sync --pending`` (:mod:`slurm_mig.change.pending`) and
 hands back with ``applied:<cycle>`` in Extra; it never reconfigures Slurm: on Slurm < 23.11
@@ -96,8 +97,8 @@ def read_state(path: str) -> dict:
 
 
 #: What the state file keeps of a cycle's result, for `rebalance --last` (not the whole plan).
-LAST_KEYS = ("cycle", "dry_run", "changed", "resumed", "finished", "reconfigured", "failed",
-             "wait", "actions", "notes", "explain")
+LAST_KEYS = ("cycle", "dry_run", "changed", "resumed", "finished", "reconfigured", "reconfigures",
+             "failed", "wait", "actions", "notes", "explain")
 
 
 def _did_something(result: Mapping[str, Any]) -> bool:
@@ -357,6 +358,7 @@ class CycleResult:
             "resumed": list(self.resumed),
             "finished": list(self.done.finished),
             "reconfigured": self.done.reconfigured,
+            "reconfigures": self.done.reconfigures,
             "failed": list(self.done.failed),
             "wait": self.wait.as_dict(),
             "actions": list(self.actions),
@@ -397,16 +399,26 @@ def _ours(info: NodeInfo) -> bool:
     return info.drain_flagged and reasons.is_rebalance(info.reason)
 
 
+def _late_invalid(info: NodeInfo, ch: Optional[Channel]) -> bool:
+    """Drained by slurmctld itself for its gres count (``INVALID_REG``, ``gres/...``) while
+    its Extra says it applied a layout: a node whose gres.conf went new before its ``Gres=``
+    did (a late apply that a reconfigure saw first).  Finishing it is the cure."""
+    return (ch is not None and ch.applied is not None and not ch.want
+            and reasons.slurmctld_gres_drain(info.flags, info.reason))
+
+
 def _to_finish(infos: Mapping[str, NodeInfo], catalog: Catalog,
                names: Optional[AbstractSet[str]] = None) -> Dict[str, Tuple[Ready, str]]:
     """Nodes drained by rebalance, no want left, and a layout Slurm has not been told of."""
     out = {}
     for name, info in sorted(infos.items()):
-        if (names is not None and name not in names) or not _ours(info):
+        if names is not None and name not in names:
             continue
         try:
             ch = parse_channel(info.extra, name)
         except ChannelError:
+            continue
+        if not _ours(info) and not _late_invalid(info, ch):
             continue
         if ch is not None and ch.want:
             continue
@@ -538,6 +550,15 @@ def _wait(cy: Cycle, changes: Sequence[Change], catalog: Catalog,
     return waited, notes
 
 
+def _late(cy: Cycle, catalog: Catalog) -> Callable[[AbstractSet[str]], List[Ready]]:
+    """The finish step's re-read (docs/rebalance.md, "A late apply"): one ``sinfo`` of every
+    node; those ready to finish now that the step does not have yet."""
+    def late(known: AbstractSet[str]) -> List[Ready]:
+        found = _to_finish(cy.reader.nodes(), catalog)
+        return [r for n, (r, _) in sorted(found.items()) if n not in known]
+    return late
+
+
 def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     r = cy.config.rebalance
     last_changed: Dict[str, int] = dict(state["last_changed"])
@@ -568,7 +589,8 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
         waited, wait_notes = _wait(cy, changes, catalog, ready)
         notes += wait_notes
     done = finish(cy.config, cy.slurm, cy.channel, [ready[n][0] for n in sorted(ready)],
-                  cy.number, dry_run=cy.dry_run, clock=cy.clock, sleep=cy.sleep, poll=cy.poll)
+                  cy.number, late=_late(cy, catalog), dry_run=cy.dry_run, clock=cy.clock,
+                  sleep=cy.sleep, poll=cy.poll)
     return CycleResult(cy.number, cy.dry_run, changes, tuple(n for n, _ in sorted_.resume), done,
                        waited, tuple(actions) + done.actions, tuple(notes + list(the_plan.notes)),
                        the_plan)

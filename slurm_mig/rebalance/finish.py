@@ -12,6 +12,12 @@ lines, is drained, and says ``applied:<cycle>`` in its Extra; slurmctld still ha
     mark         the ``applied`` marker dropped from Extra (``have`` rewritten if lost)
     resume
 
+Mark and resume run per node, in the look that sees it registered: never held by another.
+Just before the include and just after the reconfigure the nodes are read again: a node
+that applied meanwhile (a late apply: it could only have made itself INVALID) joins, and
+after the reconfigure that costs one more include write and reconfigure, before anyone is
+checked or resumed (docs/rebalance.md, "A late apply").
+
 Which nodes (:func:`verdict`): drained with a reason starting ``slurm-mig rebalance`` and no
 want left.  With the marker, or a ``have`` that disagrees with Slurm's gres: finish.  A
 ``have`` that agrees and no marker: the change was cancelled (want cleared) or already
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..change import reasons
 from ..change.channel import Channel, ExtraChannel, format_channel, have_counts, parse_channel
@@ -54,16 +60,19 @@ class Ready:
 @dataclass(frozen=True)
 class FinishResult:
     """What the finish step did: ``finished`` (nodes resumed), ``reconfigured`` (whether the
-    command ran), ``failed`` ([{node, step, error}]) and ``actions`` (greppable lines)."""
+    command ran and its last run succeeded), ``reconfigures`` (how many times it ran),
+    ``failed`` ([{node, step, error}]) and ``actions`` (greppable lines)."""
 
     finished: Tuple[str, ...] = ()
     reconfigured: bool = False
     failed: Tuple[Dict[str, str], ...] = ()
     actions: Tuple[str, ...] = field(default=())
+    reconfigures: int = 0  #: times the command was run: 0, 1, or 2 after a late apply
 
     def as_dict(self) -> Dict[str, Any]:
         return {"finished": list(self.finished), "reconfigured": self.reconfigured,
-                "failed": list(self.failed), "actions": list(self.actions)}
+                "reconfigures": self.reconfigures, "failed": list(self.failed),
+                "actions": list(self.actions)}
 
 
 def verdict(info: NodeInfo, ch: Optional[Channel], catalog: Catalog) -> Tuple[str, str]:
@@ -83,25 +92,35 @@ def verdict(info: NodeInfo, ch: Optional[Channel], catalog: Catalog) -> Tuple[st
     return "resume", "drained by rebalance but no layout is waiting for it (a crash or a cleared want)"
 
 
+#: The re-read of the nodes (:func:`finish`'s ``late``): given the nodes already being
+#: finished, the nodes ready now that are not among them (a late apply); may raise.
+Late = Callable[[AbstractSet[str]], Sequence[Ready]]
+
+
 def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Sequence[Ready],
-           cycle: int, *, dry_run: bool = False, clock: Callable[[], float],
-           sleep: Callable[[float], None], poll: float) -> FinishResult:
+           cycle: int, *, late: Optional[Late] = None, dry_run: bool = False,
+           clock: Callable[[], float], sleep: Callable[[float], None],
+           poll: float) -> FinishResult:
     """Finish ``ready`` (see the module doc).  Never raises for a Slurm or file failure: that
     is what :attr:`FinishResult.failed` and the drain reasons are for; a crash (BaseException)
-    propagates."""
-    if not ready:
-        return FinishResult()
-    names = [r.name for r in ready]
+    propagates.
+
+    ``late`` re-reads the nodes twice (docs/rebalance.md, "A late apply"): just before the
+    include is written, and just after the reconfigure.  A node that applied since the cycle
+    read Slurm joins before the include; one that applied while the include was written or
+    Slurm reconfigured makes ONE more include write and reconfigure, for everyone, before
+    any node is checked or resumed.  Later than that, the next cycle finishes it."""
+    ready = list(ready)
     head = f"{REBALANCE}: cycle {cycle}:"
     if dry_run:
-        return FinishResult(finished=tuple(names), actions=tuple(
+        return FinishResult(finished=tuple(r.name for r in ready), actions=tuple(
             f"{head} node {r.name}: finish: Gres={r.gres or '(none)'}, reconfigure, resume "
             f"(dry run)" for r in ready))
     finished: List[str] = []
     failed: List[Dict[str, str]] = []
     actions: List[str] = []
 
-    def fail(nodes: List[str], step: str, err: BaseException) -> None:
+    def fail(nodes: Sequence[str], step: str, err: BaseException) -> None:
         reason = reasons.finish_failed(cycle, step, err)
         for n in nodes:
             failed.append({"node": n, "step": step, "error": one_line(err)})
@@ -113,47 +132,100 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
                 log.error("%s node %s: setting the drain reason failed too: %s", head, n,
                           one_line(drain_err))
 
-    def result(reconfigured: bool) -> FinishResult:
-        return FinishResult(tuple(finished), reconfigured, tuple(failed), tuple(actions))
+    def look_late(when: str) -> List[Ready]:
+        if late is None:
+            return []
+        known = frozenset(r.name for r in ready)
+        try:
+            found = [r for r in late(known) if r.name not in known]
+        except Exception as err:  # Slurm busy (a restart): the next cycle finds them
+            actions.append(f"{head} reading the nodes again {when} failed: {one_line(err)}; "
+                           f"a node that applied meanwhile is finished by the next cycle")
+            log.warning("%s", actions[-1])
+            return []
+        for r in found:
+            line = (f"{head} node {r.name}: applied after this cycle read Slurm (seen {when}); "
+                    f"joins this cycle's finish")
+            actions.append(line)
+            log.info("%s", line)
+        return found
 
-    paths = config.paths
-    try:
-        write_node_include(paths.node_gres_include, {r.name: r.gres for r in ready},
-                           lock_timeout=config.apply.lock_timeout)
-    except Exception as err:
-        fail(names, "writing the node include", err)
-        return result(False)
-    try:
-        slurm.reconfigure()
-    except Exception as err:
-        fail(names, "reconfigure", err)
-        return result(False)
-    actions.append(f"{head} reconfigured Slurm once for {', '.join(names)} "
-                   f"({' '.join(config.slurm.reconfigure_command)})")
-    seen = wait_registered(slurm, {r.name: r.gres for r in ready}, config.slurm.register_timeout,
-                           clock=clock, sleep=sleep, poll=poll)
-    for r in ready:
-        ok, text = seen[r.name]
-        if not ok:
-            fail([r.name], "register", SlurmError(text))
-            continue
+    reconfigures = 0
+    reconfigured = False
+
+    def tell_slurm() -> Optional[Tuple[str, BaseException]]:
+        """Every ``ready`` node's Gres= in the include, then the reconfigure."""
+        nonlocal reconfigures, reconfigured
+        reconfigured = False
+        try:
+            write_node_include(config.paths.node_gres_include, {r.name: r.gres for r in ready},
+                               lock_timeout=config.apply.lock_timeout)
+        except Exception as err:
+            return "writing the node include", err
+        reconfigures += 1
+        try:
+            slurm.reconfigure()
+        except Exception as err:
+            return "reconfigure", err
+        reconfigured = True
+        actions.append(f"{head} reconfigured Slurm {_times(reconfigures)} for "
+                       f"{', '.join(r.name for r in ready)} "
+                       f"({' '.join(config.slurm.reconfigure_command)})")
+        return None
+
+    def result() -> FinishResult:
+        return FinishResult(tuple(finished), reconfigured, tuple(failed), tuple(actions),
+                            reconfigures)
+
+    if not ready:  # no reconfigure, so nothing a late apply could break: the next cycle
+        return FinishResult()
+    ready += look_late("before the include")
+    error = tell_slurm()
+    if error is None or error[0] == "reconfigure":
+        # A node that wrote its gres.conf while Slurm was told may now be INVALID (its old
+        # Gres=, its new count): once more with it, for everyone, before anyone resumes.
+        more = look_late("after the reconfigure")
+        if more:
+            if error is not None:
+                actions.append(f"{head} reconfigure failed: {one_line(error[1])}; once more "
+                               f"with {', '.join(r.name for r in more)}, which applied meanwhile")
+                log.warning("%s", actions[-1])
+            ready += more
+            error = tell_slurm()
+    if error is not None:
+        fail([r.name for r in ready], *error)
+        return result()
+    by_name = {r.name: r for r in ready}
+
+    def registered(name: str, _text: str) -> None:  # each node as soon as it registered
+        r = by_name[name]
         try:
             _mark(channel, r)
         except Exception as err:
             fail([r.name], "clearing the applied marker in Extra", err)
-            continue
+            return
         try:
             slurm.resume(r.name)
         except Exception as err:  # the next cycle resumes it: drained by us, nothing left to do
             failed.append({"node": r.name, "step": "resume", "error": one_line(err)})
             actions.append(f"{head} node {r.name}: resume failed: {one_line(err)}; the "
                            f"next cycle resumes it")
-            continue
+            return
         finished.append(r.name)
         line = f"{head} node {r.name}: finished: Gres={r.gres or '(none)'} registered; resumed"
         actions.append(line)
         log.info("%s", line)
-    return result(True)
+
+    seen = wait_registered(slurm, {r.name: r.gres for r in ready}, config.slurm.register_timeout,
+                           clock=clock, sleep=sleep, poll=poll, on_registered=registered)
+    for name, (ok, text) in seen.items():
+        if not ok:
+            fail([name], "register", SlurmError(text))
+    return result()
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "again (late apply)"
 
 
 def _mark(channel: ExtraChannel, r: Ready) -> None:

@@ -131,6 +131,7 @@ class HostDeviceNodes:
         return "mknod"
 
     def _run_modprobe(self, node: WantedNode) -> None:
+        assert self.modprobe is not None  # make() asks only then
         argv = [self.modprobe, "-f", node.access]
         self.modprobe_calls.append(tuple(argv))
         try:

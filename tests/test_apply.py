@@ -608,7 +608,7 @@ def test_result_as_dict_has_stable_keys(node):
     result = node.apply(0, L("7g.40gb@0"))
     assert list(result.as_dict()) == [
         "gpu", "uuid", "model", "wanted", "before", "after", "steps", "blocked",
-        "blocked_creates", "changed", "resumed", "partial", "dry_run", "warnings",
+        "blocked_creates", "changed", "resumed", "partial", "dry_run", "warnings", "cap_files",
     ]
     assert result.as_dict()["steps"] == [
         {"action": "create", "profile": "7g.40gb", "start": 0, "gi_id": 0, "recovery": False}

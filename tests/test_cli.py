@@ -132,7 +132,8 @@ def test_apply_busy_instance_refuses_exit_5_then_partial_exit_6(cli, node_config
     assert sorted(result) == ["blocked", "dry_run", "gpus", "warnings"]
     gpu = result["gpus"][0]
     assert sorted(gpu) == sorted(["gpu", "uuid", "model", "wanted", "before", "after", "steps", "blocked",
-                                  "blocked_creates", "changed", "resumed", "partial", "dry_run", "warnings"])
+                                  "blocked_creates", "changed", "resumed", "partial", "dry_run", "warnings",
+                                  "cap_files"])
     assert gpu["blocked"] == [{"profile": "1g.10gb", "start": 0, "gi_id": first["gi_id"], "pids": [4242], "jobs": []}]
     assert gpu["after"] == "1g.10gb@0,3g.40gb@4"
 

@@ -363,11 +363,18 @@ def test_a_config_cache_of_another_owner_is_not_trusted(warm, capsys):
 
 def test_missing_device_file_falls_back_to_exit_4(warm, capsys):
     rec = warm.records()[2]
-    os.unlink(rec.files[2])
+    os.unlink(rec.files[0])  # /dev/nvidia<N>: the driver's; the full path cannot make it
     env = warm.env("39", "2")
-    code, err = _expect_full(warm, "prolog", env, capsys, f"{rec.files[2]} is missing")
-    assert code == 4 and f"device file(s) {rec.files[2]} missing" in one_error_line(err, "39")
+    code, err = _expect_full(warm, "prolog", env, capsys, f"{rec.files[0]} is missing")
+    assert code == 4 and f"device file(s) {rec.files[0]} missing" in one_error_line(err, "39")
     assert full_only(warm, "prolog", env, capsys) == (code, err)
+
+
+def test_missing_cap_file_falls_back_to_the_full_path_which_makes_it(warm, capsys):
+    rec = warm.records()[2]
+    os.unlink(rec.files[2])
+    code, _ = _expect_full(warm, "prolog", warm.env("39", "2"), capsys, f"{rec.files[2]} is missing")
+    assert code == 0 and os.path.exists(rec.files[2])
 
 
 def test_instance_held_by_another_job_falls_back_to_exit_5(warm, capsys):

@@ -266,10 +266,17 @@ def test_gres_conf_that_no_longer_matches_the_gpu_is_refused(node, cli, capsys):
 
 def test_missing_device_files_are_exit_4(node, capsys):
     rec = node.records()[2]
-    os.unlink(rec.files[2])
+    os.unlink(rec.files[0])  # /dev/nvidia<N>: the driver's, not made by slurm-mig
     code, _, err = run(node, "prolog", node.env("48", "2"), capsys)
     assert code == 4
-    assert f"device file(s) {rec.files[2]} missing" in one_error_line(err, "48")
+    assert f"device file(s) {rec.files[0]} missing" in one_error_line(err, "48")
+
+
+def test_prolog_makes_a_missing_cap_file_again(node, capsys):
+    rec = node.records()[2]
+    os.unlink(rec.files[2])  # /dev/nvidia-caps/nvidia-cap<N>: the prolog's repair makes it
+    assert run(node, "prolog", node.env("48", "2"), capsys)[0] == 0
+    assert os.path.exists(rec.files[2])
 
 
 def test_instance_held_by_another_job_is_refused(node, capsys):

@@ -183,8 +183,11 @@ def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all
         found = backend.instances(info.index)
         busy = [Instance.of(model.profile(m.profile_id), m.start) for m in found if m.busy]
         wanted[info.index] = parse_layout(text, model, current=current_layout(model, found), busy=busy)
+    from ..host.devnodes import device_nodes
+
     results = apply_node(backend, wanted, state_dir=config.paths.state_dir, partial=partial,
-                         dry_run=dry_run, lock_timeout=config.apply.lock_timeout)
+                         dry_run=dry_run, lock_timeout=config.apply.lock_timeout,
+                         devices=device_nodes(config))
     gpus = [r.as_dict() for r in results]
     return {"dry_run": dry_run, "gpus": gpus,
             "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus),

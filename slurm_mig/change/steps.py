@@ -158,8 +158,10 @@ def apply_layouts(config: Config, backend: JobAwareBackend,
                   wanted: Mapping[int, Layout]) -> List[ApplyResult]:
     """The apply engine on an idle, drained node: ``partial`` off, so a busy instance (a
     stray process, a stale job record) refuses the change instead of half-doing it."""
+    from ..host.devnodes import device_nodes
+
     return apply_node(backend, dict(wanted), state_dir=config.paths.state_dir, partial=False,
-                      lock_timeout=config.apply.lock_timeout)
+                      lock_timeout=config.apply.lock_timeout, devices=device_nodes(config))
 
 
 def apply_summary(results: Sequence[ApplyResult]) -> str:

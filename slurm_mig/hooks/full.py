@@ -115,6 +115,8 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
     minors = read_mig_minors(mig_proc)
     reverse = reverse_minors(minors)
     state_dir = config.paths.state_dir
+    from ..node.capfiles import keep_cap_files
+    backend = keep_cap_files(backend, config)  # each listed or created instance's /dev/nvidia-caps files
     with node_lock(os.path.join(state_dir, "node.lock"), config.apply.lock_timeout):
         boot = boot_id(proc_root)
         held = holders(state_dir, boot)

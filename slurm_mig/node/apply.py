@@ -169,6 +169,7 @@ class ApplyResult:
     partial: bool = False  #: the wanted layout was only partly reached (see ``blocked``)
     dry_run: bool = False
     warnings: Tuple[str, ...] = ()
+    cap_files: Optional[dict] = None  #: what the cap-file pass did (None: not run)
 
     def as_dict(self) -> dict:
         """Plain data with stable keys, for ``--json``."""
@@ -195,6 +196,7 @@ class ApplyResult:
             "partial": self.partial,
             "dry_run": self.dry_run,
             "warnings": list(self.warnings),
+            "cap_files": self.cap_files,
         }
 
 
@@ -343,11 +345,16 @@ def apply_node(
     partial: bool = False,
     dry_run: bool = False,
     lock_timeout: Optional[float] = 60,
+    devices=None,
 ) -> List[ApplyResult]:
     """Apply a layout to each GPU of ``wanted_by_gpu`` under the node lock, by GPU index.
 
     Without ``partial``, every GPU is checked first and a busy instance on any of
     them refuses the whole node before anything changes.  A dry run takes no lock.
+    ``devices`` (:class:`slurm_mig.host.devnodes.DeviceNodes`): afterwards, still under the
+    lock, every instance of these GPUs gets its ``/dev/nvidia-caps`` files
+    (:func:`slurm_mig.node.capfiles.ensure_cap_files`); what it made or could not fix is in
+    each GPU's ``cap_files`` and ``warnings``.
     """
     gpus = sorted(wanted_by_gpu)
     backend = _job_aware(backend, state_dir)
@@ -365,7 +372,24 @@ def apply_node(
             if refusals:
                 raise _refused(backend, "; ".join(refusals) + f"; nothing was changed; {FIX_BLOCKED}",
                                blocked)
-        return [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, partial=partial) for g in gpus]
+        results = [apply_gpu(backend, g, wanted_by_gpu[g], state_dir=state_dir, partial=partial)
+                   for g in gpus]
+        if devices is None:
+            return results
+        return [_with_cap_files(devices, backend, r) for r in results]
+
+
+def _with_cap_files(devices, backend, result: ApplyResult) -> ApplyResult:
+    """One GPU's result with its cap files made right (after the apply, under the lock)."""
+    from .capfiles import ensure_cap_files
+
+    try:
+        report = ensure_cap_files(devices, backend, [result.gpu])
+    except SlurmMigError as err:
+        raise _with_context(err, f"{err} (gpu {result.gpu}: the layout {result.after} was applied; "
+                            f"its device files were not all made)") from err
+    return replace(result, cap_files=report.as_dict(),
+                   warnings=result.warnings + tuple(report.warnings()))
 
 
 # ----------------------------------------------------------------------------- internals

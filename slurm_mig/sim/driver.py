@@ -24,7 +24,8 @@ above it must cope with it:
   ``driver/nvidia/version``, ``driver/nvidia/gpus/<bus id>/information`` (model,
   UUID, bus, device minor), ``driver/nvidia/capabilities/mig/{config,monitor}`` and, for
   each created instance, ``capabilities/gpu<minor>/mig/gi<G>/access`` and
-  ``.../gi<G>/ci<C>/access`` (``DeviceFileMinor:``, as the MIG user guide shows them).
+  ``.../gi<G>/ci<C>/access`` (``DeviceFileMinor:``, as the MIG user guide shows them), and
+  ``devices`` with the ``nvidia-caps`` major the simulated cap files carry.
   An entry made again is a new file (a new inode and modification time), as a procfs
   entry the driver removes and creates again is a new inode; one that did not change is
   left alone.  The hooks' fast path trusts only these facts (docs/hooks.md), never the
@@ -67,6 +68,10 @@ CAPS_MAJOR = 511  # any major works for the device cgroup; the real one is dynam
 #: What the simulated driver calls itself in ``<root>/proc/driver/nvidia/version``.
 DRIVER_VERSION_TEXT = ("NVRM version: slurm-mig simulated driver (an NVIDIA UNIX Open Kernel "
                        "Module look-alike)  580.82.07  Release Build\n")
+#: ``/proc/devices`` as a loaded driver leaves it: the majors of its character devices.
+PROC_DEVICES_TEXT = (f"Character devices:\n  1 mem\n  5 /dev/tty\n{NVIDIA_MAJOR} nvidia\n"
+                     f"235 nvidia-uvm\n{CAPS_MAJOR} nvidia-caps\n\n"
+                     f"Block devices:\n  7 loop\n  8 sd\n")
 #: DeviceFileMode of the MIG capability files, as the driver reports them (0444, in decimal).
 CAP_FILE_MODE = 292
 
@@ -520,7 +525,8 @@ def proc_entries(state: dict) -> dict:
     relative path -> text.  Pure."""
     from ..core.devices import formula_minors
 
-    out = {os.path.join("driver", "nvidia", "version"): DRIVER_VERSION_TEXT}
+    out = {os.path.join("driver", "nvidia", "version"): DRIVER_VERSION_TEXT,
+           "devices": PROC_DEVICES_TEXT}
     caps = os.path.join("driver", "nvidia", "capabilities")
     out[os.path.join(caps, "mig", "config")] = _cap_text(1, 256)
     out[os.path.join(caps, "mig", "monitor")] = _cap_text(2, 292)

@@ -53,6 +53,12 @@ BUILT = [
      "slurm-mig sync --pending: layout not in Slurm: the GPUs hold 3g.20gb:2 but Slurm has "
      "1g.5gb:7; waits for running jobs, then hands the node to slurm-mig rebalance",
      Reason(reasons.DRIFTED, detail="the GPUs hold 3g.20gb:2 but Slurm has 1g.5gb:7")),
+    (reasons.mode_changing("MIG on on gpu 0,1"),
+     "slurm-mig mode: MIG on on gpu 0,1",
+     Reason(reasons.MODE_CHANGING, detail="MIG on on gpu 0,1")),
+    (reasons.mode_failed("reset", GpuError("gpu 0: in use")),
+     "slurm-mig mode failed at reset: gpu 0: in use; fix and rerun slurm-mig mode",
+     Reason(reasons.MODE_FAILED, step="reset", detail="gpu 0: in use")),
 ]
 
 

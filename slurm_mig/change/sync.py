@@ -185,13 +185,25 @@ def sync_node(
     ctx = NodeChange(config, jb, slurm, node, StepLog(f"{SYNC}: node {node}", clock, log), clock,
                      dry_run=dry_run)
     if dry_run:
-        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
+        return SyncRun(ctx, wanted, layout, wait, sleep, poll).run()
     with sync_lock(state_dir):
-        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
+        return SyncRun(ctx, wanted, layout, wait, sleep, poll).run()
 
 
-class _Run:
-    """One sync's progress (what it drained, resumed, wrote) over its :class:`NodeChange`."""
+class SyncRun:
+    """One sync's progress (what it drained, resumed, wrote) over its :class:`NodeChange`.
+
+    ``slurm-mig mode`` (:mod:`slurm_mig.change.mode`) runs the same drain, wait, write,
+    reconfigure, register and resume steps: it subclasses this and names itself in the
+    class attributes below, which every message and drain reason here uses."""
+
+    command = "slurm-mig sync"  #: what a message tells the admin to rerun
+    who = SYNC  #: the log lines' prefix
+    fix = SYNC_FIX  #: the tail of a failure's message
+
+    @staticmethod
+    def failure_reason(step: str, err: BaseException) -> str:
+        return reasons.sync_failed(step, err)
 
     def __init__(self, ctx: NodeChange, wanted: Wanted, layout: Optional[str], wait: float,
                  sleep: Callable[[float], None], poll: float):
@@ -351,7 +363,7 @@ class _Run:
                     raise SlurmError(
                         f"node {self.node} is no longer drained ({state_text(last)}): someone "
                         f"resumed it during the wait; nothing was changed on its GPUs; rerun "
-                        f"slurm-mig sync")
+                        f"{self.command}")
                 self.steps.add("wait", "done", f"node idle ({state_text(last)})", t0)
                 return
             if self.clock() >= deadline:
@@ -361,7 +373,7 @@ class _Run:
             raise SlurmError(f"node {self.node}: could not read its state while waiting for it to "
                              f"become idle: {last_err}") from last_err
         raise SlurmError(f"node {self.node}: {self.busy_text(last)} after waiting {self.wait:g}s "
-                         f"(--wait); nothing was changed on its GPUs; rerun slurm-mig sync with "
+                         f"(--wait); nothing was changed on its GPUs; rerun {self.command} with "
                          f"a longer --wait, or end the jobs first")
 
     def busy_text(self, st: Optional[NodeStatus]) -> str:
@@ -394,7 +406,7 @@ class _Run:
                 self.steps.add("resume", "failed", one_line(resume_err), t0)
                 log.error("%s: node %s: could not resume it after the failed wait: %s; "
                           "resume it with `scontrol update nodename=%s state=resume`",
-                          SYNC, self.node, one_line(resume_err), self.node)
+                          self.who, self.node, one_line(resume_err), self.node)
         elif self.drained_before is None:
             # Drained by an earlier failed sync: its GPUs may still be half-changed.
             self.set_failure_reason("wait", err)
@@ -452,7 +464,7 @@ class _Run:
     def set_failure_reason(self, step: str, err: BaseException) -> Optional[str]:
         """Best effort; returns why it could not be set, or None."""
         try:
-            self.slurm.drain(self.node, reasons.sync_failed(step, err))
+            self.slurm.drain(self.node, self.failure_reason(step, err))
             return None
         except Exception as drain_err:
             return one_line(drain_err)
@@ -461,11 +473,11 @@ class _Run:
         t0 = self.clock()
         self.steps.add(step, "failed", one_line(err), t0)
         problem = self.set_failure_reason(step, err)
-        where = f"sync stopped at {step}: node {self.node} left drained"
+        where = f"{self.command.split()[-1]} stopped at {step}: node {self.node} left drained"
         if problem is not None:
             where += f" (and setting its drain reason failed too: {problem})"
         elif self.drained_before is not None:
             where += f" (it was drained before by someone else: {self.drained_before})"
-        message = f"{one_line(err)}; {where}; {SYNC_FIX}"
-        log.error("%s: node %s: %s", SYNC, self.node, message)
+        message = f"{one_line(err)}; {where}; {self.fix}"
+        log.error("%s: node %s: %s", self.who, self.node, message)
         return with_context(err, message)

@@ -22,7 +22,9 @@ from slurm_mig.core.gputypes import GpuInfo, MigInstance
 from slurm_mig.core.gresconf import parse_gres_conf
 from slurm_mig.host.config import load_config, sim_config_text
 from slurm_mig.node.gresfiles import gres_conf, node_conf
+from slurm_mig.gpu.nvml import NvmlBackend
 from slurm_mig.sim.backend import SimBackend
+from slurm_mig.sim.fakenvml import fake_pynvml
 from slurm_mig.sim.driver import SimDriver
 from slurm_mig.slurm.scontrol import parse_gres
 
@@ -34,14 +36,16 @@ A100, H100 = "A100-40GB", "H100-80GB"
 class ModeNode:
     """Node n1 with simulated GPUs, its Slurm files written, an in-memory Slurm."""
 
-    def __init__(self, tmp_path, models: Sequence[str], *, mig: bool = False, layout: Optional[str] = None):
+    def __init__(self, tmp_path, models: Sequence[str], *, mig: bool = False, layout: Optional[str] = None,
+                 kind: str = "sim"):
         self.config_path = str(tmp_path / "config.toml")
         with open(self.config_path, "w") as f:
             f.write(sim_config_text(str(tmp_path), [m for m in models if not m.startswith("nomig:")],
                                     "[slurm]\nregister_timeout = 30\n"))
         self.config = load_config(self.config_path)
         self.driver = SimDriver.create(self.config.sim.root, list(models), mig_enabled=mig)
-        self.backend = SimBackend(self.config.sim.root)
+        self.backend = (SimBackend(self.config.sim.root) if kind == "sim"
+                        else NvmlBackend(fake_pynvml(self.config.sim.root)))
         if layout is not None:
             apply_layout(self.config, self.backend, layout)
         gres_conf(self.config, self.backend, NODE, write=True)
@@ -62,6 +66,12 @@ class ModeNode:
             return [r.type or "gpu" for r in parse_gres_conf(f.read(), NODE)]
 
 
+@pytest.fixture(params=["sim", "nvml"])
+def kind(request):
+    """The simulator's backend, or the production NVML backend over the pynvml look-alike."""
+    return request.param
+
+
 def steps(result: dict) -> List[tuple]:
     return [(s["step"], s["status"]) for s in result["steps"]]
 
@@ -69,8 +79,8 @@ def steps(result: dict) -> List[tuple]:
 # ----------------------------------------------------------------------------- Ampere
 
 
-def test_ampere_on_stays_pending_says_a_reset_is_needed_and_resumes_the_node(tmp_path):
-    n = ModeNode(tmp_path, [A100])
+def test_ampere_on_stays_pending_says_a_reset_is_needed_and_resumes_the_node(tmp_path, kind):
+    n = ModeNode(tmp_path, [A100], kind=kind)
     result = n.mode("on")
     assert n.modes() == [(False, True)]
     gpu = result["gpus"][0]
@@ -83,8 +93,8 @@ def test_ampere_on_stays_pending_says_a_reset_is_needed_and_resumes_the_node(tmp
     assert dict(steps(result))["write"] == "skipped" and n.gres_types() == ["gpu"]
 
 
-def test_ampere_reset_is_refused_while_a_process_uses_the_gpu(tmp_path):
-    n = ModeNode(tmp_path, [A100])
+def test_ampere_reset_is_refused_while_a_process_uses_the_gpu(tmp_path, kind):
+    n = ModeNode(tmp_path, [A100], kind=kind)
     n.mode("on")  # pending on
     n.driver.attach_gpu_process(0, 4242)
     n.slurm.calls.clear()
@@ -110,8 +120,8 @@ def test_ampere_idle_reset_makes_mig_current_and_slurm_follows(tmp_path):
     assert n.gres_types() == [] and result["gres"] == {"before": "gpu:1", "after": ""}
 
 
-def test_ampere_off_destroys_idle_instances_and_waits_for_a_reset(tmp_path):
-    n = ModeNode(tmp_path, [A100], mig=True, layout="3g.20gb:2")
+def test_ampere_off_destroys_idle_instances_and_waits_for_a_reset(tmp_path, kind):
+    n = ModeNode(tmp_path, [A100], mig=True, layout="3g.20gb:2", kind=kind)
     result = n.mode("off")
     assert n.modes() == [(True, False)]
     assert n.backend.instances(0) == []
@@ -119,8 +129,8 @@ def test_ampere_off_destroys_idle_instances_and_waits_for_a_reset(tmp_path):
     assert "--reset" in result["gpus"][0]["needed"]
 
 
-def test_a_pending_change_taken_back_needs_no_reset(tmp_path):
-    n = ModeNode(tmp_path, [A100])
+def test_a_pending_change_taken_back_needs_no_reset(tmp_path, kind):
+    n = ModeNode(tmp_path, [A100], kind=kind)
     n.mode("on")
     result = n.mode("off")
     assert n.modes() == [(False, False)] and result["gpus"][0]["needed"] == "nothing"
@@ -129,8 +139,8 @@ def test_a_pending_change_taken_back_needs_no_reset(tmp_path):
 # ----------------------------------------------------------------------------- Hopper
 
 
-def test_hopper_on_is_current_at_once_without_a_reset(tmp_path):
-    n = ModeNode(tmp_path, [H100])
+def test_hopper_on_is_current_at_once_without_a_reset(tmp_path, kind):
+    n = ModeNode(tmp_path, [H100], kind=kind)
     result = n.mode("on")
     assert n.modes() == [(True, True)]
     gpu = result["gpus"][0]
@@ -140,8 +150,8 @@ def test_hopper_on_is_current_at_once_without_a_reset(tmp_path):
     assert ("reconfigure",) in n.slurm.mutations() and n.slurm.gres == {}
 
 
-def test_hopper_off_with_idle_instances_destroys_them_then_turns_off(tmp_path):
-    n = ModeNode(tmp_path, [H100], mig=True, layout="1g.10gb:3")
+def test_hopper_off_with_idle_instances_destroys_them_then_turns_off(tmp_path, kind):
+    n = ModeNode(tmp_path, [H100], mig=True, layout="1g.10gb:3", kind=kind)
     result = n.mode("off")
     assert n.modes() == [(False, False)]
     assert len(result["gpus"][0]["destroyed"]) == 3
@@ -150,8 +160,8 @@ def test_hopper_off_with_idle_instances_destroys_them_then_turns_off(tmp_path):
     assert result["gres"]["after"] == "gpu:1" and "DRAIN" not in n.slurm.flags
 
 
-def test_off_with_an_instance_in_use_is_refused_after_the_wait_and_the_drain_undone(tmp_path):
-    n = ModeNode(tmp_path, [H100], mig=True, layout="1g.10gb:2")
+def test_off_with_an_instance_in_use_is_refused_after_the_wait_and_the_drain_undone(tmp_path, kind):
+    n = ModeNode(tmp_path, [H100], mig=True, layout="1g.10gb:2", kind=kind)
     gi = n.backend.instances(0)[0]
     n.driver.attach_process(0, gi.gi_id, gi.ci_id, 777)
     n.slurm.busy_polls = 2  # a job runs: drain and wait; its process stays past the job
@@ -162,8 +172,8 @@ def test_off_with_an_instance_in_use_is_refused_after_the_wait_and_the_drain_und
     assert n.slurm.mutations() == [("drain", NODE, "slurm-mig mode: MIG off on gpu 0"), ("resume", NODE)]
 
 
-def test_hopper_on_with_a_process_on_the_whole_gpu_is_refused_before_slurm(tmp_path):
-    n = ModeNode(tmp_path, [H100])
+def test_hopper_on_with_a_process_on_the_whole_gpu_is_refused_before_slurm(tmp_path, kind):
+    n = ModeNode(tmp_path, [H100], kind=kind)
     n.driver.attach_gpu_process(0, 31337)
     with pytest.raises(ModeRefused, match="processes 31337 run on it.*the node was not drained"):
         n.mode("on")
@@ -173,8 +183,8 @@ def test_hopper_on_with_a_process_on_the_whole_gpu_is_refused_before_slurm(tmp_p
 # ----------------------------------------------------------------------------- several GPUs
 
 
-def test_gpu_all_changes_every_mig_capable_gpu_each_by_its_generation(tmp_path):
-    n = ModeNode(tmp_path, [A100, H100, "nomig:Tesla T4"])
+def test_gpu_all_changes_every_mig_capable_gpu_each_by_its_generation(tmp_path, kind):
+    n = ModeNode(tmp_path, [A100, H100, "nomig:Tesla T4"], kind=kind)
     result = n.mode("on", gpu="all")
     assert n.modes() == [(False, True), (True, True), (False, False)]
     assert [g["gpu"] for g in result["gpus"]] == [0, 1]
@@ -205,6 +215,18 @@ def test_dry_run_plans_every_step_and_changes_nothing(tmp_path):
     assert "destroy gi" in detail["mode"] and "pending until a reset" in detail["mode"]
     assert detail["reset"] == "gpu 0"
     assert n.modes() == [(True, True)] and n.slurm.mutations() == []
+
+
+def test_reset_on_nvml_says_to_run_nvidia_smi_and_leaves_the_node_drained_until_rerun(tmp_path):
+    n = ModeNode(tmp_path, [A100], kind="nvml")
+    with pytest.raises(NotSupported, match=r"NVML has no GPU reset call.*`nvidia-smi -r -i 0`"):
+        n.mode("on", reset=True)
+    assert n.modes() == [(False, True)]
+    assert n.slurm.reason.startswith("slurm-mig mode failed at reset: gpu 0: NVML has no GPU reset")
+    n.driver.reset_gpu(0)  # the admin ran nvidia-smi -r -i 0
+    result = n.mode("on")
+    assert n.modes() == [(True, True)] and "DRAIN" not in n.slurm.flags
+    assert ("reconfigure",) in n.slurm.mutations() and result["gres"]["after"] == ""
 
 
 def test_a_failed_reset_leaves_the_node_drained_with_a_reason_that_says_what_to_do(tmp_path):

@@ -320,3 +320,56 @@ def test_cli_mode_refusal_exits_5_in_one_line(cli, tmp_path):
                    "mode not changed; end them (or let them finish), then rerun slurm-mig mode on; "
                    "the node was not drained\n")
     assert n.modes() == [(False, False)]
+
+
+# ----------------------------------------------------------------------------- sync and the config
+
+
+def test_config_reads_mig_mode_for_the_node_and_per_gpu(tmp_path):
+    from slurm_mig.host.config import parse_config
+
+    config = parse_config('version = 1\n[layout]\nmig_mode = "on"\n[layout.mig_modes]\n2 = "off"\n',
+                          "c.toml")
+    assert [config.layout.mig_mode_for(i) for i in (0, 1, 2)] == [True, True, False]
+    assert parse_config("version = 1\n", "c.toml").layout.mig_mode_for(0) is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[layout]\nmig_mode = "yes"\n', 'c.toml: layout.mig_mode: expected "on" or "off", got \'yes\''),
+    ('[layout.mig_modes]\nx = "on"\n', "c.toml: layout.mig_modes: key 'x' is"),
+    ('[layout.gpus]\n1 = "1g.10gb:7"\n[layout.mig_modes]\n1 = "off"\n',
+     'c.toml: layout.gpus.1: a layout needs MIG mode on, but layout.mig_modes.1 is "off"'),
+    ('[layout]\ndefault = "1g.10gb:7"\nmig_mode = "off"\n',
+     'c.toml: layout.default: a layout needs MIG mode on, but layout.mig_mode is "off" for every GPU'),
+])
+def test_config_refuses_a_bad_or_contradictory_mig_mode(text, message):
+    from slurm_mig.core.errors import ConfigError
+    from slurm_mig.host.config import parse_config
+
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config("version = 1\n" + text, "c.toml")
+    assert str(excinfo.value).startswith(message)
+
+
+def test_sync_refuses_a_gpu_not_in_the_mig_mode_the_config_requires(tmp_path):
+    from slurm_mig.change.sync import sync_node
+    from slurm_mig.core.errors import EXIT_GPU, GpuError
+
+    n = ModeNode(tmp_path, [A100, H100])
+    n.mode("on", gpu="0")  # Ampere: pending until a reset
+    n.mode("on", gpu="1")
+    with open(n.config_path, "a") as f:
+        f.write('[layout]\ndefault = "1g.10gb:1"\nmig_mode = "on"\n')
+    n.slurm.calls.clear()
+    config = load_config(n.config_path)
+    with pytest.raises(GpuError) as excinfo:
+        sync_node(config, n.backend, n.slurm, NODE, clock=n.clock, sleep=n.clock.sleep)
+    assert excinfo.value.exit_code == EXIT_GPU
+    assert str(excinfo.value).startswith(
+        "gpu 0 (NVIDIA A100-SXM4-40GB) has MIG mode off, pending on (waits for a GPU reset), but "
+        f"layout.mig_mode in {n.config_path} wants it on; nothing was changed; run "
+        "`slurm-mig mode on --gpu 0 --reset` (docs/mig-mode.md)")
+    assert n.slurm.mutations() == []
+    n.driver.reset_gpu(0)
+    result = sync_node(config, n.backend, n.slurm, NODE, clock=n.clock, sleep=n.clock.sleep, poll=1.0)
+    assert [w["wanted"] for w in result.as_dict()["wanted"]] == ["1g.10gb@6", "1g.10gb@6"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..core.errors import InputError, ModeRefused, NotSupported
 from ..core.gputypes import GpuInfo, MigInstance, mode_change_needs_reset
@@ -312,9 +312,9 @@ class ModeRun(SyncRun):
         self.decisions = self.decide_all()  # again, now that the node is idle
         refused = [d for d in self.decisions if d.refusal]
         if refused:
-            err = ModeRefused("; ".join(d.refusal or "" for d in refused))
-            self.undo_drain(st, err)
-            raise err
+            refusal = ModeRefused("; ".join(d.refusal or "" for d in refused))
+            self.undo_drain(st, refusal)
+            raise refusal
         step = "mode"
         try:
             self.change_modes()
@@ -413,7 +413,8 @@ class ModeRun(SyncRun):
                                      + (" with a GPU reset" if self.reset_asked else ""))
 
     def busy_text(self, st: Optional[NodeStatus]) -> str:
-        jobs, pids = set(), set()
+        jobs: Set[str] = set()
+        pids: Set[int] = set()
         for g in self.gpus:
             pids.update(self.backend.processes(g))
             for info in self.backend.gpus():

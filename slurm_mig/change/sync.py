@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from ..core.errors import ConfigError, InputError, LayoutError, SlurmError
+from ..core.errors import ConfigError, GpuError, InputError, LayoutError, SlurmError
+from ..core.gputypes import GpuInfo
 from ..core.gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
                              node_gres_value)
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
@@ -102,6 +103,30 @@ def resolve_wanted(config: Config, backend: GpuBackend, layout: Optional[str] = 
             f"no layout to sync to: give one with --layout (e.g. --layout 3g.40gb:2) or set "
             f"[layout] default = \"...\" (or [layout.gpus] 0 = \"...\") in {config.source}")
     return out
+
+
+def mig_mode_error(config: Config, infos: Sequence[GpuInfo]) -> Optional[GpuError]:
+    """The error for the first GPU not in the MIG mode ``[layout] mig_mode`` /
+    ``[layout.mig_modes]`` require (current and pending), or None.  Pure.
+
+    sync never changes MIG mode itself: a change may need a GPU reset (Ampere) and is an
+    admin's decision; the error names ``slurm-mig mode`` (docs/mig-mode.md)."""
+    for info in infos:
+        want = config.layout.mig_mode_for(info.index)
+        if want is None or (info.mig_current == want and info.mig_pending == want):
+            continue
+        key = (f"layout.mig_modes.{info.index}" if info.index in dict(config.layout.mig_modes)
+               else "layout.mig_mode")
+        word = "on" if want else "off"
+        now = "on" if info.mig_current else "off"
+        if info.mig_current != info.mig_pending:
+            now += f", pending {'on' if info.mig_pending else 'off'} (waits for a GPU reset)"
+        fix = (f"`slurm-mig mode {word} --gpu {info.index} --reset`" if info.mig_pending == want
+               else f"`slurm-mig mode {word} --gpu {info.index}`")
+        return GpuError(f"gpu {info.index} ({info.name}) has MIG mode {now}, but {key} in "
+                        f"{config.source} wants it {word}; nothing was changed; run {fix} "
+                        f"(docs/mig-mode.md), or change {key}")
+    return None
 
 
 def layout_summary(wanted: Wanted) -> str:
@@ -181,6 +206,9 @@ def sync_node(
         raise InputError(f"--wait {wait!r}: give 0 or more seconds")
     state_dir = config.paths.state_dir
     jb = JobAwareBackend(backend, state_dir)
+    wrong_mode = mig_mode_error(config, jb.gpus())  # before anything: Slurm untouched
+    if wrong_mode is not None:
+        raise wrong_mode
     wanted = resolve_wanted(config, jb, layout)  # bad input: exit 2, Slurm untouched
     ctx = NodeChange(config, jb, slurm, node, StepLog(f"{SYNC}: node {node}", clock, log), clock,
                      dry_run=dry_run)

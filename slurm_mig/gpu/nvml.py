@@ -424,5 +424,4 @@ class NvmlBackend:
         raise errors.NotSupported(
             f"gpu {gpu}: NVML has no GPU reset call, so slurm-mig cannot reset it; run "
             f"`nvidia-smi -r -i {gpu}` (no process may use the GPU: stop nvidia-persistenced, "
-            f"DCGM or nvidia-fabricmanager if they hold it) or reboot the node, then rerun "
-            f"slurm-mig mode")
+            f"DCGM or nvidia-fabricmanager if they hold it) or reboot the node")

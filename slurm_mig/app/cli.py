@@ -412,6 +412,33 @@ def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
     obj.emit(result, render.sync_text)
 
 
+@cli.command("mode")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--gpu", default="all", show_default=True,
+              help="GPU index, or 'all' (every MIG-capable GPU)")
+@click.option("--reset", is_flag=True,
+              help="reset a GPU whose change is still pending (Ampere), only if idle")
+@click.option("--wait", "wait_s", type=Number(0, MAX_WAIT, whole=False, kind="a number of seconds"),
+              default=None, metavar="SECONDS",
+              help="how long to wait for running jobs after draining (default: [slurm] sync_wait)")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
+@click.option("--node", default=None,
+              help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")
+@pass_ctx
+def mode_cmd(obj: Context, state, gpu, reset, wait_s, dry_run, node):
+    """Turn MIG mode on or off: drain, wait for idle, (off: destroy idle instances), set
+    the mode, reset only with --reset, rewrite gres.conf and Gres=, reconfigure, resume.
+
+    A GPU with processes is refused (exit 5).  Ampere GPUs keep the change pending until
+    a GPU reset; Hopper and later apply it at once.  See docs/mig-mode.md.
+    """
+    from .commands import mig_mode
+
+    result = mig_mode(obj.config, obj.backend, os.environ, state == "on", gpu=gpu, reset=reset,
+                      node=node, wait=wait_s, dry_run=dry_run)
+    obj.emit(result, render.mode_text)
+
+
 @cli.command("rebalance")
 @click.option("--dry-run", is_flag=True, help="plan and print, change nothing (reads Slurm)")
 @click.option("--explain", is_flag=True, help="say why each node keeps or gets its layout")

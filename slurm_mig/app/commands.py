@@ -208,6 +208,18 @@ def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = 
                      layout=layout, wait=wait, dry_run=dry_run).as_dict()
 
 
+def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: str = "all",
+             reset: bool = False, node: Optional[str] = None, wait: Optional[float] = None,
+             dry_run: bool = False) -> dict:
+    """``slurm-mig mode on|off``: MIG mode through Slurm (:mod:`slurm_mig.change.mode`)."""
+    from ..change.mode import set_mode
+    from ..slurm.client import CommandSlurm
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return set_mode(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+                    want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict()
+
+
 # ----------------------------------------------------------------------------- rebalance
 
 

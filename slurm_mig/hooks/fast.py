@@ -98,7 +98,7 @@ JOURNAL_DIR = "journal"
 SNAPSHOT = "hook-snapshot.json"
 FACTS_DIR = "hook-facts"
 CACHE_SUFFIX = ".hooks-cache.json"
-FORMAT = 2  #: version of the cache, the snapshot and the facts; another value is a doubt
+FORMAT = 3  #: version of the cache, the snapshot and the facts; another value is a doubt
 #: Fast epilogs in a row on one instance; the next one asks the driver what runs there
 #: (and takes the full path, which ends strays, when anything does).  docs/hooks.md says why.
 FAST_EPILOGS_IN_A_ROW = 7
@@ -288,7 +288,8 @@ def settings(config) -> dict:
             "gres_conf": config.paths.gres_conf,
             "node_gres_include": config.paths.node_gres_include,
             "lock_timeout": config.apply.lock_timeout,
-            "epilog_wipe": config.hooks.epilog_wipe, "kill_grace": config.hooks.kill_grace}
+            "epilog_wipe": config.hooks.epilog_wipe, "kill_grace": config.hooks.kill_grace,
+            "run_dir": config.paths.run_dir, "task_env": config.hooks.task_env}
 
 
 def write_config_cache(path: str) -> None:
@@ -498,6 +499,7 @@ def prolog(environ, indexes: list, proc_root: str = "/proc") -> dict:
                   "node": node, "boot_id": boot, "instances": [entry for entry, _ in checked]}
         safefs.ensure_dir(jobs.jobs_dir(state_dir), 0o700, "job records directory", tighten=True)
         _write_json(jobs.job_path(state_dir, job), record, 0o600)
+        task_env_file(cfg["task_env"], cfg["run_dir"], record)
         for entry, idle in checked:  # the instance is the job's now: its idle fact is used up
             if idle is not None:
                 os.replace(idle, fact_path(state_dir, entry["gpu"], entry["gi_id"], job))
@@ -604,6 +606,7 @@ def epilog(environ, wipe_env: str, proc_root: str = "/proc") -> dict:
                     write_fact(state_dir, fact)
                     os.unlink(held_path)
             removed = jobs.remove_job(state_dir, job)
+        drop_task_env_file(cfg["run_dir"], job)
     return {"job_id": job, "record": reading is not None, "removed": removed, "ended": [],
             "other_pids": [], "recreated": [], "strays": [], "strays_left": []}
 
@@ -690,6 +693,32 @@ def job_process(job: str, node: str | None, proc_root: str = "/proc",
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def task_env_file(mode: str, run_dir: str, record: dict) -> None:
+    """Prolog: the job's env file for its TaskProlog (:mod:`.taskenv`), when ``[hooks]
+    task_env`` is ``mig-uuids``.  Best effort: without it the tasks keep Slurm's values."""
+    import sys
+
+    from . import taskenv
+
+    if mode != "mig-uuids":
+        return
+    try:
+        taskenv.write_env_file(run_dir, record, record.get("uid"))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        sys.stderr.write(f"slurm-mig prolog: job {record.get('job_id')}: warning: no task env file "
+                         f"under {run_dir} ({err}); its tasks keep Slurm's CUDA_VISIBLE_DEVICES\n")
+
+
+def drop_task_env_file(run_dir: str, job: str) -> None:
+    """Epilog: remove the job's env file (whatever ``task_env`` says now)."""
+    from . import taskenv
+
+    try:
+        taskenv.remove_env_file(run_dir, job)
+    except (OSError, ValueError):
+        pass
 
 
 def _job(environ) -> str:

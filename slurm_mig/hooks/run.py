@@ -202,11 +202,30 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
     return code
 
 
+def task_prolog(environ: Mapping[str, str]) -> int:
+    """TaskProlog, as the job's user: print the step's ``export`` lines (:mod:`.taskenv`).
+    Always 0: a failing TaskProlog kills the task; without lines it keeps Slurm's values."""
+    try:
+        from .taskenv import task_prolog as lines
+
+        out = lines(environ)
+    except Exception as err:  # a bug must not kill the user's task
+        sys.stderr.write(f"slurm-mig task-prolog: internal error {type(err).__name__}; "
+                         f"the task keeps Slurm's CUDA_VISIBLE_DEVICES\n")
+        return 0
+    if out:
+        sys.stdout.write("".join(line + "\n" for line in out))
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python3 -m slurm_mig.hooks prolog|epilog|sim-run [--out FILE] [--] CMD...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("prolog", "epilog") and len(argv) == 1:
         return run_hook(argv[0])
+    if argv and argv[0] == "task-prolog" and len(argv) == 1:
+        return task_prolog(os.environ)
     if argv and argv[0] == "sim-run":
         rest = argv[1:]
         out = None
@@ -220,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"slurm-mig sim run: error: {err}\n")
             return err.exit_code
         return 0
-    sys.stderr.write("usage: python3 -m slurm_mig.hooks prolog|epilog|sim-run [--out FILE] [--] CMD...\n")
+    sys.stderr.write("usage: python3 -m slurm_mig.hooks prolog|epilog|task-prolog|sim-run [--out FILE] [--] CMD...\n")
     return EXIT_USAGE
 
 

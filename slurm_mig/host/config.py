@@ -123,6 +123,9 @@ class HookSettings:
 
     epilog_wipe: bool = False  #: re-create a job's instances after it, so no state leaks to the next
     kill_grace: float = 5  #: seconds between SIGTERM and SIGKILL for a job's leftover processes
+    #: what the TaskProlog gives tasks: "mig-uuids" (CUDA_/NVIDIA_VISIBLE_DEVICES = MIG UUIDs)
+    #: or "slurm" (Slurm's own values; the prolog writes no task env file)
+    task_env: str = "mig-uuids"
 
 
 @dataclass(frozen=True)
@@ -468,12 +471,15 @@ class _Reader:
         return value
 
     def hooks(self, doc: Mapping) -> HookSettings:
-        t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace"))
+        t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace", "task_env"))
         wipe = t.get("epilog_wipe", False)
         if not isinstance(wipe, bool):
             raise self.error("hooks.epilog_wipe", f"expected true or false, got {shown(wipe)}")
         grace = self.seconds(t.get("kill_grace", HookSettings().kill_grace), "hooks.kill_grace")
-        return HookSettings(epilog_wipe=wipe, kill_grace=grace)
+        task_env = t.get("task_env", HookSettings().task_env)
+        if task_env not in ("mig-uuids", "slurm"):
+            raise self.error("hooks.task_env", f"{shown(task_env)} is not one of mig-uuids, slurm")
+        return HookSettings(epilog_wipe=wipe, kill_grace=grace, task_env=task_env)
 
     def apply(self, doc: Mapping) -> ApplySettings:
         t = self.table(doc, "", "apply", ("partial", "lock_timeout"))

@@ -1,0 +1,205 @@
+"""The TaskProlog (issue 11): the prolog writes the job's env file, the task prolog prints
+``export`` lines for the step's MIG instances, the epilog removes the file.
+
+Pure mapping (environment in, lines out) first, then the hooks on a simulated node
+(tests/test_hooks.py's node), then the shipped script as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from slurm_mig.hooks import run as hooks, taskenv
+from slurm_mig.host.config import load_config
+
+from test_hooks import JOB_UID, node  # noqa: F401  (the fixture)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+U0 = "MIG-0c7a9a5e-1b2d-5a39-9b6e-3f0e2b1c4d5a"
+U1 = "MIG-5d1f0f5c-7e3a-5c1b-8a2d-0e9f8a7b6c5d"
+U2 = "MIG-9a8b7c6d-5e4f-5a3b-9c2d-1e0f2a3b4c5d"
+DATA = {"version": 1, "job_id": "7", "instances": [
+    {"index": 0, "profile": "1g.10gb", "gpu": 0, "gi": 7, "ci": 0, "uuid": U0},
+    {"index": 1, "profile": "1g.10gb", "gpu": 0, "gi": 8, "ci": 0, "uuid": U1},
+    {"index": 5, "profile": "3g.40gb", "gpu": 1, "gi": 1, "ci": 0, "uuid": U2}]}
+
+
+def lines(uuids, described):
+    return [f"export CUDA_VISIBLE_DEVICES={','.join(uuids)}",
+            f"export NVIDIA_VISIBLE_DEVICES={','.join(uuids)}",
+            f"export SLURM_MIG_INSTANCES={','.join(described)}"]
+
+
+def test_the_batch_step_gets_every_instance_of_the_job_in_record_order():
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "5,0"}
+    assert taskenv.exports(env, DATA) == lines([U0, U2], ["1g.10gb:0:7:0", "3g.40gb:1:1:0"])
+
+
+def test_a_step_gets_only_the_records_slurm_gave_the_step():
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1,5", "SLURM_STEP_ID": "0",
+           "SLURM_STEP_GPUS": "1"}
+    assert taskenv.exports(env, DATA) == lines([U1], ["1g.10gb:0:8:0"])
+
+
+def test_a_step_without_gpus_inside_a_gpu_job_gets_nothing():
+    # srun --gres=none: Slurm unsets SLURM_STEP_GPUS; SLURM_JOB_GPUS is the batch script's
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1", "SLURM_STEP_ID": "3"}
+    assert taskenv.exports(env, DATA) == []
+
+
+@pytest.mark.parametrize("step", ["4294967294", "4294967290"])
+def test_the_batch_and_interactive_steps_use_the_jobs_gpus(step):
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0-1", "SLURM_STEP_ID": step}
+    assert taskenv.exports(env, DATA)[0] == f"export CUDA_VISIBLE_DEVICES={U0},{U1}"
+
+
+def test_a_cpu_job_gets_nothing():
+    assert taskenv.exports({"SLURM_JOB_ID": "7"}, DATA) == []
+
+
+@pytest.mark.parametrize("gpus", ["0;touch /tmp/x", "0\nexport LD_PRELOAD=/x", "-1", "0-", "１",
+                                  "5-0", "9999", "0,,1", " 0 ,1"])
+def test_malformed_gpu_indexes_print_nothing(gpus):
+    assert taskenv.exports({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": gpus}, DATA) == []
+
+
+def test_an_index_the_prolog_did_not_record_prints_nothing():
+    assert taskenv.exports({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,2"}, DATA) == []
+
+
+@pytest.mark.parametrize("field,value", [
+    ("uuid", U0 + "\nexport LD_PRELOAD=/tmp/evil.so"), ("uuid", "GPU-0c7a9a5e-1b2d-5a39-9b6e-3f0e2b1c4d5a"),
+    ("uuid", U0.upper()), ("uuid", None), ("profile", "1g.10gb x"), ("profile", 7),
+    ("gpu", -1), ("gi", "7"), ("ci", True)])
+def test_a_value_outside_its_strict_pattern_prints_nothing(field, value):
+    data = json.loads(json.dumps(DATA))
+    data["instances"][0][field] = value
+    assert taskenv.exports({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}, data) == []
+
+
+@pytest.mark.parametrize("data", [None, [], {"instances": "x"}, {"instances": [1]}])
+def test_a_damaged_env_file_prints_nothing(data):
+    assert taskenv.exports({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}, data) == []
+
+
+def test_the_env_file_is_the_jobs_uids_alone_in_a_directory_nobody_can_list(tmp_path):
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0},
+        {"index": 3, "type": None, "gpu": 1, "gi_id": None, "ci_id": None, "uuid": None}]}
+    path = taskenv.write_env_file(str(tmp_path / "run"), record, "4242")
+    st = os.stat(path)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (4242, 0o400)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o711
+    assert json.load(open(path))["instances"] == [
+        {"index": 0, "profile": "1g.10gb", "gpu": 0, "gi": 7, "ci": 0, "uuid": U0}]
+    assert taskenv.remove_env_file(str(tmp_path / "run"), "7")
+    assert not os.path.exists(path)
+
+
+def test_no_env_file_without_a_job_uid(tmp_path):
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0}]}
+    assert taskenv.write_env_file(str(tmp_path), record, None) is None
+    assert taskenv.write_env_file(str(tmp_path), record, "1000x") is None
+    assert not os.path.exists(taskenv.env_dir(str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- with the hooks
+
+def _env_file(node, job):
+    return taskenv.env_path(node.config.paths.run_dir, job)
+
+
+@pytest.mark.parametrize("fast", ["0", "1"])
+def test_the_prolog_writes_the_env_file_and_the_epilog_removes_it(node, capsys, fast):
+    env = node.env("41", "0,8", SLURM_MIG_HOOK_FAST=fast)
+    if fast == "1":  # a first full prolog and epilog write the facts the fast path needs
+        assert hooks.run_hook("prolog", node.env("40", "0,8"), proc_root=node.proc) == 0
+        assert hooks.run_hook("epilog", node.env("40"), proc_root=node.proc) == 0
+    assert hooks.run_hook("prolog", dict(env, SLURM_MIG_HOOK_REPORT="1"), proc_root=node.proc) == 0
+    assert ("fast path" in capsys.readouterr().err) == (fast == "1")
+    record = node.record_of("41")
+    data = json.load(open(_env_file(node, "41")))
+    assert [i["uuid"] for i in data["instances"]] == [i["uuid"] for i in record["instances"]]
+    assert os.stat(_env_file(node, "41")).st_uid == JOB_UID
+    out = taskenv.task_prolog({"SLURM_JOB_ID": "41", "SLURM_JOB_GPUS": "0,8",
+                               taskenv.RUN_DIR_ENV: node.config.paths.run_dir})
+    assert out[0] == "export CUDA_VISIBLE_DEVICES=" + ",".join(i["uuid"] for i in record["instances"])
+    assert hooks.run_hook("epilog", env, proc_root=node.proc) == 0
+    assert not os.path.exists(_env_file(node, "41"))
+
+
+def test_task_env_slurm_writes_no_env_file(node, capsys):
+    with open(node.config_path, "a") as f:
+        f.write('[hooks]\ntask_env = "slurm"\n')
+    assert hooks.run_hook("prolog", node.env("41", "0"), proc_root=node.proc) == 0
+    assert node.record_of("41") is not None
+    assert not os.path.exists(_env_file(node, "41"))
+
+
+def test_an_unknown_task_env_is_a_config_error(node_config):
+    with pytest.raises(Exception, match=r"hooks.task_env.*not one of mig-uuids, slurm"):
+        load_config(node_config(extra='[hooks]\ntask_env = "uuids"\n'))
+
+
+# ----------------------------------------------------------------------------- the script
+
+def _script(tmp_path, env, defaults_text=None):
+    args = [os.path.join(REPO, "taskprolog.d", "50-slurm-mig")]
+    if defaults_text is not None:
+        d = tmp_path / "defaults"
+        d.write_text(defaults_text)
+        os.chmod(d, 0o644)
+        args.append(str(d))
+    return subprocess.run(args, env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_script_prints_the_exports_from_the_env_file(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "task-env").mkdir(parents=True)
+    (run_dir / "task-env" / "7.json").write_text(json.dumps(DATA))
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1",
+           "SLURMD_NODENAME": "n1"}
+    result = _script(tmp_path, env, f"SLURM_MIG_PYTHON={sys.executable}\n"
+                                    f"SLURM_MIG_RUN_DIR={tmp_path}/run\n")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == lines([U0, U1], ["1g.10gb:0:7:0", "1g.10gb:0:8:0"])
+
+
+def test_the_script_ignores_slurm_mig_variables_the_user_set(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "task-env").mkdir(parents=True)
+    (run_dir / "task-env" / "7.json").write_text(json.dumps(DATA))
+    marker = tmp_path / "ran"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0",
+           "SLURM_MIG_PYTHON": str(fake), "SLURM_MIG_RUN_DIR": str(run_dir)}
+    result = _script(tmp_path, env, f"SLURM_MIG_PYTHON={sys.executable}\n")
+    assert result.returncode == 0 and not marker.exists()
+    assert result.stdout == ""  # the user's SLURM_MIG_RUN_DIR was not used
+
+
+def test_the_script_without_an_env_file_prints_nothing_and_succeeds(tmp_path):
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}
+    result = _script(tmp_path, env, f"SLURM_MIG_PYTHON={sys.executable}\n"
+                                    f"SLURM_MIG_RUN_DIR={tmp_path}/nothing-here\n")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_entry_point_exits_0_even_on_a_bug(monkeypatch, capsys):
+    def boom(environ):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(taskenv, "task_prolog", boom)
+    assert hooks.task_prolog({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "internal error RuntimeError" in err

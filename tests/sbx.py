@@ -178,7 +178,12 @@ def cli(*args: str) -> None:
 def write_hooks(root: str) -> None:
     with open(os.path.join(root, "slurm-mig.env"), "w") as f:
         f.write(f"SLURM_MIG_PYTHON={sys.executable}\n"
-                f"SLURM_MIG_CONFIG={root}/nodes/${{SLURMD_NODENAME}}/config.toml\n")
+                f"SLURM_MIG_CONFIG={root}/nodes/${{SLURMD_NODENAME}}/config.toml\n"
+                f"SLURM_MIG_RUN_DIR={root}/nodes/${{SLURMD_NODENAME}}/run\n")
+    # TaskProlog= is one program: the shipped script, given the sandbox's defaults file.
+    with open(os.path.join(root, "taskprolog"), "w") as f:
+        f.write(f"#!/bin/bash\nexec {REPO}/taskprolog.d/50-slurm-mig {root}/slurm-mig.env\n")
+    os.chmod(os.path.join(root, "taskprolog"), 0o755)
     for which_hook in ("prolog", "epilog"):
         d = os.path.join(root, f"{which_hook}.d")
         os.makedirs(d)
@@ -215,6 +220,7 @@ def sandbox(prefix: str, gpus: Mapping[str, List[str]],
         write_hooks(root)
         cluster.write_config({n: "" for n in gpus}, "", {
             "Prolog": f"{root}/prolog.d/*", "Epilog": f"{root}/epilog.d/*",
+            "TaskProlog": f"{root}/taskprolog",
             "SlurmdParameters": "config_overrides"})
         for node, models in gpus.items():
             nroot = os.path.join(root, "nodes", node)
@@ -226,6 +232,7 @@ def sandbox(prefix: str, gpus: Mapping[str, List[str]],
                     backend = "sim"
                     [paths]
                     state_dir = "{nroot}/state"
+                    run_dir = "{nroot}/run"
                     gres_conf = "{cluster.paths.gres_conf}"
                     node_gres_include = "{cluster.paths.nodes_conf}"
                     [sim]

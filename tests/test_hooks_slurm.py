@@ -13,7 +13,9 @@ to keep the cluster's directory.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -206,3 +208,53 @@ def test_a_process_left_on_the_instances_with_a_forged_job_id_is_ended_and_drain
         sbx.cluster.command(["scancel", str(job)], check=False)
         if "DRAIN" in sbx.cluster.status()["n1"].flags:
             sbx.cluster.resume("n1")
+
+
+# TaskProlog (issue 11): the batch step, then one srun step, write their environment and
+# wait for the test to have looked at `slurm-mig status` while the job still holds its instances.
+ENV_JOB = textwrap.dedent("""\
+    #!/bin/bash
+    env > {root}/seen/$SLURM_JOB_ID.batch.env
+    srun --gres=gpu:1g.10gb:1 -n1 bash -c 'env > {root}/seen/$SLURM_JOB_ID.step.env'
+    for i in $(seq 600); do [ -e {root}/seen/$SLURM_JOB_ID.go ] && break; sleep 0.1; done
+    """)
+CPU_JOB = "#!/bin/bash\nenv > {root}/seen/$SLURM_JOB_ID.batch.env\n"
+
+
+def _env(path: str) -> Dict[str, str]:
+    with open(path) as f:
+        return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+
+
+def test_task_prolog_gives_tasks_their_mig_uuids_and_a_cpu_job_nothing(sbx):
+    seen = os.path.join(sbx.root, "seen")
+    job = sbx.cluster.submit(["--gres=gpu:1g.10gb:2", "-w", "n2"],
+                             ENV_JOB.format(root=sbx.root))
+    try:
+        until("the step wrote its env", lambda: os.path.exists(f"{seen}/{job}.step.env"), 60)
+        batch, step = _env(f"{seen}/{job}.batch.env"), _env(f"{seen}/{job}.step.env")
+        out = subprocess.run([sys.executable, "-m", "slurm_mig", "--config", sbx.config_path("n2"), "--json",
+                              "status"], capture_output=True, text=True, check=True)
+        held = {i["uuid"]: (g["index"], i["gi_id"], i["ci_id"], i["profile"])
+                for g in json.loads(out.stdout)["gpus"] for i in g["instances"]
+                if str(job) in i["jobs"]}
+        env_file = os.path.join(sbx.config("n2").paths.run_dir, "task-env", f"{job}.json")
+        assert os.path.exists(env_file)
+    finally:
+        open(f"{seen}/{job}.go", "w").close()
+    print(f"\njob {job}: batch CUDA_VISIBLE_DEVICES={batch.get('CUDA_VISIBLE_DEVICES')} "
+          f"SLURM_JOB_GPUS={batch.get('SLURM_JOB_GPUS')}; step CUDA_VISIBLE_DEVICES="
+          f"{step.get('CUDA_VISIBLE_DEVICES')} SLURM_STEP_GPUS={step.get('SLURM_STEP_GPUS')}")
+    assert len(held) == 2
+    uuids = batch["CUDA_VISIBLE_DEVICES"].split(",")
+    assert sorted(uuids) == sorted(held) and batch["NVIDIA_VISIBLE_DEVICES"] == batch["CUDA_VISIBLE_DEVICES"]
+    assert batch["SLURM_MIG_INSTANCES"] == ",".join("{3}:{0}:{1}:{2}".format(*held[u]) for u in uuids)
+    [one] = step["CUDA_VISIBLE_DEVICES"].split(",")
+    assert one in held and step["NVIDIA_VISIBLE_DEVICES"] == one
+    assert sbx.cluster.wait_job(job, timeout=60).state == "COMPLETED"
+    until("the epilog removed the env file", lambda: not os.path.exists(env_file), 20)
+
+    cpu = sbx.cluster.submit(["-w", "n2"], CPU_JOB.format(root=sbx.root))
+    assert sbx.cluster.wait_job(cpu, timeout=60).state == "COMPLETED"
+    env = _env(f"{seen}/{cpu}.batch.env")
+    assert not {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "SLURM_MIG_INSTANCES"} & set(env)

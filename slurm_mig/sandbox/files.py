@@ -159,6 +159,18 @@ def _shipped_hook(which: str) -> Optional[str]:
     return path if os.access(path, os.X_OK) else None
 
 
+def task_prolog_text(files: SandboxFiles, python: str) -> str:
+    """``TaskProlog=``: the shipped ``taskprolog.d/50-slurm-mig`` given the sandbox's settings
+    file (it reads no SLURM_MIG_* variable of the task's environment; docs/hooks.md)."""
+    head = "#!/bin/bash\n# slurm-mig sandbox: the slurm-mig TaskProlog (docs/hooks.md).\n"
+    shipped = _shipped_hook("taskprolog")
+    if shipped:
+        return head + f"exec {shipped} {files.env_file}\n"
+    return (head + '[ -n "${SLURM_JOB_GPUS:-}${SLURM_STEP_GPUS:-}" ] || exit 0\n'
+            f"SLURM_MIG_RUN_DIR={files.root}/nodes/$SLURMD_NODENAME/run "
+            f"exec {python} -I -m slurm_mig.hooks task-prolog\n")
+
+
 def hook_text(files: SandboxFiles, which: str, python: str) -> str:
     head = (f"#!/bin/bash\n# slurm-mig sandbox: the slurm-mig {which} hook with this sandbox's "
             f"settings (docs/hooks.md).\nexport SLURM_MIG_DEFAULTS={files.env_file}\n")
@@ -217,10 +229,13 @@ def write_scripts(files: SandboxFiles, paths: SandboxPaths, python: str) -> None
     Every mode is set explicitly, whatever the umask."""
     make_seen(files.seen)
     write_atomic(files.env_file, f"SLURM_MIG_PYTHON={python}\n"
-                 f"SLURM_MIG_CONFIG={files.root}/nodes/${{SLURMD_NODENAME}}/config.toml\n")
+                 f"SLURM_MIG_CONFIG={files.root}/nodes/${{SLURMD_NODENAME}}/config.toml\n"
+                 f"SLURM_MIG_RUN_DIR={files.root}/nodes/${{SLURMD_NODENAME}}/run\n")
     for hook in ("prolog", "epilog"):
         write_exec(os.path.join(files.hook_dir(hook), "50-slurm-mig"),
                    hook_text(files, hook, python))
+    write_exec(os.path.join(files.hook_dir("taskprolog"), "50-slurm-mig"),
+               task_prolog_text(files, python))
     write_exec(files.sim_job, sim_job_text(files, python))
     for name in SLURM_CLIENTS:
         write_exec(files.client(name), client_text(files, paths, name))

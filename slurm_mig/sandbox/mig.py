@@ -12,7 +12,8 @@ module, the sandbox's lifecycle.  ``up`` builds, under one root directory (the f
 * the simulated GPUs, cut into the layout by the apply engine, and gres.conf plus the nodes'
   ``Gres=`` written by the same functions as ``slurm-mig gres-conf/node-conf --write``;
 * the shipped prolog/epilog hooks as ``Prolog=<root>/prolog.d/*`` / ``Epilog=`` globs with
-  ``PrologFlags=Alloc``, their settings in ``<root>/slurm-mig.env``;
+  ``PrologFlags=Alloc``, their settings in ``<root>/slurm-mig.env``; the shipped TaskProlog
+  as ``TaskProlog=<root>/taskprolog.d/50-slurm-mig`` (tasks see their MIG UUIDs);
 * ``bin/sim-job``: a job script that attaches to its instance (``slurm_mig.hooks sim-run``)
   and writes what it reached to ``seen/<jobid>.json``;
 
@@ -236,6 +237,7 @@ def _build(spec: SandboxSpec, files: SandboxFiles) -> SandboxCluster:
     cluster.write_config({n: "" for n in nodes}, "", {
         "Prolog": os.path.join(files.hook_dir("prolog"), "*"),
         "Epilog": os.path.join(files.hook_dir("epilog"), "*"),
+        "TaskProlog": os.path.join(files.hook_dir("taskprolog"), "50-slurm-mig"),
         "SlurmdParameters": "config_overrides"})
     cluster.save_state()  # from here on `down` finds whatever gets started
     for node in nodes:

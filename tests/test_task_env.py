@@ -203,3 +203,25 @@ def test_the_entry_point_exits_0_even_on_a_bug(monkeypatch, capsys):
     assert hooks.task_prolog({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}) == 0
     out, err = capsys.readouterr()
     assert out == "" and "internal error RuntimeError" in err
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o733])
+def test_a_task_env_directory_others_can_write_is_refused(tmp_path, mode):
+    d = tmp_path / "task-env"
+    d.mkdir()
+    os.chmod(d, mode)
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0}]}
+    with pytest.raises(OSError, match="writable only by it"):
+        taskenv.write_env_file(str(tmp_path), record, "4242")
+    assert os.listdir(d) == []
+
+
+def test_a_task_env_directory_that_is_a_link_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "task-env")
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0}]}
+    with pytest.raises(OSError):
+        taskenv.write_env_file(str(tmp_path), record, "4242")
+    assert os.listdir(tmp_path / "elsewhere") == []

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..core import catalog as catalog_mod
 from ..core.devices import instance_devices, read_mig_minors
-from ..core.errors import InputError, MigNotEnabled, NotSupported
+from ..core.errors import InputError, MigNotEnabled, NotSupported, SlurmMigError
 from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
@@ -189,9 +189,27 @@ def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all
                          dry_run=dry_run, lock_timeout=config.apply.lock_timeout,
                          devices=device_nodes(config))
     gpus = [r.as_dict() for r in results]
-    return {"dry_run": dry_run, "gpus": gpus,
-            "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus),
-            "warnings": list(backend.record_warnings)}
+    return _with_dcgm_mapping(config, {
+        "dry_run": dry_run, "gpus": gpus,
+        "blocked": any(g["blocked"] or g["blocked_creates"] for g in gpus),
+        "warnings": list(backend.record_warnings)})
+
+
+def _with_dcgm_mapping(config: Config, result: dict) -> dict:
+    """After apply, sync, ``sync --pending`` or ``mode`` (not a dry run), with ``[hooks]
+    dcgm_job_mapping_dir`` set: dcgm-exporter's mapping files rewritten from the job records
+    (:mod:`slurm_mig.node.dcgmmap`), as ``result["dcgm_mapping"]`` (the key only then)."""
+    directory = config.hooks.dcgm_job_mapping_dir
+    if not directory or result.get("dry_run"):
+        return result
+    from ..node.dcgmmap import refresh
+
+    try:
+        done = refresh(directory, config.paths.state_dir, config.apply.lock_timeout)
+    except (OSError, SlurmMigError) as err:
+        done = {"error": f"dcgm-exporter mapping files in {directory} not rewritten ({err}); "
+                         f"the next prolog, epilog or sync retries"}
+    return dict(result, dcgm_mapping=done)
 
 
 # ----------------------------------------------------------------------------- sync
@@ -204,8 +222,9 @@ def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = 
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return sync_node(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-                     layout=layout, wait=wait, dry_run=dry_run).as_dict()
+    return _with_dcgm_mapping(config, sync_node(
+        config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+        layout=layout, wait=wait, dry_run=dry_run).as_dict())
 
 
 def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: str = "all",
@@ -216,8 +235,9 @@ def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: s
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return set_mode(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-                    want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict()
+    return _with_dcgm_mapping(config, set_mode(
+        config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+        want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict())
 
 
 # ----------------------------------------------------------------------------- rebalance
@@ -231,8 +251,9 @@ def sync_pending(config: Config, backend: GpuBackend, environ, *, node: Optional
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return run(config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
-               node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict()
+    return _with_dcgm_mapping(config, run(
+        config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
+        node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict())
 
 
 def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:

@@ -289,7 +289,8 @@ def settings(config) -> dict:
             "node_gres_include": config.paths.node_gres_include,
             "lock_timeout": config.apply.lock_timeout,
             "epilog_wipe": config.hooks.epilog_wipe, "kill_grace": config.hooks.kill_grace,
-            "run_dir": config.paths.run_dir, "task_env": config.hooks.task_env}
+            "run_dir": config.paths.run_dir, "task_env": config.hooks.task_env,
+            "dcgm_job_mapping_dir": config.hooks.dcgm_job_mapping_dir}
 
 
 def write_config_cache(path: str) -> None:
@@ -500,6 +501,7 @@ def prolog(environ, indexes: list, proc_root: str = "/proc") -> dict:
         safefs.ensure_dir(jobs.jobs_dir(state_dir), 0o700, "job records directory", tighten=True)
         _write_json(jobs.job_path(state_dir, job), record, 0o600)
         task_env_file(cfg["task_env"], cfg["run_dir"], record)
+        dcgm_mapping(cfg["dcgm_job_mapping_dir"], state_dir, boot, "prolog", job)
         for entry, idle in checked:  # the instance is the job's now: its idle fact is used up
             if idle is not None:
                 os.replace(idle, fact_path(state_dir, entry["gpu"], entry["gi_id"], job))
@@ -607,6 +609,7 @@ def epilog(environ, wipe_env: str, proc_root: str = "/proc") -> dict:
                     os.unlink(held_path)
             removed = jobs.remove_job(state_dir, job)
         drop_task_env_file(cfg["run_dir"], job)
+        dcgm_mapping(cfg["dcgm_job_mapping_dir"], state_dir, jobs.boot_id(proc_root), "epilog", job)
     return {"job_id": job, "record": reading is not None, "removed": removed, "ended": [],
             "other_pids": [], "recreated": [], "strays": [], "strays_left": []}
 
@@ -719,6 +722,23 @@ def drop_task_env_file(run_dir: str, job: str) -> None:
         taskenv.remove_env_file(run_dir, job)
     except (OSError, ValueError):
         pass
+
+
+def dcgm_mapping(directory: str, state_dir: str, boot, which: str, job: str) -> None:
+    """Prolog/epilog, under the node lock: dcgm-exporter's mapping files from the job records
+    (:mod:`slurm_mig.node.dcgmmap`), when ``[hooks] dcgm_job_mapping_dir`` is set.  Best
+    effort: metrics without a job label are not worth a drained node."""
+    import sys
+
+    if not directory:
+        return
+    from ..node import dcgmmap
+
+    try:
+        dcgmmap.rewrite(directory, state_dir, boot)
+    except (OSError, ValueError) as err:
+        sys.stderr.write(f"slurm-mig {which}: job {job}: warning: dcgm-exporter mapping files in "
+                         f"{directory} not updated ({err}); `slurm-mig sync` rewrites them\n")
 
 
 def _job(environ) -> str:

@@ -137,6 +137,7 @@ def prolog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
                   "node": node, "boot_id": boot, "instances": got}
         write_job(state_dir, record)
         hookfast.task_env_file(config.hooks.task_env, config.paths.run_dir, record)
+        hookfast.dcgm_mapping(config.hooks.dcgm_job_mapping_dir, state_dir, boot, "prolog", job)
         sources = {"gres_conf": (config.paths.gres_conf, gres_text),
                    "node_gres_include": (config.paths.node_gres_include, include_text),
                    "mig_minors": (minors_path, minors_id), "driver": (driver_path, driver_id)}
@@ -508,9 +509,10 @@ def epilog(config, backend, environ: Mapping[str, str], *, proc_root: str = "/pr
                               boot)
             removed = remove_job(state_dir, job)  # last: a rerun after a kill finishes the wipe
         _drop_held(state_dir, job)
-    from .fast import drop_task_env_file
+        from .fast import dcgm_mapping, drop_task_env_file
 
-    drop_task_env_file(config.paths.run_dir, job)
+        drop_task_env_file(config.paths.run_dir, job)
+        dcgm_mapping(config.hooks.dcgm_job_mapping_dir, state_dir, boot_id(proc_root), "epilog", job)
     return {"job_id": job, "record": reading is not None, "removed": removed, "ended": ended,
             "other_pids": sorted(others), "recreated": recreated, "moved_to": moved,
             "warnings": warnings,

@@ -126,6 +126,8 @@ class HookSettings:
     #: what the TaskProlog gives tasks: "mig-uuids" (CUDA_/NVIDIA_VISIBLE_DEVICES = MIG UUIDs)
     #: or "slurm" (Slurm's own values; the prolog writes no task env file)
     task_env: str = "mig-uuids"
+    #: dcgm-exporter's --hpc-job-mapping-dir, kept equal to the job records; "" = off
+    dcgm_job_mapping_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -471,7 +473,8 @@ class _Reader:
         return value
 
     def hooks(self, doc: Mapping) -> HookSettings:
-        t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace", "task_env"))
+        t = self.table(doc, "", "hooks", ("epilog_wipe", "kill_grace", "task_env",
+                                          "dcgm_job_mapping_dir"))
         wipe = t.get("epilog_wipe", False)
         if not isinstance(wipe, bool):
             raise self.error("hooks.epilog_wipe", f"expected true or false, got {shown(wipe)}")
@@ -479,7 +482,12 @@ class _Reader:
         task_env = t.get("task_env", HookSettings().task_env)
         if task_env not in ("mig-uuids", "slurm"):
             raise self.error("hooks.task_env", f"{shown(task_env)} is not one of mig-uuids, slurm")
-        return HookSettings(epilog_wipe=wipe, kill_grace=grace, task_env=task_env)
+        dcgm = self.string(t.get("dcgm_job_mapping_dir", ""), "hooks.dcgm_job_mapping_dir")
+        if dcgm:
+            dcgm = self.full_path(self.path(dcgm, "hooks.dcgm_job_mapping_dir"),
+                                  "hooks.dcgm_job_mapping_dir")
+        return HookSettings(epilog_wipe=wipe, kill_grace=grace, task_env=task_env,
+                            dcgm_job_mapping_dir=dcgm)
 
     def apply(self, doc: Mapping) -> ApplySettings:
         t = self.table(doc, "", "apply", ("partial", "lock_timeout"))

@@ -208,7 +208,7 @@ def sandbox(prefix: str, gpus: Mapping[str, List[str]],
             config_extra: str = "") -> Iterator[Sbx]:
     """A started cluster with nodes ``gpus`` (node -> simulated models), each GPU cut as
     ``layouts`` says (node -> [(gpu index, layout)]).  ``config_extra`` goes at the end of
-    every node's config.toml.  Stopped (and removed) on exit."""
+    every node's config.toml, ``@NODEROOT@`` in it replaced by that node's directory.  Stopped (and removed) on exit."""
     root = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
     # 8 CPUs a node on a smaller machine (config_overrides): 7 jobs at once on n1's instances.
     cluster = SandboxCluster(root, list(gpus), cpus_per_node=cpus_per_node)
@@ -238,7 +238,7 @@ def sandbox(prefix: str, gpus: Mapping[str, List[str]],
                     [sim]
                     root = "{nroot}/sim"
                     gpus = {json.dumps(models)}
-                    """) + textwrap.dedent(config_extra))
+                    """) + textwrap.dedent(config_extra).replace("@NODEROOT@", nroot))
             SimDriver.create(os.path.join(nroot, "sim"), models)
             for gpu, layout in layouts[node]:
                 cli("--config", cfg, "apply", layout, "--gpu", gpu)

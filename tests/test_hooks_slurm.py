@@ -41,7 +41,8 @@ LAYOUTS = {"n1": [("0", "1g.5gb:7")],
 
 @pytest.fixture(scope="module")
 def sbx():
-    with sandbox("sbx-hooks-", GPUS, LAYOUTS) as s:
+    with sandbox("sbx-hooks-", GPUS, LAYOUTS,
+                 config_extra='[hooks]\ndcgm_job_mapping_dir = "@NODEROOT@/dcgm"\n') as s:
         yield s
 
 
@@ -240,6 +241,9 @@ def test_task_prolog_gives_tasks_their_mig_uuids_and_a_cpu_job_nothing(sbx):
                 if str(job) in i["jobs"]}
         env_file = os.path.join(sbx.config("n2").paths.run_dir, "task-env", f"{job}.json")
         assert os.path.exists(env_file)
+        dcgm = sbx.config("n2").hooks.dcgm_job_mapping_dir
+        assert {n: open(os.path.join(dcgm, n)).read() for n in os.listdir(dcgm)} == {
+            f"{gpu}.{gi}": f"{job}\n" for gpu, gi, _, _ in held.values()}
     finally:
         open(f"{seen}/{job}.go", "w").close()
     print(f"\njob {job}: batch CUDA_VISIBLE_DEVICES={batch.get('CUDA_VISIBLE_DEVICES')} "
@@ -253,6 +257,7 @@ def test_task_prolog_gives_tasks_their_mig_uuids_and_a_cpu_job_nothing(sbx):
     assert one in held and step["NVIDIA_VISIBLE_DEVICES"] == one
     assert sbx.cluster.wait_job(job, timeout=60).state == "COMPLETED"
     until("the epilog removed the env file", lambda: not os.path.exists(env_file), 20)
+    until("the epilog removed the mapping files", lambda: os.listdir(dcgm) == [], 20)
 
     cpu = sbx.cluster.submit(["-w", "n2"], CPU_JOB.format(root=sbx.root))
     assert sbx.cluster.wait_job(cpu, timeout=60).state == "COMPLETED"

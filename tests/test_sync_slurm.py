@@ -16,6 +16,7 @@ Needs root, munge and Slurm; skipped with the reason otherwise.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Dict, List
@@ -39,9 +40,18 @@ GPUS = {"n1": ["A100-40GB"], "n2": ["A100-40GB"]}
 LAYOUTS = {"n1": [("0", "1g.5gb:7")], "n2": [("0", "3g.20gb:1")]}
 
 
+#: dcgm-exporter mapping files per node (issue 11), checked across the layout change below.
+DCGM = '[hooks]\ndcgm_job_mapping_dir = "@NODEROOT@/dcgm"\n'
+
+
+def dcgm_files(sbx, node: str) -> Dict[str, str]:
+    d = sbx.config(node).hooks.dcgm_job_mapping_dir
+    return {n: open(os.path.join(d, n)).read() for n in sorted(os.listdir(d))} if os.path.isdir(d) else {}
+
+
 @pytest.fixture(scope="module")
 def sbx():
-    with sandbox("sbx-sync-", GPUS, LAYOUTS) as s:
+    with sandbox("sbx-sync-", GPUS, LAYOUTS, config_extra=DCGM) as s:
         yield s
 
 
@@ -61,7 +71,9 @@ def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it
 
         seen = until("1g jobs running and on their instances", running_and_seen)
         held = {j: s["instances"][0]["gi_id"] for j, s in zip(small, seen)}
-        big = [sbx.submit(["--gres=gpu:3g.20gb:1"], sleep=0.5) for _ in range(2)]
+        # While they run, dcgm-exporter's file of each instance names its job.
+        assert dcgm_files(sbx, "n1") == {f"0.{gi}": f"{j}\n" for j, gi in held.items()}
+        big = [sbx.submit(["--gres=gpu:3g.20gb:1"], sleep=3) for _ in range(2)]
         assert [cluster.job(j).state for j in big] == ["PENDING", "PENDING"]
 
         looks: List[Dict[int, tuple]] = []  # n1's instances (gi -> pids) at each poll
@@ -99,11 +111,18 @@ def test_sync_waits_for_running_jobs_then_changes_the_layout_and_new_jobs_use_it
         assert "NodeName=n1 " in open(cluster.paths.nodes_conf).read()
         assert sbx.node_gres()["n1"] == "gpu:3g.20gb:2"
 
-        # The waiting 3g jobs now run on n1, each on one of the new instances.
+        # The waiting 3g jobs now run on n1, each on one of the new instances; the mapping
+        # files follow the new GPU-instance ids (the 1g jobs' files went with their epilogs).
         sbx.write_records()
+        seen_big = until("both 3g jobs on their instances",
+                         lambda: [sbx.seen_done(j) for j in big] if all(sbx.seen_done(j) for j in big)
+                         else None)
+        assert dcgm_files(sbx, "n1") == {f"0.{recs[int(s['job_gpus'])].gi_id}": f"{j}\n"
+                                         for j, s in zip(big, seen_big)}
         done = {j: cluster.wait_job(j, 30) for j in big}
         assert {j: (i.state, i.nodes) for j, i in done.items()} == {
             j: ("COMPLETED", "n1") for j in big}
+        until("the epilogs removed the mapping files", lambda: dcgm_files(sbx, "n1") == {}, 20)
         got = set()
         for j in big:
             [inst] = sbx.seen(j)["instances"]

@@ -225,3 +225,15 @@ def test_a_task_env_directory_that_is_a_link_is_refused(tmp_path):
     with pytest.raises(OSError):
         taskenv.write_env_file(str(tmp_path), record, "4242")
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_run_dir_made_under_a_tight_umask_is_still_traversable(tmp_path):
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0}]}
+    old = os.umask(0o077)
+    try:
+        taskenv.write_env_file(str(tmp_path / "run"), record, "4242")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "run" / "task-env").st_mode) == 0o711

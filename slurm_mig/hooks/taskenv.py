@@ -69,7 +69,9 @@ def write_env_file(run_dir: str, record: dict, uid_text: str | None) -> str | No
         return None
     uid = int(uid_text)
     d = env_dir(run_dir)
-    os.makedirs(run_dir, 0o755, exist_ok=True)
+    if not os.path.isdir(run_dir):  # made here: traversable by the users whatever the umask
+        os.makedirs(run_dir, 0o755, exist_ok=True)
+        os.chmod(run_dir, 0o755)
     try:
         os.mkdir(d, 0o711)
     except FileExistsError:

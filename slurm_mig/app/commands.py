@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..core import catalog as catalog_mod
 from ..core.devices import instance_devices, read_mig_minors
-from ..core.errors import InputError, MigNotEnabled, NotSupported
+from ..core.errors import InputError, MigNotEnabled, NotSupported, UnknownModel
 from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
@@ -265,8 +265,8 @@ def accounting_tres(models: Optional[str] = None, *, config: Optional[Config] = 
                              "A100-80GB,H100-80GB (see `slurm-mig catalog`)")
         try:
             chosen, source = [cat.model(n) for n in names], "models"
-        except catalog_mod.UnknownModel as err:
-            raise catalog_mod.UnknownModel(f"--models: {err}") from err
+        except UnknownModel as err:
+            raise UnknownModel(f"--models: {err}") from err
     elif config is not None:
         chosen, source = [cat.model(n) for n in config.sim.gpus], "config"
     elif backend is not None:

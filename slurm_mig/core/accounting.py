@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
 from .catalog import GpuModel
 from .errors import InputError
@@ -55,7 +55,7 @@ def _natural(text: str) -> Tuple[Any, ...]:
 
 def gpu_types(models: Iterable[GpuModel], aliases: bool = True) -> List[str]:
     """Every gres type name the models' MIG instances may carry, once each, natural order."""
-    names = set()
+    names: Set[str] = set()
     for m in models:
         for p in m.profiles:
             names.update(p.names() if aliases else (p.name,))

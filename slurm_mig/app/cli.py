@@ -247,6 +247,35 @@ def demo(obj: Context, root, no_slurm):
 
 
 
+@cli.command("accounting-tres")
+@click.option("--models", default=None, metavar="MODEL,...",
+              help="the cluster's GPU models (catalog keys, e.g. A100-80GB,H100-80GB)")
+@click.option("--from-config", is_flag=True, help="the models of the config's [sim] gpus")
+@click.option("--from-node", is_flag=True, help="the models of this node's GPUs (the driver's names)")
+@click.option("--keep", default="", metavar="TRES,...",
+              help="other TRES to keep (cpu,mem,energy,...), or your current "
+                   "AccountingStorageTRES=... line to merge with")
+@click.option("--no-aliases", is_flag=True,
+              help="leave out the other names a driver may give a profile (3g.39gb for 3g.40gb)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (stable keys)")
+@pass_ctx
+def accounting_tres_cmd(obj: Context, models, from_config, from_node, keep, no_aliases, as_json):
+    """Print the AccountingStorageTRES line that makes sacct count each MIG type.
+
+    Lists gres/gpu and gres/gpu:<profile> for every profile of the chosen models (default:
+    every catalog model, with a warning).  docs/accounting.md.
+    """
+    from .commands import accounting_tres
+
+    if sum((models is not None, from_config, from_node)) > 1:
+        raise click.UsageError("choose one of --models, --from-config, --from-node")
+    obj.as_json = obj.as_json or as_json
+    result = accounting_tres(models, config=obj.config if from_config else None,
+                             backend=obj.backend if from_node else None, keep=keep,
+                             aliases=not no_aliases)
+    obj.emit(result, render.accounting_tres_text)
+
+
 @cli.command("gres-conf")
 @click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
 @click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")

@@ -241,3 +241,13 @@ def _reconfigured(result: Mapping[str, Any]) -> str:
     if not result["reconfigured"]:
         return "no"
     return "twice" if result.get("reconfigures", 1) > 1 else "once"
+
+
+def accounting_tres_text(result: dict) -> str:
+    """The line alone on stdout (to paste or redirect into an include); warnings as
+    ``#`` comments above it, so the output stays a valid slurm.conf fragment."""
+    out = [f"# slurm-mig: {w}" for w in result["warnings"]]
+    out.append(f"# slurm-mig: MIG types of {', '.join(result['models'])}; restart slurmctld "
+               f"after changing this line (docs/accounting.md)")
+    out.append(result["line"])
+    return "\n".join(out)

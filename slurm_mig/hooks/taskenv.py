@@ -65,7 +65,7 @@ def write_env_file(run_dir: str, record: dict, uid_text: str | None) -> str | No
     """Prolog (root): write the job's env file, owned by the job's uid, 0400 (atomic).
     None when the job has no MIG instance or no uid (nothing the tasks could read)."""
     items = entries(record)
-    if not items or not (uid_text or "").isdigit() or not uid_text.isascii():
+    if not items or uid_text is None or not uid_text.isdigit() or not uid_text.isascii():
         return None
     uid = int(uid_text)
     d = env_dir(run_dir)

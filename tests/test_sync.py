@@ -33,7 +33,7 @@ from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 from conftest import tree_snapshot
 
 NODE = "n1"
-MUTATIONS = ("drain", "resume", "reconfigure")
+MUTATIONS = ("drain", "drain_nodes", "resume", "reconfigure")
 
 
 class FakeSlurm:
@@ -86,6 +86,13 @@ class FakeSlurm:
         self._call("drain", node, reason)
         self.flags.add("DRAIN")
         self.reason = reason
+
+    def drain_nodes(self, nodes, reason):
+        self._call("drain_nodes", tuple(nodes), reason)
+        for node in nodes:
+            assert node == self.node, node
+            self.flags.add("DRAIN")
+            self.reason = reason
 
     def resume(self, node):
         self._call("resume", node)
@@ -511,7 +518,7 @@ def test_cli_sync_json_keys_are_stable(cli, tmp_path):
     data = json.loads(out)
     assert sorted(data) == sorted([
         "node", "dry_run", "already_in_sync", "layout", "wanted", "gres", "drained_by_us",
-        "drained_before", "resumed", "apply", "files", "steps", "seconds"])
+        "drained_before", "resumed", "apply", "files", "steps", "seconds", "hold"])
     assert sorted(data["wanted"][0]) == ["before", "gpu", "text", "wanted"]
     assert sorted(data["gres"]) == ["after", "before"]
     assert sorted(data["steps"][0]) == ["detail", "seconds", "status", "step"]

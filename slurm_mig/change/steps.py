@@ -260,11 +260,12 @@ def check_registered(slurm: SlurmClient, node: str, gres: str, timeout: float, *
 
 
 def holdable(st: NodeStatus) -> bool:
-    """A node a GPU job could be allocated on now: gpus in its Slurm gres, not drained or
-    draining, not down, answering and not invalid."""
+    """A node a GPU job could be allocated on during the reconfigure: gpus in its Slurm gres,
+    not drained or draining, not down, not invalid.  A node not responding now is held too:
+    its slurmd may answer in the window (the sandbox's do, right after they start: IDLE*)."""
     return (any(n > 0 for n in st.gres.values()) and not st.drain_flagged
             and st.base not in ("down", "future") and "DOWN" not in st.flags
-            and st.responding and not any(f.startswith("INVAL") for f in st.flags))
+            and not any(f.startswith("INVAL") for f in st.flags))
 
 
 def held_by_us(st: NodeStatus) -> bool:

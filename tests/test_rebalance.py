@@ -602,7 +602,7 @@ def test_crash_between_include_write_and_reconfigure_converges_on_the_next_cycle
     assert [c[0] for c in cluster.calls] == ["drain_nodes", "reconfigure", "reconfigure", "resume",
                                              "resume"]
     assert result["hold"] == {"held": [], "adopted": ["n2"], "resumed": ["n2"], "kept": {},
-                              "left": [], "failed": {}, "calls": 2}
+                              "left": [], "failed": {}, "calls": 2, "seconds": 0.0}
     assert cluster.infos["n1"].gres == {"3g.20gb": 2} and "DRAIN" not in cluster.infos["n1"].flags
     assert "DRAIN" not in cluster.infos["n2"].flags
 
@@ -731,7 +731,7 @@ def test_result_keys_are_stable(config, cluster):
                               "finished", "hold", "notes", "plan", "reconfigured", "reconfigures",
                               "resumed", "wait"]
     assert sorted(result["hold"]) == ["adopted", "calls", "failed", "held", "kept", "left",
-                                      "resumed"]
+                                      "resumed", "seconds"]
     assert sorted(result["wait"]) == ["applied", "failed", "pending", "seconds"]
     assert sorted(result["changed"][0]) == ["node", "reason", "want"]
 
@@ -1111,7 +1111,7 @@ def test_reconfigure_holds_every_schedulable_gpu_node_in_one_call_and_resumes_ea
     # every resume came after its node registered: a resume of an UNKNOWN node fails here
     assert sorted(ops[2:]) == [("resume", "n1"), ("resume", "n2"), ("resume", "n3")]
     assert result["hold"] == {"held": ["n2", "n3"], "adopted": [], "resumed": ["n3", "n2"],
-                              "kept": {}, "left": [], "failed": {}, "calls": 4}
+                              "kept": {}, "left": [], "failed": {}, "calls": 4, "seconds": 0.0}
     assert "DRAIN" not in cluster.infos["n2"].flags and "DRAIN" not in cluster.infos["n3"].flags
     assert cluster.infos["n4"].reason == "bad dimm" and "DRAIN" in cluster.infos["n4"].flags
     assert "slurm-mig rebalance: cycle 1: held n2,n3 across the reconfigure" in result["actions"]

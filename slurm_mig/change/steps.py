@@ -280,7 +280,8 @@ class HoldResult:
     """What one hold did: ``held`` (drained by it, or found held by an earlier run that died:
     ``adopted``), ``resumed``, ``kept`` (node -> the reason someone else drained it with
     meanwhile: left alone), ``left`` (not registered in time: still held, the next rebalance
-    cycle or sync resumes it), ``failed`` (node -> error) and the scontrol calls it made."""
+    cycle or sync resumes it), ``failed`` (node -> error), the scontrol calls it made and the
+    seconds they took (the waits are the caller's)."""
 
     held: Tuple[str, ...] = ()
     adopted: Tuple[str, ...] = ()
@@ -289,11 +290,13 @@ class HoldResult:
     left: Tuple[str, ...] = ()
     failed: Tuple[Tuple[str, str], ...] = ()
     calls: int = 0
+    seconds: float = 0.0  #: spent in the hold's own calls (read, drain, resumes)
 
     def as_dict(self) -> Dict[str, Any]:
         return {"held": list(self.held), "adopted": list(self.adopted),
                 "resumed": list(self.resumed), "kept": dict(self.kept), "left": list(self.left),
-                "failed": dict(self.failed), "calls": self.calls}
+                "failed": dict(self.failed), "calls": self.calls,
+                "seconds": round(self.seconds, 3)}
 
 
 class Hold:
@@ -309,8 +312,10 @@ class Hold:
     :func:`wait_registered`."""
 
     def __init__(self, slurm: SlurmClient, reason: str, enabled: bool = True,
-                 logger: logging.Logger = log):
+                 logger: logging.Logger = log, clock: Callable[[], float] = time.monotonic):
         self.slurm = slurm
+        self.clock = clock
+        self._seconds = 0.0
         self.reason = reason
         self.enabled = enabled
         self.log = logger
@@ -329,6 +334,13 @@ class Hold:
         :meth:`wait` resumes those that did get the reason."""
         if not self.enabled:
             return
+        t0 = self.clock()
+        try:
+            self._start(skip)
+        finally:
+            self._seconds += self.clock() - t0
+
+    def _start(self, skip: Sequence[str]) -> None:
         self._calls += 1
         status = self.slurm.nodes()
         skipped = set(skip)
@@ -351,13 +363,16 @@ class Hold:
             self.log.info("hold: %s not resumed: %s", node, self._kept[node])
             return
         self._calls += 1
+        t0 = self.clock()
         try:
             self.slurm.resume(node)
         except Exception as err:  # still held: the next rebalance cycle or sync resumes it
             self._failed[node] = one_line(err)
+            self._seconds += self.clock() - t0
             self.log.warning("hold: resuming %s failed: %s; the next slurm-mig rebalance cycle "
                              "or sync resumes it", node, one_line(err))
             return
+        self._seconds += self.clock() - t0
         self._resumed.append(node)
 
     def wait(self, slurm: SlurmClient, expected: Mapping[str, str], timeout: float, *,
@@ -388,7 +403,7 @@ class Hold:
     def result(self) -> HoldResult:
         return HoldResult(tuple(self._held), tuple(self._adopted), tuple(self._resumed),
                           tuple(sorted(self._kept.items())), tuple(self._left),
-                          tuple(sorted(self._failed.items())), self._calls)
+                          tuple(sorted(self._failed.items())), self._calls, self._seconds)
 
     def lines(self, head: str) -> List[str]:
         """Greppable lines of what the hold did, each starting with ``head``."""

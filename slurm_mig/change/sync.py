@@ -221,7 +221,7 @@ class _Run:
         self.gres_before = ""
         self.gres_after = ""
         self.hold = Hold(self.slurm, reasons.hold(f"{SYNC} on {self.node}"),
-                         self.config.slurm.hold_during_reconfigure, log)
+                         self.config.slurm.hold_during_reconfigure, log, self.clock)
         self.released = False
 
     # -- the result ------------------------------------------------------------------------

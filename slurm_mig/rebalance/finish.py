@@ -158,7 +158,7 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
     reconfigures = 0
     reconfigured = False
     hold = Hold(slurm, reasons.hold(f"rebalance (cycle {cycle})"),
-                config.slurm.hold_during_reconfigure, log)
+                config.slurm.hold_during_reconfigure, log, clock)
 
     def tell_slurm() -> Optional[Tuple[str, BaseException]]:
         """Every ``ready`` node's Gres= in the include, then the reconfigure."""

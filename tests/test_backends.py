@@ -322,6 +322,38 @@ def test_set_mig_mode_on_h100_is_immediate(node):
     assert (result.current, result.pending, result.reset_required) == (False, False, False)
 
 
+def test_processes_on_the_whole_gpu_with_mig_off_and_on_instances_with_mig_on(node):
+    n = node(H100, A100, mig_enabled=False)
+    n.driver.attach_gpu_process(0, 4242)
+    assert n.backend.processes(0) == (4242,) and n.backend.processes(1) == ()
+    n.backend.set_mig_mode(1, True)
+    n.driver.reset_gpu(1)
+    made = n.backend.create_instance(1, P_7G40, 0)
+    n.driver.attach_process(1, made.gi_id, made.ci_id, 99)
+    assert n.backend.processes(1) == (99,)
+
+
+def test_a_hopper_mode_change_under_a_process_stays_pending(node):
+    n = node(H100, mig_enabled=False)
+    n.driver.attach_gpu_process(0, 4242)
+    result = n.backend.set_mig_mode(0, True)
+    assert (result.current, result.pending, result.reset_required) == (False, True, True)
+
+
+def test_reset_makes_a_pending_mode_current_on_the_simulator_and_nvml_says_what_to_run(node):
+    n = node(A100, mig_enabled=False)
+    n.backend.set_mig_mode(0, True)
+    if n.kind == "sim":
+        result = n.backend.reset_gpu(0)
+        assert (result.current, result.pending, result.reset_required) == (True, True, False)
+        return
+    with pytest.raises(errors.NotSupported) as excinfo:
+        n.backend.reset_gpu(0)
+    assert "NVML has no GPU reset call" in str(excinfo.value)
+    assert "`nvidia-smi -r -i 0`" in str(excinfo.value)
+    assert n.backend.gpus()[0].mig_reset_pending
+
+
 def test_disabling_mig_with_instances_is_refused(node):
     n = node(H100)
     n.backend.create_instance(0, P_1G5, 3)

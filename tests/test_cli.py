@@ -149,7 +149,7 @@ def test_apply_to_gpu_not_in_mig_mode_says_how_to_enable(cli, node_config, tmp_p
     config = node_config(gpus=("A100-40GB",))
     assert cli("sim", "init", "--mig-off", config=config)[0] == 0
     code, _, err = cli("apply", "7g.40gb:1", "--gpu", "0", config=config)
-    assert code == 4 and "not in MIG mode" in err and "nvidia-smi -i 0 -mig 1" in err
+    assert code == 4 and "not in MIG mode" in err and "`slurm-mig mode on --gpu 0`" in err
 
 
 # -- docs/apply.md's decisions, each through the CLI: output and exit code together ---------
@@ -187,8 +187,8 @@ def test_apply_all_without_a_mig_gpu_exits_4_with_the_fix_as_documented(cli, nod
     assert cli("sim", "init", "--mig-off", config=config)[0] == 0
     before = tree_snapshot(tmp_path / "host")
     want = ("slurm-mig: error: no GPU on this node is in MIG mode (gpu 0 off; gpu 1 off); "
-            "nothing was changed; enable it with `nvidia-smi -i <index> -mig 1` (Ampere GPUs "
-            "then need a reset), see `slurm-mig status`\n")
+            "nothing was changed; enable it with `slurm-mig mode on --gpu <index>` (Ampere GPUs "
+            "then need a reset; docs/mig-mode.md), see `slurm-mig status`\n")
     assert cli("apply", "empty", config=config) == (4, "", want)
     assert cli("apply", "empty", "--gpu", "all", "--dry-run", config=config) == (4, "", want)
     assert cli("sync", "--layout", "empty", "--node", "n1", config=config) == (4, "", want)

@@ -116,6 +116,29 @@ def test_set_mig_mode_returns_the_activation_status(driver, nv):
     assert nv.nvmlDeviceGetMigMode(dev) == [1, 1]
 
 
+def test_processes_on_a_gpu_without_mig_mode_come_from_the_device_handle(tmp_path):
+    driver = SimDriver.create(str(tmp_path), ["H100-80GB"], mig_enabled=False)
+    nv = fake_pynvml(driver.root)
+    nv.nvmlInit()
+    dev = nv.nvmlDeviceGetHandleByIndex(0)
+    assert nv.nvmlDeviceGetComputeRunningProcesses(dev) == []
+    driver.attach_gpu_process(0, 4242)
+    (proc,) = nv.nvmlDeviceGetComputeRunningProcesses(dev)
+    assert (proc.pid, proc.gpuInstanceId, proc.computeInstanceId) == (4242, 0xFFFFFFFF, 0xFFFFFFFF)
+    # Hopper: the device is not idle, so the change stays pending (NVML's IN_USE).
+    assert nv.nvmlDeviceSetMigMode(dev, pynvml.NVML_DEVICE_MIG_ENABLE) == pynvml.NVML_ERROR_IN_USE
+    assert nv.nvmlDeviceGetMigMode(dev) == [0, 1]
+
+
+def test_ampere_mode_change_answers_in_use_and_stays_pending(tmp_path):
+    driver = SimDriver.create(str(tmp_path), [A100], mig_enabled=False)
+    nv = fake_pynvml(driver.root)
+    nv.nvmlInit()
+    dev = nv.nvmlDeviceGetHandleByIndex(0)
+    assert nv.nvmlDeviceSetMigMode(dev, pynvml.NVML_DEVICE_MIG_ENABLE) == pynvml.NVML_ERROR_IN_USE
+    assert nv.nvmlDeviceGetMigMode(dev) == [0, 1]
+
+
 # ---------------------------------------------------------------------- profiles, placements
 
 

@@ -59,6 +59,12 @@ BUILT = [
      "on the node)",
      Reason(reasons.NO_GPUS, detail="job 812 asked for gpus (tres-per-node gres/gpu:1g.10gb:1) "
                                     "but Slurm gave it none")),
+    (reasons.mode_changing("MIG on on gpu 0,1"),
+     "slurm-mig mode: MIG on on gpu 0,1",
+     Reason(reasons.MODE_CHANGING, detail="MIG on on gpu 0,1")),
+    (reasons.mode_failed("reset", GpuError("gpu 0: in use")),
+     "slurm-mig mode failed at reset: gpu 0: in use; fix and rerun slurm-mig mode",
+     Reason(reasons.MODE_FAILED, step="reset", detail="gpu 0: in use")),
 ]
 
 

@@ -176,13 +176,44 @@ def test_node_files_are_laid_out_under_the_root(root):
 
 
 def test_mig_mode_on_ampere_waits_for_reset(root):
+    """Ampere: the driver cannot reset a GPU a client holds ("In use by another client"):
+    IN_USE, pending until a reset.  Hopper and later: current at once."""
     driver = SimDriver.create(root, [A100, "H100-80GB"], mig_enabled=False)
-    assert driver.set_mig_mode(0, True) == rc.SUCCESS
+    assert driver.set_mig_mode(0, True) == rc.IN_USE
     assert driver.mig_mode(0) == (0, 1)
     assert driver.set_mig_mode(1, True) == rc.SUCCESS
     assert driver.mig_mode(1) == (1, 1)
     driver.reset_gpu(0)
     assert driver.mig_mode(0) == (1, 1)
+
+
+def test_a_pending_ampere_change_taken_back_is_success_and_needs_no_reset(root):
+    driver = SimDriver.create(root, [A100], mig_enabled=False)
+    assert driver.set_mig_mode(0, True) == rc.IN_USE
+    assert driver.set_mig_mode(0, False) == rc.SUCCESS
+    assert driver.mig_mode(0) == (0, 0)
+
+
+def test_hopper_mode_change_with_a_process_on_the_gpu_stays_pending(root):
+    driver = SimDriver.create(root, ["H100-80GB"], mig_enabled=False)
+    driver.attach_gpu_process(0, 4242)
+    assert driver.gpu_processes(0) == [4242]
+    assert driver.set_mig_mode(0, True) == rc.IN_USE
+    assert driver.mig_mode(0) == (0, 1)
+    with pytest.raises(SimNvmlError) as excinfo:
+        driver.reset_gpu(0)
+    assert excinfo.value.code == rc.IN_USE and driver.mig_mode(0) == (0, 1)
+    driver.detach_gpu_process(0, 4242)
+    driver.reset_gpu(0)
+    assert driver.mig_mode(0) == (1, 1) and driver.gpu_processes(0) == []
+
+
+def test_reset_is_refused_while_gpu_instances_exist(root):
+    driver = SimDriver.create(root, [A100])
+    driver.create_gpu_instance(0, P_1G5, 0)
+    with pytest.raises(SimNvmlError) as excinfo:
+        driver.reset_gpu(0)
+    assert excinfo.value.code == rc.IN_USE
 
 
 def test_mig_mode_change_with_instances_answers_in_use(root):

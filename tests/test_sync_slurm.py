@@ -238,3 +238,33 @@ def test_sync_holds_the_other_gpu_node_across_its_reconfigure(sbx, meanwhile):
         cluster.command(["scancel", str(job)], check=False)
         if "DRAIN" in cluster.status()["n2"].flags:
             cluster.resume("n2", wait=False)
+
+
+def test_mode_off_then_on_with_a_reset_drains_and_resumes_a_real_node(sbx):
+    """``slurm-mig mode`` on a real slurmd (simulated A100, so --reset works): off destroys
+    n2's idle instance, resets the GPU and Slurm sees one whole GPU; on again leaves the GPU
+    in MIG mode with no instance and no gres.  The node is drained and resumed each time."""
+    from slurm_mig.change.mode import set_mode
+
+    cluster = sbx.cluster
+    cfg = sbx.config("n2")
+    backend = SimBackend(cfg.sim.root)
+    try:
+        off = set_mode(cfg, backend, sbx.slurm_client(), "n2", False, reset=True, wait=30,
+                       poll=0.2).as_dict()
+        print("\nmode off: " + ", ".join(f"{s['step']} {s['status']} {s['seconds']:.1f}s"
+                                        for s in off["steps"]))
+        assert off["drained_by_us"] and off["resumed"]
+        assert off["gpus"][0]["after"] == {"current": False, "pending": False}
+        assert sbx.node_gres()["n2"] == "gpu:1"
+        node = cluster.status()["n2"]
+        assert node.state == "idle" and "DRAIN" not in node.flags, node
+        on = set_mode(cfg, backend, sbx.slurm_client(), "n2", True, reset=True, wait=30,
+                      poll=0.2).as_dict()
+        assert on["resumed"] and on["gpus"][0]["after"] == {"current": True, "pending": True}
+        assert sbx.node_gres()["n2"] == ""
+        node = cluster.status()["n2"]
+        assert node.state == "idle" and "DRAIN" not in node.flags, node
+    finally:  # n2 as the module's other tests found it (when the GPU got back to MIG mode)
+        if backend.gpus()[0].mig_current:
+            sync_node(cfg, backend, sbx.slurm_client(), "n2", layout="3g.20gb:1", wait=30, poll=0.2)

@@ -247,6 +247,35 @@ def demo(obj: Context, root, no_slurm):
 
 
 
+@cli.command("accounting-tres")
+@click.option("--models", default=None, metavar="MODEL,...",
+              help="the cluster's GPU models (catalog keys, e.g. A100-80GB,H100-80GB)")
+@click.option("--from-config", is_flag=True, help="the models of the config's [sim] gpus")
+@click.option("--from-node", is_flag=True, help="the models of this node's GPUs (the driver's names)")
+@click.option("--keep", default="", metavar="TRES,...",
+              help="other TRES to keep (cpu,mem,energy,...), or your current "
+                   "AccountingStorageTRES=... line to merge with")
+@click.option("--no-aliases", is_flag=True,
+              help="leave out the other names a driver may give a profile (3g.39gb for 3g.40gb)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (stable keys)")
+@pass_ctx
+def accounting_tres_cmd(obj: Context, models, from_config, from_node, keep, no_aliases, as_json):
+    """Print the AccountingStorageTRES line that makes sacct count each MIG type.
+
+    Lists gres/gpu and gres/gpu:<profile> for every profile of the chosen models (default:
+    every catalog model, with a warning).  docs/accounting.md.
+    """
+    from .commands import accounting_tres
+
+    if sum((models is not None, from_config, from_node)) > 1:
+        raise click.UsageError("choose one of --models, --from-config, --from-node")
+    obj.as_json = obj.as_json or as_json
+    result = accounting_tres(models, config=obj.config if from_config else None,
+                             backend=obj.backend if from_node else None, keep=keep,
+                             aliases=not no_aliases)
+    obj.emit(result, render.accounting_tres_text)
+
+
 @cli.command("gres-conf")
 @click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
 @click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")
@@ -410,6 +439,33 @@ def sync_cmd(obj: Context, layout, wait_s, dry_run, node, pending):
     result = sync(obj.config, obj.backend, os.environ, node=node, layout=layout, wait=wait_s,
                   dry_run=dry_run)
     obj.emit(result, render.sync_text)
+
+
+@cli.command("mode")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--gpu", default="all", show_default=True,
+              help="GPU index, or 'all' (every MIG-capable GPU)")
+@click.option("--reset", is_flag=True,
+              help="reset a GPU whose change is still pending (Ampere), only if idle")
+@click.option("--wait", "wait_s", type=Number(0, MAX_WAIT, whole=False, kind="a number of seconds"),
+              default=None, metavar="SECONDS",
+              help="how long to wait for running jobs after draining (default: [slurm] sync_wait)")
+@click.option("--dry-run", is_flag=True, help="print the steps, change nothing (reads Slurm)")
+@click.option("--node", default=None,
+              help="Slurm node name (default: [slurm] node_name, $SLURMD_NODENAME, short host name)")
+@pass_ctx
+def mode_cmd(obj: Context, state, gpu, reset, wait_s, dry_run, node):
+    """Turn MIG mode on or off: drain, wait for idle, (off: destroy idle instances), set
+    the mode, reset only with --reset, rewrite gres.conf and Gres=, reconfigure, resume.
+
+    A GPU with processes is refused (exit 5).  Ampere GPUs keep the change pending until
+    a GPU reset; Hopper and later apply it at once.  See docs/mig-mode.md.
+    """
+    from .commands import mig_mode
+
+    result = mig_mode(obj.config, obj.backend, os.environ, state == "on", gpu=gpu, reset=reset,
+                      node=node, wait=wait_s, dry_run=dry_run)
+    obj.emit(result, render.mode_text)
 
 
 @cli.command("rebalance")

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..core import catalog as catalog_mod
 from ..core.devices import instance_devices, read_mig_minors
-from ..core.errors import InputError, MigNotEnabled, NotSupported
+from ..core.errors import InputError, MigNotEnabled, NotSupported, UnknownModel
 from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
@@ -208,6 +208,18 @@ def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = 
                      layout=layout, wait=wait, dry_run=dry_run).as_dict()
 
 
+def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: str = "all",
+             reset: bool = False, node: Optional[str] = None, wait: Optional[float] = None,
+             dry_run: bool = False) -> dict:
+    """``slurm-mig mode on|off``: MIG mode through Slurm (:mod:`slurm_mig.change.mode`)."""
+    from ..change.mode import set_mode
+    from ..slurm.client import CommandSlurm
+
+    slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
+    return set_mode(config, backend, slurm, node_name(environ, node or config.slurm.node_name),
+                    want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict()
+
+
 # ----------------------------------------------------------------------------- rebalance
 
 
@@ -229,3 +241,59 @@ def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:
 
     reader, slurm, channel = default_collaborators(config)
     return run(config, reader, slurm, channel, dry_run=dry_run).as_dict()
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def accounting_tres(models: Optional[str] = None, *, config: Optional[Config] = None,
+                    backend: Optional[GpuBackend] = None, keep: str = "",
+                    aliases: bool = True) -> dict:
+    """``slurm-mig accounting-tres``: the AccountingStorageTRES line for the chosen models.
+
+    Models: ``models`` (comma-separated catalog keys or names), else the config's [sim]
+    gpus (``config``), else this node's GPUs (``backend``), else every catalog model (with
+    a warning: the line is then longer than a cluster needs, which does no harm)."""
+    from ..core.accounting import accounting_tres as build, parse_keep
+
+    cat = catalog_mod.load_catalog()
+    warnings: List[str] = []
+    if models is not None:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if not names:
+            raise InputError("--models: no model given; name catalog keys such as "
+                             "A100-80GB,H100-80GB (see `slurm-mig catalog`)")
+        try:
+            chosen, source = [cat.model(n) for n in names], "models"
+        except UnknownModel as err:
+            raise UnknownModel(f"--models: {err}") from err
+    elif config is not None:
+        chosen, source = [cat.model(n) for n in config.sim.gpus], "config"
+    elif backend is not None:
+        chosen, source = _node_models(backend, warnings), "node"
+    else:
+        chosen, source = list(cat.models), "catalog"
+        warnings.append("no --models, --from-config or --from-node: listing every catalog "
+                        "model's profiles; name your cluster's models for a shorter line")
+    result = build(chosen, parse_keep(keep), aliases=aliases).as_dict()
+    result.update({"source": source, "warnings": warnings})
+    return result
+
+
+def _node_models(backend: GpuBackend, warnings: List[str]) -> list:
+    """This node's GPU models: the catalog's entry, with the driver's profile names where
+    MIG is on (a driver may name a profile differently, e.g. ``3g.39gb``)."""
+    out = []
+    for info in backend.gpus():
+        base = catalog_model(info)
+        if info.mig_current:
+            out.append(gpu_model(backend, info))
+        elif base is not None:
+            out.append(base)
+        else:
+            warnings.append(f"gpu {info.index} ({info.name}): not in the catalog and MIG is off; "
+                            f"its types are not listed")
+    if not out:
+        raise InputError("--from-node: this node has no GPU slurm-mig knows; name the "
+                         "cluster's models with --models (see `slurm-mig catalog`)")
+    return out

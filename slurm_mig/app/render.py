@@ -150,6 +150,36 @@ def sync_text(result: dict) -> str:
     return "\n".join(out)
 
 
+def mode_text(result: dict) -> str:
+    """`slurm-mig mode`: one line per GPU (before -> after, what is still needed), then the steps."""
+    node, want = result["node"], result["mode"]
+    if result["nothing_to_do"]:
+        head = f"node {node}: MIG {want}: nothing to do"
+    else:
+        head = f"node {node}: MIG {want}" + (" (dry run)" if result["dry_run"] else "")
+    out = [head]
+
+    def mode(m: dict) -> str:
+        text = "on" if m["current"] else "off"
+        if m["current"] != m["pending"]:
+            text += f" (pending {'on' if m['pending'] else 'off'})"
+        return text
+
+    for g in result["gpus"]:
+        line = f"  gpu {g['gpu']} ({g['name']}): {mode(g['before'])}"
+        if not result["dry_run"]:
+            line += f" -> {mode(g['after'])}"
+        if g["refused"]:
+            line += f"; refused: {g['refused'].split(': ', 1)[-1]}"
+        elif g["needed"] != "nothing":
+            line += f"; needs {g['needed']}"
+        out.append(line)
+    for s in result["steps"]:
+        secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""
+        out.append(f"{s['status']:>8} {s['step']}: {s['detail']}{secs}")
+    return "\n".join(out)
+
+
 def sync_pending_text(result: dict) -> str:
     want = "; ".join(f"gpu {w['gpu']} {w['layout']}" for w in result["want"]) or "none"
     out = [f"slurm-mig sync --pending: node {result['node']}: want {want}: {result['action']}"
@@ -211,3 +241,13 @@ def _reconfigured(result: Mapping[str, Any]) -> str:
     if not result["reconfigured"]:
         return "no"
     return "twice" if result.get("reconfigures", 1) > 1 else "once"
+
+
+def accounting_tres_text(result: dict) -> str:
+    """The line alone on stdout (to paste or redirect into an include); warnings as
+    ``#`` comments above it, so the output stays a valid slurm.conf fragment."""
+    out = [f"# slurm-mig: {w}" for w in result["warnings"]]
+    out.append(f"# slurm-mig: MIG types of {', '.join(result['models'])}; restart slurmctld "
+               f"after changing this line (docs/accounting.md)")
+    out.append(result["line"])
+    return "\n".join(out)

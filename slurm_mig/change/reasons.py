@@ -32,6 +32,8 @@ What slurm-mig writes (``N``: the rebalance cycle, as in Extra's ``cycle:N``)::
                                                                           the hold, every
         schedulable GPU node across a reconfigure (<who>: ``rebalance (cycle N)``,
         ``slurm-mig sync on n1``; :func:`hold`)
+    slurm-mig mode: MIG <on|off> on gpu <list>                            mode, drain step
+    slurm-mig mode failed at <step>: <error>; fix and rerun slurm-mig mode    mode, failure
 
 ``<summary>`` is ``3g.20gb:2 on gpu 0,1; 1g.10gb:7 on gpu 2`` (:func:`summary`).  A reason
 is one line, has no ``=`` (``scontrol show node -o`` would end the value there) and fits in
@@ -66,6 +68,8 @@ HOLD_TAIL = "; resumed when the node has registered"
 #: What happens to a node that handed over: said in its reason and in sync --pending's output.
 NEXT = "the next slurm-mig rebalance run reconfigures Slurm and resumes the node"
 SYNC_FIX = "fix and rerun slurm-mig sync"
+MODE = f"{TAG} mode"  #: ``slurm-mig mode``'s reasons, and its log lines
+MODE_FIX = "fix and rerun slurm-mig mode"
 REBALANCE_FIX = "fix and rerun slurm-mig rebalance"
 NODE_FIX = "fix it, then slurm-mig sync --pending on the node retries"
 RECORD_TAIL = ("; slurm-mig sync --pending on the node applies it, then slurm-mig rebalance "
@@ -91,7 +95,9 @@ DRIFTED = "drift"
 NO_GPUS = "prolog-no-gpus"  #: the prolog refused a gpu job Slurm gave no gpu
 HELD = "hold"  #: held across a reconfigure, resumed once registered
 OTHER = "other"  #: starts with the tag, but none of the above
-FAILURES = frozenset({SYNC_FAILED, NODE_FAILED, FINISH_FAILED})
+MODE_CHANGING = "mode-changing"
+MODE_FAILED = "mode-failed"
+FAILURES = frozenset({SYNC_FAILED, NODE_FAILED, FINISH_FAILED, MODE_FAILED})
 
 
 # ----------------------------------------------------------------------------- text
@@ -145,6 +151,16 @@ def sync_applying(what: str) -> str:
 def sync_failed(step: str, err: BaseException) -> str:
     """``slurm-mig sync failed at apply: <error>; fix and rerun slurm-mig sync``."""
     return fit_reason(f"{SYNC} failed at {step}: ", one_line(err), f"; {SYNC_FIX}")
+
+
+def mode_changing(what: str) -> str:
+    """``slurm-mig mode``'s drain: ``slurm-mig mode: MIG on on gpu 0,1``."""
+    return fit_reason(f"{MODE}: ", what)
+
+
+def mode_failed(step: str, err: BaseException) -> str:
+    """``slurm-mig mode failed at reset: <error>; fix and rerun slurm-mig mode``."""
+    return fit_reason(f"{MODE} failed at {step}: ", one_line(err), f"; {MODE_FIX}")
 
 
 def _cycle_head(cycle: Optional[int]) -> str:
@@ -220,6 +236,7 @@ class Reason:
 
 _CYCLE = re.compile(re.escape(REBALANCE) + r": cycle (\d+|None): (.*)\Z", re.S)
 _SYNC_FAILED = re.compile(re.escape(SYNC) + r" failed at (.+?): (.*)\Z", re.S)
+_MODE_FAILED = re.compile(re.escape(MODE) + r" failed at (.+?): (.*)\Z", re.S)
 _STEP_FAILED = re.compile(r"(.+?) failed: (.*)\Z", re.S)
 
 
@@ -242,6 +259,11 @@ def parse_reason(text: str) -> Optional[Reason]:
     m = _SYNC_FAILED.match(text)
     if m:
         return Reason(SYNC_FAILED, step=m.group(1), detail=_strip(m.group(2), f"; {SYNC_FIX}"))
+    if text.startswith(f"{MODE}: "):
+        return Reason(MODE_CHANGING, detail=text[len(MODE) + 2:])
+    m = _MODE_FAILED.match(text)
+    if m:
+        return Reason(MODE_FAILED, step=m.group(1), detail=_strip(m.group(2), f"; {MODE_FIX}"))
     m = _CYCLE.match(text)
     if not m:
         return Reason(OTHER)

@@ -37,7 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from ..core.errors import ConfigError, InputError, LayoutError, SlurmError
+from ..core.errors import ConfigError, GpuError, InputError, LayoutError, SlurmError
+from ..core.gputypes import GpuInfo
 from ..core.gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
                              node_gres_value)
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
@@ -105,6 +106,30 @@ def resolve_wanted(config: Config, backend: GpuBackend, layout: Optional[str] = 
             f"no layout to sync to: give one with --layout (e.g. --layout 3g.40gb:2) or set "
             f"[layout] default = \"...\" (or [layout.gpus] 0 = \"...\") in {config.source}")
     return out
+
+
+def mig_mode_error(config: Config, infos: Sequence[GpuInfo]) -> Optional[GpuError]:
+    """The error for the first GPU not in the MIG mode ``[layout] mig_mode`` /
+    ``[layout.mig_modes]`` require (current and pending), or None.  Pure.
+
+    sync never changes MIG mode itself: a change may need a GPU reset (Ampere) and is an
+    admin's decision; the error names ``slurm-mig mode`` (docs/mig-mode.md)."""
+    for info in infos:
+        want = config.layout.mig_mode_for(info.index)
+        if want is None or (info.mig_current == want and info.mig_pending == want):
+            continue
+        key = (f"layout.mig_modes.{info.index}" if info.index in dict(config.layout.mig_modes)
+               else "layout.mig_mode")
+        word = "on" if want else "off"
+        now = "on" if info.mig_current else "off"
+        if info.mig_current != info.mig_pending:
+            now += f", pending {'on' if info.mig_pending else 'off'} (waits for a GPU reset)"
+        fix = (f"`slurm-mig mode {word} --gpu {info.index} --reset`" if info.mig_pending == want
+               else f"`slurm-mig mode {word} --gpu {info.index}`")
+        return GpuError(f"gpu {info.index} ({info.name}) has MIG mode {now}, but {key} in "
+                        f"{config.source} wants it {word}; nothing was changed; run {fix} "
+                        f"(docs/mig-mode.md), or change {key}")
+    return None
 
 
 def layout_summary(wanted: Wanted) -> str:
@@ -186,17 +211,32 @@ def sync_node(
         raise InputError(f"--wait {wait!r}: give 0 or more seconds")
     state_dir = config.paths.state_dir
     jb = JobAwareBackend(backend, state_dir)
+    wrong_mode = mig_mode_error(config, jb.gpus())  # before anything: Slurm untouched
+    if wrong_mode is not None:
+        raise wrong_mode
     wanted = resolve_wanted(config, jb, layout)  # bad input: exit 2, Slurm untouched
     ctx = NodeChange(config, jb, slurm, node, StepLog(f"{SYNC}: node {node}", clock, log), clock,
                      dry_run=dry_run)
     if dry_run:
-        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
+        return SyncRun(ctx, wanted, layout, wait, sleep, poll).run()
     with sync_lock(state_dir):
-        return _Run(ctx, wanted, layout, wait, sleep, poll).run()
+        return SyncRun(ctx, wanted, layout, wait, sleep, poll).run()
 
 
-class _Run:
-    """One sync's progress (what it drained, resumed, wrote) over its :class:`NodeChange`."""
+class SyncRun:
+    """One sync's progress (what it drained, resumed, wrote) over its :class:`NodeChange`.
+
+    ``slurm-mig mode`` (:mod:`slurm_mig.change.mode`) runs the same drain, wait, write,
+    reconfigure, register and resume steps: it subclasses this and names itself in the
+    class attributes below, which every message and drain reason here uses."""
+
+    command = "slurm-mig sync"  #: what a message tells the admin to rerun
+    who = SYNC  #: the log lines' prefix
+    fix = SYNC_FIX  #: the tail of a failure's message
+
+    @staticmethod
+    def failure_reason(step: str, err: BaseException) -> str:
+        return reasons.sync_failed(step, err)
 
     def __init__(self, ctx: NodeChange, wanted: Wanted, layout: Optional[str], wait: float,
                  sleep: Callable[[float], None], poll: float):
@@ -220,7 +260,7 @@ class _Run:
         self.resumed = False
         self.gres_before = ""
         self.gres_after = ""
-        self.hold = Hold(self.slurm, reasons.hold(f"{SYNC} on {self.node}"),
+        self.hold = Hold(self.slurm, reasons.hold(f"{self.command} on {self.node}"),
                          self.config.slurm.hold_during_reconfigure, log, self.clock)
         self.released = False
 
@@ -362,7 +402,7 @@ class _Run:
                     raise SlurmError(
                         f"node {self.node} is no longer drained ({state_text(last)}): someone "
                         f"resumed it during the wait; nothing was changed on its GPUs; rerun "
-                        f"slurm-mig sync")
+                        f"{self.command}")
                 self.steps.add("wait", "done", f"node idle ({state_text(last)})", t0)
                 return
             if self.clock() >= deadline:
@@ -372,7 +412,7 @@ class _Run:
             raise SlurmError(f"node {self.node}: could not read its state while waiting for it to "
                              f"become idle: {last_err}") from last_err
         raise SlurmError(f"node {self.node}: {self.busy_text(last)} after waiting {self.wait:g}s "
-                         f"(--wait); nothing was changed on its GPUs; rerun slurm-mig sync with "
+                         f"(--wait); nothing was changed on its GPUs; rerun {self.command} with "
                          f"a longer --wait, or end the jobs first")
 
     def busy_text(self, st: Optional[NodeStatus]) -> str:
@@ -405,7 +445,7 @@ class _Run:
                 self.steps.add("resume", "failed", one_line(resume_err), t0)
                 log.error("%s: node %s: could not resume it after the failed wait: %s; "
                           "resume it with `scontrol update nodename=%s state=resume`",
-                          SYNC, self.node, one_line(resume_err), self.node)
+                          self.who, self.node, one_line(resume_err), self.node)
         elif self.drained_before is None:
             # Drained by an earlier failed sync: its GPUs may still be half-changed.
             self.set_failure_reason("wait", err)
@@ -449,7 +489,7 @@ class _Run:
         timeout = self.config.slurm.register_timeout
         ok, seen = self.hold.wait(self.slurm, {self.node: self.gres_after}, timeout,
                                   clock=self.clock, sleep=self.sleep, poll=self.poll)[self.node]
-        for line in self.hold.lines(f"{SYNC}: node {self.node}:"):
+        for line in self.hold.lines(f"{self.who}: node {self.node}:"):
             log.info("%s", line)
         if not ok:
             raise SlurmError(seen)
@@ -469,8 +509,8 @@ class _Run:
                            sleep=self.sleep, poll=self.poll)
         except Exception as err:
             log.error("%s: node %s: resuming the held nodes failed: %s; the next slurm-mig "
-                      "rebalance cycle or sync resumes them", SYNC, self.node, one_line(err))
-        for line in self.hold.lines(f"{SYNC}: node {self.node}:"):
+                      "rebalance cycle or sync resumes them", self.who, self.node, one_line(err))
+        for line in self.hold.lines(f"{self.who}: node {self.node}:"):
             log.info("%s", line)
 
     def resume(self, why: str) -> None:
@@ -489,7 +529,7 @@ class _Run:
     def set_failure_reason(self, step: str, err: BaseException) -> Optional[str]:
         """Best effort; returns why it could not be set, or None."""
         try:
-            self.slurm.drain(self.node, reasons.sync_failed(step, err))
+            self.slurm.drain(self.node, self.failure_reason(step, err))
             return None
         except Exception as drain_err:
             return one_line(drain_err)
@@ -498,11 +538,11 @@ class _Run:
         t0 = self.clock()
         self.steps.add(step, "failed", one_line(err), t0)
         problem = self.set_failure_reason(step, err)
-        where = f"sync stopped at {step}: node {self.node} left drained"
+        where = f"{self.command.split()[-1]} stopped at {step}: node {self.node} left drained"
         if problem is not None:
             where += f" (and setting its drain reason failed too: {problem})"
         elif self.drained_before is not None:
             where += f" (it was drained before by someone else: {self.drained_before})"
-        message = f"{one_line(err)}; {where}; {SYNC_FIX}"
-        log.error("%s: node %s: %s", SYNC, self.node, message)
+        message = f"{one_line(err)}; {where}; {self.fix}"
+        log.error("%s: node %s: %s", self.who, self.node, message)
         return with_context(err, message)

@@ -10,7 +10,8 @@ Exit codes (docs/exit-codes.md):
   2  bad input: unknown model/profile/placement, malformed layout text, bad option
   3  configuration error (config.toml unreadable, unknown key, contradiction)
   4  GPU/driver error (NVML failure, MIG not enabled, not supported, no permission)
-  5  refused: an instance that must change is in use; nothing was changed
+  5  refused: an instance that must change is in use, or (mode) processes use a GPU
+     whose MIG mode must change; nothing was changed
   6  partial: the possible part was applied, the rest is blocked by busy instances
   7  busy: another slurm-mig holds the lock and the wait timed out
   8  Slurm error: a Slurm command failed or Slurm did not reach the expected state
@@ -101,6 +102,13 @@ class InstanceInUse(GpuError):
 
 class ApplyRefused(SlurmMigError):
     """The wanted layout needs busy instances destroyed; nothing was changed."""
+
+    exit_code = EXIT_REFUSED
+
+
+class ModeRefused(SlurmMigError):
+    """``slurm-mig mode``: processes (or jobs) use a GPU whose MIG mode must change; that
+    GPU's mode was not changed."""
 
     exit_code = EXIT_REFUSED
 

@@ -6,6 +6,17 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 
+#: GPU families (Ampere) whose MIG mode change waits for a GPU reset; Hopper and later
+#: (H100, H200, GH200, H20, B200, GB200, RTX PRO 6000 Blackwell) apply it at once.  The
+#: driver has the last word (current != pending after the change); this only predicts it.
+RESET_FAMILIES = ("A100", "A30", "A800")
+
+
+def mode_change_needs_reset(name: str) -> bool:
+    """Whether a MIG mode change on a GPU of this NVML name waits for a GPU reset (Ampere)."""
+    return any(family in name for family in RESET_FAMILIES)
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One physical GPU as the driver sees it."""

@@ -7,7 +7,7 @@ factory that picks the implementation.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Protocol
+from typing import Any, List, Optional, Protocol, Tuple
 
 from ..core.catalog import ObservedProfile
 from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
@@ -41,6 +41,14 @@ class GpuBackend(Protocol):
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeResult:
         """Request MIG mode on or off; the result says whether a reset is still needed."""
+
+    def processes(self, gpu: int) -> Tuple[int, ...]:
+        """Every process on the GPU: on the whole GPU (MIG mode off) or on its instances."""
+
+    def reset_gpu(self, gpu: int) -> MigModeResult:
+        """Reset an idle GPU so that a pending MIG mode becomes current (``nvidia-smi -r``).
+        The NVML backend cannot (NVML has no reset call) and raises NotSupported with the
+        command to run; the simulator's is the test double."""
 
     def close(self) -> None:
         """Release the driver (nvmlShutdown)."""

@@ -402,3 +402,26 @@ class NvmlBackend:
             raise rc.error_for(status, what)
         return MigModeResult(gpu, current, pending,
                              reset_required=current != pending or status == rc.RESET_REQUIRED)
+
+    def processes(self, gpu: int) -> Tuple[int, ...]:
+        """Every process on the GPU: on the whole GPU with MIG mode off (the device handle's
+        compute processes), on its MIG devices with MIG mode on."""
+        nv = self.nvml
+        h = self._device(gpu)
+        current, _ = self._mig_mode(gpu, h)
+        if current:
+            found = self._mig_devices(gpu, h)
+            return tuple(sorted({pid for _, pids in found.values() for pid in pids}))
+        try:
+            procs = self._processes(h)
+        except nv.NVMLError as err:
+            raise rc.error_for(err.value, f"list processes of gpu {gpu}") from err
+        return tuple(sorted({p.pid for p in procs}))
+
+    def reset_gpu(self, gpu: int) -> MigModeResult:
+        """NVML has no GPU reset call (pynvml wraps none; ``nvidia-smi -r`` resets through
+        the driver): say so, with the command that does it."""
+        raise errors.NotSupported(
+            f"gpu {gpu}: NVML has no GPU reset call, so slurm-mig cannot reset it; run "
+            f"`nvidia-smi -r -i {gpu}` (no process may use the GPU: stop nvidia-persistenced, "
+            f"DCGM or nvidia-fabricmanager if they hold it) or reboot the node")

@@ -86,9 +86,15 @@ class LayoutSettings:
 
     default: Optional[str] = None  #: None: no layout wanted unless one is given per GPU
     gpus: Tuple[Tuple[int, str], ...] = ()  #: (gpu index, layout text), sorted by index
+    mig_mode: Optional[bool] = None  #: MIG mode every GPU must be in for sync; None: not checked
+    mig_modes: Tuple[Tuple[int, bool], ...] = ()  #: (gpu index, MIG mode), over ``mig_mode``
 
     def for_gpu(self, index: int) -> Optional[str]:
         return dict(self.gpus).get(index, self.default)
+
+    def mig_mode_for(self, index: int) -> Optional[bool]:
+        """The MIG mode GPU ``index`` must be in (``sync`` refuses otherwise); None: any."""
+        return dict(self.mig_modes).get(index, self.mig_mode)
 
 
 @dataclass(frozen=True)
@@ -384,25 +390,50 @@ class _Reader:
             raise self.error(path, "empty; give a layout such as '1g.10gb:7', or 'empty' for none")
         return value.strip()
 
-    def layout(self, doc: Mapping) -> LayoutSettings:
-        t = self.table(doc, "", "layout", ("default", "gpus"))
-        default = None
-        if "default" in t:
-            default = self.layout_text(t["default"], "layout.default")
-        per_gpu = t.get("gpus", {})
+    def gpu_table(self, t: Mapping, key: str, what: str) -> list:
+        """``[layout.<key>]``: GPU index (as written) -> value, as (index, value) pairs."""
+        per_gpu = t.get(key, {})
         if not isinstance(per_gpu, dict):
-            raise self.error("layout.gpus", f"expected a table of GPU index = layout, got {shown(per_gpu)}")
-        gpus = []
+            raise self.error(f"layout.{key}", f"expected a table of GPU index = {what}, got {shown(per_gpu)}")
+        out = []
         for k, v in per_gpu.items():
             try:
                 index = from_text(k, 0, MAX_GPU_INDEX, kind="a GPU index")
             except NumberError as err:
-                raise self.error("layout.gpus", f"key {shown(k)} is {err}") from err
+                raise self.error(f"layout.{key}", f"key {shown(k)} is {err}") from err
             if k != str(index):
-                raise self.error("layout.gpus", f"key {shown(k)} is not a GPU index as written; "
-                                                f"write {index}")
-            gpus.append((index, self.layout_text(v, f"layout.gpus.{k}")))
-        return LayoutSettings(default=default, gpus=tuple(sorted(gpus)))
+                raise self.error(f"layout.{key}", f"key {shown(k)} is not a GPU index as written; "
+                                                  f"write {index}")
+            out.append((index, k, v))
+        return out
+
+    def mig_mode(self, value: Any, path: str) -> bool:
+        if value not in ("on", "off"):
+            raise self.error(path, f"expected \"on\" or \"off\", got {shown(value)}")
+        return value == "on"
+
+    def layout(self, doc: Mapping) -> LayoutSettings:
+        t = self.table(doc, "", "layout", ("default", "gpus", "mig_mode", "mig_modes"))
+        default = None
+        if "default" in t:
+            default = self.layout_text(t["default"], "layout.default")
+        gpus = [(index, self.layout_text(v, f"layout.gpus.{k}"))
+                for index, k, v in self.gpu_table(t, "gpus", "layout")]
+        mig_mode = self.mig_mode(t["mig_mode"], "layout.mig_mode") if "mig_mode" in t else None
+        mig_modes = [(index, self.mig_mode(v, f"layout.mig_modes.{k}"))
+                     for index, k, v in self.gpu_table(t, "mig_modes", "\"on\" or \"off\"")]
+        settings = LayoutSettings(default=default, gpus=tuple(sorted(gpus)), mig_mode=mig_mode,
+                                  mig_modes=tuple(sorted(mig_modes)))
+        for index, _ in settings.gpus:  # a layout needs MIG mode on
+            if settings.mig_mode_for(index) is False:
+                where = (f"layout.mig_modes.{index}" if index in dict(settings.mig_modes)
+                         else "layout.mig_mode")
+                raise self.error(f"layout.gpus.{index}", f"a layout needs MIG mode on, but {where} "
+                                                         f"is \"off\"; drop one of them")
+        if default is not None and mig_mode is False and not any(m for _, m in settings.mig_modes):
+            raise self.error("layout.default", "a layout needs MIG mode on, but layout.mig_mode is "
+                                               "\"off\" for every GPU; drop one of them")
+        return settings
 
     def seconds(self, value: Any, path: str) -> float:
         """A number of seconds, int or float, from 0 to the key's bound in :data:`SECONDS`."""

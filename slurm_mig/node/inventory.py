@@ -26,7 +26,7 @@ def gpu_model(backend, info: GpuInfo) -> GpuModel:
     if not info.mig_current:
         raise MigNotEnabled(
             f"gpu {info.index} ({info.name}) is not in MIG mode; enable it with "
-            f"`nvidia-smi -i {info.index} -mig 1` (Ampere GPUs then need a reset)"
+            f"`slurm-mig mode on --gpu {info.index}` (Ampere GPUs then need a reset; docs/mig-mode.md)"
         )
     return observed_model(info.name, backend.profiles(info.index), catalog_model(info))
 
@@ -40,8 +40,8 @@ def no_mig_gpu(infos: Sequence[GpuInfo]) -> MigNotEnabled:
     gpus = "; ".join(f"gpu {i.index} off" + (", on after a reset" if i.mig_pending else "")
                      for i in infos)
     return MigNotEnabled(f"no GPU on this node is in MIG mode ({gpus}); nothing was changed; "
-                         f"enable it with `nvidia-smi -i <index> -mig 1` (Ampere GPUs then need "
-                         f"a reset), see `slurm-mig status`")
+                         f"enable it with `slurm-mig mode on --gpu <index>` (Ampere GPUs then "
+                         f"need a reset; docs/mig-mode.md), see `slurm-mig status`")
 
 
 def current_layout(model: GpuModel, instances: Iterable[MigInstance]) -> Layout:

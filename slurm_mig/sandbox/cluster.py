@@ -179,6 +179,12 @@ class SandboxCluster:
         write_atomic(self.paths.plugstack_conf, "# no SPANK plugins in the sandbox\n")
         return self.write_layout(node_gres, gres_conf_text)
 
+    @property
+    def extra_conf(self) -> Dict[str, Optional[str]]:
+        """The slurm.conf keys given to :meth:`write_config` (a copy): to add to them, e.g.
+        the accounting keys, and write the config again."""
+        return dict(self._extra)
+
     def write_layout(self, node_gres: Mapping[str, str], gres_conf_text: str) -> str:
         """Rewrite only gres.conf and the node include (a layout change); return the include."""
         unknown = sorted(set(node_gres) - set(self.nodes))

@@ -7,7 +7,7 @@ NVML backend (:mod:`slurm_mig.gpu.nvmlcodes`).
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 from ..core.catalog import ObservedProfile
 from ..core.gputypes import GpuInfo, MigInstance, MigModeResult
@@ -91,12 +91,27 @@ class SimBackend:
         self._call(f"destroy gpu {gpu} gi {gi_id}", self.driver.destroy_gpu_instance, gpu, gi_id)
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> MigModeResult:
-        status = self._call(f"set MIG mode on gpu {gpu}", self.driver.set_mig_mode, gpu, enabled)
-        if status not in (nvmlcodes.SUCCESS, nvmlcodes.RESET_REQUIRED):
-            raise nvmlcodes.error_for(status, f"set MIG mode on gpu {gpu}")
+        what = f"{'enable' if enabled else 'disable'} MIG mode on gpu {gpu}"
+        status = self._call(what, self.driver.set_mig_mode, gpu, enabled)
         current, pending = self.driver.mig_mode(gpu)
+        waiting = current != pending and bool(pending) == enabled
+        if status not in (nvmlcodes.SUCCESS, nvmlcodes.RESET_REQUIRED) and not (
+                status == nvmlcodes.IN_USE and waiting):
+            raise nvmlcodes.error_for(status, what)
         return MigModeResult(gpu, bool(current), bool(pending),
                              reset_required=current != pending or status == nvmlcodes.RESET_REQUIRED)
+
+    def processes(self, gpu: int) -> Tuple[int, ...]:
+        what = f"list processes of gpu {gpu}"
+        current, _ = self._call(what, self.driver.mig_mode, gpu)
+        if not current:
+            return tuple(self._call(what, self.driver.gpu_processes, gpu))
+        return tuple(sorted({pid for m in self.instances(gpu) for pid in m.pids}))
+
+    def reset_gpu(self, gpu: int) -> MigModeResult:
+        self._call(f"reset gpu {gpu}", self.driver.reset_gpu, gpu)
+        current, pending = self.driver.mig_mode(gpu)
+        return MigModeResult(gpu, bool(current), bool(pending), reset_required=current != pending)
 
     def close(self) -> None:
         pass

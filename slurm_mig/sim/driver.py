@@ -11,7 +11,16 @@ above it must cope with it:
 * Create errors: INVALID_ARGUMENT (placement not offered), INSUFFICIENT_RESOURCES
   (overlap, count exhausted), NOT_SUPPORTED (MIG off), and IN_USE on destroy while
   processes (compute instance) or compute instances (GPU instance) exist.
-* MIG mode: Ampere GPUs (A100, A30) keep the change pending until a GPU reset.
+* MIG mode, per generation (docs/mig-mode.md): on Ampere (A100, A30, A800) a change
+  stays pending and ``nvmlDeviceSetMigMode`` answers IN_USE ("In use by another client"),
+  as a real node where a GPU client (nvidia-persistenced, DCGM, fabric manager) keeps the
+  driver from resetting the GPU itself; :meth:`SimDriver.reset_gpu` (``nvidia-smi -r``)
+  makes it current.  Hopper and later (H100, H200, GH200, H20, B200, GB200, RTX PRO 6000)
+  apply it at once, unless processes run on the whole GPU: then IN_USE and pending until
+  they are gone and the GPU is reset (the answer NVML documents for a busy device).  A GPU
+  with GPU instances answers IN_USE and keeps its mode; a reset with processes or GPU
+  instances is refused with IN_USE.  Processes on the whole GPU (MIG mode off) are
+  :meth:`SimDriver.attach_gpu_process`'s.
   With MIG mode off, profile info, placements and remaining capacity still answer and
   the instance lists are empty, as a real H200 on driver 580.159.04 did
   (tests/data/nvml/); creating an instance then fails with NOT_SUPPORTED.
@@ -48,6 +57,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..core.catalog import GI_PROFILE_ENUMS, GpuModel, load_catalog
 from ..core.errors import GpuError, LockBusy, SimulatedCrash
+from ..core.gputypes import mode_change_needs_reset
 from ..core.layout import is_media_extension
 from ..gpu import nvmlcodes as rc
 from ..host.atomic import write_atomic, write_json_atomic
@@ -60,9 +70,7 @@ GI_PROFILE_COUNT = 0x12
 #: NVML_COMPUTE_INSTANCE_PROFILE_* enum index -> compute slices (the CI profile id is the enum).
 CI_PROFILE_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1}
 CI_PROFILE_COUNT = 0x9
-#: GPUs whose MIG mode change needs a GPU reset (Ampere); Hopper and later apply at once.
-RESET_FAMILIES = ("A100", "A30", "A800")
-MUTATIONS = ("create_gi", "create_ci", "destroy_ci", "destroy_gi", "set_mig_mode")
+MUTATIONS = ("create_gi", "create_ci", "destroy_ci", "destroy_gi", "set_mig_mode", "reset_gpu")
 NVIDIA_MAJOR = 195
 CAPS_MAJOR = 511  # any major works for the device cgroup; the real one is dynamic
 #: What the simulated driver calls itself in ``<root>/proc/driver/nvidia/version``.
@@ -224,6 +232,7 @@ class SimDriver:
     @staticmethod
     def _prune_dead(state: dict) -> None:
         for gpu in state["gpus"]:
+            gpu["procs"] = [p for p in gpu.get("procs", []) if not p.get("track") or pid_alive(p["pid"])]
             for gi in gpu["gis"]:
                 for ci in gi["cis"]:
                     ci["procs"] = [p for p in ci["procs"] if not p.get("track") or pid_alive(p["pid"])]
@@ -309,6 +318,31 @@ class SimDriver:
         with self._state(mutate=True) as state:
             ci = self._find_ci(self._find_gi(self._gpu(state, gpu), gi_id), ci_id)
             ci["procs"] = [p for p in ci["procs"] if pid is not None and p["pid"] != pid]
+
+    def attach_gpu_process(self, gpu: int, pid: int, *, track: bool = False) -> None:
+        """Show ``pid`` running on the whole GPU (MIG mode off: a CUDA process, or a client
+        such as DCGM).  NOT_SUPPORTED while MIG mode is on: processes run on instances then."""
+        with self._state(mutate=True) as state:
+            g = self._gpu(state, gpu)
+            if g["mig_current"]:
+                raise SimNvmlError(rc.NOT_SUPPORTED, f"gpu {gpu} is in MIG mode: attach to an instance")
+            procs = g.setdefault("procs", [])
+            if all(p["pid"] != pid for p in procs):
+                procs.append({"pid": pid, "track": track})
+
+    def detach_gpu_process(self, gpu: int, pid: Optional[int] = None) -> None:
+        """Stop showing ``pid`` (all processes when None) on the whole GPU."""
+        with self._state(mutate=True) as state:
+            g = self._gpu(state, gpu)
+            g["procs"] = [p for p in g.get("procs", []) if pid is not None and p["pid"] != pid]
+
+    def gpu_processes(self, gpu: int) -> List[int]:
+        """Processes on the whole GPU (MIG mode off), as nvmlDeviceGetComputeRunningProcesses
+        on the device handle lists them; [] in MIG mode."""
+        with self._state() as state:
+            self._prune_dead(state)
+            g = self._gpu(state, gpu)
+            return sorted(p["pid"] for p in g.get("procs", [])) if not g["mig_current"] else []
 
     def _find_ci(self, gi: dict, ci_id: int) -> dict:
         for ci in gi["cis"]:
@@ -458,21 +492,32 @@ class SimDriver:
             g["gis"].remove(gi)
 
     def set_mig_mode(self, gpu: int, enabled: bool) -> int:
-        """nvmlDeviceSetMigMode: returns the activation status (an NVML code, not raised)."""
+        """nvmlDeviceSetMigMode: returns the activation status (an NVML code, not raised).
+
+        The pending mode always becomes ``enabled`` (except with GPU instances: IN_USE, no
+        change); whether it becomes current follows the generation (module doc)."""
         with self._mutation("set_mig_mode") as state:
             g = self._gpu(state, gpu)
             self._model(g)
             if g["gis"]:
                 return rc.IN_USE
             g["mig_pending"] = bool(enabled)
-            if not any(fam in g["name"] for fam in RESET_FAMILIES):
-                g["mig_current"] = bool(enabled)
+            if g["mig_current"] == g["mig_pending"]:
+                return rc.SUCCESS  # nothing to change, or a pending change taken back
+            if mode_change_needs_reset(g["name"]) or g.get("procs"):
+                return rc.IN_USE  # pending: the driver could not reset the GPU itself
+            g["mig_current"] = bool(enabled)
             return rc.SUCCESS
 
     def reset_gpu(self, gpu: int) -> None:
-        """What `nvidia-smi -r` does for MIG mode: the pending mode becomes current."""
-        with self._state(mutate=True) as state:
+        """What `nvidia-smi -r -i N` does for MIG mode: the pending mode becomes current.
+        Refused (IN_USE) while processes or GPU instances are on the GPU."""
+        with self._mutation("reset_gpu") as state:
             g = self._gpu(state, gpu)
+            busy = [p["pid"] for p in g.get("procs", [])] + [
+                p["pid"] for gi in g["gis"] for ci in gi["cis"] for p in ci["procs"]]
+            if busy:
+                raise SimNvmlError(rc.IN_USE, f"gpu {gpu} has processes {sorted(busy)}")
             if g["gis"]:
                 raise SimNvmlError(rc.IN_USE, f"gpu {gpu} has GPU instances")
             g["mig_current"] = g["mig_pending"]

@@ -18,7 +18,7 @@ driver's state, which picks them by a per-GPU permutation.
 
 Not modelled: engine counts other than copy engines (0), process memory (None, as
 pynvml reports "not available"), privileges (inject a ``NO_PERMISSION`` fault into
-the ``SimDriver`` instead), and processes outside MIG.
+the ``SimDriver`` instead), and graphics processes.
 
 Latency: ``fake_pynvml(root, latency=latency_table(recorded))`` makes each call take as
 long as it did on a real driver (the first call of a function in the process, then
@@ -561,19 +561,28 @@ class FakeNvml:
         if kind == _MIG:
             gi, ci = self._ci_record(gpu, gi_id, ci_id)
             pairs = [(gi, ci)]
-        else:  # the simulator runs no processes outside MIG
-            pairs = self._mig_devices(gpu) if self._gpu_record(gpu)["mig_current"] else []
+        elif self._gpu_record(gpu)["mig_current"]:
+            pairs = self._mig_devices(gpu)
+        else:  # MIG mode off: the processes on the whole GPU
+            with self._codes():
+                pids = self.driver.gpu_processes(gpu)
+            return [self._process(pid, 0xFFFFFFFF, 0xFFFFFFFF) for pid in pids]
         procs = []
         for gi, ci in pairs:
             for p in ci["procs"]:
-                info = _real.c_nvmlProcessInfo_v3_t(
-                    pid=p["pid"], usedGpuMemory=_real.NVML_VALUE_NOT_AVAILABLE_ulonglong.value,
-                    gpuInstanceId=gi["id"], computeInstanceId=ci["id"],
-                )
-                obj = _real.nvmlStructToFriendlyObject(info)
-                obj.usedGpuMemory = None  # as pynvml reports "not available"
-                procs.append(obj)
+                procs.append(self._process(p["pid"], gi["id"], ci["id"]))
         return procs
+
+    @staticmethod
+    def _process(pid: int, gi_id: int, ci_id: int):
+        """One process entry as pynvml returns it (ids 0xFFFFFFFF outside MIG)."""
+        info = _real.c_nvmlProcessInfo_v3_t(
+            pid=pid, usedGpuMemory=_real.NVML_VALUE_NOT_AVAILABLE_ulonglong.value,
+            gpuInstanceId=gi_id, computeInstanceId=ci_id,
+        )
+        obj = _real.nvmlStructToFriendlyObject(info)
+        obj.usedGpuMemory = None  # as pynvml reports "not available"
+        return obj
 
     nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
 

@@ -246,16 +246,6 @@ def wait_registered(slurm: SlurmClient, expected: Mapping[str, str], timeout: fl
                 else (True, seen[n])) for n in sorted(want)}
 
 
-def check_registered(slurm: SlurmClient, node: str, gres: str, timeout: float, *,
-                     clock: Callable[[], float], sleep: Callable[[float], None],
-                     poll: float) -> str:
-    """:func:`wait_registered` for one node: what slurmctld reports, or SlurmError with the fix."""
-    ok, text = wait_registered(slurm, {node: gres}, timeout, clock=clock, sleep=sleep, poll=poll)[node]
-    if not ok:
-        raise SlurmError(text)
-    return text
-
-
 # ----------------------------------------------------------------------------- the hold
 
 

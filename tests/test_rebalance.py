@@ -63,6 +63,8 @@ class FakeSlurm:
         self.gresconf = None
         self.hooks = {}
         self.includes = []
+        self.unknown_looks = {}  #: node -> looks after a reconfigure that show it UNKNOWN
+        self.unknown_left = {}
         self.client = FakeClient(self)
 
     def _hook(self, when, op):
@@ -98,13 +100,25 @@ class FakeSlurm:
         i = self.infos[node]
         self.infos[node] = replace(i, state="drained", flags=tuple(set(i.flags) | {"DRAIN"}), reason=reason)
 
+    def drain_nodes(self, nodes, reason):
+        """One call for several nodes (``scontrol update nodename=n1,n2``)."""
+        self._call("drain_nodes", tuple(nodes), reason)
+        for node in nodes:
+            i = self.infos[node]
+            self.infos[node] = replace(i, state="drained" if i.state == "idle" else "draining",
+                                       flags=tuple(set(i.flags) | {"DRAIN"}), reason=reason)
+
     def resume(self, node):
         self._call("resume", node)
         i = self.infos[node]
+        if self.unknown_left.get(node):  # 24.11, measured: refused, and the DRAIN flag is lost
+            self.infos[node] = replace(i, flags=tuple(f for f in i.flags if f != "DRAIN"))
+            raise SlurmError(f"resume {node}: slurm_update error: Invalid node state specified")
         self.infos[node] = replace(i, state="idle", flags=tuple(f for f in i.flags if f != "DRAIN"), reason="")
 
     def reconfigure(self):
         self._call("reconfigure")
+        self.unknown_left = dict(self.unknown_looks)
         with open(self.include) as f:
             for line in f:
                 pairs = parse_pairs(line.partition("#")[0])
@@ -138,12 +152,18 @@ class FakeClient:
         out = {}
         for n, i in self.cluster.nodes(names).items():
             base = {"drained": "idle", "draining": "mixed"}.get(i.state, i.state)
+            if self.cluster.unknown_left.get(n):  # not registered since the reconfigure
+                self.cluster.unknown_left[n] -= 1
+                base = "unknown"
             text = ",".join(f"gpu:{t}:{k}" for t, k in sorted(i.gres.items()))
             out[n] = NodeStatus(n, base, frozenset(i.flags), dict(i.gres), text, i.reason)
         return out
 
     def drain(self, node, reason):
         self.cluster.drain(node, reason)
+
+    def drain_nodes(self, nodes, reason):
+        self.cluster.drain_nodes(nodes, reason)
 
     def resume(self, node):
         self.cluster.resume(node)
@@ -574,10 +594,17 @@ def test_crash_between_include_write_and_reconfigure_converges_on_the_next_cycle
     assert _gres_in_include(cluster)["n1"] == "gpu:3g.20gb:2"  # written before the crash
     assert "DRAIN" in cluster.infos["n1"].flags and cluster.infos["n1"].gres == {"1g.5gb": 7}
     assert cluster.infos["n1"].reason.startswith("slurm-mig rebalance: cycle 1: layout")
+    # n2 was held for the reconfigure that never ran: still drained with the hold's reason
+    assert cluster.infos["n2"].reason == "slurm-mig hold: reconfigure by rebalance (cycle 1); resumed when the node has registered"
+    assert "DRAIN" in cluster.infos["n2"].flags
     result = _run(cfg, cluster)  # the lock was released with the dead process
     assert result["cycle"] == 2 and result["finished"] == ["n1"] and result["reconfigured"]
-    assert [c[0] for c in cluster.calls] == ["reconfigure", "reconfigure", "resume"]
+    assert [c[0] for c in cluster.calls] == ["drain_nodes", "reconfigure", "reconfigure", "resume",
+                                             "resume"]
+    assert result["hold"] == {"held": [], "adopted": ["n2"], "resumed": ["n2"], "kept": {},
+                              "left": [], "failed": {}, "calls": 2, "seconds": 0.0}
     assert cluster.infos["n1"].gres == {"3g.20gb": 2} and "DRAIN" not in cluster.infos["n1"].flags
+    assert "DRAIN" not in cluster.infos["n2"].flags
 
 
 def test_reconfigure_failure_leaves_the_nodes_drained_with_what_to_do_then_the_next_cycle_retries(
@@ -645,7 +672,8 @@ def test_apply_wait_finishes_the_change_in_the_same_run(config, cluster, clock):
     assert result["wait"] == {"seconds": 3.0, "applied": ["n1"], "pending": [], "failed": []}
     assert result["finished"] == ["n1"] and result["reconfigured"]
     ops = [c[:2] for c in cluster.calls]
-    assert ops == [("drain", "n1"), ("drain", "n1"), ("reconfigure",), ("resume", "n1")]
+    assert ops == [("drain", "n1"), ("drain", "n1"), ("drain_nodes", ("n2",)), ("reconfigure",),
+                   ("resume", "n1"), ("resume", "n2")]
     want = parse_channel(cluster.channel.read("n1")).have[0][2]
     assert cluster.infos["n1"].gres.get("3g.20gb", 0) >= 1 and "3g.20gb@" in want
     assert "DRAIN" not in cluster.infos["n1"].flags
@@ -700,8 +728,10 @@ def test_dry_run_says_which_nodes_it_would_finish(config, cluster):
 def test_result_keys_are_stable(config, cluster):
     result = _run(config(), cluster)
     assert sorted(result) == ["actions", "changed", "cycle", "dry_run", "explain", "failed",
-                              "finished", "notes", "plan", "reconfigured", "reconfigures", "resumed",
-                              "wait"]
+                              "finished", "hold", "notes", "plan", "reconfigured", "reconfigures",
+                              "resumed", "wait"]
+    assert sorted(result["hold"]) == ["adopted", "calls", "failed", "held", "kept", "left",
+                                      "resumed", "seconds"]
     assert sorted(result["wait"]) == ["applied", "failed", "pending", "seconds"]
     assert sorted(result["changed"][0]) == ["node", "reason", "want"]
 
@@ -1046,3 +1076,88 @@ def test_a_healthy_node_is_resumed_as_soon_as_it_registers_while_another_stays_i
     assert drained_at_first_sleep == [["n1"]]
     assert result["finished"] == ["n2"]
     assert [(f["node"], f["step"]) for f in result["failed"]] == [("n1", "register")]
+
+
+# ----------------------------------------------------------------------------- the hold
+
+HOLD_1 = "slurm-mig hold: reconfigure by rebalance (cycle 1); resumed when the node has registered"
+
+
+def _hold_cluster(tmp_path):
+    """n1 applied a layout; n2 idle, n3 running a job, n4 drained by an admin, n5 down, n6
+    without gpus: of the others only n2 and n3 could take a GPU job during the reconfigure."""
+    include = tmp_path / "nodes.conf"
+    include.write_text("".join(f"NodeName=n{i} CPUs=8 Gres=gpu:1g.5gb:7\n" for i in range(1, 6))
+                       + "NodeName=n6 CPUs=8\n")
+    names = [f"n{i}" for i in range(1, 7)]
+    channel = MemoryExtra({n: format_channel(Channel(have=OLD_HAVE)) for n in names[:5]})
+    nodes = [_node("n1"), _node("n2"), _node("n3", state="mixed", used={"1g.5gb": 1}),
+             replace(_node("n4", state="drained"), flags=("DRAIN",), reason="bad dimm"),
+             replace(_node("n5", state="down"), flags=("NOT_RESPONDING",)),
+             replace(_node("n6"), gres={})]
+    cluster = FakeSlurm(channel, nodes, [], str(include))
+    _applied(cluster, "n1")
+    return cluster
+
+
+def test_reconfigure_holds_every_schedulable_gpu_node_in_one_call_and_resumes_each_once_registered(
+        config, tmp_path):
+    cluster = _hold_cluster(tmp_path)
+    cluster.unknown_looks = {"n1": 1, "n2": 3, "n3": 1}  # slurmds register after the restart
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1"] and result["reconfigured"]
+    ops = [c for c in cluster.calls]
+    assert ops[:2] == [("drain_nodes", ("n2", "n3"), HOLD_1), ("reconfigure",)]
+    # every resume came after its node registered: a resume of an UNKNOWN node fails here
+    assert sorted(ops[2:]) == [("resume", "n1"), ("resume", "n2"), ("resume", "n3")]
+    assert result["hold"] == {"held": ["n2", "n3"], "adopted": [], "resumed": ["n3", "n2"],
+                              "kept": {}, "left": [], "failed": {}, "calls": 4, "seconds": 0.0}
+    assert "DRAIN" not in cluster.infos["n2"].flags and "DRAIN" not in cluster.infos["n3"].flags
+    assert cluster.infos["n4"].reason == "bad dimm" and "DRAIN" in cluster.infos["n4"].flags
+    assert "slurm-mig rebalance: cycle 1: held n2,n3 across the reconfigure" in result["actions"]
+
+
+def test_an_admin_drain_during_the_reconfigure_wins_over_the_hold(config, tmp_path):
+    cluster = _hold_cluster(tmp_path)
+    cluster.hooks[("after", "reconfigure", 1)] = lambda: cluster.drain("n2", "admin: reseat gpu")
+    result = _run(config(), cluster)
+    assert ("resume", "n2") not in cluster.calls and ("resume", "n3") in cluster.calls
+    assert cluster.infos["n2"].reason == "admin: reseat gpu" and "DRAIN" in cluster.infos["n2"].flags
+    assert result["hold"]["kept"] == {"n2": "admin: reseat gpu"}
+
+
+def test_a_held_node_that_does_not_register_stays_held_and_the_next_cycle_resumes_it(
+        config, tmp_path):
+    cluster = _hold_cluster(tmp_path)
+    cluster.unknown_looks = {"n2": 10 ** 6}  # its slurmd is gone for now
+    result = _run(config(), cluster)
+    assert result["finished"] == ["n1"] and result["hold"]["left"] == ["n2"]
+    assert cluster.infos["n2"].reason == HOLD_1 and "DRAIN" in cluster.infos["n2"].flags
+    cluster.calls.clear()
+    result = _run(config(), cluster)  # no reconfigure in cycle 2: n2 still not registered
+    assert cluster.calls == [] and result["reconfigures"] == 0
+    assert any("node n2: still held by a run that died, not registered yet" in a
+               for a in result["actions"])
+    cluster.unknown_left = {}  # its slurmd registered
+    result = _run(config(), cluster)
+    assert cluster.calls == [("resume", "n2")] and "DRAIN" not in cluster.infos["n2"].flags
+
+
+def test_hold_during_reconfigure_false_holds_nothing(config, tmp_path):
+    cluster = _hold_cluster(tmp_path)
+    cfg = parse_config(f'version = 1\n[paths]\nstate_dir = "{tmp_path}/state"\n'
+                       f'node_gres_include = "{tmp_path}/nodes.conf"\n'
+                       f'[slurm]\nregister_timeout = 10\nhold_during_reconfigure = false\n'
+                       f'[rebalance]\nenabled = true\n', "test.toml")
+    result = _run(cfg, cluster)
+    assert [c[0] for c in cluster.calls] == ["reconfigure", "resume"]
+    assert result["finished"] == ["n1"] and result["hold"]["held"] == []
+
+
+def test_a_failed_hold_runs_no_reconfigure_and_leaves_the_node_for_the_next_cycle(config, tmp_path):
+    cluster = _hold_cluster(tmp_path)
+    cluster.fail = {"drain_nodes": {1}}
+    result = _run(config(), cluster)
+    assert "reconfigure" not in [c[0] for c in cluster.calls] and not result["reconfigured"]
+    assert [(f["node"], f["step"]) for f in result["failed"]] == [("n1", "holding the GPU nodes")]
+    assert "DRAIN" not in cluster.infos["n2"].flags and "DRAIN" in cluster.infos["n1"].flags

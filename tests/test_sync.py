@@ -11,6 +11,7 @@ import os
 import stat
 import sys
 import textwrap
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 import pytest
@@ -33,7 +34,7 @@ from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 from conftest import tree_snapshot
 
 NODE = "n1"
-MUTATIONS = ("drain", "resume", "reconfigure")
+MUTATIONS = ("drain", "drain_nodes", "resume", "reconfigure")
 
 
 class FakeSlurm:
@@ -86,6 +87,13 @@ class FakeSlurm:
         self._call("drain", node, reason)
         self.flags.add("DRAIN")
         self.reason = reason
+
+    def drain_nodes(self, nodes, reason):
+        self._call("drain_nodes", tuple(nodes), reason)
+        for node in nodes:
+            assert node == self.node, node
+            self.flags.add("DRAIN")
+            self.reason = reason
 
     def resume(self, node):
         self._call("resume", node)
@@ -511,7 +519,7 @@ def test_cli_sync_json_keys_are_stable(cli, tmp_path):
     data = json.loads(out)
     assert sorted(data) == sorted([
         "node", "dry_run", "already_in_sync", "layout", "wanted", "gres", "drained_by_us",
-        "drained_before", "resumed", "apply", "files", "steps", "seconds"])
+        "drained_before", "resumed", "apply", "files", "steps", "seconds", "hold"])
     assert sorted(data["wanted"][0]) == ["before", "gpu", "text", "wanted"]
     assert sorted(data["gres"]) == ["after", "before"]
     assert sorted(data["steps"][0]) == ["detail", "seconds", "status", "step"]
@@ -550,3 +558,82 @@ def test_cli_failure_exit_code_and_one_line(cli, tmp_path):
     assert "node n1 left drained; fix and rerun slurm-mig sync" in err
     n = json.loads(node.state.read_text())[NODE]
     assert n["state"] == "IDLE+DRAIN" and n["reason"].startswith("slurm-mig sync failed at apply: ")
+
+
+# ----------------------------------------------------------------------------- the hold
+
+
+class WithN9:
+    """The node's FakeSlurm plus another GPU node, n9, idle and schedulable; after a
+    reconfigure n9 shows UNKNOWN for ``unknown_looks`` looks (its slurmd not registered yet),
+    and a resume then is refused, as on 24.11."""
+
+    def __init__(self, slurm: FakeSlurm, unknown_looks: int = 2):
+        self.slurm = slurm
+        self.n9 = NodeStatus("n9", "idle", frozenset(), {"1g.5gb": 7}, "gpu:1g.5gb:7", "")
+        self.unknown_looks = unknown_looks
+        self.unknown_left = 0
+        self.calls = slurm.calls
+        self.on_reconfigure = None
+
+    def nodes(self, names=None):
+        out = dict(self.slurm.nodes(names))
+        if names is None or "n9" in names:
+            if self.unknown_left:
+                self.unknown_left -= 1
+                out["n9"] = replace(self.n9, base="unknown")
+            else:
+                out["n9"] = self.n9
+        return out
+
+    def drain(self, node, reason):
+        self.slurm.drain(node, reason)
+
+    def drain_nodes(self, nodes, reason):
+        self.calls.append(("drain_nodes", tuple(nodes), reason))
+        assert nodes == ["n9"], nodes
+        self.n9 = replace(self.n9, flags=frozenset({"DRAIN"}), reason=reason)
+
+    def resume(self, node):
+        if node != "n9":
+            return self.slurm.resume(node)
+        self.calls.append(("resume", "n9"))
+        if self.unknown_left:
+            raise SlurmError("resume n9: slurm_update error: Invalid node state specified")
+        self.n9 = replace(self.n9, flags=frozenset(), reason="")
+
+    def reconfigure(self):
+        self.slurm.reconfigure()
+        self.unknown_left = self.unknown_looks
+        if self.on_reconfigure is not None:
+            self.on_reconfigure()
+
+
+def test_sync_holds_the_other_gpu_nodes_across_its_reconfigure_and_resumes_them_once_registered(node):
+    two = node.slurm = WithN9(node.slurm)
+    result = node.sync()
+    assert steps(result) == [(s, "done") for s in STEPS]
+    mutations = [c[:2] for c in two.calls if c[0] != "nodes"]
+    assert mutations == [("drain", NODE), ("drain_nodes", ("n9",)), ("reconfigure",),
+                         ("resume", "n9"), ("resume", NODE)]
+    assert ("drain_nodes", ("n9",), "slurm-mig hold: reconfigure by slurm-mig sync on n1; resumed "
+            "when the node has registered") in two.calls
+    assert two.n9.flags == frozenset() and result["hold"]["resumed"] == ["n9"]
+    assert result["hold"]["held"] == ["n9"] and result["hold"]["failed"] == {}
+
+
+def test_sync_leaves_an_admins_drain_of_a_held_node_alone(node):
+    two = node.slurm = WithN9(node.slurm)
+    two.on_reconfigure = lambda: setattr(two, "n9", replace(two.n9, reason="admin: bad psu"))
+    result = node.sync()
+    assert ("resume", "n9") not in two.calls and result["hold"]["kept"] == {"n9": "admin: bad psu"}
+    assert two.n9.reason == "admin: bad psu" and "DRAIN" in two.n9.flags and result["resumed"]
+
+
+def test_sync_resumes_the_held_nodes_after_a_failed_reconfigure(node):
+    two = node.slurm = WithN9(node.slurm, unknown_looks=0)
+    node.slurm.slurm.fail = {"reconfigure": {1}}
+    with pytest.raises(SlurmError):
+        node.sync()
+    assert ("resume", "n9") in two.calls and two.n9.flags == frozenset()
+    assert "DRAIN" in node.slurm.slurm.flags  # the node itself: left drained, sync failed

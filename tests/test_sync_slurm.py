@@ -30,7 +30,7 @@ from slurm_mig.sandbox.host import which
 from slurm_mig.sim.backend import SimBackend
 from slurm_mig.slurm.client import CommandSlurm
 
-from sbx import sandbox, until
+from sbx import SandboxSlurm, sandbox, until
 
 MISSING = missing_requirements()
 pytestmark = [pytest.mark.slurm,
@@ -177,6 +177,86 @@ def test_plain_reconfigure_on_22_05_leaves_the_node_drained_until_slurmctld_rest
     assert result["already_in_sync"] and result["resumed"]
     node = cluster.status()["n1"]
     assert node.gres == {"1g.5gb": 7} and node.state == "idle", node
+
+
+HOLD_N1 = "slurm-mig hold: reconfigure by slurm-mig sync on n1; resumed when the node has registered"
+
+
+@pytest.mark.parametrize("meanwhile", ["gpu-job-pending", "admin-drain"])
+def test_sync_holds_the_other_gpu_node_across_its_reconfigure(sbx, meanwhile):
+    """Issue 10's window: a GPU job pending for n2 while sync on n1 reconfigures Slurm (a
+    slurmctld restart on 22.05).  The job is held (``--hold``) until the reconfigure_command
+    starts, so the scheduler looks at it only then.  With the hold: n2 is drained with the
+    hold's reason during the whole command, the job is still pending when it ends (the
+    scheduler saw it and left it: ReqNodeNotAvail), and once n2 registered and sync resumed
+    it the job runs there with its gpu (SLURM_JOB_GPUS in the prolog's environment).
+    (Without the hold the window cannot be hit on purpose: a job lands in it only if the
+    scheduler runs in the ~80 ms between slurmctld's restart and n2's registration.)
+    ``admin-drain``: an admin drains n2 during the reconfigure; sync leaves it drained."""
+    cluster = sbx.cluster
+    cfg = sbx.config("n1")
+    backend = SimBackend(cfg.sim.root)
+    sbx.write_records()
+    if "DRAIN" in cluster.status()["n2"].flags:
+        cluster.resume("n2")
+    until("n2 idle", lambda: cluster.status()["n2"].state == "idle")
+    job = sbx.submit(["--gres=gpu:3g.20gb:1", "-w", "n2", "--hold"], sleep=0.5)
+    seen: Dict[str, object] = {}
+
+    class Watching(SandboxSlurm):
+        def reconfigure(self) -> None:
+            seen["n2 before"] = cluster.status()["n2"]
+            if meanwhile == "gpu-job-pending":
+                cluster.command(["scontrol", "release", str(job)])
+                # the scheduler looked at the released job and left it: n2 is drained
+                seen["reasons"] = []
+
+                def refused():
+                    info = cluster.job(job)
+                    seen["reasons"].append((info.state, info.reason))
+                    # 22.05: Nodes_required_for_job_are_DOWN,_DRAINED...; later: ReqNodeNotAvail
+                    return info.state == "PENDING" and any(
+                        w in info.reason for w in ("DRAINED", "ReqNodeNotAvail"))
+                try:
+                    until("the job refused a drained node", refused, 10)
+                finally:
+                    print("job states seen:", sorted(set(seen["reasons"])))
+            super().reconfigure()
+            if meanwhile == "admin-drain":
+                cluster.drain("n2", "test: admin maintenance", wait=False)
+            seen["n2 after"] = cluster.status()["n2"]
+            seen["job after"] = cluster.job(job)
+
+    layout = "1g.5gb:7" if "3g.20gb" in sbx.node_gres()["n1"] else "3g.20gb:2"
+    try:
+        t0 = time.monotonic()
+        result = sync_node(cfg, backend, Watching(sbx), "n1", layout=layout, wait=60,
+                           poll=0.2).as_dict()
+        print(f"\nsync with the hold: {time.monotonic() - t0:.1f}s; "
+              + ", ".join(f"{s['step']} {s['seconds']:.2f}s" for s in result["steps"])
+              + f"; hold: {result['hold']}")
+        before, after = seen["n2 before"], seen["n2 after"]
+        # (22.05 shows the reason with " [user@time]" after it)
+        assert "DRAIN" in before.flags and before.reason.startswith(HOLD_N1), before
+        assert result["hold"]["held"] == ["n2"] and result["hold"]["failed"] == {}
+        nodes = cluster.status()
+        if meanwhile == "admin-drain":
+            assert result["hold"]["resumed"] == [] and "n2" in result["hold"]["kept"]
+            assert "DRAIN" in nodes["n2"].flags
+            assert nodes["n2"].reason.startswith("test: admin maintenance")
+            return
+        assert "DRAIN" in after.flags and after.reason.startswith(HOLD_N1), after
+        assert seen["job after"].state == "PENDING", seen["job after"]
+        assert result["hold"]["resumed"] == ["n2"] and "DRAIN" not in nodes["n2"].flags
+        done = cluster.wait_job(job, 60)
+        assert (done.state, done.nodes) == ("COMPLETED", "n2"), done
+        assert sbx.seen(job)["job_gpus"] not in (None, ""), sbx.seen(job)
+        [inst] = sbx.seen(job)["instances"]
+        assert inst["gi_id"] in {r.gi_id for r in sbx.records("n2")}
+    finally:
+        cluster.command(["scancel", str(job)], check=False)
+        if "DRAIN" in cluster.status()["n2"].flags:
+            cluster.resume("n2", wait=False)
 
 
 def test_mode_off_then_on_with_a_reset_drains_and_resumes_a_real_node(sbx):

@@ -333,6 +333,8 @@ class ModeRun(SyncRun):
                 self.register()
         except (Exception, KeyboardInterrupt) as err:
             new = self.leave_drained(step, err)
+            if not isinstance(err, KeyboardInterrupt):
+                self.release_held()  # the other nodes held across a failed reconfigure
             if new is err:
                 raise
             raise new from err

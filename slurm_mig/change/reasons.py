@@ -28,6 +28,10 @@ What slurm-mig writes (``N``: the rebalance cycle, as in Extra's ``cycle:N``)::
     slurm-mig prolog: job J asked for gpus (<request>) but Slurm gave it none; resume the
         node once scontrol show node lists its Gres (or slurm-mig sync on the node)
                                                                           the prolog's guard
+    slurm-mig hold: reconfigure by <who>; resumed when the node has registered
+                                                                          the hold, every
+        schedulable GPU node across a reconfigure (<who>: ``rebalance (cycle N)``,
+        ``slurm-mig sync on n1``; :func:`hold`)
     slurm-mig mode: MIG <on|off> on gpu <list>                            mode, drain step
     slurm-mig mode failed at <step>: <error>; fix and rerun slurm-mig mode    mode, failure
 
@@ -58,6 +62,9 @@ REBALANCE = f"{TAG} rebalance"  #: rebalance's and ``sync --pending``'s reasons
 #: The reason of a node whose GPUs are ahead of Slurm, waiting for its jobs (not rebalance's own).
 DRIFT = f"{TAG} sync --pending: layout not in Slurm"
 PROLOG = f"{TAG} prolog"  #: the prolog's guard (slurm_mig/hooks/guard.py)
+#: The hold: a schedulable GPU node drained across a reconfigure (:func:`hold`).
+HOLD = f"{TAG} hold"
+HOLD_TAIL = "; resumed when the node has registered"
 #: What happens to a node that handed over: said in its reason and in sync --pending's output.
 NEXT = "the next slurm-mig rebalance run reconfigures Slurm and resumes the node"
 SYNC_FIX = "fix and rerun slurm-mig sync"
@@ -86,6 +93,7 @@ NODE_FAILED = "node-failed"
 FINISH_FAILED = "finish-failed"
 DRIFTED = "drift"
 NO_GPUS = "prolog-no-gpus"  #: the prolog refused a gpu job Slurm gave no gpu
+HELD = "hold"  #: held across a reconfigure, resumed once registered
 OTHER = "other"  #: starts with the tag, but none of the above
 MODE_CHANGING = "mode-changing"
 MODE_FAILED = "mode-failed"
@@ -203,6 +211,14 @@ def prolog_no_gpus(job: str, asked: str) -> str:
                       f") but Slurm gave it none{PROLOG_FIX}")
 
 
+def hold(who: str) -> str:
+    """The hold: a node that could take a GPU job is drained while Slurm reconfigures (a
+    slurmctld restart with state recovery, on every release: until the node registers
+    again slurmctld has its gpu count but not which record is which, docs/rebalance.md).
+    ``who``: ``rebalance (cycle 7)``, ``slurm-mig sync on n1``."""
+    return fit_reason(f"{HOLD}: reconfigure by ", who, HOLD_TAIL)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -234,6 +250,8 @@ def parse_reason(text: str) -> Optional[Reason]:
         return None
     if text.startswith(f"{PROLOG}: job "):
         return Reason(NO_GPUS, detail=_strip(text[len(PROLOG) + 2:], PROLOG_FIX))
+    if text.startswith(f"{HOLD}: "):
+        return Reason(HELD, detail=_strip(text[len(HOLD) + 2:], HOLD_TAIL))
     if text.startswith(f"{DRIFT}: "):
         return Reason(DRIFTED, detail=_strip(text[len(DRIFT) + 2:], DRIFT_TAIL))
     if text.startswith(f"{SYNC}: applying "):
@@ -279,6 +297,11 @@ def is_rebalance(reason: str) -> bool:
     """A reason rebalance or ``sync --pending`` wrote: the node is rebalance's to finish or
     resume (not sync's, not the catch-up's)."""
     return reason.startswith(REBALANCE)
+
+
+def is_hold(reason: str) -> bool:
+    """The hold's reason (:func:`hold`): resume the node once it has registered."""
+    return reason.startswith(f"{HOLD}: ")
 
 
 def is_drift(reason: str) -> bool:

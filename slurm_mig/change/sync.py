@@ -8,8 +8,11 @@ The order (docs/sync.md)::
     wait     until the node is idle (running jobs go on), up to --wait seconds
     apply    apply.apply_node, partial=False (the node is idle: a refusal means strays)
     write    gres.conf and the node include, this node's lines only
-    reconfigure  the configured command ([slurm] reconfigure_command)
-    register until slurmctld reports the node registered with the new gres counts
+    reconfigure  the configured command ([slurm] reconfigure_command), with every other
+             node a GPU job could land on held (drained ``slurm-mig hold: ...``, one scontrol
+             call, :class:`~slurm_mig.change.steps.Hold`) across it
+    register until slurmctld reports the node registered with the new gres counts; each
+             held node resumed as it registers (unless someone drained it meanwhile)
     resume   unless someone else had drained the node before
 
 Failure policy: bad input fails before Slurm is touched.  A wait that runs out changed
@@ -48,8 +51,8 @@ from ..slurm import SlurmClient
 from ..slurm.scontrol import NodeStatus, parse_gres
 from . import reasons
 from .reasons import SYNC, SYNC_FIX, one_line
-from .steps import (NodeChange, StepLog, apply_layouts, apply_summary, check_registered, idle,
-                    read_text, state_text, sync_lock, with_context)
+from .steps import (Hold, HoldResult, NodeChange, StepLog, apply_layouts, apply_summary,
+                    idle, read_text, state_text, sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,7 @@ class SyncResult:
     files: Dict[str, Optional[Dict[str, Any]]]
     steps: Tuple[Dict[str, Any], ...]
     seconds: float
+    hold: HoldResult = HoldResult()  #: the other nodes held across the reconfigure
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -179,6 +183,7 @@ class SyncResult:
             "files": dict(self.files),
             "steps": list(self.steps),
             "seconds": self.seconds,
+            "hold": self.hold.as_dict(),
         }
 
 
@@ -255,6 +260,9 @@ class SyncRun:
         self.resumed = False
         self.gres_before = ""
         self.gres_after = ""
+        self.hold = Hold(self.slurm, reasons.hold(f"{self.command} on {self.node}"),
+                         self.config.slurm.hold_during_reconfigure, log, self.clock)
+        self.released = False
 
     # -- the result ------------------------------------------------------------------------
 
@@ -266,7 +274,8 @@ class SyncRun:
             gres_before=self.gres_before, gres_after=self.gres_after,
             drained_by_us=self.drained_by_us, drained_before=self.drained_before,
             resumed=self.resumed, apply=tuple(self.apply_results), files=dict(self.files),
-            steps=self.steps.snapshot(), seconds=round(self.clock() - self.steps.t0, 3))
+            steps=self.steps.snapshot(), seconds=round(self.clock() - self.steps.t0, 3),
+            hold=self.hold.result())
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -326,6 +335,8 @@ class SyncRun:
             self.register()
         except (Exception, KeyboardInterrupt) as err:
             new = self.leave_drained(step, err)
+            if not isinstance(err, KeyboardInterrupt):
+                self.release_held()
             if new is err:
                 raise
             raise new from err
@@ -466,15 +477,41 @@ class SyncRun:
 
     def reconfigure(self) -> None:
         t0 = self.clock()
+        self.hold.start(skip=[self.node])  # SlurmError: no reconfigure; what it held is released
         self.slurm.reconfigure()
-        self.steps.add("reconfigure", "done", " ".join(self.config.slurm.reconfigure_command), t0)
+        held = ",".join(sorted(self.hold.gres))
+        self.steps.add("reconfigure", "done", " ".join(self.config.slurm.reconfigure_command)
+                       + (f" (held {held})" if held else ""), t0)
 
     def register(self) -> None:
         t0 = self.clock()
-        seen = check_registered(self.slurm, self.node, self.gres_after,
-                                self.config.slurm.register_timeout, clock=self.clock,
-                                sleep=self.sleep, poll=self.poll)
-        self.steps.add("register", "done", seen, t0)
+        self.released = True
+        timeout = self.config.slurm.register_timeout
+        ok, seen = self.hold.wait(self.slurm, {self.node: self.gres_after}, timeout,
+                                  clock=self.clock, sleep=self.sleep, poll=self.poll)[self.node]
+        for line in self.hold.lines(f"{self.who}: node {self.node}:"):
+            log.info("%s", line)
+        if not ok:
+            raise SlurmError(seen)
+        r = self.hold.result()
+        self.steps.add("register", "done", seen + (f"; held nodes resumed: "
+                                                   f"{','.join(r.resumed) or 'none'}"
+                                                   if r.held or r.adopted else ""), t0)
+
+    def release_held(self) -> None:
+        """After a failure at the hold or the reconfigure: resume the held nodes once
+        registered all the same (best effort; what is left the next run resumes)."""
+        if self.released or not self.hold.gres:
+            return
+        self.released = True
+        try:
+            self.hold.wait(self.slurm, {}, self.config.slurm.register_timeout, clock=self.clock,
+                           sleep=self.sleep, poll=self.poll)
+        except Exception as err:
+            log.error("%s: node %s: resuming the held nodes failed: %s; the next slurm-mig "
+                      "rebalance cycle or sync resumes them", self.who, self.node, one_line(err))
+        for line in self.hold.lines(f"{self.who}: node {self.node}:"):
+            log.info("%s", line)
 
     def resume(self, why: str) -> None:
         t0 = self.clock()

@@ -112,6 +112,9 @@ class SlurmSettings:
     reconfigure_command: Tuple[str, ...] = ("scontrol", "reconfigure")
     sync_wait: float = 3600  #: seconds sync waits for running jobs to end after draining
     register_timeout: float = 120  #: seconds sync waits for the node to register its new gres
+    #: drain every schedulable GPU node across a reconfigure, resume each once it registered
+    #: (docs/rebalance.md, "The hold"); False: accept the window
+    hold_during_reconfigure: bool = True
     #: how rebalance reads the queue and the nodes: "auto" (pyslurm when it imports against
     #: this Slurm, else the commands' JSON), "json", or "pyslurm" (an error without it)
     reader: str = "auto"
@@ -446,7 +449,7 @@ class _Reader:
 
     def slurm(self, doc: Mapping) -> SlurmSettings:
         known = ("node_name", "scontrol", "reconfigure_command", "sync_wait", "register_timeout",
-                 "reader")
+                 "reader", "hold_during_reconfigure")
         t = self.table(doc, "", "slurm", known)
         d = SlurmSettings()
         node = t.get("node_name")
@@ -456,6 +459,10 @@ class _Reader:
         if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
             raise self.error("slurm.reconfigure_command",
                              f"expected a non-empty list of strings (argv, no shell), got {shown(command)}")
+        hold = t.get("hold_during_reconfigure", d.hold_during_reconfigure)
+        if not isinstance(hold, bool):
+            raise self.error("slurm.hold_during_reconfigure",
+                             f"expected true or false, got {shown(hold)}")
         return SlurmSettings(
             node_name=node,
             scontrol=self.string(t.get("scontrol", d.scontrol), "slurm.scontrol"),
@@ -464,6 +471,7 @@ class _Reader:
             register_timeout=self.seconds(t.get("register_timeout", d.register_timeout),
                                           "slurm.register_timeout"),
             reader=self.reader(t.get("reader", d.reader)),
+            hold_during_reconfigure=hold,
         )
 
     def reader(self, value) -> str:

@@ -48,7 +48,8 @@ from typing import (AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, List,
 from ..change import reasons
 from ..change.channel import (MAX_CYCLE, Channel, ChannelError, ExtraChannel, format_channel,
                               have_gres, parse_channel)
-from ..change.reasons import REBALANCE
+from ..change.reasons import REBALANCE, one_line
+from ..change.steps import resume_stale_holds
 from ..core.catalog import Catalog, load_catalog
 from ..core.errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
@@ -359,6 +360,7 @@ class CycleResult:
             "finished": list(self.done.finished),
             "reconfigured": self.done.reconfigured,
             "reconfigures": self.done.reconfigures,
+            "hold": self.done.hold.as_dict(),
             "failed": list(self.done.failed),
             "wait": self.wait.as_dict(),
             "actions": list(self.actions),
@@ -508,6 +510,29 @@ def _resume(cy: Cycle, nodes: Sequence[Tuple[str, str]]) -> List[str]:
     return actions
 
 
+def _stale_holds(cy: Cycle, infos: Mapping[str, NodeInfo]) -> List[str]:
+    """Nodes left drained with the hold's reason by a run that died before resuming them
+    (docs/rebalance.md, crash table): resumed once registered; action lines."""
+    names = sorted(n for n, i in infos.items() if i.drain_flagged and reasons.is_hold(i.reason))
+    if not names:
+        return []
+    if cy.dry_run:
+        return [cy.line(f"{cy.head}: node {n}: resume once registered: left held by a run that "
+                        f"died ({infos[n].reason})") for n in names]
+    try:
+        resumed, left = resume_stale_holds(cy.slurm, names, log)
+    except SlurmError as err:
+        return [cy.line(f"{cy.head}: nodes {','.join(names)}: still held by a run that died; "
+                        f"reading them failed ({one_line(err)}); the next cycle tries again")]
+    lines = [f"{cy.head}: node {n}: resume: held across a reconfigure by a run that died; "
+             f"registered" for n in resumed]
+    lines += [f"{cy.head}: node {n}: still held by a run that died, not registered yet; the "
+              f"next cycle resumes it" for n in left]
+    for line in lines:
+        log.info("%s", line)
+    return [cy.line(line) for line in lines]
+
+
 def _record(cy: Cycle, changes: Sequence[Change], infos: Mapping[str, NodeInfo],
             last_changed: Dict[str, int]) -> List[str]:
     """Each change's want in the node's Extra first, then its drain (module doc: why)."""
@@ -591,6 +616,8 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     done = finish(cy.config, cy.slurm, cy.channel, [ready[n][0] for n in sorted(ready)],
                   cy.number, late=_late(cy, catalog), dry_run=cy.dry_run, clock=cy.clock,
                   sleep=cy.sleep, poll=cy.poll)
+    if not done.reconfigures:  # a reconfigure takes the stale holds over itself
+        actions += _stale_holds(cy, infos)
     return CycleResult(cy.number, cy.dry_run, changes, tuple(n for n, _ in sorted_.resume), done,
                        waited, tuple(actions) + done.actions, tuple(notes + list(the_plan.notes)),
                        the_plan)

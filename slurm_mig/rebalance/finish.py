@@ -6,11 +6,15 @@ lines, is drained, and says ``applied:<cycle>`` in its Extra; slurmctld still ha
 
     include      each node's Gres= (from its published ``have``) in paths.node_gres_include,
                  ONE atomic write for all of them (.prev kept, other lines untouched)
+    hold         every other node a GPU job could land on drained with ``slurm-mig hold:
+                 ...``, ONE scontrol call (:class:`~slurm_mig.change.steps.Hold`; off with
+                 [slurm] hold_during_reconfigure = false)
     reconfigure  [slurm] reconfigure_command, ONCE: on Slurm < 23.11 that must restart
                  slurmctld (docs/sync.md), so one restart per cycle, not one per node
-    register     every node registered with its new gres counts (one scontrol call a look)
+    register     every node registered with its new gres counts (one scontrol call a look),
+                 the held nodes with the gres they had, in the same looks
     mark         the ``applied`` marker dropped from Extra (``have`` rewritten if lost)
-    resume
+    resume       and each held node resumed as it registers, if it still has the hold's reason
 
 Mark and resume run per node, in the look that sees it registered: never held by another.
 Just before the include and just after the reconfigure the nodes are read again: a node
@@ -38,7 +42,7 @@ from typing import AbstractSet, Any, Callable, Dict, List, Optional, Sequence, T
 from ..change import reasons
 from ..change.channel import Channel, ExtraChannel, format_channel, have_counts, parse_channel
 from ..change.reasons import REBALANCE, one_line
-from ..change.steps import wait_registered, write_node_include
+from ..change.steps import Hold, HoldResult, write_node_include
 from ..core.catalog import Catalog
 from ..core.errors import InputError, SlurmError
 from ..host.config import Config
@@ -68,11 +72,12 @@ class FinishResult:
     failed: Tuple[Dict[str, str], ...] = ()
     actions: Tuple[str, ...] = field(default=())
     reconfigures: int = 0  #: times the command was run: 0, 1, or 2 after a late apply
+    hold: HoldResult = HoldResult()  #: the nodes held across the reconfigure
 
     def as_dict(self) -> Dict[str, Any]:
         return {"finished": list(self.finished), "reconfigured": self.reconfigured,
                 "reconfigures": self.reconfigures, "failed": list(self.failed),
-                "actions": list(self.actions)}
+                "actions": list(self.actions), "hold": self.hold.as_dict()}
 
 
 def verdict(info: NodeInfo, ch: Optional[Channel], catalog: Catalog) -> Tuple[str, str]:
@@ -152,6 +157,8 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
 
     reconfigures = 0
     reconfigured = False
+    hold = Hold(slurm, reasons.hold(f"rebalance (cycle {cycle})"),
+                config.slurm.hold_during_reconfigure, log, clock)
 
     def tell_slurm() -> Optional[Tuple[str, BaseException]]:
         """Every ``ready`` node's Gres= in the include, then the reconfigure."""
@@ -162,6 +169,11 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
                                lock_timeout=config.apply.lock_timeout)
         except Exception as err:
             return "writing the node include", err
+        if reconfigures == 0:
+            try:
+                hold.start(skip=[r.name for r in ready])
+            except Exception as err:  # no reconfigure without the hold; what it drained is
+                return "holding the GPU nodes", err  # resumed below, the rest retried next cycle
         reconfigures += 1
         try:
             slurm.reconfigure()
@@ -174,8 +186,13 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
         return None
 
     def result() -> FinishResult:
+        actions.extend(hold.lines(head))
         return FinishResult(tuple(finished), reconfigured, tuple(failed), tuple(actions),
-                            reconfigures)
+                            reconfigures, hold.result())
+
+    def wait(expected: Dict[str, str], on_registered: Any = None) -> Dict[str, Tuple[bool, str]]:
+        return hold.wait(slurm, expected, config.slurm.register_timeout, clock=clock,
+                         sleep=sleep, poll=poll, on_registered=on_registered)
 
     if not ready:  # no reconfigure, so nothing a late apply could break: the next cycle
         return FinishResult()
@@ -194,10 +211,11 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
             error = tell_slurm()
     if error is not None:
         fail([r.name for r in ready], *error)
+        wait({})  # the held nodes: resumed once registered all the same
         return result()
     by_name = {r.name: r for r in ready}
 
-    def registered(name: str, _text: str) -> None:  # each node as soon as it registered
+    def registered(name: str, _st: object, _text: str) -> None:  # each as soon as it registered
         r = by_name[name]
         try:
             _mark(channel, r)
@@ -216,8 +234,7 @@ def finish(config: Config, slurm: SlurmClient, channel: ExtraChannel, ready: Seq
         actions.append(line)
         log.info("%s", line)
 
-    seen = wait_registered(slurm, {r.name: r.gres for r in ready}, config.slurm.register_timeout,
-                           clock=clock, sleep=sleep, poll=poll, on_registered=registered)
+    seen = wait({r.name: r.gres for r in ready}, registered)
     for name, (ok, text) in seen.items():
         if not ok:
             fail([name], "register", SlurmError(text))

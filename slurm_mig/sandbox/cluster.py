@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+from ..core.gresconf import GresConfError, parse_gres_conf
 from ..host.safefs import ensure_dir
 from ..slurm.scontrol import NodeStatus, parse_gres, parse_pairs, parse_scontrol_nodes
 from .cgroups import Isolation, detect_isolation
@@ -70,6 +71,20 @@ atexit.register(_stop_live_clusters)
 class ReconfigureResult:
     seconds: float
     restarted: Tuple[str, ...]  # daemons restarted to apply the change ("slurmctld", "slurmd-n1")
+
+
+def late_applied(nodes: Mapping[str, NodeStatus], configured: Mapping[str, Mapping[str, int]],
+                 in_gres_conf: Mapping[str, Mapping[str, int]]) -> Set[str]:
+    """Nodes a reconfigure cannot make register as configured (pure): their gres.conf already
+    says other counts than their ``Gres=`` (a late apply, docs/rebalance.md) and slurmctld
+    refused them for it (INVALID_REG, or drained with a ``gres/`` reason)."""
+    out = set()
+    for n, st in nodes.items():
+        refused = (any(f.startswith("INVAL") for f in st.flags)
+                   or (st.drain_flagged and st.reason.startswith("gres/")))
+        if refused and n in in_gres_conf and dict(in_gres_conf[n]) != dict(configured.get(n, {})):
+            out.add(n)
+    return out
 
 
 def _cgroup_failure(err: SandboxError) -> Optional[str]:
@@ -406,8 +421,33 @@ class SandboxCluster:
                    and nodes[n].gres == self.expected_gres(n) for n in self.nodes)
 
     def _all_registered_as_configured(self, nodes: Dict[str, NodeStatus]) -> bool:
-        return all(n in nodes and nodes[n].registered and nodes[n].gres == self.expected_gres(n)
+        """Every node registered with its ``Gres=``, but a late apply (:func:`late_applied`):
+        that node is its caller's to finish, and waiting for it only fails the reconfigure
+        of every other node (issue 10)."""
+        late = late_applied(nodes, {n: self.expected_gres(n) for n in self.nodes},
+                            self._gres_conf_counts())
+        return all(n in late or (n in nodes and nodes[n].registered
+                                 and nodes[n].gres == self.expected_gres(n))
                    for n in self.nodes)
+
+    def _gres_conf_counts(self) -> Dict[str, Dict[str, int]]:
+        """Node -> gpu type -> records in the sandbox's gres.conf (what its slurmd reports)."""
+        try:
+            with open(self.paths.gres_conf) as f:
+                text = f.read()
+        except OSError:
+            return {}
+        out: Dict[str, Dict[str, int]] = {}
+        for n in self.nodes:
+            counts: Dict[str, int] = {}
+            try:
+                records = parse_gres_conf(text, n, self.paths.gres_conf)
+            except GresConfError:
+                continue
+            for r in records:
+                counts[r.type or ""] = counts.get(r.type or "", 0) + 1
+            out[n] = counts
+        return out
 
     def wait_nodes(self, ready: Callable[[Dict[str, NodeStatus]], bool], timeout: float,
                    what: str = "nodes ready",
@@ -482,7 +522,10 @@ class SandboxCluster:
         count in the log also restarts it; if nodes are still not registered with their
         configured gres after a while, slurmctld and then the stale slurmds are restarted.
         On 23.11+ none of that: the release's own reconfigure, then the wait (a layout it
-        does not apply ends in a timeout).  The result names every restart.
+        does not apply ends in a timeout).  The wait leaves out a node whose gres.conf
+        already disagrees with its ``Gres=`` and that slurmctld refused for it (a late
+        apply, :func:`late_applied`): it is the caller's to finish, and no restart helps it.
+        The result names every restart.
         """
         t0 = time.monotonic()
         restarted: List[str] = []
@@ -506,9 +549,12 @@ class SandboxCluster:
                 self.restart_slurmctld()
                 restarted.append("slurmctld")
                 return
+            late = late_applied(nodes, {n: self.expected_gres(n) for n in self.nodes},
+                                self._gres_conf_counts())
             for n in self.nodes:
                 s = nodes.get(n)
-                if s is None or not s.registered or s.gres != self.expected_gres(n):
+                if n not in late and (s is None or not s.registered
+                                      or s.gres != self.expected_gres(n)):
                     self.restart_slurmd(n)
                     restarted.append(f"slurmd-{n}")
 

@@ -21,6 +21,9 @@ class SlurmClient(Protocol):
     def drain(self, node: str, reason: str) -> None:
         """Stop new jobs on ``node``; running ones go on."""
 
+    def drain_nodes(self, nodes: Sequence[str], reason: str) -> None:
+        """:meth:`drain` for several nodes at once (one scontrol call: ``nodename=n1,n2``)."""
+
     def resume(self, node: str) -> None:
         """Take ``node`` out of drain."""
 

@@ -68,6 +68,15 @@ class CommandSlurm:
         self._run([self.scontrol, "update", f"nodename={node}", "state=drain", f"reason={reason}"],
                   f"drain {node}")
 
+    def drain_nodes(self, nodes: Sequence[str], reason: str) -> None:
+        """One ``scontrol update`` for every node: a node list is what scontrol takes for
+        ``nodename=`` (names joined with commas)."""
+        if not nodes:
+            return
+        names = ",".join(nodes)
+        self._run([self.scontrol, "update", f"nodename={names}", "state=drain", f"reason={reason}"],
+                  f"drain {names}")
+
     def resume(self, node: str) -> None:
         self._run([self.scontrol, "update", f"nodename={node}", "state=resume"], f"resume {node}")
 

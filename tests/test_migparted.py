@@ -374,6 +374,10 @@ def test_a_compute_instance_profile_is_refused_with_the_full_size_name():
     ("version: v1\nmig-configs:\n  c:\n    - devices: [0\n",
      "config.yaml: not valid YAML: "),
     ("version: v1\n\tmig-configs: {}\n", "config.yaml: not valid YAML: "),
+    ("version: v1\nmig-configs: " + "[" * 1000 + "]" * 1000 + "\n",
+     "config.yaml: nested too deeply to be a mig-parted config"),
+    ("version: v1\nmig-configs: !!python/object/apply:os.system [true]\n",
+     "config.yaml: not valid YAML: "),
 ])
 def test_bad_files_are_one_line_errors_with_exit_2(text, expected):
     with pytest.raises(InputError) as info:
@@ -606,3 +610,58 @@ def test_node_round_trip_on_every_model(cli, node_config, tmp_path):
         i: format_layout(l) for i, l in wanted.items()}
     code, out, _ = cli("--json", "status", config=config)
     assert [g["layout"] for g in json.loads(out)["gpus"]] == [g["layout"] for g in gpus]
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+FUZZ_VALUES = ["all", "[0, 1]", "[-1]", "[99999999999999999999]", "true", "false", "yes", "1",
+               "-3", "1.5", "null", "{}", "[]", '"1g.10gb"', "{1g.10gb: 7}", "{1g.10gb: 1e9}",
+               '{"1c.3g.40gb": 1}', "{3g.40gb: 2, 1g.10gb+me: 1}", '"0x20B210DE"',
+               '["0x20B210DE:0x147F10DE"]', '"0xZZ"', "&a [*a]", "!!python/object:os.system x",
+               "2026-12-04", "[" * 50 + "]" * 50, "'\\x00'", '"é٣"', "*missing", "|\n  x"]
+
+
+def _fuzzed(rng, lines):
+    lines = list(lines)
+    for _ in range(rng.randint(1, 2)):
+        i = rng.randrange(len(lines))
+        op = rng.random()
+        if op < 0.5 and ":" in lines[i]:
+            lines[i] = lines[i].split(":", 1)[0] + ": " + rng.choice(FUZZ_VALUES)
+        elif op < 0.65:
+            del lines[i]
+        elif op < 0.8:
+            lines[i] = lines[i][:rng.randrange(len(lines[i]) + 1)]
+        elif op < 0.9:
+            lines.insert(i, lines[rng.randrange(len(lines))])
+        else:
+            lines.insert(i, rng.choice(["version: v1", "  x:", "    - devices: all",
+                                        "      mig-enabled: true", "\t", "---", "\x00", "? [a]"]))
+    return "\n".join(lines) + "\n"
+
+
+def test_fuzzed_configs_give_a_plan_or_one_line_exit_2_never_a_crash():
+    """Seeded (the same 200 cases each run): a mutated config either resolves, for every GPU
+    of a mixed node, to layouts valid on each GPU, or is refused with one line (exit 2)."""
+    import random
+
+    lines = usual_configs_yaml().splitlines()[:9] + [
+        "  custom:", "    - devices: [0]", "      mig-enabled: true",
+        '      mig-devices: {"1g.10gb": 2, "3g.40gb": 1}', "    - device-filter: \"0x20B710DE\"",
+        "      devices: all", "      mig-enabled: false"]
+    targets = [one_gpu("A100-80GB", 0), one_gpu("A30", 1), one_gpu("A100-40GB", 2)]
+    rng = random.Random(13_013)
+    outcomes = {"resolved": 0, "refused": 0}
+    for case in range(200):
+        text = _fuzzed(rng, lines)
+        for name in ("all-enabled", "custom"):
+            try:
+                for plan in resolve(parse_text(text, "f.yaml"), name, targets):
+                    if plan.layout is not None:
+                        check_layout(CATALOG.model(plan.model), plan.layout)
+                outcomes["resolved"] += 1
+            except InputError as err:
+                assert "\n" not in str(err) and err.exit_code == EXIT_USAGE, f"case {case}"
+                outcomes["refused"] += 1
+    assert min(outcomes.values()) > 20, outcomes  # both paths taken

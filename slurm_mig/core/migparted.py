@@ -142,6 +142,8 @@ def parse_text(text: str, source: str) -> Spec:
     except yaml.YAMLError as err:
         raise InputError(f"{source}: not valid YAML: {_yaml_problem(err)}; fix the file "
                          f"(mig-parted's examples/config.yaml shows the format)") from err
+    except RecursionError as err:  # PyYAML composes nested collections recursively
+        raise InputError(f"{source}: nested too deeply to be a mig-parted config") from err
     return parse_spec(data, source)
 
 

@@ -665,3 +665,26 @@ def test_fuzzed_configs_give_a_plan_or_one_line_exit_2_never_a_crash():
                 assert "\n" not in str(err) and err.exit_code == EXIT_USAGE, f"case {case}"
                 outcomes["refused"] += 1
     assert min(outcomes.values()) > 20, outcomes  # both paths taken
+
+
+def test_imported_counts_fed_to_apply_give_the_printed_layouts(cli, node_config, tmp_path):
+    """What docs/mig-parted.md tells an admin to do: `slurm-mig apply COUNTS --gpu N` with
+    import's counts cuts each GPU as import printed, and the config.toml lines it prints
+    are read by slurm-mig's config as those layouts and MIG modes."""
+    from slurm_mig.host.config import load_config
+
+    config = node_config(gpus=("A100-80GB", "H100-80GB", "A30"))
+    assert cli("apply", "1g.10gb:3", "--gpu", 0, config=config)[0] == 0  # kept where it fits
+    path = write(tmp_path, usual_configs_yaml())
+    code, out, err = cli("--json", "mig-parted", "import", path, "all-balanced", config=config)
+    assert code == 0, err
+    result = json.loads(out)
+    for g in result["gpus"]:
+        assert cli("apply", g["counts"], "--gpu", g["index"], config=config)[0] == 0
+    status = json.loads(cli("--json", "status", config=config)[1])
+    assert [g["layout"] for g in status["gpus"]] == [g["layout"] for g in result["gpus"]]
+    with_lines = node_config(gpus=("A100-80GB", "H100-80GB", "A30"), extra=result["config_toml"])
+    loaded = load_config(with_lines)
+    assert [loaded.layout_for(g["index"]) for g in result["gpus"]] == [
+        g["counts"] for g in result["gpus"]]
+    assert [loaded.layout.mig_mode_for(g["index"]) for g in result["gpus"]] == [True] * 3

@@ -387,10 +387,13 @@ def test_bad_files_are_one_line_errors_with_exit_2(text, expected):
     assert message.startswith(expected), message
 
 
-def test_malformed_yaml_says_where():
+def test_malformed_yaml_says_what_and_where():
     with pytest.raises(InputError) as info:
-        parse_text("version: v1\nmig-configs:\n  c:\n    - devices: [0\n", "config.yaml")
-    assert "line 5, column 1" in str(info.value) or "line 4" in str(info.value)
+        parse_text("version: v1\nmig-configs:\n  c:\n    - devices: all\n      mig-enabled true\n",
+                   "config.yaml")
+    assert str(info.value) == ("config.yaml: not valid YAML: could not find expected ':' at "
+                               "line 6, column 1; fix the file (mig-parted's examples/config.yaml "
+                               "shows the format)")
 
 
 def test_a_config_that_covers_no_gpu_says_so():
@@ -688,3 +691,19 @@ def test_imported_counts_fed_to_apply_give_the_printed_layouts(cli, node_config,
     assert [loaded.layout_for(g["index"]) for g in result["gpus"]] == [
         g["counts"] for g in result["gpus"]]
     assert [loaded.layout.mig_mode_for(g["index"]) for g in result["gpus"]] == [True] * 3
+
+
+def test_a_node_with_mig_off_exports_and_imports_as_mig_off(cli, node_config, tmp_path):
+    config = node_config(gpus=("H100-80GB", "H100-80GB"))
+    assert cli("sim", "init", "--mig-off", config=config)[0] == 0
+    code, exported, err = cli("mig-parted", "export", config=config)
+    assert code == 0, err
+    assert exported.endswith("  current:\n    # gpu 0, gpu 1: NVIDIA H100 80GB HBM3\n"
+                             "    - devices: all\n      mig-enabled: false\n")
+    path = write(tmp_path, exported, "off.yaml")
+    code, out, err = cli("--json", "mig-parted", "import", path, "current", config=config)
+    assert code == 0, err
+    result = json.loads(out)
+    assert [(g["mig_enabled"], g["layout"], g["model"]) for g in result["gpus"]] == [
+        (False, None, "H100-80GB")] * 2
+    assert result["config_toml"] == '[layout.mig_modes]\n0 = "off"\n1 = "off"\n'

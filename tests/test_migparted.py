@@ -707,3 +707,31 @@ def test_a_node_with_mig_off_exports_and_imports_as_mig_off(cli, node_config, tm
     assert [(g["mig_enabled"], g["layout"], g["model"]) for g in result["gpus"]] == [
         (False, None, "H100-80GB")] * 2
     assert result["config_toml"] == '[layout.mig_modes]\n0 = "off"\n1 = "off"\n'
+
+
+def test_an_earlier_entry_that_covers_a_gpu_must_be_possible_too():
+    """mig-parted applies every covering entry in turn, so it fails on an impossible one
+    even when a later entry would win."""
+    message = error_of("""\
+        version: v1
+        mig-configs:
+          c:
+            - devices: all
+              mig-enabled: true
+              mig-devices: {"1g.5gb": 7}
+            - devices: all
+              mig-enabled: true
+              mig-devices: {"1g.10gb": 7}
+        """)
+    assert message.startswith("config.yaml: mig-configs.c[0]: gpu 0 (NVIDIA A100-SXM4-80GB): "
+                              "profile '1g.5gb' is not offered")
+
+
+def test_a_gpu_whose_mig_mode_must_change_says_which_mode_command(cli, node_config, tmp_path):
+    config = node_config(gpus=("A30",))
+    assert cli("sim", "init", "--mig-off", config=config)[0] == 0
+    path = write(tmp_path, usual_configs_yaml())
+    code, out, err = cli("mig-parted", "import", path, "all-balanced", config=config)
+    assert code == 0, err
+    assert "  gpu 0: MIG is off now: `slurm-mig mode on --gpu 0` first (docs/mig-mode.md)" in out
+    assert "0    A30    on   1g.6gb@0,1g.6gb@1,2g.12gb@2" in out

@@ -376,9 +376,10 @@ def _node_targets(backend: GpuBackend) -> list:
             found = backend.instances(info.index)
             busy = tuple(Instance.of(model.profile(m.profile_id), m.start) for m in found if m.busy)
             out.append(Target(info.index, info.name, model, (info.pci_device_id,),
-                              current_layout(model, found), busy))
+                              current_layout(model, found), busy, mig_now=True))
         else:
-            out.append(Target(info.index, info.name, catalog_model(info), (info.pci_device_id,)))
+            out.append(Target(info.index, info.name, catalog_model(info), (info.pci_device_id,),
+                              mig_now=False))
     return out
 
 

@@ -267,6 +267,7 @@ def mig_parted_import_text(result: Mapping[str, Any]) -> str:
             state, layout = "on", g["layout"]
         rows.append([g["index"], g["model"] or g["name"], state, layout])
     out.extend("  " + l for l in _table(rows, ["GPU", "MODEL", "MIG", "LAYOUT"]).splitlines())
+    out += [f"  gpu {g['index']}: {g['note']}" for g in result["gpus"] if g["entry"] and g["note"]]
     if result["config_toml"]:
         out += ["", "config.toml (`slurm-mig sync` applies it, through Slurm):", ""]
         out += ["  " + l for l in result["config_toml"].splitlines()]

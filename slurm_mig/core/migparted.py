@@ -296,6 +296,7 @@ class Target:
     pci_device_ids: Tuple[str, ...]  #: the GPU's id; for a catalog model, all of its ids
     current: Optional[Layout] = None  #: what it has now: kept where the counts allow
     busy: Tuple[Instance, ...] = ()
+    mig_now: Optional[bool] = None  #: its MIG mode now; None: not known (a catalog model)
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,8 @@ def resolve(spec: Spec, name: str, targets: Sequence[Target]) -> Tuple[GpuPlan, 
                         f"{spec.source}: {e.where}: device-filter {f.text} names a board by its "
                         f"subsystem id, which slurm-mig does not read; write the device id "
                         f"alone ({f.text.split(':')[0]}) or list the GPUs in devices")
+        for earlier in covering[:-1]:  # mig-parted applies these first: they must be possible
+            _plan(spec.source, target, earlier)
         plans.append(_plan(spec.source, target, covering[-1] if covering else None))
     if not any(p.entry for p in plans):
         gpus = "; ".join(f"gpu {t.index} {t.name} ({', '.join(t.pci_device_ids) or 'no PCI id'})"
@@ -357,7 +360,9 @@ def _plan(source: str, target: Target, entry: Optional[Entry]) -> GpuPlan:
                          f"a MIG GPU slurm-mig knows (see `slurm-mig catalog`); "
                          f"take it out of devices")
     if not entry.mig_enabled:
-        return GpuPlan(target.index, target.name, key, entry.where, False, None)
+        note = (f"MIG is on now: `slurm-mig mode off --gpu {target.index}` turns it off "
+                f"(docs/mig-mode.md)" if target.mig_now else "")
+        return GpuPlan(target.index, target.name, key, entry.where, False, None, note)
     where = f"{source}: {entry.where}: gpu {target.index} ({target.model.name})"
     counts: Dict[int, int] = {}
     for written, n in entry.mig_devices:
@@ -373,7 +378,9 @@ def _plan(source: str, target: Target, entry: Optional[Entry]) -> GpuPlan:
     except LayoutError as err:
         raise LayoutError(f"{where}: profiles {', '.join(p for p, n in entry.mig_devices if n)}: "
                           f"{err}") from err
-    return GpuPlan(target.index, target.name, key, entry.where, True, layout)
+    note = (f"MIG is off now: `slurm-mig mode on --gpu {target.index}` first (docs/mig-mode.md)"
+            if target.mig_now is False else "")
+    return GpuPlan(target.index, target.name, key, entry.where, True, layout, note)
 
 
 def profile_for(model: GpuModel, written: str, where: str) -> Profile:

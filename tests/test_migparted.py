@@ -268,6 +268,8 @@ def test_unknown_config_name_lists_the_names():
     message = error_of(usual_configs_yaml(), name="all-2g.99gb")
     assert message.startswith("config.yaml: no mig-parted config named 'all-2g.99gb'; it has: "
                               "all-disabled, all-enabled, ")
+    names = USUAL_SPEC.names()
+    assert len(names) > 30 and message.endswith(f"{names[29]}, ... ({len(names)} in all)")
 
 
 def test_unknown_profile_names_config_gpu_and_profile():

@@ -115,8 +115,10 @@ class Spec:
         for n, entries in self.configs:
             if n == name:
                 return entries
+        names = self.names()
+        listed = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
         raise InputError(f"{self.source}: no mig-parted config named {shown(name)}; "
-                         f"it has: {', '.join(self.names())}")
+                         f"it has: {listed}")
 
 
 # ----------------------------------------------------------------------------- reading

@@ -12,7 +12,6 @@ from slurm_mig.core.errors import InputError
 from slurm_mig.core.layout import enumerate_layouts, is_valid, maximal_layouts, parse_layout
 from slurm_mig.rebalance.planning import DemandItem, PlanGpu, PlanNode, Policy, condition, plan
 from slurm_mig.rebalance.planning.candidates import maximal
-from slurm_mig.rebalance.planning.flow import match
 
 CATALOG = load_catalog()
 A100 = CATALOG.model("A100-80GB")
@@ -285,17 +284,6 @@ def test_fast_maximal_layouts_equal_layout_maximal_layouts(key):
     model = CATALOG.model(key)
     for include_me in (False, True):
         assert maximal(model, include_me) == maximal_layouts(model, include_me)
-
-
-def test_match_moves_served_units_to_make_room():
-    # item 0 (heavy) may use groups 0 or 1; item 1 only group 0; one unit each
-    m = match([10.0, 5.0], [1, 1], [(0, 1), (0,)], [1, 1])
-    assert m.served == [1, 1] and m.weight == 15.0
-
-
-def test_match_serves_heaviest_first_when_short():
-    m = match([10.0, 5.0], [2, 2], [(0,), (0,)], [3])
-    assert m.served == [2, 1]
 
 
 @pytest.mark.parametrize("state, want_", [

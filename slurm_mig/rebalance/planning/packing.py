@@ -1,0 +1,254 @@
+"""One node at a time: which pending jobs it can start, and the cheapest layouts that do it.  Pure.
+
+A *requirement* is a vector over ``2K`` dimensions (K types): the first K are free
+instances per type the node must offer (the jobs placed on it), the last K are instances
+per type it must keep in total (floors).  :func:`cover` answers, for a node with all its
+GPUs at once, whether some choice of one option per GPU meets a requirement, and the
+cheapest such choice (fewest GPUs changed, then fewest instances destroyed plus
+created): a dynamic programme over the GPUs whose states are the requirement's
+dimensions capped at what is required, so states stay few however many layouts a GPU
+has.  :func:`pack` fills a node from a pool of job groups, heaviest job first, each
+class of identical requests taken as far as it fits (a class that does not fit once is
+done on this node), then checks small choices exactly (:func:`_improve`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .candidates import GpuOptions, Option
+from .problem import Group, Node, Problem
+
+Req = Tuple[int, ...]
+#: (GPUs changed, instances changed, option index per GPU)
+Cover = Tuple[int, int, Tuple[int, ...]]
+
+#: At most this many feasibility checks per node for the exact pass over its choices.
+EXACT_BUDGET = 400
+
+
+class Packer:
+    """Covers and packs for the nodes of one problem; covers are cached per node class."""
+
+    def __init__(self, pb: Problem) -> None:
+        self.pb = pb
+        self.K = len(pb.types)
+        self._covers: Dict[Tuple[Tuple[int, Tuple[int, ...]], Req], Optional[Cover]] = {}
+        self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
+        self.checks = 0
+
+    # ------------------------------------------------------------------ covers
+
+    def _vector(self, opt: Option) -> Tuple[int, ...]:
+        return opt.free + opt.total
+
+    def _project(self, opts: GpuOptions, active: Tuple[int, ...], need: Req) -> List[Tuple[Req, int, int, int]]:
+        """The GPU's options on the active dimensions, capped at ``need``: one per vector
+        (the cheapest), none dominated by a cheaper one with as much everywhere."""
+        key = (id(opts), active, need)
+        hit = self._proj.get(key)
+        if hit is not None:
+            return hit
+        best: Dict[Req, Tuple[int, int, int]] = {}
+        for idx, opt in enumerate(opts.options):
+            full = self._vector(opt)
+            vec = tuple(min(full[d], n) for d, n in zip(active, need))
+            cost = (0 if idx == 0 else 1, opt.changes, idx)
+            held = best.get(vec)
+            if held is None or cost < held:
+                best[vec] = cost
+        items = sorted(best.items(), key=lambda kv: kv[1])
+        out: List[Tuple[Req, int, int, int]] = []
+        for vec, (g, c, idx) in items:
+            if any(all(a >= b for a, b in zip(o[0], vec)) for o in out):
+                continue  # a cheaper (or equal) option offers at least as much
+            out.append((vec, g, c, idx))
+        self._proj[key] = out
+        return out
+
+    def cover(self, node: Node, req: Req) -> Optional[Cover]:
+        """The cheapest choice of one option per GPU meeting ``req``, or None."""
+        key = (node.sig, req)
+        if key in self._covers:
+            return self._covers[key]
+        self.checks += 1
+        K = self.K
+        cur = node.free + node.total
+        if all(c >= r for c, r in zip(cur, req)):
+            out: Optional[Cover] = (0, 0, (0,) * len(node.options))
+            self._covers[key] = out
+            return out
+        active = tuple(d for d in range(2 * K) if req[d] > 0)
+        need = tuple(req[d] for d in active)
+        projs = [self._project(o, active, need) for o in node.options]
+        # most each remaining GPU could still add, per active dimension
+        rest: List[Req] = [tuple(0 for _ in active)]
+        for proj in reversed(projs):
+            top = tuple(max(v[0][j] for v in proj) for j in range(len(active)))
+            rest.append(tuple(a + b for a, b in zip(rest[-1], top)))
+        rest.reverse()
+        # value: (GPUs changed, instances changed, which GPUs keep (earlier ones change first), choice)
+        State = Tuple[int, int, Tuple[int, ...], Tuple[int, ...]]
+        states: Dict[Req, State] = {tuple(0 for _ in active): (0, 0, (), ())}
+        for k, proj in enumerate(projs):
+            nxt: Dict[Req, State] = {}
+            after = rest[k + 1]
+            for s, (g0, c0, kept, ch) in states.items():
+                for vec, g, c, idx in proj:
+                    s2 = tuple(min(a + b, n) for a, b, n in zip(s, vec, need))
+                    if any(a + b < n for a, b, n in zip(s2, after, need)):
+                        continue
+                    val = (g0 + g, c0 + c, kept + (0 if idx else 1,), ch + (idx,))
+                    held = nxt.get(s2)
+                    if held is None or val < held:
+                        nxt[s2] = val
+            states = nxt
+            if not states:
+                break
+        hit = states.get(need)
+        out = None if hit is None else (hit[0], hit[1], hit[3])
+        self._covers[key] = out
+        return out
+
+    # ------------------------------------------------------------------ packing
+
+    def pack(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
+             spare: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req]:
+        """Jobs (group index -> node parts) ``node`` can start from ``pool`` on top of
+        ``base``; with ``changeable`` any layouts, else ``spare`` (free per type, default:
+        today's free instances)."""
+        pb, K = self.pb, self.K
+        groups = pb.groups
+        room = list(node.free if spare is None else spare)
+
+        def fits(req: List[int]) -> bool:
+            if changeable:
+                return self.cover(node, tuple(req)) is not None
+            return all(req[t] <= room[t] for t in range(K))
+
+        if changeable:
+            most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
+        else:
+            most = room
+        req = list(base)
+        takes: Dict[int, int] = {}
+        heap: List[Tuple[float, int, int, int]] = []
+        for c in pb.gid_classes[node.gid]:
+            members = pb.classes[c]
+            for pos, gi in enumerate(members):
+                if pool[gi] > 0:
+                    g = groups[gi]
+                    heap.append((-g.weight, g.size, gi, pos))
+                    break
+        heapq.heapify(heap)
+        while heap:
+            _, _, gi, pos = heapq.heappop(heap)
+            g = groups[gi]
+            k = self._most(g, pool[gi], req, most, fits)
+            if k:
+                for t, n in g.req:
+                    req[t] += k * n
+                takes[gi] = k
+            if k == pool[gi]:
+                members = pb.classes[g.cls]
+                for p2 in range(pos + 1, len(members)):
+                    g2 = members[p2]
+                    if pool[g2] > 0:
+                        heapq.heappush(heap, (-groups[g2].weight, groups[g2].size, g2, p2))
+                        break
+        return takes, tuple(req)
+
+    @staticmethod
+    def _most(g: Group, avail: int, req: Sequence[int], most: Sequence[int], fits) -> int:  # type: ignore[no-untyped-def]
+        """The most jobs of group ``g`` (at most ``avail``) that fit on top of ``req``."""
+        hi = avail
+        for t, n in g.req:
+            hi = min(hi, (most[t] - req[t]) // n)
+        if hi <= 0:
+            return 0
+
+        def ok(k: int) -> bool:
+            trial = list(req)
+            for t, n in g.req:
+                trial[t] += k * n
+            return fits(trial)
+
+        if ok(hi):
+            return hi
+        if not ok(1):
+            return 0
+        lo = 1  # ok(lo), not ok(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def exact(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
+              first: Dict[int, int], spare: Optional[Sequence[int]] = None) -> Dict[int, int]:
+        """Branch and bound over how many jobs of each group the node takes, when the
+        groups it could take are few: the greedy's answer ``first`` unless a heavier
+        choice fits (within :data:`EXACT_BUDGET` checks)."""
+        pb, K = self.pb, self.K
+        cands = [gi for c in pb.gid_classes[node.gid] for gi in pb.classes[c] if pool[gi] > 0]
+        if len(cands) <= 1:
+            return first
+        groups = pb.groups
+        cands.sort(key=lambda gi: (-groups[gi].weight, groups[gi].size, gi))
+        best_w = sum(groups[gi].weight * k for gi, k in first.items())
+        best = dict(first)
+        budget = [EXACT_BUDGET]
+        room = list(node.free if spare is None else spare)
+
+        def fits(req: List[int]) -> bool:
+            budget[0] -= 1
+            if changeable:
+                return self.cover(node, tuple(req)) is not None
+            return all(req[t] <= room[t] for t in range(K))
+
+        if changeable:
+            most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
+        else:
+            most = list(room)
+        # an upper bound on what each group could add, alone on the node
+        caps = []
+        for gi in cands:
+            g = groups[gi]
+            hi = pool[gi]
+            for t, n in g.req:
+                hi = min(hi, max(0, most[t] - base[t]) // n)
+            caps.append(hi)
+        suffix = [0.0] * (len(cands) + 1)
+        for j in range(len(cands) - 1, -1, -1):
+            suffix[j] = suffix[j + 1] + groups[cands[j]].weight * caps[j]
+
+        def dfs(j: int, req: List[int], w: float, chosen: Dict[int, int]) -> None:
+            nonlocal best_w, best
+            if budget[0] <= 0:
+                return
+            if w > best_w + pb.tol:
+                best_w, best = w, dict(chosen)
+            if j == len(cands) or w + suffix[j] <= best_w + pb.tol:
+                return
+            gi = cands[j]
+            g = groups[gi]
+            for k in range(caps[j], -1, -1):
+                if k:
+                    trial = list(req)
+                    for t, n in g.req:
+                        trial[t] += k * n
+                    if any(trial[t] > most[t] for t in range(K)) or not fits(trial):
+                        continue
+                    chosen[gi] = k
+                    dfs(j + 1, trial, w + k * g.weight, chosen)
+                    del chosen[gi]
+                else:
+                    dfs(j + 1, req, w, chosen)
+                if budget[0] <= 0:
+                    return
+
+        dfs(0, list(base), 0.0, {})
+        return best

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...core.catalog import GpuModel
 from . import explain as _explain
-from .candidates import Option
+from ...core.layout import Layout, is_valid
+from .candidates import Option, count_vector
 from .model import DemandItem, Plan, PlanNode, Policy
 from .packing import Packer
 from .problem import Problem
@@ -46,6 +47,9 @@ def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Option
     return _Planner(nodes, demand, policy or Policy(), cycle, models or {}).run()
 
 
+#: Clusters with at most this many changeable nodes get the pair pass (:meth:`_Planner._pairs`).
+PAIR_LIMIT = 24
+
 #: A move: (weight gain, floor gain, GPUs changed, instances changed, jobs taken, choice)
 Move = Tuple[float, int, int, int, Dict[int, int], Tuple[Option, ...]]
 
@@ -55,7 +59,6 @@ class _Planner(Problem):
 
     def run(self) -> Plan:
         self.packer = Packer(self)
-        K = len(self.types)
         self.pool = [g.count for g in self.groups]
         self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
         self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
@@ -65,12 +68,18 @@ class _Planner(Problem):
         movable = [i for i, n in enumerate(self.nodes) if n.why_not is None]
         for i in fixed + movable:
             self._fill(i)
+        if len(movable) <= PAIR_LIMIT:
+            self._placements(fixed + movable)
         self.before = self._served()
         self._moves(movable)
         for i in fixed + movable:  # room a move freed, or jobs one gave back
             self._fill(i)
+        if len(movable) <= PAIR_LIMIT:
+            self._pairs(movable, fixed + movable)
+            self._placements(fixed + movable)
+        for i in self.changed:
+            self._trim(i)
         self.after = self._served()
-        del K
         return _explain.build(self)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -127,20 +136,36 @@ class _Planner(Problem):
         for gi, k in held.items():
             pool[gi] += k
         base = self._floor_base(i)
-        takes, _ = pk.pack(node, pool, tuple(base), True)
-        takes = pk.exact(node, pool, tuple(base), True, takes)
-        req = list(base)
-        for gi, k in takes.items():
-            for t, n in self.groups[gi].req:
-                req[t] += k * n
-        for t, f in enumerate(self.floor):
-            short = f - self.totals[t] if f else 0
-            for j in range(short, 0, -1):  # raise a floor this node can help with
-                trial = list(req)
-                trial[K + t] = max(trial[K + t], node.total[t] + j)
-                if pk.cover(node, tuple(trial)) is not None:
-                    req = trial
-                    break
+        best: Optional[Tuple[float, int, Dict[int, int], List[int]]] = None
+        pools = [(pool, 0.0)]
+        if held:  # or: its jobs start elsewhere (displacing lighter ones), it fills from the rest
+            net, moved, evicted = self._relocate(i, held, False)
+            if moved:
+                rest = list(pool)
+                for gi, k in moved.items():
+                    rest[gi] -= k
+                for gi, k in evicted.items():
+                    rest[gi] += k
+                pools.append((rest, net))
+        # jobs first, then what floors still can get; and, when a floor is short, the
+        # floor first, then jobs (an equally heavy choice may also restore it)
+        short = any(f and self.totals[t] < f for t, f in enumerate(self.floor))
+        for src, extra in pools:
+            for floor_first in (False, True) if short else (False,):
+                start = self._raise(i, base) if floor_first else list(base)
+                takes, _ = pk.pack(node, src, tuple(start), True)
+                takes = pk.exact(node, src, tuple(start), True, takes)
+                req = list(start)
+                for gi, k in takes.items():
+                    for t, n in self.groups[gi].req:
+                        req[t] += k * n
+                req = self._raise(i, req)
+                w = sum(self.groups[gi].weight * k for gi, k in takes.items()) + extra
+                fl = sum(min(req[K + t], f) for t, f in enumerate(self.floor) if f)
+                if best is None or (w > best[0] + self.tol or (w > best[0] - self.tol and fl > best[1])):
+                    best = (w, fl, takes, req)
+        assert best is not None
+        _, _, takes, req = best
         cov = pk.cover(node, tuple(req))
         if cov is None or cov[0] == 0:
             return None
@@ -148,7 +173,9 @@ class _Planner(Problem):
         choice = tuple(opts.options[k] for opts, k in zip(node.options, idx))
         keep, _ = pk.pack(node, pool, (0,) * (2 * K), False, node.free)
         keep = pk.exact(node, pool, (0,) * (2 * K), False, keep, node.free)
+        released = {gi: k - takes.get(gi, 0) for gi, k in self.hosted[i].items() if k > takes.get(gi, 0)}
         wgain = (sum(self.groups[gi].weight * k for gi, k in takes.items())
+                 + (self._relocate(i, released, False)[0] if released else 0.0)
                  - sum(self.groups[gi].weight * k for gi, k in keep.items()))
         fgain = 0
         for t, f in enumerate(self.floor):
@@ -156,6 +183,20 @@ class _Planner(Problem):
                 new = self.totals[t] - node.total[t] + sum(o.total[t] for o in choice)
                 fgain += min(new, f) - min(self.totals[t], f)
         return wgain, fgain, gpus, inst, takes, choice
+
+    def _raise(self, i: int, req: List[int]) -> List[int]:
+        """``req`` plus as many instances of each floored type short of its floor as
+        node i can add on top."""
+        node, K, pk = self.nodes[i], len(self.types), self.packer
+        for t, f in enumerate(self.floor):
+            short = f - self.totals[t] if f else 0
+            for j in range(short, 0, -1):
+                trial = list(req)
+                trial[K + t] = max(trial[K + t], node.total[t] + j)
+                if pk.cover(node, tuple(trial)) is not None:
+                    req = trial
+                    break
+        return req
 
     def _passes(self, i: int, mv: Move) -> bool:
         pol, node = self.policy, self.nodes[i]
@@ -202,7 +243,7 @@ class _Planner(Problem):
             self.pool[gi] += k
         for gi, k in takes.items():
             self.pool[gi] -= k
-        released = [gi for gi, k in held.items() if k > takes.get(gi, 0)]
+        released = {gi: k - takes.get(gi, 0) for gi, k in held.items() if k > takes.get(gi, 0)}
         self.hosted[i] = dict(takes)
         node.choice = choice
         self.free_now[i] = [sum(o.free[t] for o in choice) for t in range(K)]
@@ -211,21 +252,221 @@ class _Planner(Problem):
             self.totals[t] += new - node.total[t]
         self.changed[i] = {"gain": wgain, "floor_gain": fgain, "held": held, "takes": dict(takes)}
         if released:
-            self._refill(i, released)
+            self._relocate(i, released, True)
 
-    def _refill(self, skip: int, released: Sequence[int]) -> None:
-        """Offer jobs a move gave back to spare room on other nodes (fixed layouts)."""
-        for gi in released:
-            g = self.groups[gi]
+    # ------------------------------------------------------------------ pair pass
+
+    def _score(self) -> Tuple[float, int, int, int, int]:
+        """The objective of the plan as it stands (larger is better)."""
+        weight = self._served()[2]
+        floors = sum(min(self.totals[t], f) for t, f in enumerate(self.floor) if f)
+        gpus = inst = 0
+        for i in self.changed:
+            choice = self.nodes[i].choice or ()
+            gpus += sum(1 for o in choice if o.changes)
+            inst += sum(o.changes for o in choice)
+        return (round(weight / self.tol) if self.tol else 0, floors, -len(self.changed), -gpus, -inst)
+
+    def _snapshot(self) -> Any:
+        return (list(self.pool), [dict(h) for h in self.hosted], [list(f) for f in self.free_now],
+                list(self.totals), dict(self.changed), [n.choice for n in self.nodes])
+
+    def _restore(self, snap: Any) -> None:
+        pool, hosted, free_now, totals, changed, choices = snap
+        self.pool, self.hosted, self.free_now, self.totals = list(pool), [dict(h) for h in hosted], \
+            [list(f) for f in free_now], list(totals)
+        self.changed = dict(changed)
+        for n, c in zip(self.nodes, choices):
+            n.choice = c
+
+    def _placements(self, supplying: Sequence[int]) -> None:
+        """Small clusters: layouts fixed, for two nodes that can start the same jobs, place
+        their jobs again in either order; keep what starts more weight."""
+        for _ in range(2):
+            better = False
+            for a, i in enumerate(supplying):
+                for j in supplying[a + 1:]:
+                    if not set(self.gid_classes[self.nodes[i].gid]) & set(self.gid_classes[self.nodes[j].gid]):
+                        continue
+                    for order in ((i, j), (j, i)):
+                        before, snap = self._served()[2], self._snapshot()
+                        for n in order:
+                            for gi, k in self.hosted[n].items():
+                                self.pool[gi] += k
+                            self.hosted[n] = {}
+                        for n in order:
+                            self._fill(n)
+                        for n in supplying:
+                            self._fill(n)
+                        if self._served()[2] > before + self.tol:
+                            better = True
+                        else:
+                            self._restore(snap)
+            if not better:
+                break
+
+    def _undo(self, i: int) -> None:
+        """Node i back to today's layouts, its jobs back in the pool."""
+        node, K = self.nodes[i], len(self.types)
+        for gi, k in self.hosted[i].items():
+            self.pool[gi] += k
+        self.hosted[i] = {}
+        if node.choice is not None:
+            for t in range(K):
+                self.totals[t] += node.total[t] - sum(o.total[t] for o in node.choice)
+        node.choice = None
+        self.free_now[i] = list(node.free)
+        self.changed.pop(i, None)
+
+    def _pairs(self, movable: Sequence[int], supplying: Sequence[int]) -> None:
+        """Small clusters: for two changeable nodes that can start the same jobs, at least
+        one of them changed, plan both again in either order (the first one filled best,
+        then the second from what is left) and keep what scores higher.  The greedy fills
+        each node as well as it can on its own; this lets a node leave jobs to another
+        that can only serve those."""
+        cap = self.policy.max_nodes_per_cycle
+        for _ in range(2):
+            better = False
+            for a, i in enumerate(movable):
+                for j in movable[a + 1:]:
+                    if i not in self.changed and j not in self.changed:
+                        continue
+                    ci, cj = self.nodes[i], self.nodes[j]
+                    if not set(self.gid_classes[ci.gid]) & set(self.gid_classes[cj.gid]):
+                        continue
+                    for order in ((i, j), (j, i)):
+                        before, snap = self._score(), self._snapshot()
+                        self._undo(i)
+                        self._undo(j)
+                        for n in order:
+                            mv = self._evaluate(n)
+                            if (mv is not None and self._passes(n, mv)
+                                    and (cap is None or len(self.changed) < cap)):
+                                self._commit(n, mv)
+                            else:
+                                self._fill(n)
+                        for n in supplying:
+                            self._fill(n)
+                        if self._score() > before:
+                            better = True
+                        else:
+                            self._restore(snap)
+            if not better:
+                break
+
+    def _trim(self, i: int) -> None:
+        """Fewest changes for the jobs node i now starts: drop created instances nothing
+        needs, then put back destroyed ones that still fit (each one change fewer)."""
+        node, K = self.nodes[i], len(self.types)
+        assert node.choice is not None
+        need = [0] * K
+        for gi, k in self.hosted[i].items():
+            for t, n in self.groups[gi].req:
+                need[t] += k * n
+        free = list(self.free_now[i])
+        out = list(node.choice)
+        for k, (gpu, opt) in enumerate(zip(sorted(node.src.gpus, key=lambda g: g.index), node.choice)):
+            if opt.changes == 0:
+                continue
+            model = node.models[k]
+            ids = self.type_ids(model)
+            cur = gpu.layout.keys()
+            insts = list(opt.layout.instances)
+            for inst in sorted(opt.layout.instances, key=lambda x: (-x.start, x.profile_id)):
+                if (inst.profile_id, inst.start) in cur:
+                    continue
+                t = ids.index(inst.profile_id) if inst.profile_id in ids else -1
+                if t >= 0 and (free[t] - 1 < need[t] or (self.floor[t] and self.totals[t] - 1 < self.floor[t])):
+                    continue
+                insts.remove(inst)
+                if t >= 0:
+                    free[t] -= 1
+                    self.totals[t] -= 1
+            kept = {(x.profile_id, x.start) for x in insts}
+            for inst in gpu.layout.instances:
+                if (inst.profile_id, inst.start) not in kept and is_valid(model, insts + [inst]):
+                    insts.append(inst)
+                    if inst.profile_id in ids:
+                        t = ids.index(inst.profile_id)
+                        free[t] += 1
+                        self.totals[t] += 1
+            layout = Layout(tuple(insts))
+            out[k] = Option(layout, count_vector(layout, ids, gpu.busy), count_vector(layout, ids),
+                            len(layout.keys() ^ cur))
+        node.choice = tuple(out)
+        self.free_now[i] = free
+
+    def _relocate(self, skip: int, released: Mapping[int, int], apply: bool
+                  ) -> Tuple[float, Dict[int, int], Dict[int, int]]:
+        """Where jobs a move gives back can still start: spare room on other nodes first,
+        then room held by lighter jobs there (those go back to the pending pool).  Returns
+        the weight that still starts, net of the lighter jobs displaced, the jobs moved and
+        the jobs displaced; with ``apply`` the jobs are moved (and taken out of the pool),
+        else nothing changes."""
+        moved: Dict[int, int] = {}
+        evicted: Dict[int, int] = {}
+        hosted: Dict[int, Dict[int, int]] = {}
+        spare: Dict[int, List[int]] = {}
+        net = 0.0
+        for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
+            g, left = self.groups[gi], released[gi]
             for j, node in enumerate(self.nodes):
-                if self.pool[gi] <= 0:
+                if left <= 0:
                     break
                 if j == skip or not node.supplies or node.gid not in g.gids:
                     continue
-                room = self._spare(j)
-                k = self.pool[gi]
-                for t, n in g.req:
-                    k = min(k, room[t] // n)
-                if k > 0:
-                    self.pool[gi] -= k
-                    self.hosted[j][gi] = self.hosted[j].get(gi, 0) + k
+                if j not in spare:
+                    spare[j] = self._spare(j)
+                    hosted[j] = dict(self.hosted[j])
+                room, held = spare[j], hosted[j]
+                while left > 0:
+                    if all(room[t] >= n for t, n in g.req):
+                        k = left
+                        for t, n in g.req:
+                            k = min(k, room[t] // n)
+                        for t, n in g.req:
+                            room[t] -= k * n
+                        held[gi] = held.get(gi, 0) + k
+                        left -= k
+                        net += k * g.weight
+                        continue
+                    # make room for one job by displacing the lightest lighter jobs
+                    trial, out = list(room), []
+                    for hj in sorted(held, key=lambda h: (self.groups[h].weight, h)):
+                        h = self.groups[hj]
+                        if h.weight >= g.weight:
+                            break
+                        if not any(trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
+                            continue
+                        for _ in range(held[hj]):
+                            for t, n in h.req:
+                                trial[t] += n
+                            out.append(hj)
+                            if all(trial[t] >= n for t, n in g.req):
+                                break
+                        if all(trial[t] >= n for t, n in g.req):
+                            break
+                    lost = sum(self.groups[hj].weight for hj in out)
+                    if not out or not all(trial[t] >= n for t, n in g.req) or lost >= g.weight:
+                        break
+                    for hj in out:
+                        held[hj] -= 1
+                        evicted[hj] = evicted.get(hj, 0) + 1
+                        if not held[hj]:
+                            del held[hj]
+                        if apply:
+                            self.pool[hj] += 1
+                    for t, n in g.req:
+                        trial[t] -= n
+                    room[:] = trial
+                    held[gi] = held.get(gi, 0) + 1
+                    left -= 1
+                    net += g.weight - lost
+            if released[gi] - left:
+                moved[gi] = released[gi] - left
+            if apply:
+                self.pool[gi] -= released[gi] - left
+        if apply:
+            for j, held in hosted.items():
+                self.hosted[j] = held
+        return net, moved, evicted

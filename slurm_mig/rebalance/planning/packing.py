@@ -26,6 +26,11 @@ Cover = Tuple[int, int, Tuple[int, ...]]
 
 #: At most this many feasibility checks per node for the exact pass over its choices.
 EXACT_BUDGET = 400
+#: The exact pass runs when the node could take jobs of at most this many groups.
+EXACT_GROUPS = 12
+#: Nodes with at most this many GPUs get the exact cover; larger ones are filled instance
+#: by instance (:meth:`Packer.pack_units`).
+EXACT_GPUS = 4
 
 
 class Packer:
@@ -36,6 +41,8 @@ class Packer:
         self.K = len(pb.types)
         self._covers: Dict[Tuple[Tuple[int, Tuple[int, ...]], Req], Optional[Cover]] = {}
         self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
+        self._fits: Dict[Tuple[int, Req], bool] = {}
+        self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
         self.checks = 0
 
     # ------------------------------------------------------------------ covers
@@ -194,7 +201,7 @@ class Packer:
         choice fits (within :data:`EXACT_BUDGET` checks)."""
         pb, K = self.pb, self.K
         cands = [gi for c in pb.gid_classes[node.gid] for gi in pb.classes[c] if pool[gi] > 0]
-        if len(cands) <= 1:
+        if len(cands) <= 1 or len(cands) > EXACT_GROUPS:
             return first
         groups = pb.groups
         cands.sort(key=lambda gi: (-groups[gi].weight, groups[gi].size, gi))
@@ -252,3 +259,144 @@ class Packer:
 
         dfs(0, list(base), 0.0, {})
         return best
+
+    # ------------------------------------------------------------------ large nodes
+
+    def large(self, node: Node) -> bool:
+        """Nodes with more GPUs than :data:`EXACT_GPUS` are filled instance by instance."""
+        return len(node.options) > EXACT_GPUS
+
+    def fits_gpu(self, opts: GpuOptions, vec: Req) -> bool:
+        """Does some option of this GPU class offer at least ``vec``?"""
+        key = (id(opts), vec)
+        hit = self._fits.get(key)
+        if hit is None:
+            hit = any(all(a >= b for a, b in zip(self._vector(o), vec)) for o in opts.options)
+            self._fits[key] = hit
+        return hit
+
+    def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
+        """(instances changed, option index) of the cheapest option offering ``vec``."""
+        key = (id(opts), vec)
+        hit = self._cheapest.get(key)
+        if hit is None:
+            hit = min((o.changes if j else 0, j) for j, o in enumerate(opts.options)
+                      if all(a >= b for a, b in zip(self._vector(o), vec)))
+            self._cheapest[key] = hit
+        return hit
+
+    def pack_units(self, node: Node, pool: Sequence[int], base: Req,
+                   floors: Sequence[Tuple[int, int]], floors_first: bool
+                   ) -> Tuple[Dict[int, int], Req, Optional[Cover]]:
+        """:meth:`pack` for a large changeable node: every instance a job needs is put on a
+        GPU that can still take it (one that needs no change first, then one already
+        changing, then the fullest other one); a job whose instances do not all find a
+        GPU is not taken, and its class is done.  ``floors``: (type, instances) to add to
+        the node's total if they fit, before or after the jobs.  Returns the jobs, the
+        requirement met and the choice per GPU."""
+        fit = _Units(self, node)
+        K = self.K
+        for d, n in enumerate(base):
+            for _ in range(n):
+                if fit.place(d) is None:
+                    return {}, base, None
+        if floors_first:
+            fit.floors(floors, K)
+        pb, groups = self.pb, self.pb.groups
+        takes: Dict[int, int] = {}
+        heap: List[Tuple[float, int, int, int]] = []
+        for c in pb.gid_classes[node.gid]:
+            for pos, gi in enumerate(pb.classes[c]):
+                if pool[gi] > 0:
+                    heap.append((-groups[gi].weight, groups[gi].size, gi, pos))
+                    break
+        heapq.heapify(heap)
+        while heap:
+            _, _, gi, pos = heapq.heappop(heap)
+            g = groups[gi]
+            k = 0
+            while k < pool[gi] and fit.job(g.req):
+                k += 1
+            if k:
+                takes[gi] = k
+            if k == pool[gi]:
+                members = pb.classes[g.cls]
+                for p2 in range(pos + 1, len(members)):
+                    if pool[members[p2]] > 0:
+                        heapq.heappush(heap, (-groups[members[p2]].weight, groups[members[p2]].size,
+                                              members[p2], p2))
+                        break
+        if not floors_first:
+            fit.floors(floors, K)
+        return takes, fit.req(), fit.cover()
+
+
+class _Units:
+    """The instances placed on each GPU of one large node, per requirement dimension."""
+
+    def __init__(self, pk: Packer, node: Node) -> None:
+        self.pk, self.node = pk, node
+        D = 2 * pk.K
+        self.a = [[0] * D for _ in node.options]
+        self.cur = [pk._vector(o.current) for o in node.options]
+        self.changed = [False] * len(node.options)
+
+    def place(self, d: int) -> Optional[int]:
+        best, best_key = None, None
+        for k, opts in enumerate(self.node.options):
+            row = self.a[k]
+            if not self.changed[k] and row[d] + 1 <= self.cur[k][d]:
+                key: Tuple[int, int, int] = (0, 0, k)
+            else:
+                vec = list(row)
+                vec[d] += 1
+                if not self.pk.fits_gpu(opts, tuple(vec)):
+                    continue
+                key = (1, 0, k) if self.changed[k] else (2, -sum(row), k)
+            if best_key is None or key < best_key:
+                best, best_key = k, key
+        if best is None:
+            return None
+        row = self.a[best]
+        row[d] += 1
+        if row[d] > self.cur[best][d]:
+            self.changed[best] = True
+        return best
+
+    def job(self, req: Sequence[Tuple[int, int]]) -> bool:
+        """Place every instance of one job, or none."""
+        saved = list(self.changed)
+        done: List[Tuple[int, int]] = []
+        for t, n in req:
+            for _ in range(n):
+                k = self.place(t)
+                if k is None:
+                    for k2, d2 in done:
+                        self.a[k2][d2] -= 1
+                    self.changed = saved
+                    return False
+                done.append((k, t))
+        return True
+
+    def floors(self, floors: Sequence[Tuple[int, int]], K: int) -> None:
+        for t, n in floors:
+            for _ in range(n):
+                if self.place(K + t) is None:
+                    break
+
+    def req(self) -> Req:
+        return tuple(sum(col) for col in zip(*self.a))
+
+    def cover(self) -> Cover:
+        idx: List[int] = []
+        gpus = inst = 0
+        for k, opts in enumerate(self.node.options):
+            if not self.changed[k]:
+                idx.append(0)
+                continue
+            best = self.pk.cheapest(opts, tuple(self.a[k]))
+            idx.append(best[1])
+            if best[1]:
+                gpus += 1
+                inst += best[0]
+        return gpus, inst, tuple(idx)

@@ -33,7 +33,7 @@ from . import explain as _explain
 from ...core.layout import Layout, is_valid
 from .candidates import Option, count_vector
 from .model import DemandItem, Plan, PlanNode, Policy
-from .packing import Packer
+from .packing import Cover, Packer
 from .problem import Problem
 
 
@@ -50,6 +50,9 @@ def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Option
 #: Clusters with at most this many changeable nodes get the pair pass (:meth:`_Planner._pairs`).
 PAIR_LIMIT = 24
 
+#: At most this many nodes are looked at for each group of jobs a move gives back.
+RELOCATE_SCAN = 64
+
 #: A move: (weight gain, floor gain, GPUs changed, instances changed, jobs taken, choice)
 Move = Tuple[float, int, int, int, Dict[int, int], Tuple[Option, ...]]
 
@@ -59,6 +62,7 @@ class _Planner(Problem):
 
     def run(self) -> Plan:
         self.packer = Packer(self)
+        self._gid_nodes: Dict[Tuple[int, ...], List[int]] = {}
         self.pool = [g.count for g in self.groups]
         self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
         self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
@@ -136,7 +140,7 @@ class _Planner(Problem):
         for gi, k in held.items():
             pool[gi] += k
         base = self._floor_base(i)
-        best: Optional[Tuple[float, int, Dict[int, int], List[int]]] = None
+        best: Optional[Tuple[float, int, Dict[int, int], List[int], Optional[Cover]]] = None
         pools = [(pool, 0.0)]
         if held:  # or: its jobs start elsewhere (displacing lighter ones), it fills from the rest
             net, moved, evicted = self._relocate(i, held, False)
@@ -149,24 +153,32 @@ class _Planner(Problem):
                 pools.append((rest, net))
         # jobs first, then what floors still can get; and, when a floor is short, the
         # floor first, then jobs (an equally heavy choice may also restore it)
-        short = any(f and self.totals[t] < f for t, f in enumerate(self.floor))
+        short = [(t, f - self.totals[t]) for t, f in enumerate(self.floor) if f and self.totals[t] < f]
+        large = pk.large(node)
         for src, extra in pools:
             for floor_first in (False, True) if short else (False,):
-                start = self._raise(i, base) if floor_first else list(base)
-                takes, _ = pk.pack(node, src, tuple(start), True)
-                takes = pk.exact(node, src, tuple(start), True, takes)
-                req = list(start)
-                for gi, k in takes.items():
-                    for t, n in self.groups[gi].req:
-                        req[t] += k * n
-                req = self._raise(i, req)
+                if large:
+                    takes, req_t, cov_ = pk.pack_units(node, src, tuple(base), short, floor_first)
+                    req = list(req_t)
+                else:
+                    start = self._raise(i, base) if floor_first else list(base)
+                    takes, _ = pk.pack(node, src, tuple(start), True)
+                    takes = pk.exact(node, src, tuple(start), True, takes)
+                    req = list(start)
+                    for gi, k in takes.items():
+                        for t, n in self.groups[gi].req:
+                            req[t] += k * n
+                    req = self._raise(i, req)
+                    cov_ = None
                 w = sum(self.groups[gi].weight * k for gi, k in takes.items()) + extra
-                fl = sum(min(req[K + t], f) for t, f in enumerate(self.floor) if f)
+                fl = sum(min(node.total[t] + max(0, req[K + t] - node.total[t]), f)
+                         for t, f in enumerate(self.floor) if f)
                 if best is None or (w > best[0] + self.tol or (w > best[0] - self.tol and fl > best[1])):
-                    best = (w, fl, takes, req)
+                    best = (w, fl, takes, req, cov_)
         assert best is not None
-        _, _, takes, req = best
-        cov = pk.cover(node, tuple(req))
+        _, _, takes, req, cov = best
+        if not large:
+            cov = pk.cover(node, tuple(req))
         if cov is None or cov[0] == 0:
             return None
         gpus, inst, idx = cov
@@ -215,10 +227,18 @@ class _Planner(Problem):
             return cache[key]
 
         heap: List[Tuple[float, int, int, int, int, int]] = []
+        # first keys: one evaluation per node class and mix of jobs it starts today (the
+        # others get the same key, marked stale, and are evaluated when they come up)
+        first: Dict[Any, Optional[Move]] = {}
         for i in movable:
-            mv = evaluate(i)
+            shape = (self.nodes[i].sig, tuple(sorted(
+                (self.groups[gi].cls, k) for gi, k in self.hosted[i].items())))
+            fresh = shape not in first
+            if fresh:
+                first[shape] = evaluate(i)
+            mv = first[shape]
             if mv is not None and self._passes(i, mv):
-                heap.append((-mv[0], -mv[1], mv[2], mv[3], i, version))
+                heap.append((-mv[0], -mv[1], mv[2], mv[3], i, version if fresh else -1))
         heapq.heapify(heap)
         while heap:
             if cap is not None and len(self.changed) >= cap:
@@ -396,6 +416,16 @@ class _Planner(Problem):
         node.choice = tuple(out)
         self.free_now[i] = free
 
+    def _by_gids(self, gids: Sequence[int]) -> List[int]:
+        """Nodes that can start jobs, in the given partition sets, by index."""
+        key = tuple(gids)
+        hit = self._gid_nodes.get(key)
+        if hit is None:
+            allowed = set(gids)
+            hit = [j for j, n in enumerate(self.nodes) if n.supplies and n.gid in allowed]
+            self._gid_nodes[key] = hit
+        return hit
+
     def _relocate(self, skip: int, released: Mapping[int, int], apply: bool
                   ) -> Tuple[float, Dict[int, int], Dict[int, int]]:
         """Where jobs a move gives back can still start: spare room on other nodes first,
@@ -408,13 +438,16 @@ class _Planner(Problem):
         hosted: Dict[int, Dict[int, int]] = {}
         spare: Dict[int, List[int]] = {}
         net = 0.0
+        order: Dict[int, List[int]] = {}
         for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
             g, left = self.groups[gi], released[gi]
-            for j, node in enumerate(self.nodes):
-                if left <= 0:
+            scanned = 0
+            for j in self._by_gids(g.gids):
+                if left <= 0 or scanned >= RELOCATE_SCAN:
                     break
-                if j == skip or not node.supplies or node.gid not in g.gids:
+                if j == skip:
                     continue
+                scanned += 1
                 if j not in spare:
                     spare[j] = self._spare(j)
                     hosted[j] = dict(self.hosted[j])
@@ -431,12 +464,15 @@ class _Planner(Problem):
                         net += k * g.weight
                         continue
                     # make room for one job by displacing the lightest lighter jobs
+                    if j not in order:
+                        order[j] = sorted(held, key=lambda h: (self.groups[h].weight, h))
                     trial, out = list(room), []
-                    for hj in sorted(held, key=lambda h: (self.groups[h].weight, h)):
+                    for hj in order[j]:
                         h = self.groups[hj]
                         if h.weight >= g.weight:
                             break
-                        if not any(trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
+                        if not held.get(hj) or not any(
+                                trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
                             continue
                         for _ in range(held[hj]):
                             for t, n in h.req:

@@ -15,7 +15,7 @@ done on this node), then checks small choices exactly (:func:`_improve`).
 from __future__ import annotations
 
 import heapq
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .candidates import GpuOptions, Option
 from .problem import Group, Node, Problem
@@ -167,7 +167,8 @@ class Packer:
         return takes, tuple(req)
 
     @staticmethod
-    def _most(g: Group, avail: int, req: Sequence[int], most: Sequence[int], fits) -> int:  # type: ignore[no-untyped-def]
+    def _most(g: Group, avail: int, req: Sequence[int], most: Sequence[int],
+              fits: Callable[[List[int]], bool]) -> int:
         """The most jobs of group ``g`` (at most ``avail``) that fit on top of ``req``."""
         hi = avail
         for t, n in g.req:
@@ -200,8 +201,14 @@ class Packer:
         groups it could take are few: the greedy's answer ``first`` unless a heavier
         choice fits (within :data:`EXACT_BUDGET` checks)."""
         pb, K = self.pb, self.K
-        cands = [gi for c in pb.gid_classes[node.gid] for gi in pb.classes[c] if pool[gi] > 0]
-        if len(cands) <= 1 or len(cands) > EXACT_GROUPS:
+        cands: List[int] = []
+        for c in pb.gid_classes[node.gid]:
+            for gi in pb.classes[c]:
+                if pool[gi] > 0:
+                    cands.append(gi)
+                    if len(cands) > EXACT_GROUPS:
+                        return first
+        if len(cands) <= 1:
             return first
         groups = pb.groups
         cands.sort(key=lambda gi: (-groups[gi].weight, groups[gi].size, gi))
@@ -342,26 +349,45 @@ class _Units:
         self.changed = [False] * len(node.options)
 
     def place(self, d: int) -> Optional[int]:
-        best, best_key = None, None
-        for k, opts in enumerate(self.node.options):
-            row = self.a[k]
-            if not self.changed[k] and row[d] + 1 <= self.cur[k][d]:
-                key: Tuple[int, int, int] = (0, 0, k)
-            else:
+        """Put one instance of dimension ``d`` on a GPU: one whose layout already has it
+        free, else one already changing, else the fullest other one that can take it."""
+        a, cur, changed = self.a, self.cur, self.changed
+        G = len(a)
+        pick = -1
+        for k in range(G):
+            if not changed[k] and a[k][d] < cur[k][d]:
+                pick = k
+                break
+        if pick < 0:
+            fits, options = self.pk.fits_gpu, self.node.options
+            best_fill = -1
+            for k in range(G):
+                row = a[k]
                 vec = list(row)
                 vec[d] += 1
-                if not self.pk.fits_gpu(opts, tuple(vec)):
-                    continue
-                key = (1, 0, k) if self.changed[k] else (2, -sum(row), k)
-            if best_key is None or key < best_key:
-                best, best_key = k, key
-        if best is None:
-            return None
-        row = self.a[best]
+                if changed[k]:
+                    if fits(options[k], tuple(vec)):
+                        pick = k
+                        break
+                elif best_fill < 0 or sum(row) > best_fill:
+                    if fits(options[k], tuple(vec)):
+                        pick, best_fill = k, sum(row)
+            if pick < 0:
+                return None
+            if not changed[pick] and best_fill >= 0:
+                # an already changing GPU later in the order still comes first
+                for k in range(pick + 1, G):
+                    if changed[k]:
+                        vec = list(a[k])
+                        vec[d] += 1
+                        if fits(options[k], tuple(vec)):
+                            pick = k
+                            break
+        row = a[pick]
         row[d] += 1
-        if row[d] > self.cur[best][d]:
-            self.changed[best] = True
-        return best
+        if row[d] > cur[pick][d]:
+            changed[pick] = True
+        return pick
 
     def job(self, req: Sequence[Tuple[int, int]]) -> bool:
         """Place every instance of one job, or none."""

@@ -113,9 +113,9 @@ class Problem:
         tindex = {t: i for i, t in enumerate(self.types)}
         self.floor = [floor.get(t, 0) for t in self.types]
         self.groups: List[Group] = []
-        for (req, parts_, w, n_parts), acc in sorted(
+        for (shape, parts_, w, n_parts), acc in sorted(
                 merged.items(), key=lambda kv: (-kv[0][2] / kv[0][3], sum(n for _, n in kv[0][0]), kv[0])):
-            self.groups.append(Group(tuple((tindex[t], n) for t, n in req), w / n_parts, acc[0] * n_parts,
+            self.groups.append(Group(tuple((tindex[t], n) for t, n in shape), w / n_parts, acc[0] * n_parts,
                                      acc[1], parts_, n_parts))
         classes: Dict[Tuple[Tuple[Tuple[int, int], ...], Tuple[str, ...]], int] = {}
         self.classes: List[List[int]] = []  #: per class: its group indexes, heaviest first

@@ -51,7 +51,7 @@ def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Option
 PAIR_LIMIT = 24
 
 #: At most this many nodes are looked at for each group of jobs a move gives back.
-RELOCATE_SCAN = 64
+RELOCATE_SCAN = 16
 
 #: A move: (weight gain, floor gain, GPUs changed, instances changed, jobs taken, choice)
 Move = Tuple[float, int, int, int, Dict[int, int], Tuple[Option, ...]]
@@ -438,7 +438,7 @@ class _Planner(Problem):
         hosted: Dict[int, Dict[int, int]] = {}
         spare: Dict[int, List[int]] = {}
         net = 0.0
-        order: Dict[int, List[int]] = {}
+        order: Dict[Tuple[int, int], List[int]] = {}
         for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
             g, left = self.groups[gi], released[gi]
             scanned = 0
@@ -464,13 +464,15 @@ class _Planner(Problem):
                         net += k * g.weight
                         continue
                     # make room for one job by displacing the lightest lighter jobs
-                    if j not in order:
-                        order[j] = sorted(held, key=lambda h: (self.groups[h].weight, h))
+                    if (j, gi) not in order:
+                        types = {t for t, _ in g.req}
+                        order[(j, gi)] = sorted(
+                            (h for h in held if self.groups[h].weight < g.weight
+                             and any(t in types for t, _ in self.groups[h].req)),
+                            key=lambda h: (self.groups[h].weight, h))
                     trial, out = list(room), []
-                    for hj in order[j]:
+                    for hj in order[(j, gi)]:
                         h = self.groups[hj]
-                        if h.weight >= g.weight:
-                            break
                         if not held.get(hj) or not any(
                                 trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
                             continue

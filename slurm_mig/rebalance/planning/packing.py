@@ -15,7 +15,7 @@ done on this node), then checks small choices exactly (:func:`_improve`).
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .candidates import GpuOptions, Option
 from .problem import Group, Node, Problem
@@ -347,6 +347,7 @@ class _Units:
         self.a = [[0] * D for _ in node.options]
         self.cur = [pk._vector(o.current) for o in node.options]
         self.changed = [False] * len(node.options)
+        self.dead: Set[Tuple[int, int]] = set()  #: (GPU, dimension) that cannot take one more
 
     def place(self, d: int) -> Optional[int]:
         """Put one instance of dimension ``d`` on a GPU: one whose layout already has it
@@ -359,35 +360,42 @@ class _Units:
                 pick = k
                 break
         if pick < 0:
-            fits, options = self.pk.fits_gpu, self.node.options
+            dead = self.dead
             best_fill = -1
             for k in range(G):
+                if (k, d) in dead:
+                    continue
                 row = a[k]
-                vec = list(row)
-                vec[d] += 1
                 if changed[k]:
-                    if fits(options[k], tuple(vec)):
+                    if self._fits(k, d):
                         pick = k
                         break
                 elif best_fill < 0 or sum(row) > best_fill:
-                    if fits(options[k], tuple(vec)):
+                    if self._fits(k, d):
                         pick, best_fill = k, sum(row)
             if pick < 0:
                 return None
             if not changed[pick] and best_fill >= 0:
                 # an already changing GPU later in the order still comes first
                 for k in range(pick + 1, G):
-                    if changed[k]:
-                        vec = list(a[k])
-                        vec[d] += 1
-                        if fits(options[k], tuple(vec)):
-                            pick = k
-                            break
+                    if changed[k] and (k, d) not in dead and self._fits(k, d):
+                        pick = k
+                        break
         row = a[pick]
         row[d] += 1
         if row[d] > cur[pick][d]:
             changed[pick] = True
         return pick
+
+    def _fits(self, k: int, d: int) -> bool:
+        """Can GPU k take one more instance of dimension d?  A no is remembered: rows only
+        grow while a node is filled (until a job is taken back)."""
+        vec = list(self.a[k])
+        vec[d] += 1
+        if self.pk.fits_gpu(self.node.options[k], tuple(vec)):
+            return True
+        self.dead.add((k, d))
+        return False
 
     def job(self, req: Sequence[Tuple[int, int]]) -> bool:
         """Place every instance of one job, or none."""
@@ -400,6 +408,7 @@ class _Units:
                     for k2, d2 in done:
                         self.a[k2][d2] -= 1
                     self.changed = saved
+                    self.dead.clear()
                     return False
                 done.append((k, t))
         return True

@@ -141,21 +141,13 @@ class _Planner(Problem):
             pool[gi] += k
         base = self._floor_base(i)
         best: Optional[Tuple[float, int, Dict[int, int], List[int], Optional[Cover]]] = None
-        pools = [(pool, 0.0)]
-        if held:  # or: its jobs start elsewhere (displacing lighter ones), it fills from the rest
-            net, moved, evicted = self._relocate(i, held, False)
-            if moved:
-                rest = list(pool)
-                for gi, k in moved.items():
-                    rest[gi] -= k
-                for gi, k in evicted.items():
-                    rest[gi] += k
-                pools.append((rest, net))
         # jobs first, then what floors still can get; and, when a floor is short, the
         # floor first, then jobs (an equally heavy choice may also restore it)
         short = [(t, f - self.totals[t]) for t, f in enumerate(self.floor) if f and self.totals[t] < f]
         large = pk.large(node)
-        for src, extra in pools:
+
+        def consider(src: Sequence[int], extra: float) -> None:
+            nonlocal best
             for floor_first in (False, True) if short else (False,):
                 if large:
                     takes, req_t, cov_ = pk.pack_units(node, src, tuple(base), short, floor_first)
@@ -175,6 +167,19 @@ class _Planner(Problem):
                          for t, f in enumerate(self.floor) if f)
                 if best is None or (w > best[0] + self.tol or (w > best[0] - self.tol and fl > best[1])):
                     best = (w, fl, takes, req, cov_)
+
+        consider(pool, 0.0)
+        # or: its jobs start elsewhere (displacing lighter ones) and it fills from the
+        # rest (on large nodes only when filling from everything changes nothing)
+        if held and (not large or best is None or best[4] is None or best[4][0] == 0):
+            net, moved, evicted = self._relocate(i, held, False)
+            if moved:
+                rest = list(pool)
+                for gi, k in moved.items():
+                    rest[gi] -= k
+                for gi, k in evicted.items():
+                    rest[gi] += k
+                consider(rest, net)
         assert best is not None
         _, _, takes, req, cov = best
         if not large:

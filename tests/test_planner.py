@@ -416,3 +416,11 @@ def test_planner_matches_the_exact_optimum_on_small_random_clusters(seed):
     got = plan_score(nodes, demand, policy, plan(nodes, demand, policy, cycle=2), cycle=2)
     assert got is not None, "the plan breaks a hard limit"
     assert got[:2] == best[:2]  # priority weight of startable jobs, then floors
+
+
+def test_multi_node_job_puts_one_part_on_each_of_its_nodes():
+    # a job needing 3g.40gb on each of two nodes: one part per node, each worth half
+    nodes = [node("n1"), node("n2")]
+    p = plan(nodes, [DemandItem("3g.40gb", 1, 10.0, ("gpu",), None, (), 2)], NO_CAP)
+    assert sorted(n.name for n in p.changed()) == ["n1", "n2"]
+    assert p.totals.jobs_after == 2 and p.totals.weight_after == 10.0

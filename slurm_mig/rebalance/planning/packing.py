@@ -157,7 +157,7 @@ class Packer:
                 for t, n in g.req:
                     req[t] += k * n
                 takes[gi] = k
-            if k == pool[gi]:
+            if k == pool[gi] or k == g.per_node:
                 members = pb.classes[g.cls]
                 for p2 in range(pos + 1, len(members)):
                     g2 = members[p2]
@@ -170,7 +170,7 @@ class Packer:
     def _most(g: Group, avail: int, req: Sequence[int], most: Sequence[int],
               fits: Callable[[List[int]], bool]) -> int:
         """The most jobs of group ``g`` (at most ``avail``) that fit on top of ``req``."""
-        hi = avail
+        hi = min(avail, g.per_node)
         for t, n in g.req:
             hi = min(hi, (most[t] - req[t]) // n)
         if hi <= 0:
@@ -231,7 +231,7 @@ class Packer:
         caps = []
         for gi in cands:
             g = groups[gi]
-            hi = pool[gi]
+            hi = min(pool[gi], g.per_node)
             for t, n in g.req:
                 hi = min(hi, max(0, most[t] - base[t]) // n)
             caps.append(hi)
@@ -322,11 +322,11 @@ class Packer:
             _, _, gi, pos = heapq.heappop(heap)
             g = groups[gi]
             k = 0
-            while k < pool[gi] and fit.job(g.req):
+            while k < min(pool[gi], g.per_node) and fit.job(g.req):
                 k += 1
             if k:
                 takes[gi] = k
-            if k == pool[gi]:
+            if k == pool[gi] or k == g.per_node:
                 members = pb.classes[g.cls]
                 for p2 in range(pos + 1, len(members)):
                     if pool[members[p2]] > 0:

@@ -31,7 +31,7 @@ SUPPLYING = ("idle", "mixed", "completing")
 class Group:
     """``count`` identical jobs (node parts): each needs ``req`` on one node, worth ``weight``."""
 
-    __slots__ = ("req", "weight", "count", "jobs", "partitions", "gids", "cls", "parts", "size")
+    __slots__ = ("req", "weight", "count", "jobs", "partitions", "gids", "cls", "parts", "size", "per_node")
 
     def __init__(self, req: Tuple[Tuple[int, int], ...], weight: float, count: int, jobs: int,
                  partitions: Tuple[str, ...], parts: int) -> None:
@@ -42,6 +42,9 @@ class Group:
         self.partitions = partitions
         self.parts = parts  #: nodes per job
         self.size = sum(n for _, n in req)
+        #: most node parts one node may take: one per job (a multi-node job's parts are on
+        #: different nodes)
+        self.per_node = count if parts <= 1 else count // parts
         self.gids: Tuple[int, ...] = ()
         self.cls = -1  #: index of its (req, partitions) class
 

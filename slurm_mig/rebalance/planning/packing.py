@@ -15,6 +15,7 @@ done on this node), then checks small choices exactly (:func:`_improve`).
 from __future__ import annotations
 
 import heapq
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .candidates import GpuOptions, Option
@@ -28,6 +29,9 @@ Cover = Tuple[int, int, Tuple[int, ...]]
 EXACT_BUDGET = 400
 #: The exact pass runs when the node could take jobs of at most this many groups.
 EXACT_GROUPS = 12
+#: How often one large node's filling may start over, largest instances first, when a job
+#: does not fit as placed so far.
+REPACKS = 2
 #: Nodes with at most this many GPUs get the exact cover; larger ones are filled instance
 #: by instance (:meth:`Packer.pack_units`).
 EXACT_GPUS = 4
@@ -43,6 +47,8 @@ class Packer:
         self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
         self._fits: Dict[Tuple[int, Req], bool] = {}
         self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
+        #: compute slices per type (``3g.40gb`` -> 3), for placing large instances first
+        self.slices = [int(m.group(1)) if (m := re.match(r"(\d+)g", t)) else 1 for t in pb.types]
         self.checks = 0
 
     # ------------------------------------------------------------------ covers
@@ -305,7 +311,7 @@ class Packer:
         K = self.K
         for d, n in enumerate(base):
             for _ in range(n):
-                if fit.place(d) is None:
+                if fit.place_kept(d) is None:
                     return {}, base, None
         if floors_first:
             fit.floors(floors, K)
@@ -318,11 +324,21 @@ class Packer:
                     heap.append((-groups[gi].weight, groups[gi].size, gi, pos))
                     break
         heapq.heapify(heap)
+        repacks = [REPACKS]
+
+        def job(req: Sequence[Tuple[int, int]]) -> bool:
+            if fit.job(req):
+                return True
+            if repacks[0] <= 0:
+                return False
+            repacks[0] -= 1
+            return fit.repack(req, base, self.slices)
+
         while heap:
             _, _, gi, pos = heapq.heappop(heap)
             g = groups[gi]
             k = 0
-            while k < min(pool[gi], g.per_node) and fit.job(g.req):
+            while k < min(pool[gi], g.per_node) and job(g.req):
                 k += 1
             if k:
                 takes[gi] = k
@@ -387,6 +403,22 @@ class _Units:
             changed[pick] = True
         return pick
 
+    def place_kept(self, d: int) -> Optional[int]:
+        """Put one instance a floor keeps (a total dimension) on the GPU least likely to be
+        recut for jobs: the most busy instances of the type first, then the most of it."""
+        K = self.pk.K
+        a, cur = self.a, self.cur
+        best, best_key = -1, None
+        for k in range(len(a)):
+            if not self.changed[k] and a[k][d] < cur[k][d]:
+                key = (-(cur[k][d] - cur[k][d - K]) if d >= K else 0, -cur[k][d], k)
+                if best_key is None or key < best_key:
+                    best, best_key = k, key
+        if best < 0:
+            return self.place(d)
+        a[best][d] += 1
+        return best
+
     def _fits(self, k: int, d: int) -> bool:
         """Can GPU k take one more instance of dimension d?  A no is remembered: rows only
         grow while a node is filled (until a job is taken back)."""
@@ -396,6 +428,24 @@ class _Units:
             return True
         self.dead.add((k, d))
         return False
+
+    def repack(self, req: Sequence[Tuple[int, int]], base: Req, slices: Sequence[int]) -> bool:
+        """Place everything placed so far plus one more job again, largest instances first
+        (what a floor keeps first); keep the result if it all fits, else change nothing."""
+        saved = ([list(r) for r in self.a], list(self.changed))
+        K = self.pk.K
+        units = [d for row in self.a for d, n in enumerate(row) if d < K for _ in range(n)]
+        units += [t for t, n in req for _ in range(n)]
+        units.sort(key=lambda d: (-slices[d], d))
+        self.a = [[0] * len(r) for r in self.a]
+        self.changed = [False] * len(self.changed)
+        self.dead.clear()
+        ok = all(self.place_kept(d) is not None for d, n in enumerate(base) for _ in range(n))
+        ok = ok and all(self.place(d) is not None for d in units)
+        if not ok:
+            self.a, self.changed = saved
+        self.dead.clear()
+        return ok
 
     def job(self, req: Sequence[Tuple[int, int]]) -> bool:
         """Place every instance of one job, or none."""

@@ -7,9 +7,11 @@ GPUs at once, whether some choice of one option per GPU meets a requirement, and
 cheapest such choice (fewest GPUs changed, then fewest instances destroyed plus
 created): a dynamic programme over the GPUs whose states are the requirement's
 dimensions capped at what is required, so states stay few however many layouts a GPU
-has.  :func:`pack` fills a node from a pool of job groups, heaviest job first, each
-class of identical requests taken as far as it fits (a class that does not fit once is
-done on this node), then checks small choices exactly (:func:`_improve`).
+has; it is used for nodes of at most :data:`EXACT_GPUS` GPUs.  :meth:`Packer.pack` fills
+a node from a pool of job groups, heaviest job first, each class of identical requests
+taken as far as it fits (a class that does not fit once is done on this node), then
+:meth:`Packer.exact` checks small choices exactly.  Larger nodes are filled instance by
+instance (:meth:`Packer.pack_units`), with a cached check of each GPU's options.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ class Packer:
         self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
         #: compute slices per type (``3g.40gb`` -> 3), for placing large instances first
         self.slices = [int(m.group(1)) if (m := re.match(r"(\d+)g", t)) else 1 for t in pb.types]
-        self.checks = 0
 
     # ------------------------------------------------------------------ covers
 
@@ -85,7 +86,6 @@ class Packer:
         key = (node.sig, req)
         if key in self._covers:
             return self._covers[key]
-        self.checks += 1
         K = self.K
         cur = node.free + node.total
         if all(c >= r for c, r in zip(cur, req)):

@@ -17,7 +17,11 @@ busy instances stay, allow-lists, the per-cycle cap, hysteresis and ``min_gain``
    jobs it gave back are offered to spare room on other nodes.  Evaluations are cached
    per node class until the next kept move, and a popped stale one is redone before it
    is kept.
-3. Until no move gains or the cap is reached.
+3. Until no move gains or the cap is reached.  Then, on small clusters (at most
+   :data:`PAIR_LIMIT` changeable nodes), a pair pass plans every two nodes that can serve
+   the same jobs again in both orders, and job placement likewise; the better plan is
+   kept.  Last, each recut GPU drops created instances nothing needs and gets back
+   destroyed ones that still fit (fewest changes).
 
 Layers: :mod:`.problem` indexes the inputs, :mod:`.packing` holds the per-node search,
 this module runs the greedy, :mod:`.explain` writes the reasons.

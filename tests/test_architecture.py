@@ -34,7 +34,7 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("node",),
     ("change",),
     ("rebalance",),
-    ("hooks",),
+    ("hooks", "simulate"),
     ("app",),
 )
 #: Guests sit beside the layers: what each may import.  No production module imports them.

@@ -92,6 +92,7 @@ class View(Protocol):
     cycle: int
     nodes: Sequence[NodeState]
     types: Sequence[str]
+    layout_version: int  #: changes whenever a node starts or ends a layout change
 
     def pending_groups(self) -> Iterable[Tuple[Tuple[Tuple[int, int], ...], Tuple[str, ...], int, int]]:
         """(request as (type index, count), partitions, priority, jobs) per kind of pending job."""
@@ -184,6 +185,7 @@ class Engine:
         self.plans = 0
         self._elig_cache: Dict[Tuple[str, ...], List[int]] = {}
         self.last_change = 0
+        self.layout_version = 0
         self.hysteresis = 0  #: the controller's hysteresis, in cycles (how long to keep looking)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -285,6 +287,7 @@ class Engine:
         n.changed_cycle = self.cycle
         n.last_changed_cycle = self.cycle
         n.drained_at = self.now
+        self.layout_version += 1
         self.reconfigurations += 1
         self.instance_changes += c.instance_changes
         self._index(n)
@@ -313,6 +316,7 @@ class Engine:
         n.cap = self._cap(n.layouts)
         n.free = list(n.cap)  # idle: nothing ran while it changed
         n.status = UP
+        self.layout_version += 1
         self.drained_s += self.now - n.drained_at
         self._index(n)
 

@@ -42,7 +42,7 @@ class PlannerController:
     def __init__(self, policy: Policy):
         self.policy = policy
         self._gpus: Dict[Tuple[int, str, Layout, FrozenSet[str]], PlanGpu] = {}
-        self._floors_checked: Optional[Tuple[Tuple[str, ...], ...]] = None
+        self._floors_checked: Optional[int] = None
         self.calls = 0
 
     def cycle(self, view: View) -> Sequence[Change]:
@@ -51,7 +51,7 @@ class PlannerController:
         if not changeable:
             return ()
         groups = list(view.pending_groups())
-        layouts_now = tuple(tuple(str(x) for x in (n.want or n.layouts)) for n in view.nodes)
+        layouts_now = view.layout_version
         if not groups:
             if not pol.floor or self._floors_checked == layouts_now:
                 return ()

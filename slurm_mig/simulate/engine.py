@@ -88,11 +88,19 @@ class Change:
 class View(Protocol):
     """What a controller may read of the running simulation."""
 
-    now: float
-    cycle: int
-    nodes: Sequence[NodeState]
-    types: Sequence[str]
-    layout_version: int  #: changes whenever a node starts or ends a layout change
+    @property
+    def nodes(self) -> Sequence[NodeState]: ...
+
+    @property
+    def types(self) -> Sequence[str]: ...
+
+    @property
+    def cycle(self) -> int: ...
+
+    @property
+    def layout_version(self) -> int:
+        """Changes whenever a node starts or ends a layout change."""
+        ...
 
     def pending_groups(self) -> Iterable[Tuple[Tuple[Tuple[int, int], ...], Tuple[str, ...], int, int]]:
         """(request as (type index, count), partitions, priority, jobs) per kind of pending job."""
@@ -157,11 +165,11 @@ class Engine:
         self.costs, self.settings, self.controller = costs, settings, controller
         nt = len(self.types)
         self.nodes: List[NodeState] = []
-        for i, n in enumerate(cluster.nodes):
-            layouts = [lay for _, lay in n.gpus]
+        for i, spec in enumerate(cluster.nodes):
+            layouts = [lay for _, lay in spec.gpus]
             cap = self._cap(layouts)
-            self.nodes.append(NodeState(i, n.name, n.partitions, tuple(m for m, _ in n.gpus),
-                                        layouts, cap, list(cap)))
+            self.nodes.append(NodeState(i, spec.name, spec.partitions,
+                                        tuple(m for m, _ in spec.gpus), layouts, cap, list(cap)))
         self.by_name = {n.name: n for n in self.nodes}
         self.with_free: List[Set[int]] = [set() for _ in range(nt)]
         for n in self.nodes:

@@ -145,9 +145,9 @@ def best_static_candidates(cluster: Cluster, jobs: Sequence[SimJob], catalog: Ca
     models = cluster.models()
     per_model: Dict[str, Tuple[Layout, ...]] = {}
     for key in models:
-        m = catalog.model(key)
-        per_model[key] = tuple(lay for lay in maximal(m, me)
-                               if me or not any(is_media_extension(m.profile(i.profile_id))
+        gm = catalog.model(key)
+        per_model[key] = tuple(lay for lay in maximal(gm, me)
+                               if me or not any(is_media_extension(gm.profile(i.profile_id))
                                                 for i in lay))
     groups: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], int] = {}
     for n in cluster.nodes:
@@ -156,22 +156,24 @@ def best_static_candidates(cluster: Cluster, jobs: Sequence[SimJob], catalog: Ca
     cluster_groups = [(ms, ps, c) for (ms, ps), c in groups.items()]
     sigs: Dict[Tuple[Tuple[Tuple[str, int], ...], Tuple[str, ...]], Tuple[int, Dict[str, float]]] = {}
     for j in jobs:
-        key = (j.request, j.partitions)
-        n, w = sigs.get(key, (0, {}))
+        sig = (j.request, j.partitions)
+        count, w = sigs.get(sig, (0, {}))
         for t, k in j.request:
             w[t] = w.get(t, 0.0) + k * j.duration
-        sigs[key] = (n + 1, w)
-    base = {m: next(lay for mm, lay in n.gpus if mm == m) for n in cluster.nodes for m, _ in n.gpus}
+        sigs[sig] = (count + 1, w)
+    base = {mk: lay for node in reversed(cluster.nodes) for mk, lay in reversed(node.gpus)}
     # Cut each model's list to its best alone (others as given) until the product fits.
-    lists = {m: list(per_model[m]) for m in models}
+    lists = {mk: list(per_model[mk]) for mk in models}
     size = 1
-    for m in models:
-        size *= max(len(lists[m]), 1)
+    for mk in models:
+        size *= max(len(lists[mk]), 1)
     if size > MAX_COMBINATIONS:
         per = max(int(MAX_COMBINATIONS ** (1.0 / len(models))), 1)
-        for m in models:
-            lists[m].sort(key=lambda lay, m=m: _fluid(cluster_groups, sigs, {**base, m: lay}))
-            lists[m] = lists[m][:per]
+        for mk in models:
+            def alone(lay: Layout, mk: str = mk) -> Tuple[int, float]:
+                return _fluid(cluster_groups, sigs, {**base, mk: lay})
+            lists[mk].sort(key=alone)
+            lists[mk] = lists[mk][:per]
     scored = []
     for combo in itertools.product(*(lists[m] for m in models)):
         choice = dict(zip(models, combo))

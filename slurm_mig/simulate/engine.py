@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Protocol,
                     Sequence, Set, Tuple)
 
-from ..core.layout import Layout
+from ..core.layout import Layout, format_counts
 from .cluster import Cluster
 from .trace import SimJob
 
@@ -133,6 +133,7 @@ class Outcome:
     samples: List[Sample]
     cycles: int
     plans: int  #: controller calls that did work (the rest were skipped as no-ops)
+    final: Dict[str, List[str]] = field(default_factory=dict)  #: model -> layouts at the end
 
 
 #: A backfill reservation on a node: (start time, instances per type left free then, request).
@@ -483,8 +484,14 @@ class Engine:
                 cycles += 1
                 self._tick(nxt < len(self.jobs))
         self._sample(self.now)
+        final: Dict[str, List[str]] = {}
+        for n in self.nodes:
+            for model, lay in zip(n.models, n.want or n.layouts):
+                text = format_counts(lay)
+                if text not in final.setdefault(model, []):
+                    final[model].append(text)
         return Outcome(self.start, self.end, self.reconfigurations, self.instance_changes,
-                       self.drained_s, self.samples, cycles, self.plans)
+                       self.drained_s, self.samples, cycles, self.plans, final)
 
     def _tick(self, more_jobs: bool) -> None:
         assert self.controller is not None

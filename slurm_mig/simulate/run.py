@@ -151,7 +151,7 @@ def simulate(trace: Trace, cluster: Cluster, policy: Policy, catalog: Catalog,
         else:
             out = run_policy(name, cluster, trace, types, policy, opts)
             m = metrics(trace.jobs, out, slices, total)
-        row = {"policy": name, **m, "layouts": _layouts(run_cluster)}
+        row = {"policy": name, **m, "layouts": out.final or _layouts(run_cluster)}
         if tried:
             row["tried"] = tried
         rows.append(row)

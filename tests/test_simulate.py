@@ -315,3 +315,16 @@ def test_cli_generate_writes_a_trace_the_simulator_reads(cli, files):
     code, out, _ = cli("simulate", "--generate", files / "g.csv", "--gpus", "4", "--hours", "2")
     assert code == 0 and out.startswith("wrote ")
     assert read_csv((files / "g.csv").read_text(), "g.csv").jobs
+
+
+def test_dynamic_can_start_from_best_static_layouts():
+    trace = Trace(tuple(shifting_jobs()))
+    pol = policy_of(parse_config("version = 1\n", "c"))
+    result = simulate(trace, cluster(SHIFT_CLUSTER), pol, CAT,
+                      Options(("dynamic",), dynamic_from="best-static"))
+    (dyn,) = result["policies"]
+    # From best-static's one 1g.10gb:7 GPU and one 7g.80gb: the first cycle (0 s) sees seven
+    # 1g jobs waiting and recuts the idle 7g node (8 + 4 s); at 4020 s both nodes go 7g.
+    assert dyn["policy"] == "dynamic" and dyn["unserved"] == 0 and dyn["reconfigurations"] == 3
+    assert dyn["mean_jct_s"] == round((7 * 3600 + 7 * 3612 + 2 * 3632) / 16, 1)
+    assert result["settings"]["dynamic_from"] == "best-static"

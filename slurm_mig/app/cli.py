@@ -525,6 +525,9 @@ SECONDS = Number(0, 86400, whole=False, kind="a number of seconds")
 @click.option("--best-static-tries", type=Number(1, 1000, kind="a number of layouts"),
               default=4, show_default=True,
               help="single-layout choices simulated in full for best-static")
+@click.option("--dynamic-from", type=click.Choice(["cluster", "best-static"]), default="cluster",
+              show_default=True,
+              help="dynamic starts from the cluster file's layouts or from best-static's")
 @click.option("--plot", "plot_path", metavar="FILE.png", default=None,
               help="draw queue and instances per profile over time (needs matplotlib)")
 @click.option("--generate", "generate_path", metavar="FILE", default=None,
@@ -542,7 +545,8 @@ SECONDS = Number(0, 86400, whole=False, kind="a number of seconds")
               default=30, show_default=True, help="--generate: mean job duration")
 @pass_ctx
 def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle, instance_seconds,
-                 reconfigure_seconds, apply_wait, reserve, best_static_tries, plot_path,
+                 reconfigure_seconds, apply_wait, reserve, best_static_tries, dynamic_from,
+                 plot_path,
                  generate_path, gpus, hours, load, seed, phase_hours, mean_minutes):
     """Replay a job TRACE (CSV or sacct -X -P) on a model of the cluster under static,
     best-static and dynamic (the real planner and config) MIG layouts; compare wait and
@@ -579,7 +583,7 @@ def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle,
     result = commands.simulate(config, trace, cluster_path,
                                policies=policies or ("static", "best-static", "dynamic"),
                                costs=costs, settings=Settings(cycle_s=cycle, reserve=reserve),
-                               best_static_tries=best_static_tries)
+                               best_static_tries=best_static_tries, dynamic_from=dynamic_from)
     series = result.pop("series")
     if plot_path:
         commands.write_output(plot_path, render.simulate_plot(result, series), "plot")

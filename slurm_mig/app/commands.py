@@ -357,7 +357,7 @@ def write_output(path: str, data: bytes, what: str) -> None:
 
 
 def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, costs, settings,
-             best_static_tries: int) -> dict:
+             best_static_tries: int, dynamic_from: str = "cluster") -> dict:
     """``slurm-mig simulate``: read the trace and the cluster file, run every policy
     (:func:`slurm_mig.simulate.run.simulate`); the result has ``series`` for the plot."""
     from ..rebalance.cycle import policy_of
@@ -375,7 +375,7 @@ def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, co
                          f"need AccountingStorageTRES (docs/accounting.md)")
     cluster = parse_cluster(_read_text(cluster_path, "cluster file", "see docs/simulate.md"),
                             cluster_path, cat)
-    opts = Options(tuple(policies), costs, settings, best_static_tries)
+    opts = Options(tuple(policies), costs, settings, best_static_tries, dynamic_from)
     result = run_all(trace, cluster, policy_of(config), cat, opts)
     result["trace"]["file"] = trace_path
     result["cluster"]["file"] = cluster_path

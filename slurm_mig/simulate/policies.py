@@ -17,7 +17,7 @@ import math
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from ..core.catalog import Catalog
-from ..core.layout import Layout, is_media_extension
+from ..core.layout import Layout, format_counts, is_media_extension
 from ..rebalance.cycle import plan_demand
 from ..rebalance.planning import PlanGpu, PlanNode, Policy, plan
 from ..rebalance.planning.candidates import maximal
@@ -146,9 +146,11 @@ def best_static_candidates(cluster: Cluster, jobs: Sequence[SimJob], catalog: Ca
     per_model: Dict[str, Tuple[Layout, ...]] = {}
     for key in models:
         gm = catalog.model(key)
-        per_model[key] = tuple(lay for lay in maximal(gm, me)
-                               if me or not any(is_media_extension(gm.profile(i.profile_id))
-                                                for i in lay))
+        seen: Dict[str, Layout] = {}  # one layout per count form: placements do not matter here
+        for lay in maximal(gm, me):
+            if me or not any(is_media_extension(gm.profile(i.profile_id)) for i in lay):
+                seen.setdefault(format_counts(lay), lay)
+        per_model[key] = tuple(seen.values())
     groups: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], int] = {}
     for n in cluster.nodes:
         g = (tuple(m for m, _ in n.gpus), n.partitions)

@@ -29,6 +29,7 @@ class Options:
     costs: Costs = Costs()
     settings: Settings = Settings()
     best_static_tries: int = 4  #: choices simulated in full for best-static
+    dynamic_from: str = "cluster"  #: dynamic starts from the cluster file's layouts or best-static's
 
 
 def types_of(cluster: Cluster, jobs: Sequence[SimJob], catalog: Catalog) -> List[str]:
@@ -131,28 +132,38 @@ def simulate(trace: Trace, cluster: Cluster, policy: Policy, catalog: Catalog,
     if missing:
         notes.append(f"no GPU model of the cluster offers {', '.join(missing)}: those jobs "
                      f"never start under any policy")
-    for name in opts.policies:
+    best_cluster: Optional[Cluster] = None
+    tried: List[Dict[str, Any]] = []
+    names = [p for p in POLICIES if p in opts.policies]  # best-static before dynamic
+    if opts.dynamic_from == "best-static" and "dynamic" in names and "best-static" not in names:
+        names.insert(names.index("dynamic"), "best-static (for dynamic)")
+    for name in names:
         run_cluster = cluster
-        tried: List[Dict[str, Any]] = []
-        if name == "best-static":
+        if name.startswith("best-static"):
             best: Optional[Tuple[Tuple[int, float], Cluster, Outcome, Dict[str, Any]]] = None
             choices = [cluster.with_layouts(choice) for choice in best_static_candidates(
                 cluster, trace.jobs, catalog, opts.best_static_tries)]
             choices.append(mixed_static(cluster, trace.jobs, catalog))
             for c in choices:
-                out = run_policy(name, c, trace, types, policy, opts)
+                out = run_policy("best-static", c, trace, types, policy, opts)
                 m = metrics(trace.jobs, out, slices, total)
                 tried.append({"layouts": _layouts(c), "mean_jct_s": m["mean_jct_s"],
                               "unserved": m["unserved"]})
                 if best is None or _rank(m) < best[0]:
                     best = (_rank(m), c, out, m)
             assert best is not None
-            _, run_cluster, out, m = best
+            _, best_cluster, out, m = best
+            run_cluster = best_cluster
+            if name != "best-static":
+                continue  # only its layouts were wanted, for dynamic's start
         else:
-            out = run_policy(name, cluster, trace, types, policy, opts)
+            if name == "dynamic" and opts.dynamic_from == "best-static":
+                assert best_cluster is not None
+                run_cluster = best_cluster
+            out = run_policy(name, run_cluster, trace, types, policy, opts)
             m = metrics(trace.jobs, out, slices, total)
         row = {"policy": name, **m, "layouts": out.final or _layouts(run_cluster)}
-        if tried:
+        if name == "best-static":
             row["tried"] = tried
         rows.append(row)
         series[name] = [{"t": s.t, "pending": s.pending, "running": s.running,
@@ -164,7 +175,8 @@ def simulate(trace: Trace, cluster: Cluster, policy: Policy, catalog: Catalog,
                     "gpus": sum(len(n.gpus) for n in cluster.nodes),
                     "layouts": _layouts(cluster)},
         "costs": asdict(opts.costs),
-        "settings": {"cycle_s": opts.settings.cycle_s, "reserve": opts.settings.reserve},
+        "settings": {"cycle_s": opts.settings.cycle_s, "reserve": opts.settings.reserve,
+                     "dynamic_from": opts.dynamic_from},
         "config": {"max_nodes_per_cycle": policy.max_nodes_per_cycle,
                    "floor": dict(policy.floor), "hysteresis_cycles": policy.hysteresis_cycles,
                    "drain_mixed": policy.drain_mixed},

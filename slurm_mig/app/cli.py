@@ -573,6 +573,8 @@ def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle,
         raise click.UsageError("give a TRACE file and --cluster FILE (or --generate FILE)")
     from ..simulate.engine import Costs, Settings
 
+    if plot_path:
+        render.check_plot()  # before a run that may take minutes
     config = obj.config
     if sim_config:
         from ..host.config import load_config

@@ -300,18 +300,25 @@ def generate_text(result: dict) -> str:
             f"{result['phase_hours']:g} h, seed {result['seed']})")
 
 
-def simulate_plot(result: dict, series: dict) -> bytes:
-    """PNG bytes: per policy, pending jobs and instances per profile over time."""
+def check_plot() -> None:
+    """Stop at once (exit 2, with the fix) when ``--plot`` cannot work: no matplotlib."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as err:
         from ..core.errors import InputError
 
         raise InputError("--plot needs matplotlib: pip install 'slurm-mig[plot]' "
                          "(or drop --plot)") from err
+
+
+def simulate_plot(result: dict, series: dict) -> bytes:
+    """PNG bytes: per policy, pending jobs and instances per profile over time."""
+    check_plot()
     import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     names = [p["policy"] for p in result["policies"]]
     fig, axes = plt.subplots(len(names), 2, figsize=(13, 3.2 * len(names)), squeeze=False,

@@ -36,8 +36,9 @@ def one(nodes: int, jobs: int, days: float, policies, load: float) -> None:
                             f'layout = "3g.40gb:1,2g.20gb:1,1g.10gb:2"\n', "bench", cat)
     gpus = nodes * 8
     span = days * 86400
-    # jobs = rate * span; rate = load * 7 * gpus / (slices_per_job * mean_s); ~2.9 slices a job
-    mean_s = load * 7 * gpus * span / (2.9 * jobs)
+    # jobs = rate * span; rate = load * 7 * gpus / (slices per job * mean_s), per phase; the
+    # mean of 1 / (slices per job) over the three phases is 0.419
+    mean_s = load * 7 * gpus * span * 0.419 / jobs
     t0 = time.perf_counter()
     trace = Trace(tuple(generate(gpus=gpus, duration_s=span, seed=7, load=load, mean_s=mean_s,
                                  phase_s=span / 12)))

@@ -328,3 +328,20 @@ def test_dynamic_can_start_from_best_static_layouts():
     assert dyn["policy"] == "dynamic" and dyn["unserved"] == 0 and dyn["reconfigurations"] == 3
     assert dyn["mean_jct_s"] == round((7 * 3600 + 7 * 3612 + 2 * 3632) / 16, 1)
     assert result["settings"]["dynamic_from"] == "best-static"
+
+
+def test_a_job_no_node_can_hold_takes_no_reservation_from_the_next():
+    # "huge" (priority 9) asks for two 7g on a one-GPU node: it can never start and must not
+    # hold the reservation slot; "big" gets it, so "long" may not jump ahead of it.
+    jobs = [job("run", 0, 100, (("3g.40gb", 1),)), job("huge", 1, 10, (("7g.80gb", 2),), priority=9),
+            job("big", 2, 10, (("3g.40gb", 2),), priority=5), job("long", 3, 500, (("3g.40gb", 1),))]
+    _, out = run(one_node("3g.40gb:2"), jobs)
+    assert waits(jobs, out) == {"run": 0, "huge": None, "big": 98, "long": 107}
+
+
+def test_jobs_in_partitions_no_node_has_are_named_in_a_note():
+    trace = Trace((job("x", 0, 10, (("1g.10gb", 1),), partitions=("gpu",)),))
+    result = simulate(trace, one_node("1g.10gb:7"), policy_of(parse_config("version = 1\n", "c")),
+                      CAT, Options(("static",)))
+    assert result["policies"][0]["unserved"] == 1
+    assert any("partitions no node" in n for n in result["notes"])

@@ -364,8 +364,7 @@ class Engine:
                     heapq.heappush(heads, (sig.keys[at + 1], id(sig), sig, at + 1, scanned + 1))
                 continue
             # Fits nowhere now: every later job of this kind neither; reserve for this one.
-            if made < self.settings.reserve:
-                self._reserve(sig, reservations)
+            if made < self.settings.reserve and self._reserve(sig, reservations):
                 made += 1
 
     def _place(self, sig: _Sig, ends: float, reservations: Mapping[int, List[Reservation]]
@@ -407,9 +406,10 @@ class Engine:
                         return False
         return True
 
-    def _reserve(self, sig: _Sig, reservations: Dict[int, List[Reservation]]) -> None:
+    def _reserve(self, sig: _Sig, reservations: Dict[int, List[Reservation]]) -> bool:
         """The earliest time and node ``sig``'s head could start, from the running jobs' time
-        limits; its slack (what stays free there then) is what later jobs may still use."""
+        limits; its slack (what stays free there then) is what later jobs may still use.
+        False when no node in service could hold it (then it takes no reservation slot)."""
         best: Optional[Tuple[float, int, List[int]]] = None
         req = sig.req
         for i in sig.elig:
@@ -436,8 +436,10 @@ class Engine:
                 for t, k in req:
                     slack[t] -= k
                 best = (at, i, slack)
-        if best is not None:
-            reservations.setdefault(best[1], []).append((best[0], best[2], req))
+        if best is None:  # no node in service could ever hold it: no reservation
+            return False
+        reservations.setdefault(best[1], []).append((best[0], best[2], req))
+        return True
 
     # ------------------------------------------------------------------ the run
 

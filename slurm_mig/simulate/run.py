@@ -137,6 +137,11 @@ def simulate(trace: Trace, cluster: Cluster, policy: Policy, catalog: Catalog,
     names = [p for p in POLICIES if p in opts.policies]  # best-static before dynamic
     if opts.dynamic_from == "best-static" and "dynamic" in names and "best-static" not in names:
         names.insert(names.index("dynamic"), "best-static (for dynamic)")
+    parts = {p for n in cluster.nodes for p in n.partitions}
+    nowhere = sum(1 for j in trace.jobs if j.partitions and not set(j.partitions) & parts)
+    if nowhere:
+        notes.append(f"{nowhere} jobs ask for partitions no node of the cluster file is in: "
+                     f"they never start; add the partitions to the [[node]] tables")
     for name in names:
         run_cluster = cluster
         if name.startswith("best-static"):

@@ -345,3 +345,34 @@ def test_jobs_in_partitions_no_node_has_are_named_in_a_note():
                       CAT, Options(("static",)))
     assert result["policies"][0]["unserved"] == 1
     assert any("partitions no node" in n for n in result["notes"])
+
+
+def sinfo_snapshot(extras):
+    """The recorded 22.05 ``sinfo -N --json`` (two nodes) with our own Extra fields."""
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "data" / "slurm" / "22.05" / "sinfo-N.json"
+    doc = json.loads(path.read_text())
+    for node in doc["nodes"]:
+        node["extra"] = extras.get(node["name"], "")
+    return json.dumps(doc)
+
+
+def test_a_sinfo_snapshot_gives_partitions_from_slurm_and_layouts_from_extra():
+    from slurm_mig.change.channel import Channel, format_channel
+    from slurm_mig.simulate.cluster import read_cluster
+
+    have = ((0, "A100-80GB", "1g.10gb@0,1g.10gb@1,1g.10gb@2,1g.10gb@3,3g.40gb@4"),)
+    text = sinfo_snapshot({"n1": format_channel(Channel(have=have)),
+                           "n2": format_channel(Channel(have=((0, "A100-80GB", "7g.80gb@0"),)))})
+    cl = read_cluster(text, "snap.json", CAT)
+    assert [(n.name, n.partitions) for n in cl.nodes] == [("n1", ("debug",)), ("n2", ("big", "debug"))]
+    assert [str(lay) for _, lay in cl.nodes[0].gpus] == [have[0][2]]
+
+
+def test_a_sinfo_snapshot_node_with_nothing_published_names_the_fix():
+    from slurm_mig.simulate.cluster import read_cluster
+
+    with pytest.raises(ClusterError, match=r"snap.json: node n1: no layout published in its "
+                                           r"Extra field; run `slurm-mig sync --pending`"):
+        read_cluster(sinfo_snapshot({}), "snap.json", CAT)

@@ -559,9 +559,9 @@ def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle,
             if not cluster_path:
                 raise click.UsageError("--generate needs --gpus N or --cluster FILE to size the load")
             from ..core.catalog import load_catalog
-            from ..simulate.cluster import parse_cluster
+            from ..simulate.cluster import read_cluster
 
-            gpus = sum(len(n.gpus) for n in parse_cluster(
+            gpus = sum(len(n.gpus) for n in read_cluster(
                 commands._read_text(cluster_path, "cluster file", "see docs/simulate.md"),
                 cluster_path, load_catalog()).nodes)
         result = commands.generate_trace(generate_path, gpus=gpus, hours=hours, seed=seed,

@@ -361,7 +361,7 @@ def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, co
     """``slurm-mig simulate``: read the trace and the cluster file, run every policy
     (:func:`slurm_mig.simulate.run.simulate`); the result has ``series`` for the plot."""
     from ..rebalance.cycle import policy_of
-    from ..simulate.cluster import parse_cluster
+    from ..simulate.cluster import read_cluster
     from ..simulate.run import Options
     from ..simulate.run import simulate as run_all
     from ..simulate.trace import read_trace
@@ -373,7 +373,7 @@ def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, co
         skipped = "; ".join(f"{n} {why}" for why, n in trace.skipped) or "no rows"
         raise InputError(f"{trace_path}: no job to replay ({skipped}); per-type GPU requests "
                          f"need AccountingStorageTRES (docs/accounting.md)")
-    cluster = parse_cluster(_read_text(cluster_path, "cluster file", "see docs/simulate.md"),
+    cluster = read_cluster(_read_text(cluster_path, "cluster file", "see docs/simulate.md"),
                             cluster_path, cat)
     opts = Options(tuple(policies), costs, settings, best_static_tries, dynamic_from)
     result = run_all(trace, cluster, policy_of(config), cat, opts)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from ..core.catalog import Catalog, GpuModel
-from ..core.errors import InputError
+from ..core.errors import InputError, SlurmMigError
 from ..core.layout import Layout, parse_layout
 from ..slurm.gresspec import expand_hostlist
 
@@ -146,3 +146,48 @@ def _layouts(value: Any, where: str, models: Sequence[GpuModel]) -> List[Layout]
         except InputError as err:
             raise ClusterError(f"{where}: gpu {gi}: {err}") from err
     return out
+
+
+def cluster_from_sinfo(text: str, source: str, catalog: Catalog) -> Cluster:
+    """A ``sinfo -N --json`` snapshot of a cluster slurm-mig runs on -> a :class:`Cluster`:
+    partitions from Slurm, each GPU's model and layout from what the node published in its
+    Extra field (``have``, :mod:`slurm_mig.change.channel`).  Nodes with no GPU gres are left
+    out; a GPU node with nothing published is an error naming it and the fix."""
+    from ..change.channel import ChannelError, parse_channel
+    from ..slurm.jsonread import read_nodes
+
+    try:
+        infos = read_nodes(text, f"{source} (sinfo -N --json)")
+    except SlurmMigError as err:  # bad JSON, an unknown shape, no node: not usable
+        raise ClusterError(f"{source}: not a usable sinfo -N --json snapshot: "
+                           f"{' '.join(str(err).split())[:200]}") from err
+    nodes: List[SimNode] = []
+    for name, info in sorted(infos.items()):
+        if not any(n for n in info.gres.values()):
+            continue
+        try:
+            ch = parse_channel(info.extra, name)
+        except ChannelError as err:
+            raise ClusterError(f"{source}: {err}") from err
+        if ch is None or not ch.have:
+            raise ClusterError(f"{source}: node {name}: no layout published in its Extra field; "
+                               f"run `slurm-mig sync --pending` on it, or describe the cluster "
+                               f"in a TOML file (docs/simulate.md)")
+        gpus = []
+        for index, key, layout_text in ch.have:
+            try:
+                model = catalog.model(key)
+                gpus.append((model.key, parse_layout(layout_text, model)))
+            except InputError as err:
+                raise ClusterError(f"{source}: node {name}: gpu {index}: {err}") from err
+        nodes.append(SimNode(name, tuple(sorted(info.partitions)), tuple(gpus)))
+    if not nodes:
+        raise ClusterError(f"{source}: no node with GPU gres in the snapshot")
+    return Cluster(tuple(nodes))
+
+
+def read_cluster(text: str, source: str, catalog: Catalog) -> Cluster:
+    """The TOML form, or a ``sinfo -N --json`` snapshot (text starting with ``{``)."""
+    if text.lstrip().startswith("{"):
+        return cluster_from_sinfo(text, source, catalog)
+    return parse_cluster(text, source, catalog)

@@ -143,7 +143,7 @@ Reservation = Tuple[float, List[int], Tuple[Tuple[int, int], ...]]
 class _Sig:
     """Pending jobs of one kind (same request and partitions), in priority order."""
 
-    __slots__ = ("req", "parts", "keys", "jobs", "elig", "elig_set")
+    __slots__ = ("req", "parts", "keys", "jobs", "elig", "elig_set", "holders", "holders_at")
 
     def __init__(self, req: Tuple[Tuple[int, int], ...], parts: Tuple[str, ...], elig: List[int]):
         self.req = req
@@ -152,6 +152,8 @@ class _Sig:
         self.jobs: List[int] = []
         self.elig = elig
         self.elig_set = frozenset(elig)
+        self.holders: List[int] = []  #: eligible nodes whose layout can hold the request
+        self.holders_at = -1  #: the engine's layout_version they were found at
 
 
 class Engine:
@@ -195,6 +197,8 @@ class Engine:
         self._elig_cache: Dict[Tuple[str, ...], List[int]] = {}
         self.last_change = 0
         self.layout_version = 0
+        self._lazy: List[_Sig] = []  #: blocked kinds whose reservation is not made yet
+        self._made = 0  #: reservations made in this pass
         self.hysteresis = 0  #: the controller's hysteresis, in cycles (how long to keep looking)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -349,7 +353,11 @@ class Engine:
         heads = [(s.keys[0], id(s), s, 0, 0) for s in self.sigs.values() if s.jobs]
         heapq.heapify(heads)
         reservations: Dict[int, List[Reservation]] = {}
-        made = 0
+        # Reservations are made lazily: only once a later job fits somewhere (most passes start
+        # nothing after the first blocked job).  Nothing starts between a blocked job and the
+        # moment its reservation is made, so it sees the same cluster either way.
+        self._lazy = []
+        self._made = 0
         while heads:
             _, _, sig, at, scanned = heapq.heappop(heads)
             j = sig.jobs[at]
@@ -364,10 +372,20 @@ class Engine:
                     heapq.heappush(heads, (sig.keys[at + 1], id(sig), sig, at + 1, scanned + 1))
                 continue
             # Fits nowhere now: every later job of this kind neither; reserve for this one.
-            if made < self.settings.reserve and self._reserve(sig, reservations):
-                made += 1
+            if self._made + len(self._lazy) < self.settings.reserve + 64:
+                self._lazy.append(sig)
 
-    def _place(self, sig: _Sig, ends: float, reservations: Mapping[int, List[Reservation]]
+    def _materialize(self, reservations: Dict[int, List[Reservation]]) -> None:
+        """Make the reservations of the jobs found blocked so far, in priority order, up to
+        ``reserve`` of them (a job no node could hold takes none)."""
+        for sig in self._lazy:
+            if self._made >= self.settings.reserve:
+                break
+            if self._reserve(sig, reservations):
+                self._made += 1
+        self._lazy = []
+
+    def _place(self, sig: _Sig, ends: float, reservations: Dict[int, List[Reservation]]
                ) -> Tuple[Optional[NodeState], bool]:
         """The node to start on now, or (None, whether some node fits but a reservation blocks)."""
         req = sig.req
@@ -384,6 +402,8 @@ class Engine:
             n = self.nodes[i]
             if not self._fits(n, req):
                 continue
+            if self._lazy:
+                self._materialize(reservations)
             res = reservations.get(i)
             if res and not self._respects(res, req, ends):
                 blocked = True
@@ -412,9 +432,13 @@ class Engine:
         False when no node in service could hold it (then it takes no reservation slot)."""
         best: Optional[Tuple[float, int, List[int]]] = None
         req = sig.req
-        for i in sig.elig:
+        if sig.holders_at != self.layout_version:
+            sig.holders = [i for i in sig.elig
+                           if all(self.nodes[i].cap[t] >= k for t, k in req)]
+            sig.holders_at = self.layout_version
+        for i in sig.holders:
             n = self.nodes[i]
-            if n.status != UP or any(n.cap[t] < k for t, k in req):
+            if n.status != UP:
                 continue
             avail = list(n.free)
             for _, _, held in reservations.get(i, ()):

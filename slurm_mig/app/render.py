@@ -345,3 +345,28 @@ def simulate_plot(result: dict, series: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def mig_parted_import_text(result: Mapping[str, Any]) -> str:
+    head = "one GPU of " + (result["gpus"][0]["model"] or "?") if result["source"] == "model" \
+        else "this node's GPUs"
+    out = [f"mig-parted config {result['config']} of {result['file']}, for {head}:"]
+    rows = []
+    for g in result["gpus"]:
+        if g["entry"] is None:
+            state, layout = "-", g["note"]
+        elif not g["mig_enabled"]:
+            state, layout = "off", "-"
+        else:
+            state, layout = "on", g["layout"]
+        rows.append([g["index"], g["model"] or g["name"], state, layout])
+    out.extend("  " + l for l in _table(rows, ["GPU", "MODEL", "MIG", "LAYOUT"]).splitlines())
+    out += [f"  gpu {g['index']}: {g['note']}" for g in result["gpus"] if g["entry"] and g["note"]]
+    if result["config_toml"]:
+        out += ["", "config.toml (`slurm-mig sync` applies it, through Slurm):", ""]
+        out += ["  " + l for l in result["config_toml"].splitlines()]
+    now = [g for g in result["gpus"] if g["entry"] and g["mig_enabled"]]
+    if now and result["source"] == "node":
+        out += ["", "or at once, on an idle node:", ""]
+        out += [f"  slurm-mig apply {g['counts']} --gpu {g['index']}" for g in now]
+    return "\n".join(out)

@@ -499,6 +499,100 @@ def rebalance_cmd(obj: Context, dry_run, explain, last):
         sys.exit(EXIT_SLURM)
 
 
+SECONDS = Number(0, 86400, whole=False, kind="a number of seconds")
+
+
+@cli.command("simulate")
+@click.argument("trace", required=False, metavar="TRACE")
+@click.option("--cluster", "cluster_path", metavar="FILE",
+              help="the cluster: TOML [[node]] tables (docs/simulate.md)")
+@click.option("--config", "sim_config", metavar="FILE", default=None,
+              help="rebalance settings (floors, cap, hysteresis, drain_mixed) as on the "
+                   "controller (default: the global --config)")
+@click.option("--policy", "policies", multiple=True,
+              type=click.Choice(["static", "best-static", "dynamic"]),
+              help="policy to run (repeatable; default all three)")
+@click.option("--cycle", type=Number(1, 86400, whole=False, kind="a number of seconds"),
+              default=60, show_default=True, help="seconds between two rebalance cycles")
+@click.option("--instance-seconds", type=SECONDS, default=1.0, show_default=True,
+              help="time to destroy or create one MIG instance")
+@click.option("--reconfigure-seconds", type=SECONDS, default=4.0, show_default=True,
+              help="Slurm reconfigure + node registration after a change")
+@click.option("--apply-wait", type=SECONDS, default=None,
+              help="seconds a cycle waits for a node to apply (default: [rebalance] apply_wait)")
+@click.option("--reserve", type=Number(0, 1000, kind="a number of jobs"), default=1,
+              show_default=True, help="backfill reservations per scheduling pass")
+@click.option("--best-static-tries", type=Number(1, 1000, kind="a number of layouts"),
+              default=4, show_default=True,
+              help="single-layout choices simulated in full for best-static")
+@click.option("--dynamic-from", type=click.Choice(["cluster", "best-static"]), default="cluster",
+              show_default=True,
+              help="dynamic starts from the cluster file's layouts or from best-static's")
+@click.option("--plot", "plot_path", metavar="FILE.png", default=None,
+              help="draw queue and instances per profile over time (needs matplotlib)")
+@click.option("--generate", "generate_path", metavar="FILE", default=None,
+              help="write a synthetic trace with shifting demand to FILE and stop")
+@click.option("--gpus", type=Number(1, 1_000_000, kind="a number of GPUs"), default=None,
+              help="--generate: GPUs to size the load for (default: the --cluster's)")
+@click.option("--hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours"),
+              default=72, show_default=True, help="--generate: trace length")
+@click.option("--load", type=Number(0.01, 10, whole=False, kind="a load"), default=0.85,
+              show_default=True, help="--generate: mean share of compute slices asked for")
+@click.option("--seed", type=Number(0, 1 << 31, kind="a seed"), default=1, show_default=True)
+@click.option("--phase-hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours"),
+              default=6, show_default=True, help="--generate: length of each demand phase")
+@click.option("--mean-minutes", type=Number(1, 100_000, whole=False, kind="a number of minutes"),
+              default=30, show_default=True, help="--generate: mean job duration")
+@pass_ctx
+def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle, instance_seconds,
+                 reconfigure_seconds, apply_wait, reserve, best_static_tries, dynamic_from,
+                 plot_path,
+                 generate_path, gpus, hours, load, seed, phase_hours, mean_minutes):
+    """Replay a job TRACE (CSV or sacct -X -P) on a model of the cluster under static,
+    best-static and dynamic (the real planner and config) MIG layouts; compare wait and
+    completion times.  docs/simulate.md.
+    """
+    from . import commands
+
+    if generate_path:
+        if gpus is None:
+            if not cluster_path:
+                raise click.UsageError("--generate needs --gpus N or --cluster FILE to size the load")
+            from ..core.catalog import load_catalog
+            from ..simulate.cluster import read_cluster
+
+            gpus = sum(len(n.gpus) for n in read_cluster(
+                commands._read_text(cluster_path, "cluster file", "see docs/simulate.md"),
+                cluster_path, load_catalog()).nodes)
+        result = commands.generate_trace(generate_path, gpus=gpus, hours=hours, seed=seed,
+                                         load=load, phase_hours=phase_hours,
+                                         mean_minutes=mean_minutes)
+        obj.emit(result, render.generate_text)
+        return
+    if not trace or not cluster_path:
+        raise click.UsageError("give a TRACE file and --cluster FILE (or --generate FILE)")
+    from ..simulate.engine import Costs, Settings
+
+    if plot_path:
+        render.check_plot()  # before a run that may take minutes
+    config = obj.config
+    if sim_config:
+        from ..host.config import load_config
+
+        config = load_config(sim_config)
+    costs = Costs(instance_s=instance_seconds, reconfigure_s=reconfigure_seconds,
+                  apply_wait_s=config.rebalance.apply_wait if apply_wait is None else apply_wait)
+    result = commands.simulate(config, trace, cluster_path,
+                               policies=policies or ("static", "best-static", "dynamic"),
+                               costs=costs, settings=Settings(cycle_s=cycle, reserve=reserve),
+                               best_static_tries=best_static_tries, dynamic_from=dynamic_from)
+    series = result.pop("series")
+    if plot_path:
+        commands.write_output(plot_path, render.simulate_plot(result, series), "plot")
+        result["plot"] = plot_path
+    obj.emit(result, render.simulate_text)
+
+
 @cli.group("mig-parted")
 def mig_parted():
     """NVIDIA mig-parted's config.yaml in and out (docs/mig-parted.md)."""

@@ -7,6 +7,7 @@ test) or turned into text by :mod:`slurm_mig.app.render`.  No printing here.
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 from ..core import catalog as catalog_mod
@@ -318,6 +319,81 @@ def _node_models(backend: GpuBackend, warnings: List[str]) -> list:
         raise InputError("--from-node: this node has no GPU slurm-mig knows; name the "
                          "cluster's models with --models (see `slurm-mig catalog`)")
     return out
+
+
+# ----------------------------------------------------------------------------- simulate
+
+
+def _read_text(path: str, what: str, fix: str) -> str:
+    """A user's input file, whole (traces of a month are tens of MB)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise InputError(f"{path}: cannot read the {what}: {reason}; {fix}") from err
+
+
+def write_output(path: str, data: bytes, what: str) -> None:
+    """A file the user asked for (a trace, a plot): temp file in its directory, then rename."""
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the {what}: {err.strerror or err}; pick a "
+                         f"directory you can write") from err
+
+
+def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, costs, settings,
+             best_static_tries: int, dynamic_from: str = "cluster") -> dict:
+    """``slurm-mig simulate``: read the trace and the cluster file, run every policy
+    (:func:`slurm_mig.simulate.run.simulate`); the result has ``series`` for the plot."""
+    from ..rebalance.cycle import policy_of
+    from ..simulate.cluster import read_cluster
+    from ..simulate.run import Options
+    from ..simulate.run import simulate as run_all
+    from ..simulate.trace import read_trace
+
+    cat = catalog_mod.load_catalog()
+    trace = read_trace(_read_text(trace_path, "trace", "give a CSV or sacct -X -P file"),
+                       trace_path)
+    if not trace.jobs:
+        skipped = "; ".join(f"{n} {why}" for why, n in trace.skipped) or "no rows"
+        raise InputError(f"{trace_path}: no job to replay ({skipped}); per-type GPU requests "
+                         f"need AccountingStorageTRES (docs/accounting.md)")
+    cluster = read_cluster(_read_text(cluster_path, "cluster file", "see docs/simulate.md"),
+                            cluster_path, cat)
+    opts = Options(tuple(policies), costs, settings, best_static_tries, dynamic_from)
+    result = run_all(trace, cluster, policy_of(config), cat, opts)
+    result["trace"]["file"] = trace_path
+    result["cluster"]["file"] = cluster_path
+    result["config"]["file"] = config.source
+    return result
+
+
+def generate_trace(path: str, *, gpus: int, hours: float, seed: int, load: float,
+                   phase_hours: float, mean_minutes: float) -> dict:
+    """``slurm-mig simulate --generate FILE``: a trace with shifting demand, written as CSV."""
+    from ..simulate.generate import generate
+    from ..simulate.trace import to_csv
+
+    jobs = generate(gpus=gpus, duration_s=hours * 3600, seed=seed, load=load,
+                    phase_s=phase_hours * 3600, mean_s=mean_minutes * 60)
+    write_output(path, to_csv(jobs).encode(), "trace")
+    return {"file": path, "jobs": len(jobs), "gpus": gpus, "hours": hours, "seed": seed,
+            "load": load, "phase_hours": phase_hours, "mean_minutes": mean_minutes}
 
 
 # ----------------------------------------------------------------------------- mig-parted

@@ -253,6 +253,100 @@ def accounting_tres_text(result: dict) -> str:
     return "\n".join(out)
 
 
+def _dur(seconds: float) -> str:
+    s = float(seconds)
+    if s >= 86400:
+        return f"{s / 86400:.1f}d"
+    if s >= 3600:
+        return f"{s / 3600:.1f}h"
+    if s >= 60:
+        return f"{s / 60:.1f}m"
+    return f"{s:.0f}s"
+
+
+def simulate_text(result: dict) -> str:
+    rows = []
+    for p in result["policies"]:
+        rows.append([p["policy"], p["jobs"], p["unserved"], _dur(p["mean_wait_s"]),
+                     _dur(p["p90_wait_s"]), _dur(p["mean_jct_s"]), _dur(p["p90_jct_s"]),
+                     _dur(p["makespan_s"]), f"{100 * p['slice_utilization']:.1f}%",
+                     p["reconfigurations"], f"{p['drained_node_hours']:.1f}"])
+    out = [_table(rows, ["POLICY", "JOBS", "UNSERVED", "WAIT", "P90 WAIT", "JCT", "P90 JCT",
+                         "MAKESPAN", "SLICES", "RECONF", "DRAINED NODE-H"])]
+    base = {p["policy"]: p for p in result["policies"]}
+    dyn, best = base.get("dynamic"), base.get("best-static")
+    if dyn and best and best["mean_jct_s"] and not dyn["unserved"] and not best["unserved"]:
+        delta = 100.0 * (dyn["mean_jct_s"] - best["mean_jct_s"]) / best["mean_jct_s"]
+        out.append(f"dynamic vs best-static: mean completion time {delta:+.1f}%")
+    for p in result["policies"]:
+        if p["policy"] != "static":
+            for model, lays in sorted(p["layouts"].items()):
+                out.append(f"{p['policy']}: {model} layouts at the end: {'; '.join(lays)}")
+    c = result["costs"]
+    out.append(f"costs: {c['instance_s']:g}s per instance, {c['reconfigure_s']:g}s reconfigure, "
+               f"apply_wait {c['apply_wait_s']:g}s; cycle {result['settings']['cycle_s']:g}s")
+    skipped = result["trace"].get("skipped") or {}
+    if skipped:
+        out.append("trace rows left out: " + "; ".join(f"{n} {why}" for why, n in skipped.items()))
+    out += [f"note: {n}" for n in result["notes"]]
+    if result.get("plot"):
+        out.append(f"plot: {result['plot']}")
+    return "\n".join(out)
+
+
+def generate_text(result: dict) -> str:
+    return (f"wrote {result['jobs']} jobs to {result['file']} ({result['hours']:g} h, "
+            f"{result['gpus']} GPUs at load {result['load']:g}, phases of "
+            f"{result['phase_hours']:g} h, seed {result['seed']})")
+
+
+def check_plot() -> None:
+    """Stop at once (exit 2, with the fix) when ``--plot`` cannot work: no matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        from ..core.errors import InputError
+
+        raise InputError("--plot needs matplotlib: pip install 'slurm-mig[plot]' "
+                         "(or drop --plot)") from err
+
+
+def simulate_plot(result: dict, series: dict) -> bytes:
+    """PNG bytes: per policy, pending jobs and instances per profile over time."""
+    check_plot()
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [p["policy"] for p in result["policies"]]
+    fig, axes = plt.subplots(len(names), 2, figsize=(13, 3.2 * len(names)), squeeze=False,
+                             sharex=True)
+    for row, name in enumerate(names):
+        pts = series[name]
+        hours = [s["t"] / 3600.0 for s in pts]
+        ax = axes[row][0]
+        ax.plot(hours, [s["pending"] for s in pts], label="pending jobs", color="tab:red")
+        ax.plot(hours, [s["running"] for s in pts], label="running jobs", color="tab:green")
+        ax.set_title(f"{name}: queue")
+        ax.set_ylabel("jobs")
+        ax.legend(loc="upper right", fontsize=8)
+        ax = axes[row][1]
+        types = sorted({t for s in pts for t, k in s["instances"].items() if k})
+        for t in types:
+            ax.plot(hours, [s["instances"].get(t, 0) for s in pts], label=t)
+        ax.set_title(f"{name}: instances per profile")
+        ax.legend(loc="upper right", fontsize=7, ncol=2)
+    for ax in axes[-1]:
+        ax.set_xlabel("hours from the trace start")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def mig_parted_import_text(result: Mapping[str, Any]) -> str:
     head = "one GPU of " + (result["gpus"][0]["model"] or "?") if result["source"] == "model" \
         else "this node's GPUs"

@@ -27,9 +27,10 @@ class Number(click.ParamType):
     click's ``int``/``float`` types accept other scripts' digits (``１``), ``1_000``,
     ``inf`` and ``nan``; this takes ASCII digits only, within [lo, hi]: exit 2 otherwise."""
 
-    def __init__(self, lo, hi, *, whole: bool = True, kind: Optional[str] = None):
+    def __init__(self, lo, hi, *, whole: bool = True, kind: Optional[str] = None,
+                 metavar: Optional[str] = None):
         self.lo, self.hi, self.whole, self.kind = lo, hi, whole, kind
-        self.name = "integer" if whole else "seconds"
+        self.name = metavar or ("integer" if whole else "seconds")
 
     def convert(self, value, param, ctx):
         try:
@@ -534,14 +535,15 @@ SECONDS = Number(0, 86400, whole=False, kind="a number of seconds")
               help="write a synthetic trace with shifting demand to FILE and stop")
 @click.option("--gpus", type=Number(1, 1_000_000, kind="a number of GPUs"), default=None,
               help="--generate: GPUs to size the load for (default: the --cluster's)")
-@click.option("--hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours"),
+@click.option("--hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours", metavar="hours"),
               default=72, show_default=True, help="--generate: trace length")
-@click.option("--load", type=Number(0.01, 10, whole=False, kind="a load"), default=0.85,
+@click.option("--load", type=Number(0.01, 10, whole=False, kind="a load", metavar="share"), default=0.85,
               show_default=True, help="--generate: mean share of compute slices asked for")
 @click.option("--seed", type=Number(0, 1 << 31, kind="a seed"), default=1, show_default=True)
-@click.option("--phase-hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours"),
+@click.option("--phase-hours", type=Number(0.1, 24 * 366, whole=False, kind="a number of hours", metavar="hours"),
               default=6, show_default=True, help="--generate: length of each demand phase")
-@click.option("--mean-minutes", type=Number(1, 100_000, whole=False, kind="a number of minutes"),
+@click.option("--mean-minutes", type=Number(1, 100_000, whole=False, kind="a number of minutes",
+                                                 metavar="minutes"),
               default=30, show_default=True, help="--generate: mean job duration")
 @pass_ctx
 def simulate_cmd(obj: Context, trace, cluster_path, sim_config, policies, cycle, instance_seconds,

@@ -24,7 +24,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.ansible
+pytestmark = [pytest.mark.ansible,
+              pytest.mark.skipif(sys.version_info < (3, 11),
+                                 reason="ansible-core 2.19 and ansible-lint need Python 3.11 (the test extra skips them)")]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO / "etc" / "ansible"
@@ -242,3 +244,15 @@ def test_rerun_after_a_layout_change_rewrites_gres_files_and_reconfigures_once(s
     assert f"NodeName={NODE} Gres=gpu:1g.5gb:7\n" in include
     gres = (site.root / "etc/slurm/gres.conf").read_text()
     assert len([l for l in gres.splitlines() if l.startswith(f"NodeName={NODE} ")]) == 7
+
+
+def test_node_only_run_with_cron_installs_only_the_node_cron_line(site):
+    """Runs last: the tags select the node's tasks; cron instead of the timers."""
+    out = site.playbook_run("--tags", "slurm_mig_node", "-e", "slurm_mig_scheduler=cron",
+                            "-e", "slurm_mig_controller=false")
+    changed = {name for name, st in _changed_tasks(out).items() if "changed" in st}
+    assert changed == {"Install the cron file"}
+    assert "Install slurm-mig into the venv" not in _changed_tasks(out)  # not tagged slurm_mig_node
+    cron = (site.root / "etc/cron.d/slurm-mig").read_text().splitlines()
+    jobs = [l for l in cron if l and not l.startswith("#")]
+    assert jobs == [f"* * * * * root {site.slurm_mig} sync --pending 2>&1 | logger -t slurm-mig"]

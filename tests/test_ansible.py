@@ -5,12 +5,14 @@ with every path of the role pointed there (no real /etc, /usr/local or systemd) 
 simulator as the GPU backend: ``--check --diff`` on the fresh root first (it must predict the
 first run's changed tasks and write nothing), then the first run (changes, one reconfigure),
 then a second run (``changed=0``, no reconfigure).  The reconfigure handler runs a recorder
-script.  Then the installed ``slurm-mig`` runs with the installed config, and a layout change
-makes a third run rewrite gres.conf and the node include and reconfigure once more.
+script.  Then the installed ``slurm-mig`` runs with the installed config, a layout change
+makes a third run rewrite gres.conf and the node include and reconfigure once more, the
+installed hooks run a job, and a node-only run with cron.  The tests after the fixture's
+three runs build on each other's state, in file order.
 ``ansible-lint`` (production profile) checks the role and the example playbook first.
 
 Select with ``-m ansible``; the ``test`` extra installs ansible-core and ansible-lint.
-About a minute on 2 cores, most of it the venv's pip install and four playbook runs.
+About 90 s on 2 cores, most of it the venv's pip install and five playbook runs.
 """
 
 from __future__ import annotations
@@ -244,6 +246,27 @@ def test_rerun_after_a_layout_change_rewrites_gres_files_and_reconfigures_once(s
     assert f"NodeName={NODE} Gres=gpu:1g.5gb:7\n" in include
     gres = (site.root / "etc/slurm/gres.conf").read_text()
     assert len([l for l in gres.splitlines() if l.startswith(f"NodeName={NODE} ")]) == 7
+
+
+def test_installed_hooks_run_a_job_with_the_installed_defaults(site):
+    """After the layout change above: the installed prolog, TaskProlog and epilog, with only
+    the environment slurmd gives them and the installed /etc/default/slurm-mig."""
+    r, job = site.root, {"SLURM_JOB_ID": "41", "SLURM_JOB_GPUS": "0", "SLURMD_NODENAME": NODE,
+                         "SLURM_JOB_UID": "0", "SLURM_JOB_USER": "root"}
+    defaults = str(r / "etc/default/slurm-mig")
+
+    def hook(kind: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(r / "etc/slurm" / kind / "50-slurm-mig"), *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    prolog = hook("prolog.d", SLURM_MIG_DEFAULTS=defaults, **job)
+    assert prolog.returncode == 0, prolog.stderr
+    assert (r / "var/lib/slurm-mig/jobs/41.json").exists()
+    task = hook("taskprolog.d", defaults, SLURM_STEP_GPUS="0", SLURM_STEPID="0", **job)
+    assert task.returncode == 0 and task.stdout.startswith("export CUDA_VISIBLE_DEVICES=MIG-"), task.stderr
+    epilog = hook("epilog.d", SLURM_MIG_DEFAULTS=defaults, **job)
+    assert epilog.returncode == 0, epilog.stderr
+    assert not (r / "var/lib/slurm-mig/jobs/41.json").exists()
 
 
 def test_node_only_run_with_cron_installs_only_the_node_cron_line(site):

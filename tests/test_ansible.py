@@ -1,6 +1,7 @@
 """The Ansible role (etc/ansible/roles/slurm_mig) run for real, into a temp root.
 
-``ansible-playbook -c local -i localhost,`` installs this checkout into a venv under the root,
+``ansible-playbook -c local -i localhost,`` installs this checkout (a copy of its package
+files) into a venv under the root,
 with every path of the role pointed there (no real /etc, /usr/local or systemd) and the
 simulator as the GPU backend: ``--check --diff`` on the fresh root first (it must predict the
 first run's changed tasks and write nothing), then the first run (changes, one reconfigure),
@@ -21,6 +22,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -94,9 +96,16 @@ class Site:
         self.recorder.write_text(f'#!/bin/sh\necho "reconfigure $*" >> {self.calls}\n')
         self.recorder.chmod(0o755)
         r = self.root
+        # The checkout's package files, copied: pip building in the checkout itself would leave
+        # setuptools' build/ there, whose stale files later installs would pick up.
+        self.source = tmp / "src"
+        shutil.copytree(REPO / "slurm_mig", self.source / "slurm_mig",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, self.source / name)
         self.vars = {
             "ansible_python_interpreter": sys.executable,
-            "slurm_mig_package": str(REPO),
+            "slurm_mig_package": str(self.source),
             "slurm_mig_python": sys.executable,
             "slurm_mig_prefix": f"{r}/opt/slurm-mig",
             "slurm_mig_etc_dir": f"{r}/etc/slurm-mig",

@@ -12,7 +12,9 @@ installed hooks run a job, and a node-only run with cron.  The tests after the f
 three runs build on each other's state, in file order.
 ``ansible-lint`` (production profile) checks the role and the example playbook first.
 
-Select with ``-m ansible``; the ``test`` extra installs ansible-core and ansible-lint.
+Select with ``-m ansible``.  The ``ansible`` extra installs ansible-core and ansible-lint
+(``pip install -e '.[test,ansible]'``); without them the tests skip, unless
+SLURM_MIG_REQUIRE_ANSIBLE=1 (``.ci/run`` sets it), which makes them fail.
 About 90 s on 2 cores, most of it the venv's pip install and five playbook runs.
 """
 
@@ -30,7 +32,7 @@ import pytest
 
 pytestmark = [pytest.mark.ansible,
               pytest.mark.skipif(sys.version_info < (3, 11),
-                                 reason="ansible-core 2.19 and ansible-lint need Python 3.11 (the test extra skips them)")]
+                                 reason="ansible-core 2.19 and ansible-lint need Python 3.11")]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO / "etc" / "ansible"
@@ -45,7 +47,10 @@ RECAP = re.compile(r"^localhost\s+: ok=(\d+)\s+changed=(?P<changed>\d+)\s+unreac
 def _tool(name: str) -> str:
     path = BIN / name
     if not path.exists():
-        pytest.fail(f"{path} missing: install the test extra (pip install -e '.[test]')")
+        why = f"{path} missing: install the ansible extra (pip install -e '.[test,ansible]')"
+        if os.environ.get("SLURM_MIG_REQUIRE_ANSIBLE") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
     return str(path)
 
 
@@ -161,6 +166,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Check mode on the fresh root, the first run, the second run; their outputs."""
+    _tool("ansible-playbook")
     s = Site(tmp_path_factory.mktemp("ansible"))
     before = s.files()
     s.check = s.playbook_run("--check", "--diff")

@@ -297,3 +297,24 @@ def test_write_merges_both_files_and_keeps_other_nodes(cli, applied, tmp_path):
 def test_bad_node_name_is_exit_2(cli, applied):
     code, out, err = cli("gres-conf", "--node", "../x", config=applied)
     assert code == 2 and out == "" and "node name '../x'" in err
+
+
+def test_write_dry_run_says_what_would_change_and_writes_nothing(cli, applied, tmp_path):
+    etc = tmp_path / "host" / "etc" / "slurm"
+    for cmd, name in (("gres-conf", "gres.conf"), ("node-conf", "slurm-mig-nodes.conf")):
+        code, out, err = cli("--json", cmd, "--node", "n1", "--write", "--dry-run", config=applied)
+        result = json.loads(out)
+        assert code == 0 and err == "" and result["changed"] and not result["written"]
+        assert not (etc / name).exists()
+        code, out, _ = cli(cmd, "--node", "n1", "--write", "--dry-run", config=applied)
+        assert code == 0 and out.endswith("for node n1 would be written (dry run)\n")
+        assert cli(cmd, "--node", "n1", "--write", config=applied)[0] == 0
+        before = (etc / name).read_bytes()
+        code, out, _ = cli(cmd, "--node", "n1", "--write", "--dry-run", config=applied)
+        assert code == 0 and out.endswith("for node n1 unchanged (dry run)\n")
+        assert (etc / name).read_bytes() == before
+
+
+def test_dry_run_without_write_is_a_usage_error(cli, applied):
+    code, out, err = cli("gres-conf", "--node", "n1", "--dry-run", config=applied)
+    assert code == 2 and out == "" and "--dry-run goes with --write" in err

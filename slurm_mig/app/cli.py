@@ -281,30 +281,36 @@ def accounting_tres_cmd(obj: Context, models, from_config, from_node, keep, no_a
 @click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
 @click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")
 @click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@click.option("--dry-run", is_flag=True, help="with --write: say whether the file would change; write nothing")
 @pass_ctx
-def gres_conf_cmd(obj: Context, node, write, non_mig_type):
+def gres_conf_cmd(obj: Context, node, write, non_mig_type, dry_run):
     """Print (or --write) this node's gres.conf lines, one per MIG instance."""
     from ..host.config import node_name
     from ..node.gresfiles import gres_conf
 
+    if dry_run and not write:
+        raise click.UsageError("--dry-run goes with --write")
     result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
-                       non_mig_type=non_mig_type)
-    obj.emit(result, render.gres_conf_text)
+                       non_mig_type=non_mig_type, dry_run=dry_run)
+    obj.emit(result, render.gres_conf_preview_text if dry_run else render.gres_conf_text)
 
 
 @cli.command("node-conf")
 @click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
 @click.option("--write", is_flag=True, help="merge this node's Gres= into paths.node_gres_include")
 @click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
+@click.option("--dry-run", is_flag=True, help="with --write: say whether the file would change; write nothing")
 @pass_ctx
-def node_conf_cmd(obj: Context, node, write, non_mig_type):
+def node_conf_cmd(obj: Context, node, write, non_mig_type, dry_run):
     """Print (or --write) this node's slurm.conf line: NodeName=<node> Gres=gpu:<type>:<n>,..."""
     from ..host.config import node_name
     from ..node.gresfiles import node_conf
 
+    if dry_run and not write:
+        raise click.UsageError("--dry-run goes with --write")
     result = node_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
-                       non_mig_type=non_mig_type)
-    obj.emit(result, render.node_conf_text)
+                       non_mig_type=non_mig_type, dry_run=dry_run)
+    obj.emit(result, render.node_conf_preview_text if dry_run else render.node_conf_text)
 
 
 @cli.command()

@@ -121,6 +121,21 @@ def gres_conf_text(result: dict) -> str:
     return result["text"].rstrip("\n")
 
 
+def gres_conf_preview_text(result: dict) -> str:
+    """``gres-conf --write --dry-run``: whether the file would change."""
+    return _would_write(result, f"{len(result['records'])} gpu record(s)")
+
+
+def node_conf_preview_text(result: dict) -> str:
+    """``node-conf --write --dry-run``: whether the file would change."""
+    return _would_write(result, f"Gres={result['gres'] or '(none)'}")
+
+
+def _would_write(result: dict, what: str) -> str:
+    state = "would be written" if result["changed"] else "unchanged"
+    return f"{result['path']}: {what} for node {result['node']} {state} (dry run)"
+
+
 def node_conf_text(result: dict) -> str:
     if result["written"]:
         return _written(result, f"Gres={result['gres'] or '(none)'}")

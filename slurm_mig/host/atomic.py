@@ -154,11 +154,23 @@ def update_file(path: str, transform: Callable[[str], str], *, mode: int = 0o644
 
     path = resolve_link(path, "file")  # a shared file behind a link: lock beside the file itself
     with node_lock(lock_path_for(path), lock_timeout, dir_mode=0o755):
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError:
-            text = ""
-        except (OSError, UnicodeDecodeError) as err:
-            raise WriteFailed(f"cannot read {path}: {err}; check the file") from err
-        return write_atomic(path, transform(text), mode=mode)
+        return write_atomic(path, transform(_read_text(path)), mode=mode)
+
+
+def preview_update(path: str, transform: Callable[[str], str]) -> WriteResult:
+    """What :func:`update_file` would do, without writing or locking: ``changed`` says
+    whether ``transform`` would change the file (``--write --dry-run``; Ansible's check mode)."""
+    path = resolve_link(path, "file")
+    text = _read_text(path)
+    return WriteResult(path=path, changed=transform(text) != text, prev=None)
+
+
+def _read_text(path: str) -> str:
+    """``path``'s text, '' when absent."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise WriteFailed(f"cannot read {path}: {err}; check the file") from err

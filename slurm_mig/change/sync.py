@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 Wanted = Dict[int, Tuple[str, Layout, str]]
 
 STEPS = ("check", "drain", "wait", "apply", "write", "reconfigure", "register", "resume")
+#: One step of :meth:`SyncRun.run_steps`: its name (in the steps list and a failure's drain
+#: reason) and what it does; returning False ends the run there.
+Step = Tuple[str, Callable[[], Optional[bool]]]
 
 
 # ----------------------------------------------------------------------------- wanted layouts
@@ -324,28 +327,34 @@ class SyncRun:
         except (Exception, KeyboardInterrupt) as err:
             self.after_wait_failure(st, err)
             raise
-        step = "apply"
-        try:
-            self.apply()
-            step = "write"
-            self.write()
-            step = "reconfigure"
-            self.reconfigure()
-            step = "register"
-            self.register()
-        except (Exception, KeyboardInterrupt) as err:
-            new = self.leave_drained(step, err)
-            if not isinstance(err, KeyboardInterrupt):
-                self.release_held()
-            if new is err:
-                raise
-            raise new from err
+        self.run_steps([("apply", self.apply), ("write", self.write),
+                        ("reconfigure", self.reconfigure), ("register", self.register)])
         if self.drained_before is not None:
             self.steps.add("resume", "skipped",
                            f"drained before sync by someone else ({self.drained_before}): left drained")
         else:
             self.resume("in sync")
         return self.result(False)
+
+    def run_steps(self, steps: Sequence[Step]) -> None:
+        """Run the steps that change the drained, idle node, in order.  A step that returns
+        False ends the run there (what follows has nothing to do).  A failure (also Ctrl-C)
+        leaves the node drained with the failed step's reason (:meth:`leave_drained`),
+        resumes the nodes held across a reconfigure unless interrupted, and raises the error
+        with what was left added to its message.  ``slurm-mig mode`` runs its own steps
+        through here too."""
+        step = ""
+        try:
+            for step, do in steps:
+                if do() is False:
+                    return
+        except (Exception, KeyboardInterrupt) as err:
+            new = self.leave_drained(step, err)
+            if not isinstance(err, KeyboardInterrupt):
+                self.release_held()  # the other nodes held across a failed reconfigure
+            if new is err:
+                raise
+            raise new from err
 
     def plan(self, st: NodeStatus, preview: Sequence[ApplyResult]) -> SyncResult:
         add = self.steps.add

@@ -364,12 +364,7 @@ class ModeRun(SyncRun):
 
     def plan_mode(self, st: NodeStatus) -> ModeResult:
         add = self.steps.add
-        if self.drained_before is not None:
-            add("drain", "planned", f"already drained by someone else ({self.drained_before}); "
-                                    f"their reason is kept")
-        else:
-            add("drain", "planned", f"reason '{self.drain_reason()}'")
-        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+        self.plan_drain_and_wait(st)
         add("mode", "planned", "; ".join(
             f"gpu {d.gpu}: " + (d.refusal and "refused unless its processes end while the node "
                                               "drains" or ", ".join(

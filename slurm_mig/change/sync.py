@@ -356,14 +356,18 @@ class SyncRun:
                 raise
             raise new from err
 
+    def plan_drain_and_wait(self, st: NodeStatus) -> None:
+        """A dry run's first two steps, as :meth:`drain` and :meth:`wait_idle` would do them."""
+        if self.drained_before is not None:
+            self.steps.add("drain", "planned", f"already drained by someone else "
+                                               f"({self.drained_before}); their reason is kept")
+        else:
+            self.steps.add("drain", "planned", f"reason '{self.drain_reason()}'")
+        self.steps.add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+
     def plan(self, st: NodeStatus, preview: Sequence[ApplyResult]) -> SyncResult:
         add = self.steps.add
-        if self.drained_before is not None:
-            add("drain", "planned", f"already drained by someone else ({self.drained_before}); "
-                                    f"their reason is kept")
-        else:
-            add("drain", "planned", f"reason '{self.drain_reason()}'")
-        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+        self.plan_drain_and_wait(st)
         self.apply_results = [r.as_dict() for r in preview]
         changes = sum(len(r.steps) for r in preview)
         add("apply", "planned", f"{changes} change(s): " + "; ".join(

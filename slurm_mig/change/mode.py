@@ -303,12 +303,7 @@ class ModeRun(SyncRun):
         self.steps.add("check", "done", self.check_text(st))
         if self.dry_run:
             return self.plan_mode(st)
-        self.drain(st, ours)
-        try:
-            self.wait_idle()
-        except (Exception, KeyboardInterrupt) as err:
-            self.after_wait_failure(st, err)
-            raise
+        self.drain_and_wait(st, ours)
         self.decisions = self.decide_all()  # again, now that the node is idle
         refused = [d for d in self.decisions if d.refusal]
         if refused:

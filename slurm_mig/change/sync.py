@@ -321,12 +321,7 @@ class SyncRun:
         self.steps.add("check", "done", f"to change: {', '.join(why)}; Slurm reports {state_text(st)}")
         if self.dry_run:
             return self.plan(st, preview)
-        self.drain(st, ours)
-        try:
-            self.wait_idle()
-        except (Exception, KeyboardInterrupt) as err:
-            self.after_wait_failure(st, err)
-            raise
+        self.drain_and_wait(st, ours)
         self.run_steps([("apply", self.apply), ("write", self.write),
                         ("reconfigure", self.reconfigure), ("register", self.register)])
         if self.drained_before is not None:
@@ -399,6 +394,16 @@ class SyncRun:
         self.drained_by_us = True
         self.steps.add("drain", "done", f"reason '{reason}'"
                        + (" (was drained by an earlier sync)" if ours else ""), t0)
+
+    def drain_and_wait(self, st: NodeStatus, ours: bool) -> None:
+        """Drain the node, then wait until it is idle; a failed wait changed nothing on the
+        GPUs and undoes our drain (:meth:`after_wait_failure`) before the error is raised."""
+        self.drain(st, ours)
+        try:
+            self.wait_idle()
+        except (Exception, KeyboardInterrupt) as err:
+            self.after_wait_failure(st, err)
+            raise
 
     def wait_idle(self) -> None:
         t0 = self.clock()

@@ -340,11 +340,13 @@ def error_reply(err: BaseException) -> str:
 
 class ReconfigureServer:
     """Answers RECONFIGURE's requests on a unix socket, in a thread: each with
-    :meth:`answer`'s line (an exception escaping it: :func:`error_reply`).  Subclasses set
-    their own attributes before calling ``__init__``, which starts serving."""
+    :meth:`answer`'s line (an exception escaping it: :func:`error_reply`).  By default it
+    runs the sandbox's reconfigure and remembers what each one restarted (``done``).
+    Subclasses set their own attributes before calling ``__init__``, which starts serving."""
 
     def __init__(self, sbx: Sbx, path: str):
         self.sbx = sbx
+        self.done: List[tuple] = []
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.bind(path)
         self.sock.listen(4)
@@ -366,7 +368,10 @@ class ReconfigureServer:
                 conn.sendall(reply.encode())
 
     def answer(self) -> str:
-        raise NotImplementedError
+        self.sbx.adopt_files()
+        result = self.sbx.cluster.reconfigure()
+        self.done.append(result.restarted)
+        return f"ok {result.seconds:.1f}s restarted {','.join(result.restarted) or '-'}"
 
     def close(self) -> None:
         """Stop listening, and leave the thread as it is (blocked in accept(), a daemon

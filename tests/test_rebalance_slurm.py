@@ -42,20 +42,6 @@ pytestmark = NEEDS_SLURM
 FLOOR = {"1g.5gb": 7, "3g.20gb": 1}
 
 
-class SandboxReconfigure(ReconfigureServer):
-    """Runs the sandbox's reconfigure for RECONFIGURE; remembers what each one restarted."""
-
-    def __init__(self, sbx, path: str):
-        self.done: List[tuple] = []
-        super().__init__(sbx, path)
-
-    def answer(self) -> str:
-        self.sbx.adopt_files()
-        result = self.sbx.cluster.reconfigure()
-        self.done.append(result.restarted)
-        return f"ok {result.seconds:.1f}s restarted {','.join(result.restarted) or '-'}"
-
-
 class NodeTimers:
     """``slurm-mig sync --pending`` on every node, again and again, as their timers would."""
 
@@ -120,7 +106,7 @@ def world(tmp_path_factory):
             reconfigure_command(str(tools), sock, count, "controller"),
             f"floor = {{ {floor} }}\napply_wait = 30\n")
         sbx.cluster.drain("n3", ADMIN)
-        server = SandboxReconfigure(sbx, sock)
+        server = ReconfigureServer(sbx, sock)
         timers = NodeTimers(sbx)
         w = World(sbx, server, timers, count, ctl)
         try:

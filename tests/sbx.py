@@ -17,16 +17,21 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import pytest
 
 from slurm_mig.app.cli import main as cli_main
 from slurm_mig.core.gresconf import parse_gres_conf, parse_node_gres_types, slurm_order
 from slurm_mig.host.config import load_config
-from slurm_mig.sandbox import SandboxCluster
+from slurm_mig.sandbox import SandboxCluster, missing_requirements
 from slurm_mig.sandbox.host import which
 from slurm_mig.sim.driver import SimDriver
 from slurm_mig.slurm.client import CommandSlurm
@@ -143,6 +148,28 @@ class Sbx:
     def slurm_client(self) -> "SandboxSlurm":
         return SandboxSlurm(self)
 
+    def extra(self, node: str) -> str:
+        """The node's ``Extra`` field as slurmctld reports it (rebalance's channel)."""
+        out = self.cluster.command(["scontrol", "show", "node", "-o", node]).stdout
+        return parse_pairs(out.strip()).get("Extra", "")
+
+    def slurm_mig(self, config: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """``slurm-mig --config CONFIG --json ARGS`` as a process against this cluster, as a
+        node's timer or the controller's service runs it."""
+        argv = [sys.executable, "-m", "slurm_mig", "--config", config, "--json", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env=self.cluster.env(), cwd=REPO)
+
+    def sync_pending(self, node: str) -> dict:
+        """One run of ``node``'s timer (``slurm-mig sync --pending``), which must succeed."""
+        return json_result(self.slurm_mig(self.config_path(node), "sync", "--pending",
+                                          "--node", node), node)
+
+    def rebalance(self, ctl: str) -> dict:
+        """One controller cycle (``slurm-mig rebalance`` with the config ``ctl``), which must
+        succeed."""
+        return json_result(self.slurm_mig(ctl, "rebalance", timeout=180), "rebalance")
+
 
 class SandboxSlurm(CommandSlurm):
     """The real scontrol adapter against the sandbox; reconfigure() is the sandbox's, which
@@ -254,3 +281,102 @@ def sandbox(prefix: str, gpus: Mapping[str, List[str]],
         print(f"\n{root}: timings {cluster.timings}; isolation {cluster.isolation}")
         if not os.environ.get("SLURM_MIG_KEEP_SANDBOX"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+def json_result(proc: subprocess.CompletedProcess, what: str) -> dict:
+    """The ``--json`` output of a slurm-mig process that must have succeeded."""
+    assert proc.returncode == 0, (what, proc.returncode, proc.stdout[-3000:], proc.stderr[-2000:])
+    return json.loads(proc.stdout)
+
+
+# ----------------------------------------------------------------------------- rebalance
+# What tests/test_rebalance_slurm.py and tests/test_rebalance_late_slurm.py share.
+
+MISSING = missing_requirements()
+#: The marks of a module whose tests start a cluster: skipped with the reason without one.
+NEEDS_SLURM = [pytest.mark.slurm,
+               pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))]
+
+#: Three nodes, one A100-40GB each: n1 and n2 all-1g, n3 the only 3g.20gb instances (the
+#: tests drain it with ADMIN's reason, so that a 3g job pends).
+REBALANCE_GPUS = {"n1": ["A100-40GB"], "n2": ["A100-40GB"], "n3": ["A100-40GB"]}
+REBALANCE_LAYOUTS = {"n1": [("0", "1g.5gb:7")], "n2": [("0", "1g.5gb:7")], "n3": [("0", "3g.20gb:2")]}
+ADMIN = "test: maintenance"
+
+#: A ``[slurm] reconfigure_command``: ``python reconfigure.py SOCKET COUNT WHO`` appends
+#: ``WHO <time>`` to the file COUNT, fails unless WHO is ``controller`` (the node side must
+#: never reconfigure Slurm), else asks the test process (the owner of the sandbox's daemons)
+#: through SOCKET to reconfigure (:class:`ReconfigureServer`) and fails unless it answers ok.
+RECONFIGURE = textwrap.dedent("""\
+    import socket, sys, time
+    sock, count, who = sys.argv[1:4]
+    with open(count, "a") as f:
+        f.write(f"{who} {time.time():.3f}\\n")
+    if who != "controller":
+        sys.exit("the node side must not reconfigure Slurm")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"reconfigure\\n")
+    s.shutdown(socket.SHUT_WR)
+    reply = s.makefile().read()
+    print(reply)
+    sys.exit(0 if reply.startswith("ok") else reply)
+    """)
+
+
+def reconfigure_command(directory: str, sock: str, count: str, who: str) -> List[str]:
+    """RECONFIGURE as a command (written to ``<directory>/reconfigure.py`` once)."""
+    script = os.path.join(directory, "reconfigure.py")
+    if not os.path.exists(script):
+        with open(script, "w") as f:
+            f.write(RECONFIGURE)
+    return [sys.executable, script, sock, count, who]
+
+
+def error_reply(err: BaseException) -> str:
+    """The line that makes RECONFIGURE (and so the controller's command) fail with ``err``."""
+    return f"error: {type(err).__name__}: {err}"
+
+
+class ReconfigureServer:
+    """Answers RECONFIGURE's requests on a unix socket, in a thread: each with
+    :meth:`answer`'s line (an exception escaping it: :func:`error_reply`).  By default it
+    runs the sandbox's reconfigure and remembers what each one restarted (``done``).
+    Subclasses set their own attributes before calling ``__init__``, which starts serving."""
+
+    def __init__(self, sbx: Sbx, path: str):
+        self.sbx = sbx
+        self.done: List[tuple] = []
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.makefile().read()
+                try:
+                    reply = self.answer()
+                except BaseException as err:  # the controller's command fails with this line
+                    reply = error_reply(err)
+                conn.sendall(reply.encode())
+
+    def answer(self) -> str:
+        self.sbx.adopt_files()
+        result = self.sbx.cluster.reconfigure()
+        self.done.append(result.restarted)
+        return f"ok {result.seconds:.1f}s restarted {','.join(result.restarted) or '-'}"
+
+    def close(self) -> None:
+        """Stop listening, and leave the thread as it is (blocked in accept(), a daemon
+        thread): the sandbox's reconfigure may have restarted slurmctld from it, and a daemon
+        gets its ``PR_SET_PDEATHSIG`` signal when the *thread* that started it ends.  Ending
+        the thread here stopped the cluster before the test's last ``scontrol`` (measured:
+        "Unable to contact slurm controller")."""
+        self.sock.close()

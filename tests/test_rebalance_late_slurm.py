@@ -20,116 +20,66 @@ Needs root, munge and Slurm; skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import textwrap
-import threading
 from typing import List
 
 import pytest
 
 from slurm_mig.change.channel import have_counts, parse_channel
 from slurm_mig.core.catalog import load_catalog
-from slurm_mig.sandbox import missing_requirements
-from slurm_mig.slurm.scontrol import parse_pairs
 
-from sbx import REPO, cli, sandbox, until
+from sbx import (ADMIN, NEEDS_SLURM, REBALANCE_GPUS as GPUS, REBALANCE_LAYOUTS as LAYOUTS,
+                 ReconfigureServer, cli, error_reply, reconfigure_command, sandbox, until)
 
-MISSING = missing_requirements()
-pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))]
-
-GPUS = {"n1": ["A100-40GB"], "n2": ["A100-40GB"], "n3": ["A100-40GB"]}
-LAYOUTS = {"n1": [("0", "1g.5gb:7")], "n2": [("0", "1g.5gb:7")], "n3": [("0", "3g.20gb:2")]}
-ADMIN = "test: maintenance"
-
-# The controller's reconfigure_command: asks this test process to reconfigure.
-RECONFIGURE = textwrap.dedent("""\
-    import socket, sys
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sys.argv[1])
-    s.sendall(b"reconfigure\\n")
-    s.shutdown(socket.SHUT_WR)
-    reply = s.makefile().read()
-    print(reply)
-    sys.exit(0 if reply.startswith("ok") else reply)
-    """)
+pytestmark = NEEDS_SLURM
 
 
-def sync_pending(sbx, node: str) -> dict:
-    """One run of ``node``'s timer."""
-    argv = [sys.executable, "-m", "slurm_mig", "--config", sbx.config_path(node), "--json",
-            "sync", "--pending", "--node", node]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env=sbx.cluster.env(), cwd=REPO)
-    assert proc.returncode == 0, (node, proc.stdout[-1500:], proc.stderr[-1500:])
-    return json.loads(proc.stdout)
-
-
-class Reconfigurer:
+class Reconfigurer(ReconfigureServer):
     """What etc/slurm-mig-reconfigure does, run for the controller's command; before the
     first one, the late node's timer fires (``before_first``).  Records the late node's
     flags once it registered after each (``late_after``)."""
 
     def __init__(self, sbx, path: str, before_first, late, stand_in: str):
-        self.sbx = sbx
         self.stand_in = stand_in
         self.before_first = before_first
         self.late = late
         self.late_after: List[frozenset] = []
         self.late_reasons: List[str] = []
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(path)
-        self.sock.listen(4)
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__(sbx, path)
 
-    def serve(self) -> None:
+    def answer(self) -> str:
         cluster = self.sbx.cluster
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            with conn:
-                conn.makefile().read()
-                first = not self.late_after
-                try:
-                    if first:
-                        self.before_first()
-                    if self.stand_in == "site":  # what a site runs (docs/sync.md)
-                        cluster.command(["scontrol", "reconfigure"], timeout=30)
-                        if cluster.version < (23, 11):  # etc/slurm-mig-reconfigure's restart
-                            cluster.restart_slurmctld()  # waits for `scontrol ping`
-                        else:
-                            until("slurmctld answering", lambda: cluster.command(
-                                ["scontrol", "ping"], timeout=10, check=False).returncode == 0)
-                    else:  # the sandbox's: waits for every node registered as configured
-                        self.sbx.adopt_files()
-                        cluster.reconfigure(timeout=15)
-                    reply = "ok"
-                except BaseException as err:  # the controller's command fails with this line
-                    reply = f"error: {type(err).__name__}: {err}"
-                # The first: until slurmctld set the late node INVALID_REG (issue 10); the
-                # second: until it registered with its new gres.
-                n = self.late()
-                try:
-                    st = until(f"{n} {'INVALID_REG' if first else 'registered'} after the "
-                               f"reconfigure", lambda: (lambda s: s if n in s and (
-                                   "INVALID_REG" in s[n].flags if first else s[n].registered)
-                                   else None)(cluster.status()),
-                               30 if cluster.version < (23, 11) or not first else 10)
-                    self.late_after.append(frozenset(st[n].flags))
-                    self.late_reasons.append(st[n].reason)
-                except AssertionError as err:
-                    self.late_after.append(frozenset({str(err)}))
-                    self.late_reasons.append("")
-                conn.sendall(reply.encode())
-
-    def close(self) -> None:
-        self.sock.close()
+        first = not self.late_after
+        try:
+            if first:
+                self.before_first()
+            if self.stand_in == "site":  # what a site runs (docs/sync.md)
+                cluster.command(["scontrol", "reconfigure"], timeout=30)
+                if cluster.version < (23, 11):  # etc/slurm-mig-reconfigure's restart
+                    cluster.restart_slurmctld()  # waits for `scontrol ping`
+                else:
+                    until("slurmctld answering", lambda: cluster.command(
+                        ["scontrol", "ping"], timeout=10, check=False).returncode == 0)
+            else:  # the sandbox's: waits for every node registered as configured
+                self.sbx.adopt_files()
+                cluster.reconfigure(timeout=15)
+            reply = "ok"
+        except BaseException as err:  # the controller's command fails with this line
+            reply = error_reply(err)
+        # The first: until slurmctld set the late node INVALID_REG (issue 10); the
+        # second: until it registered with its new gres.
+        n = self.late()
+        try:
+            st = until(f"{n} {'INVALID_REG' if first else 'registered'} after the "
+                       f"reconfigure", lambda: (lambda s: s if n in s and (
+                           "INVALID_REG" in s[n].flags if first else s[n].registered)
+                           else None)(cluster.status()),
+                       30 if cluster.version < (23, 11) or not first else 10)
+            self.late_after.append(frozenset(st[n].flags))
+            self.late_reasons.append(st[n].reason)
+        except AssertionError as err:
+            self.late_after.append(frozenset({str(err)}))
+            self.late_reasons.append("")
+        return reply
 
 
 @pytest.mark.parametrize("stand_in", ["site", "every-node"])
@@ -144,33 +94,25 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
         cluster = sbx.cluster
 
         def extra(node: str):
-            out = cluster.command(["scontrol", "show", "node", "-o", node]).stdout
-            return parse_channel(parse_pairs(out.strip()).get("Extra", ""), node)
-
-        def rebalance(ctl: str) -> dict:
-            argv = [sys.executable, "-m", "slurm_mig", "--config", ctl, "--json", "rebalance"]
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=180,
-                                  env=cluster.env(), cwd=REPO)
-            assert proc.returncode == 0, (proc.returncode, proc.stdout[-3000:], proc.stderr[-2000:])
-            return json.loads(proc.stdout)
+            return parse_channel(sbx.extra(node), node)
 
         sock = str(tmp_path / "reconf.sock")
-        (tmp_path / "reconfigure.py").write_text(RECONFIGURE)
         ctl = sbx.write_controller_config(
-            [sys.executable, str(tmp_path / "reconfigure.py"), sock],
+            reconfigure_command(str(tmp_path), sock, str(tmp_path / "reconfigures.log"),
+                                "controller"),
             'floor = { "3g.20gb" = 1 }\napply_wait = 0\n')
         cluster.drain("n3", ADMIN)
         late_runs: List[dict] = []
         who = {}  # "late": the node cycle 1 changed; "other": the one recut by hand
-        server = Reconfigurer(sbx, sock, lambda: late_runs.append(sync_pending(sbx, who["late"])),
+        server = Reconfigurer(sbx, sock, lambda: late_runs.append(sbx.sync_pending(who["late"])),
                               lambda: who["late"], stand_in)
         try:
             for n in sbx.nodes:
-                sync_pending(sbx, n)  # every node publishes its layout
+                sbx.sync_pending(n)  # every node publishes its layout
             big = sbx.submit(["--gres=gpu:3g.20gb:1"], sleep=2)
             until("the 3g job pending", lambda: cluster.job(big).state == "PENDING")
 
-            first = rebalance(ctl)  # the changed node's timer is stopped: it misses the cycle
+            first = sbx.rebalance(ctl)  # the changed node's timer is stopped: it misses the cycle
             assert len(first["changed"]) == 1 and not first["reconfigured"]
             late = who["late"] = first["changed"][0]["node"]
             other = who["other"] = {"n1": "n2", "n2": "n1"}[late]
@@ -178,10 +120,10 @@ def test_a_node_applying_during_the_next_cycles_reconfigure_breaks_no_other_node
 
             # The other recut by hand and handed to rebalance by its timer (GPUs ahead of Slurm).
             cli("--config", sbx.config_path(other), "apply", "3g.20gb:2", "--gpu", "0")
-            assert sync_pending(sbx, other)["applied"]
+            assert sbx.sync_pending(other)["applied"]
             assert extra(other).applied is not None
 
-            second = rebalance(ctl)
+            second = sbx.rebalance(ctl)
             print(f"\nlate node {late}\n" + "\n".join(second["actions"]) + "\nits flags after "
                   f"each reconfigure: {[sorted(f) for f in server.late_after]}; its reasons: "
                   f"{server.late_reasons}")

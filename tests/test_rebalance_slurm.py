@@ -11,7 +11,7 @@ submittable whatever rebalance does; the last test submits one job per floor pro
 
 * the controller: ``slurm-mig rebalance`` as a process (real squeue/sinfo JSON readers, real
   scontrol) with ``[rebalance] apply_wait``; its ``[slurm] reconfigure_command`` is
-  RECONFIGURE below: it appends a line to a count file, then asks this test process (the
+  RECONFIGURE (tests/sbx.py): it appends a line to a count file, then asks this test process (the
   owner of the sandbox's daemons) to run the sandbox's reconfigure, which restarts slurmctld
   on 22.05 as a site's command must (docs/sync.md);
 * the nodes: ``slurm-mig sync --pending --json`` as a process for each node, every ~0.3 s
@@ -24,10 +24,6 @@ Needs root, munge and Slurm; skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from typing import Dict, List
@@ -36,69 +32,14 @@ import pytest
 
 from slurm_mig.app.commands import status
 from slurm_mig.change.channel import parse_channel
-from slurm_mig.sandbox import missing_requirements
 from slurm_mig.sim.backend import SimBackend
-from slurm_mig.slurm.scontrol import parse_pairs
 
-from sbx import REPO, sandbox, until
+from sbx import (ADMIN, NEEDS_SLURM, REBALANCE_GPUS as GPUS, REBALANCE_LAYOUTS as LAYOUTS,
+                 ReconfigureServer, reconfigure_command, sandbox, until)
 
-MISSING = missing_requirements()
-pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(bool(MISSING), reason="needs " + "; ".join(MISSING))]
+pytestmark = NEEDS_SLURM
 
-GPUS = {"n1": ["A100-40GB"], "n2": ["A100-40GB"], "n3": ["A100-40GB"]}
-LAYOUTS = {"n1": [("0", "1g.5gb:7")], "n2": [("0", "1g.5gb:7")], "n3": [("0", "3g.20gb:2")]}
 FLOOR = {"1g.5gb": 7, "3g.20gb": 1}
-ADMIN = "test: maintenance"
-
-RECONFIGURE = textwrap.dedent("""\
-    import socket, sys, time
-    sock, count, who = sys.argv[1:4]
-    with open(count, "a") as f:
-        f.write(f"{who} {time.time():.3f}\\n")
-    if who != "controller":
-        sys.exit("the node side must not reconfigure Slurm")
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    s.sendall(b"reconfigure\\n")
-    s.shutdown(socket.SHUT_WR)
-    reply = s.makefile().read()
-    print(reply)
-    sys.exit(0 if reply.startswith("ok") else reply)
-    """)
-
-
-class ReconfigureServer:
-    """Runs the sandbox's reconfigure for RECONFIGURE; remembers what each one restarted."""
-
-    def __init__(self, sbx, path: str):
-        self.sbx = sbx
-        self.done: List[tuple] = []
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(path)
-        self.sock.listen(4)
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            with conn:
-                conn.makefile().read()
-                try:
-                    self.sbx.adopt_files()
-                    result = self.sbx.cluster.reconfigure()
-                    self.done.append(result.restarted)
-                    reply = f"ok {result.seconds:.1f}s restarted {','.join(result.restarted) or '-'}"
-                except BaseException as err:  # the controller's command fails with this line
-                    reply = f"error: {type(err).__name__}: {err}"
-                conn.sendall(reply.encode())
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class NodeTimers:
@@ -114,10 +55,8 @@ class NodeTimers:
     def loop(self) -> None:
         while not self.stop_event.is_set():
             for node in self.sbx.nodes:
-                argv = [sys.executable, "-m", "slurm_mig", "--config", self.sbx.config_path(node),
-                        "--json", "sync", "--pending", "--node", node]
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                                      env=self.sbx.cluster.env(), cwd=REPO)
+                proc = self.sbx.slurm_mig(self.sbx.config_path(node), "sync", "--pending",
+                                          "--node", node)
                 run = {"node": node, "t": time.monotonic(), "rc": proc.returncode,
                        "stderr": proc.stderr.strip()}
                 if proc.returncode == 0:
@@ -142,15 +81,10 @@ class World:
         self.seen: Dict[str, object] = {}  # what the first test measured, for the others
 
     def extra(self, node: str) -> str:
-        out = self.sbx.cluster.command(["scontrol", "show", "node", "-o", node]).stdout
-        return parse_pairs(out.strip()).get("Extra", "")
+        return self.sbx.extra(node)
 
     def rebalance(self) -> dict:
-        argv = [sys.executable, "-m", "slurm_mig", "--config", self.ctl, "--json", "rebalance"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180,
-                              env=self.sbx.cluster.env(), cwd=REPO)
-        assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-        return json.loads(proc.stdout)
+        return self.sbx.rebalance(self.ctl)
 
     def count_lines(self) -> List[str]:
         try:
@@ -164,14 +98,12 @@ class World:
 def world(tmp_path_factory):
     tools = tmp_path_factory.mktemp("rebal")
     sock, count = str(tools / "reconf.sock"), str(tools / "reconfigures.log")
-    script = tools / "reconfigure.py"
-    script.write_text(RECONFIGURE)
     node_extra = (f"[slurm]\nreconfigure_command = "
-                  f"{json.dumps([sys.executable, str(script), sock, count, 'node'])}\n")
+                  f"{json.dumps(reconfigure_command(str(tools), sock, count, 'node'))}\n")
     with sandbox("sbx-rebal-", GPUS, LAYOUTS, config_extra=node_extra) as sbx:
         floor = ", ".join(f'"{t}" = {n}' for t, n in FLOOR.items())
         ctl = sbx.write_controller_config(
-            [sys.executable, str(script), sock, count, "controller"],
+            reconfigure_command(str(tools), sock, count, "controller"),
             f"floor = {{ {floor} }}\napply_wait = 30\n")
         sbx.cluster.drain("n3", ADMIN)
         server = ReconfigureServer(sbx, sock)

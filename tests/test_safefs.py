@@ -313,3 +313,67 @@ def test_a_root_config_behind_a_root_link_is_read(tmp_path, cli):
     link = tmp_path / "etc" / "link.toml"
     link.symlink_to(config)
     assert cli("status", config=str(link))[0] == 0
+
+
+# ----------------------------------------------------------------------------- write_file
+# The hooks' small writer (fast path state files, the TaskProlog env file, dcgm mapping files).
+
+
+def test_write_file_sets_the_exact_mode_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        assert safefs.write_file(str(tmp_path / "f"), b"x\n", 0o644)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").read_bytes() == b"x\n"
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["f"]  # no temp file left
+
+
+def test_write_file_leaves_a_file_holding_the_same_bytes_alone(tmp_path):
+    p = tmp_path / "f"
+    assert safefs.write_file(str(p), b"1\n", 0o600)
+    before = p.stat()
+    assert not safefs.write_file(str(p), b"1\n", 0o600)
+    assert p.stat().st_ino == before.st_ino
+    assert safefs.write_file(str(p), b"1\n", 0o600, keep_same=False)
+    assert p.stat().st_ino != before.st_ino
+    assert safefs.write_file(str(p), b"1\n2\n", 0o600)
+    assert p.read_bytes() == b"1\n2\n"
+
+
+def test_write_file_replaces_a_planted_link_and_never_writes_through_it(tmp_path, victim):
+    link = tmp_path / "f"
+    link.symlink_to(victim)
+    assert safefs.write_file(str(link), b"precious\n", 0o600)  # same bytes behind the link
+    assert not link.is_symlink() and link.read_bytes() == b"precious\n"
+    _untouched(victim)
+
+
+def test_write_file_replaces_a_temp_file_left_by_a_killed_run(tmp_path, victim):
+    tmp = tmp_path / f".f.{os.getpid()}.tmp"
+    tmp.symlink_to(victim)
+    assert safefs.write_file(str(tmp_path / "f"), b"new\n", 0o600, durable=True)
+    assert (tmp_path / "f").read_bytes() == b"new\n"
+    assert not os.path.lexists(tmp)
+    _untouched(victim)
+
+
+def test_a_failed_write_file_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    p = tmp_path / "f"
+    p.write_bytes(b"old\n")
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space"):
+        safefs.write_file(str(p), b"new\n", 0o600, durable=True)
+    assert p.read_bytes() == b"old\n"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+@root_only
+def test_write_file_gives_the_file_to_the_uid(tmp_path):
+    assert safefs.write_file(str(tmp_path / "f"), b"x\n", 0o400, uid=NOBODY)
+    st = (tmp_path / "f").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o400)

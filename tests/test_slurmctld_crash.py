@@ -242,8 +242,7 @@ def test_a_crash_that_loses_the_want_and_drain_after_the_node_applied_converges(
     from slurm_mig.core.gresconf import parse_gres_conf
     from slurm_mig.sim.backend import SimBackend
 
-    from sbx import REPO, sandbox, until
-    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # its reconfigure bridge
+    from sbx import RECONFIGURE, REPO, ReconfigureServer, sandbox, until  # the rebalance tests' reconfigure bridge
 
     script = tmp_path / "reconfigure.py"
     script.write_text(RECONFIGURE)

@@ -277,40 +277,53 @@ def accounting_tres_cmd(obj: Context, models, from_config, from_node, keep, no_a
     obj.emit(result, render.accounting_tres_text)
 
 
+def node_file_options(write_help: str):
+    """gres-conf's and node-conf's options: --node, --write (``write_help``), --non-mig-type,
+    --dry-run."""
+    def decorate(f):
+        f = click.option("--dry-run", is_flag=True,
+                         help="with --write: say whether the file would change; write nothing")(f)
+        f = click.option("--non-mig-type", default=None, metavar="TYPE",
+                         help="gres Type= for GPUs not in MIG mode")(f)
+        f = click.option("--write", is_flag=True, help=write_help)(f)
+        return click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, "
+                                                         "else the short host name)")(f)
+    return decorate
+
+
+def emit_node_file(obj: Context, make, text_renderer, preview_renderer, node, write, non_mig_type,
+                   dry_run) -> None:
+    """Run gres-conf's or node-conf's ``make`` (:mod:`slurm_mig.node.gresfiles`) for this
+    node and print its result (``preview_renderer`` for ``--write --dry-run``)."""
+    from ..host.config import node_name
+
+    if dry_run and not write:
+        raise click.UsageError("--dry-run goes with --write")
+    result = make(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name),
+                  write=write, non_mig_type=non_mig_type, dry_run=dry_run)
+    obj.emit(result, preview_renderer if dry_run else text_renderer)
+
+
 @cli.command("gres-conf")
-@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
-@click.option("--write", is_flag=True, help="merge this node's lines into paths.gres_conf")
-@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
-@click.option("--dry-run", is_flag=True, help="with --write: say whether the file would change; write nothing")
+@node_file_options("merge this node's lines into paths.gres_conf")
 @pass_ctx
 def gres_conf_cmd(obj: Context, node, write, non_mig_type, dry_run):
     """Print (or --write) this node's gres.conf lines, one per MIG instance."""
-    from ..host.config import node_name
     from ..node.gresfiles import gres_conf
 
-    if dry_run and not write:
-        raise click.UsageError("--dry-run goes with --write")
-    result = gres_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
-                       non_mig_type=non_mig_type, dry_run=dry_run)
-    obj.emit(result, render.gres_conf_preview_text if dry_run else render.gres_conf_text)
+    emit_node_file(obj, gres_conf, render.gres_conf_text, render.gres_conf_preview_text,
+                   node, write, non_mig_type, dry_run)
 
 
 @cli.command("node-conf")
-@click.option("--node", default=None, help="node name (default: $SLURMD_NODENAME, else the short host name)")
-@click.option("--write", is_flag=True, help="merge this node's Gres= into paths.node_gres_include")
-@click.option("--non-mig-type", default=None, metavar="TYPE", help="gres Type= for GPUs not in MIG mode")
-@click.option("--dry-run", is_flag=True, help="with --write: say whether the file would change; write nothing")
+@node_file_options("merge this node's Gres= into paths.node_gres_include")
 @pass_ctx
 def node_conf_cmd(obj: Context, node, write, non_mig_type, dry_run):
     """Print (or --write) this node's slurm.conf line: NodeName=<node> Gres=gpu:<type>:<n>,..."""
-    from ..host.config import node_name
     from ..node.gresfiles import node_conf
 
-    if dry_run and not write:
-        raise click.UsageError("--dry-run goes with --write")
-    result = node_conf(obj.config, obj.backend, node_name(os.environ, node or obj.config.slurm.node_name), write=write,
-                       non_mig_type=non_mig_type, dry_run=dry_run)
-    obj.emit(result, render.node_conf_preview_text if dry_run else render.node_conf_text)
+    emit_node_file(obj, node_conf, render.node_conf_text, render.node_conf_preview_text,
+                   node, write, non_mig_type, dry_run)
 
 
 @cli.command()

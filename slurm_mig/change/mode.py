@@ -303,41 +303,16 @@ class ModeRun(SyncRun):
         self.steps.add("check", "done", self.check_text(st))
         if self.dry_run:
             return self.plan_mode(st)
-        self.drain(st, ours)
-        try:
-            self.wait_idle()
-        except (Exception, KeyboardInterrupt) as err:
-            self.after_wait_failure(st, err)
-            raise
+        self.drain_and_wait(st, ours)
         self.decisions = self.decide_all()  # again, now that the node is idle
         refused = [d for d in self.decisions if d.refusal]
         if refused:
             refusal = ModeRefused("; ".join(d.refusal or "" for d in refused))
             self.undo_drain(st, refusal)
             raise refusal
-        step = "mode"
-        try:
-            self.change_modes()
-            step = "reset"
-            self.reset_gpus()
-            step = "write"
-            records = node_gres_records(self.config, self.backend, self.node)
-            if self.files_match(records) and st.gres == parse_gres(node_gres_value(records)):
-                self.steps.add("write", "skipped", "no GPU changed its current MIG mode: "
-                                                   "gres.conf and Gres= stay as they are")
-            else:
-                self.write()
-                step = "reconfigure"
-                self.reconfigure()
-                step = "register"
-                self.register()
-        except (Exception, KeyboardInterrupt) as err:
-            new = self.leave_drained(step, err)
-            if not isinstance(err, KeyboardInterrupt):
-                self.release_held()  # the other nodes held across a failed reconfigure
-            if new is err:
-                raise
-            raise new from err
+        self.run_steps([("mode", self.change_modes), ("reset", self.reset_gpus),
+                        ("write", lambda: self.write_changed(st)), ("reconfigure", self.reconfigure),
+                        ("register", self.register)])
         if self.drained_before is not None:
             self.steps.add("resume", "skipped", f"drained before by someone else "
                                                 f"({self.drained_before}): left drained")
@@ -384,12 +359,7 @@ class ModeRun(SyncRun):
 
     def plan_mode(self, st: NodeStatus) -> ModeResult:
         add = self.steps.add
-        if self.drained_before is not None:
-            add("drain", "planned", f"already drained by someone else ({self.drained_before}); "
-                                    f"their reason is kept")
-        else:
-            add("drain", "planned", f"reason '{self.drain_reason()}'")
-        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+        self.plan_drain_and_wait(st)
         add("mode", "planned", "; ".join(
             f"gpu {d.gpu}: " + (d.refusal and "refused unless its processes end while the node "
                                               "drains" or ", ".join(
@@ -445,6 +415,18 @@ class ModeRun(SyncRun):
             said.append(f"gpu {d.gpu} {on_off(got.current)}" + (
                 f" (pending {on_off(got.pending)}: needs a reset)" if got.reset_required else ""))
         self.steps.add("mode", "done", "; ".join(said) or "no mode to set", t0)
+
+    def write_changed(self, st: NodeStatus) -> bool:
+        """The write step: gres.conf and the node include, unless they and Slurm's gres
+        (``st``: as the check read them) already match the GPUs' current modes.  False when
+        nothing was written: the run ends there, without a reconfigure."""
+        records = node_gres_records(self.config, self.backend, self.node)
+        if self.files_match(records) and st.gres == parse_gres(node_gres_value(records)):
+            self.steps.add("write", "skipped", "no GPU changed its current MIG mode: "
+                                               "gres.conf and Gres= stay as they are")
+            return False
+        self.write()
+        return True
 
     def reset_gpus(self) -> None:
         t0 = self.clock()

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 Wanted = Dict[int, Tuple[str, Layout, str]]
 
 STEPS = ("check", "drain", "wait", "apply", "write", "reconfigure", "register", "resume")
+#: One step of :meth:`SyncRun.run_steps`: its name (in the steps list and a failure's drain
+#: reason) and what it does; returning False ends the run there.
+Step = Tuple[str, Callable[[], Optional[bool]]]
 
 
 # ----------------------------------------------------------------------------- wanted layouts
@@ -318,28 +321,9 @@ class SyncRun:
         self.steps.add("check", "done", f"to change: {', '.join(why)}; Slurm reports {state_text(st)}")
         if self.dry_run:
             return self.plan(st, preview)
-        self.drain(st, ours)
-        try:
-            self.wait_idle()
-        except (Exception, KeyboardInterrupt) as err:
-            self.after_wait_failure(st, err)
-            raise
-        step = "apply"
-        try:
-            self.apply()
-            step = "write"
-            self.write()
-            step = "reconfigure"
-            self.reconfigure()
-            step = "register"
-            self.register()
-        except (Exception, KeyboardInterrupt) as err:
-            new = self.leave_drained(step, err)
-            if not isinstance(err, KeyboardInterrupt):
-                self.release_held()
-            if new is err:
-                raise
-            raise new from err
+        self.drain_and_wait(st, ours)
+        self.run_steps([("apply", self.apply), ("write", self.write),
+                        ("reconfigure", self.reconfigure), ("register", self.register)])
         if self.drained_before is not None:
             self.steps.add("resume", "skipped",
                            f"drained before sync by someone else ({self.drained_before}): left drained")
@@ -347,14 +331,38 @@ class SyncRun:
             self.resume("in sync")
         return self.result(False)
 
+    def run_steps(self, steps: Sequence[Step]) -> None:
+        """Run the steps that change the drained, idle node, in order.  A step that returns
+        False ends the run there (what follows has nothing to do).  A failure (also Ctrl-C)
+        leaves the node drained with the failed step's reason (:meth:`leave_drained`),
+        resumes the nodes held across a reconfigure unless interrupted, and raises the error
+        with what was left added to its message.  ``slurm-mig mode`` runs its own steps
+        through here too."""
+        step = ""
+        try:
+            for step, do in steps:
+                if do() is False:
+                    return
+        except (Exception, KeyboardInterrupt) as err:
+            new = self.leave_drained(step, err)
+            if not isinstance(err, KeyboardInterrupt):
+                self.release_held()  # the other nodes held across a failed reconfigure
+            if new is err:
+                raise
+            raise new from err
+
+    def plan_drain_and_wait(self, st: NodeStatus) -> None:
+        """A dry run's first two steps, as :meth:`drain` and :meth:`wait_idle` would do them."""
+        if self.drained_before is not None:
+            self.steps.add("drain", "planned", f"already drained by someone else "
+                                               f"({self.drained_before}); their reason is kept")
+        else:
+            self.steps.add("drain", "planned", f"reason '{self.drain_reason()}'")
+        self.steps.add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+
     def plan(self, st: NodeStatus, preview: Sequence[ApplyResult]) -> SyncResult:
         add = self.steps.add
-        if self.drained_before is not None:
-            add("drain", "planned", f"already drained by someone else ({self.drained_before}); "
-                                    f"their reason is kept")
-        else:
-            add("drain", "planned", f"reason '{self.drain_reason()}'")
-        add("wait", "planned", f"until idle, up to {self.wait:g}s (now {state_text(st)})")
+        self.plan_drain_and_wait(st)
         self.apply_results = [r.as_dict() for r in preview]
         changes = sum(len(r.steps) for r in preview)
         add("apply", "planned", f"{changes} change(s): " + "; ".join(
@@ -386,6 +394,16 @@ class SyncRun:
         self.drained_by_us = True
         self.steps.add("drain", "done", f"reason '{reason}'"
                        + (" (was drained by an earlier sync)" if ours else ""), t0)
+
+    def drain_and_wait(self, st: NodeStatus, ours: bool) -> None:
+        """Drain the node, then wait until it is idle; a failed wait changed nothing on the
+        GPUs and undoes our drain (:meth:`after_wait_failure`) before the error is raised."""
+        self.drain(st, ours)
+        try:
+            self.wait_idle()
+        except (Exception, KeyboardInterrupt) as err:
+            self.after_wait_failure(st, err)
+            raise
 
     def wait_idle(self) -> None:
         t0 = self.clock()

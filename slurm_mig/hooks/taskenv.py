@@ -105,24 +105,9 @@ def write_env_file(run_dir: str, record: dict, uid_text: str | None) -> str | No
     path = env_path(run_dir, record["job_id"])
     data = (json.dumps({"version": 1, "job_id": record["job_id"], "instances": items},
                        indent=1, sort_keys=True) + "\n").encode()
-    tmp = os.path.join(d, f".{record['job_id']}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchown(fd, uid, -1)
-            os.fchmod(fd, 0o400)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..host.safefs import write_file
+
+    write_file(path, data, 0o400, uid=uid, keep_same=False)
     return path
 
 

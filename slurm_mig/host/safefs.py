@@ -284,3 +284,86 @@ def resolve_link(path: str, what: str = "file", *, owners: Iterable[int] | None 
         path = os.path.normpath(os.path.join(os.path.dirname(path), target))
         check_dir(os.path.dirname(path), f"{what}'s directory", owners)
     raise UnsafePath(f"{what} {path}: too many symbolic links; check the path")
+
+
+def write_file(path: str, data: bytes, mode: int, *, uid: int | None = None,
+               durable: bool = False, keep_same: bool = True) -> bool:
+    """Replace ``path`` with ``data`` atomically; True when written.
+
+    The small writer of the hooks and the files they keep (the fast path's state files,
+    the TaskProlog's env file, dcgm-exporter's mapping files); :mod:`.atomic` is the one
+    for generated Slurm files (``.prev`` kept, locks) and costs the hooks its imports.
+
+    A new temporary file ``.<name>.<pid>.tmp`` in ``path``'s directory (made with
+    ``O_EXCL``, never through a link; one left by a killed run of the same pid is removed
+    first) gets ``data``, the owner ``uid`` when given and exactly ``mode`` whatever the
+    umask, then is renamed over ``path``; on any failure it is removed and ``path`` is as it
+    was.  ``durable``: the file is fsynced before the rename and the directory after it (a
+    failing directory fsync is ignored: the rename is done).  ``keep_same``: a regular file
+    that already holds exactly ``data`` (read without following a link) is left as it is,
+    mode and owner included, and False returned.  The directory is the caller's to trust.
+    """
+    path = os.path.abspath(path)
+    if keep_same and _holds(path, data):
+        return False
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileExistsError:
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if uid is not None:
+                os.fchown(fd, uid, -1)
+            os.fchmod(fd, mode)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        try:
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    return True
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not followed if a link) holding exactly ``data``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ELOOP):
+            return False
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        chunks = []
+        want = len(data) + 1
+        while want > 0:
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks) == data
+    finally:
+        os.close(fd)

@@ -11,7 +11,8 @@ instance a record holds gets its file with that job id, every other file of that
 goes.  The prolog and epilog call it under the node lock after they wrote or removed the
 record; apply, sync and ``mode`` call :func:`refresh` (takes the lock) afterwards, so a
 file never names a GPU-instance id that no longer exists.  Files are written atomically
-(temp file ``.<name>.<pid>.tmp``, which dcgm-exporter skips, then rename), mode 0644.
+(:func:`~slurm_mig.host.safefs.write_file`: temp file ``.<name>.<pid>.tmp``, which
+dcgm-exporter skips, then rename; a file already right is not rewritten), mode 0644.
 Files of other names are never touched.  Stdlib only: the hooks' fast path imports it.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ..host import safefs
 from . import jobs
 
 TYPE_CHECKING = False
@@ -60,40 +62,14 @@ def _check_dir(directory: str) -> None:
                       f"to another one")
 
 
-def _write(directory: str, name: str, text: str) -> bool:
-    path = os.path.join(directory, name)
-    data = text.encode()
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return False
-    except FileNotFoundError:
-        pass
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return True
-
-
 def rewrite(directory: str, state_dir: str, current_boot: str | None) -> dict:
     """Make ``directory`` match the job records (caller holds the node lock).  Returns
     ``{"written": [names], "removed": [names]}``."""
     _check_dir(directory)
     want = wanted(jobs.scan(state_dir), current_boot)
     written = [name for name in sorted(want)
-               if _write(directory, name, "".join(f"{j}\n" for j in want[name]))]
+               if safefs.write_file(os.path.join(directory, name),
+                                    "".join(f"{j}\n" for j in want[name]).encode(), 0o644)]
     removed = []
     for name in sorted(os.listdir(directory)):
         if is_mapping_name(name) and name not in want:

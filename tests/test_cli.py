@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from slurm_mig.core.catalog import load_catalog
 from slurm_mig.core.layout import maximal_layouts
 
@@ -72,13 +74,24 @@ def test_status_json_keys_are_stable(cli, node_config):
     assert data["gpus"][0]["mig"] == {"current": True, "pending": True}
 
 
+@pytest.mark.parametrize("argv", [("status", "--json"), ("layouts", "A100-40GB", "--json"),
+                                  ("mig-parted", "export", "--json")])
+def test_json_after_the_command_is_the_same_as_before_it(cli, node_config, argv):
+    """Admins type `slurm-mig status --json`; it means `slurm-mig --json status`."""
+    config = node_config()
+    code, after, err = cli(*argv, config=config)
+    assert code == 0, err
+    code, before, err = cli("--json", *argv[:-1], config=config)
+    assert code == 0, err
+    assert json.loads(after) == json.loads(before)
+
+
 def test_catalog_verify_on_simulator_matches(cli, node_config):
     code, out, _ = cli("catalog", "--verify", config=node_config())
     assert code == 0
     assert out.count("matches the catalog") == 2
 
 
-import pytest  # noqa: E402
 
 from conftest import tree_snapshot  # noqa: E402
 

@@ -109,7 +109,31 @@ def guest(name: str):
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _json_after(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).as_json = True
+
+
+class JsonCommand(click.Command):
+    """A command that also takes ``--json`` after its name (``slurm-mig status --json``), as
+    admins type it, with the same effect as ``slurm-mig --json status``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not any("--json" in getattr(p, "opts", ()) for p in self.params):
+            self.params.append(click.Option(
+                ["--json", "json_after"], is_flag=True, expose_value=False, callback=_json_after,
+                help="print results as JSON (stable keys); the same as slurm-mig --json"))
+
+
+class JsonGroup(click.Group):
+    """Every command below it, in nested groups too, is a :class:`JsonCommand`."""
+
+    command_class = JsonCommand
+    group_class = type
+
+
+@click.group(cls=JsonGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="slurm-mig")
 @click.option("--config", "config_path", metavar="PATH",
               help="config file (default: $SLURM_MIG_CONFIG or /etc/slurm-mig/config.toml)")

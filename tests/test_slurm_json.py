@@ -624,6 +624,32 @@ def test_pyslurm_reader_matches_json_for_per_node_requests():
     assert from_pyslurm["gpus-1g-1"].requests == ()  # --gpus: invisible through gres_per_node
 
 
+def test_pyslurm_reader_sees_gpus_and_gpus_per_task_through_the_older_job_api():
+    """pyslurm 24.11: ``Job`` has only ``gres_per_node``; ``pyslurm.job().get()`` (its older
+    API, a dict of job id -> dict) keeps ``tres_per_job/task/socket`` as Slurm's strings."""
+    fake = _recorded_as_pyslurm()
+    doc = json.loads(data("22.05/squeue.json"))
+    table = {j["job_id"]: {"job_state": j["job_state"], "tres_per_node": j["tres_per_node"],
+                           "tres_per_job": j["tres_per_job"], "tres_per_task": j["tres_per_task"],
+                           "tres_per_socket": j["tres_per_socket"]} for j in doc["jobs"]}
+    fake.job = lambda: types.SimpleNamespace(get=lambda: table)
+    from_json = by_name(jsonread.read_pending_jobs(data("22.05/squeue.json")))
+    from_pyslurm = by_name(PyslurmReader(fake).pending_jobs())
+    assert from_pyslurm == from_json
+    assert from_pyslurm["gpus-1g-1"].requests == (R("1g.10gb", 1, "job"),)
+
+
+def test_pyslurm_older_job_api_failure_is_unreadable():
+    fake = _fake_pyslurm([_pyslurm_job()], [])
+
+    def fails():
+        raise ValueError("Unable to contact slurm controller", 1007)
+
+    fake.job = lambda: types.SimpleNamespace(get=fails)
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: pyslurm job\(\).get\(\) failed"):
+        PyslurmReader(fake).pending_jobs()
+
+
 def test_pyslurm_reader_nodes_match_json():
     reader = PyslurmReader(_recorded_as_pyslurm())
     assert reader.nodes() == jsonread.read_nodes(data("22.05/sinfo-N.json"))

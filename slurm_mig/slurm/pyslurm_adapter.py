@@ -15,7 +15,7 @@ raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of n
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from ..core.errors import SlurmError, SlurmUnreadable
 from . import gresspec
@@ -77,8 +77,10 @@ def _gres_dict_requests(job_id: Any, gres: Any) -> Tuple[GresRequest, ...]:
     return tuple(out)
 
 
-def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
-    """One pyslurm Job -> PendingJob, or None when it is not pending."""
+def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[PendingJob]:
+    """One pyslurm Job -> PendingJob, or None when it is not pending.  ``tres``: the job's raw
+    ``tres_per_node/job/task/socket`` strings where the caller has them (pyslurm 24.11's
+    ``Job`` has only ``gres_per_node``; its older API, ``pyslurm.job().get()``, keeps all four)."""
     job_id = _int("job", "?", "id", getattr(job, "id", None))
     if job_id is None:
         raise _fail("job", "?", "id", None)
@@ -86,7 +88,8 @@ def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
     if state.upper() != "PENDING":
         return None
     requests: Tuple[GresRequest, ...] = ()
-    raw = [(getattr(job, attr, None), per) for attr, per in _RAW_PER]
+    raw = [(tres.get(attr) if tres is not None else getattr(job, attr, None), per)
+           for attr, per in _RAW_PER]
     if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
         reqs: List[GresRequest] = []
         for value, per in raw:
@@ -192,18 +195,46 @@ class PyslurmReader:
 
     def _load(self, what: str) -> List[Any]:
         """``pyslurm.<what>.load()`` as a list; its failure is SlurmUnreadable."""
-        module = self.module
-        errors = tuple(e for e in (getattr(module, "RPCError", None),)
-                       if isinstance(e, type) and issubclass(e, BaseException))
         try:
-            return _values(getattr(module, what).load())
-        except errors + (OSError, ValueError) as err:  # RPCError; ValueError: the old API
+            return _values(getattr(self.module, what).load())
+        except self._errors() as err:
             raise SlurmUnreadable(f"cannot read Slurm: pyslurm {what}.load() failed: "
                                   f"{type(err).__name__}: {err}; check slurmctld "
                                   f"(`scontrol ping`) and rerun") from err
 
+    def _errors(self) -> Tuple[Type[BaseException], ...]:
+        errors: Tuple[Type[BaseException], ...] = tuple(
+            e for e in (getattr(self.module, "RPCError", None),)
+            if isinstance(e, type) and issubclass(e, BaseException))
+        return errors + (OSError, ValueError)  # RPCError; ValueError: the older API's
+
+    def tres_strings(self) -> Dict[int, Dict[str, str]]:
+        """job id -> its raw ``tres_per_*`` strings, from pyslurm's older API
+        (``pyslurm.job().get()``, in pyslurm up to 24.11 at least), which keeps the per-job,
+        per-task and per-socket requests that ``Jobs.load()``'s ``Job`` drops; {} where the
+        module has no such API (then ``--gpus``/``--gpus-per-task``/``--gpus-per-socket`` stay
+        invisible: docs/slurm-json.md)."""
+        older = getattr(self.module, "job", None)
+        if not callable(older):
+            return {}
+        try:
+            table = older().get()
+        except self._errors() as err:
+            raise SlurmUnreadable(f"cannot read Slurm: pyslurm job().get() failed: "
+                                  f"{type(err).__name__}: {err}; check slurmctld "
+                                  f"(`scontrol ping`) and rerun") from err
+        out: Dict[int, Dict[str, str]] = {}
+        for key, record in (table or {}).items():
+            if isinstance(record, Mapping):
+                job_id = _int("job", key, "id", key)
+                out[job_id or 0] = {attr: str(record.get(attr) or "") for attr, _ in _RAW_PER}
+        return out
+
     def pending_jobs(self) -> List[PendingJob]:
-        jobs = [job_from_pyslurm(j) for j in self._load("Jobs")]
+        loaded = self._load("Jobs")
+        tres = self.tres_strings() if loaded else {}
+        jobs = [job_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
+                for j in loaded]
         return [j for j in jobs if j is not None]
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:

@@ -692,7 +692,16 @@ def test_pyslurm_without_a_node_is_unreadable():
         PyslurmReader(_fake_pyslurm([], [])).nodes()
 
 
-def test_factory_picks_by_preference(monkeypatch):
+@pytest.fixture
+def slurm_conf(tmp_path, monkeypatch):
+    """A readable slurm.conf in $SLURM_CONF (pyslurm is imported only where there is one)."""
+    path = tmp_path / "slurm.conf"
+    path.write_text("ClusterName=test\n")
+    monkeypatch.setenv("SLURM_CONF", str(path))
+    return str(path)
+
+
+def test_factory_picks_by_preference(monkeypatch, slurm_conf):
     assert isinstance(slurm_reader("json"), SlurmJsonClient)
     fake = _fake_pyslurm([], [])
     assert isinstance(slurm_reader("pyslurm", pyslurm_module=fake), PyslurmReader)
@@ -712,7 +721,21 @@ def test_factory_falls_back_to_json_without_pyslurm(monkeypatch):
         slurm_reader("rest")
 
 
-def test_rebalance_reads_through_the_configured_reader(monkeypatch):
+def test_auto_reads_through_the_commands_and_pyslurm_refuses_without_a_slurm_conf(
+        monkeypatch, tmp_path):
+    """libslurm ends the process at ``import pyslurm`` when slurm.conf is missing (measured on
+    24.11): auto must not import it then, and reader = "pyslurm" says why instead of dying."""
+    fake = _fake_pyslurm([], [])
+    monkeypatch.setitem(sys.modules, "pyslurm", fake)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: True)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "missing.conf"))
+    assert isinstance(slurm_reader("auto"), SlurmJsonClient)
+    with pytest.raises(SlurmError, match=r"^pyslurm needs a readable slurm.conf .*missing.conf "
+                                         r"is not one .*reader = \"json\""):
+        slurm_reader("pyslurm")
+
+
+def test_rebalance_reads_through_the_configured_reader(monkeypatch, slurm_conf):
     """[slurm] reader: auto picks pyslurm when it imports, else the commands; the choice
     reaches rebalance's collaborators (slurm_mig.rebalance.cycle.default_collaborators)."""
     from slurm_mig.host.config import parse_config

@@ -1,12 +1,15 @@
 """pyslurm objects -> :class:`PendingJob` / :class:`NodeInfo` (the optional ``[pyslurm]`` extra).
 
-pyslurm on PyPI (25.11.x) builds only against Slurm 25.11 exactly, which no Debian release
-ships, so this adapter has never run against a live pyslurm here: it is tested on hand-made
-objects with the attributes pyslurm's ``Jobs.load()`` / ``Nodes.load()`` expose (read from
-pyslurm's source: ``Job.id, state, state_reason, priority, partition, user_name,
-num_nodes, ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting,
-array_tasks_parallel, gres_per_node``; ``Node.name, state, partitions, configured_gres,
-allocated_gres, extra, comment, reason``).  docs/slurm-json.md says what that leaves out.
+pyslurm builds against one Slurm release only (pyslurm 24.11.x for Slurm 24.11, 25.11.x for
+25.11; docs/slurm-json.md).  Run against pyslurm 24.11.0 on a live Slurm 24.11 cluster
+(tests/test_pyslurm_slurm.py, in ``.ci/matrix 24.11``): ``Jobs.load()`` / ``Nodes.load()``
+give ``Job.id, state, state_reason, priority, partition ("a,b"), user_name, num_nodes,
+ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting ("0-9", the "%N"
+cut off), array_tasks_parallel, gres_per_node ({"gpu:1g.10gb": 2})``; ``Node.name, state
+("IDLE+DRAIN"), partitions, configured_gres, allocated_gres, extra, comment, reason``.
+``Job`` has no ``tres_per_job/task/socket``: those (``--gpus``, ``--gpus-per-task``,
+``--gpus-per-socket``) are read from pyslurm's older API, ``pyslurm.job().get()``, which
+keeps Slurm's four ``tres_per_*`` strings; where a module has no such API they stay invisible.
 
 ``pyslurm`` is imported only when a reader is made without a ``module``.  A ``load()`` that
 raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of no nodes is
@@ -30,8 +33,8 @@ def import_pyslurm() -> Any:
     try:
         import pyslurm  # noqa: PLC0415  (optional, lazy by design)
     except ImportError as err:
-        raise SlurmError(f"pyslurm is not importable ({err}); install slurm-mig[pyslurm] "
-                         f"against Slurm 25.11, or read Slurm through its JSON commands "
+        raise SlurmError(f"pyslurm is not importable ({err}); install the pyslurm release "
+                         f"of this Slurm (docs/slurm-json.md, pyslurm), or read Slurm through its JSON commands "
                          f"(prefer='json')") from err
     return pyslurm
 

@@ -114,11 +114,12 @@ def test_rebalance_with_the_pyslurm_reader_serves_a_pending_3g_job_in_one_cycle(
 
     result = world.rebalance()
     print("\n".join(result["actions"]))
-    assert [c["node"] for c in result["changed"]] == ["n1"]
-    assert result["finished"] == ["n1"] and result["reconfigured"] and result["failed"] == []
+    [node] = [c["node"] for c in result["changed"]]  # one of the all-1g nodes, recut
+    assert node in ("n1", "n2")
+    assert result["finished"] == [node] and result["reconfigured"] and result["failed"] == []
     sbx.write_records()
     done = cluster.wait_job(big, 60)
-    assert (done.state, done.nodes) == ("COMPLETED", "n1"), done
+    assert (done.state, done.nodes) == ("COMPLETED", node), done
     assert world.count_lines() == ["controller"]
 
 

@@ -662,6 +662,13 @@ def test_pyslurm_reader_uses_tres_strings_when_exposed():
     assert got.requests == (R("1g.10gb", 2, "job"),)
 
 
+def test_pyslurm_reader_keeps_the_reason_code_of_a_state_description():
+    """pyslurm 24.11 gives state_desc when Slurm set one (seen live); squeue gives the code."""
+    job = _pyslurm_job(state_reason="ReqNodeNotAvail, May be reserved for other job")
+    [got] = PyslurmReader(_fake_pyslurm([job], [])).pending_jobs()
+    assert got.reason == "ReqNodeNotAvail"
+
+
 def test_pyslurm_reader_skips_running_and_names_bad_values():
     running = _pyslurm_job(id=2, state="RUNNING")
     assert PyslurmReader(_fake_pyslurm([running], [])).pending_jobs() == []

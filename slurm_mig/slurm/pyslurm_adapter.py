@@ -115,7 +115,10 @@ def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Opti
         array_task = f"{waiting}%{throttle}" if throttle else str(waiting)  # Slurm's own spec
     elif array_id and getattr(job, "array_task_id", None) is not None:
         array_task = str(job.array_task_id)
-    reason = str(getattr(job, "state_reason", "") or "")
+    # pyslurm hands over Slurm's state_desc when there is one ("ReqNodeNotAvail, May be
+    # reserved for other job", seen on 24.11), else the reason code, which squeue's
+    # state_reason always is: keep the code, as the skip and held reasons match on it.
+    reason = str(getattr(job, "state_reason", "") or "").split(",", 1)[0].strip()
     partition = getattr(job, "partition", "") or ""
     return PendingJob(
         job_id=job_id, array_job_id=array_id, array_task=array_task, array_tasks_pending=pending,

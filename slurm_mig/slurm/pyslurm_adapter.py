@@ -5,8 +5,9 @@ pyslurm builds against one Slurm release only (pyslurm 24.11.x for Slurm 24.11, 
 (tests/test_pyslurm_slurm.py, in ``.ci/matrix 24.11``): ``Jobs.load()`` / ``Nodes.load()``
 give ``Job.id, state, state_reason, priority, partition ("a,b"), user_name, num_nodes,
 ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting ("0-9", the "%N"
-cut off), array_tasks_parallel, gres_per_node ({"gpu:1g.10gb": 2})``; ``Node.name, state
-("IDLE+DRAIN"), partitions, configured_gres, allocated_gres, extra, comment, reason``.
+cut off), array_tasks_parallel, gres_per_node ({"gres/gpu:3g.40gb": 1})``; ``Node.name, state
+("IDLE+DRAIN"), partitions, configured_gres ({"gpu:1g.10gb": 7}), allocated_gres, extra,
+comment, reason``; ``state_reason`` is Slurm's state_desc when it has one.
 ``Job`` has no ``tres_per_job/task/socket``: those (``--gpus``, ``--gpus-per-task``,
 ``--gpus-per-socket``) are read from pyslurm's older API, ``pyslurm.job().get()``, which
 keeps Slurm's four ``tres_per_*`` strings; where a module has no such API they stay invisible.

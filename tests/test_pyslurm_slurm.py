@@ -26,7 +26,12 @@ from slurm_mig.change.channel import parse_channel
 from slurm_mig.sandbox import missing_requirements
 
 from sbx import REPO, sandbox, until
-from test_rebalance_slurm import RECONFIGURE, NodeTimers, ReconfigureServer, World
+from test_rebalance_slurm import NodeTimers, World
+
+try:  # main moved these into sbx.py; this branch still has them in test_rebalance_slurm
+    from sbx import RECONFIGURE, ReconfigureServer
+except ImportError:
+    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # type: ignore[no-redef]
 
 MISSING = missing_requirements()
 if importlib.util.find_spec("pyslurm") is None:

@@ -624,6 +624,32 @@ def test_pyslurm_reader_matches_json_for_per_node_requests():
     assert from_pyslurm["gpus-1g-1"].requests == ()  # --gpus: invisible through gres_per_node
 
 
+def test_pyslurm_reader_sees_gpus_and_gpus_per_task_through_the_older_job_api():
+    """pyslurm 24.11: ``Job`` has only ``gres_per_node``; ``pyslurm.job().get()`` (its older
+    API, a dict of job id -> dict) keeps ``tres_per_job/task/socket`` as Slurm's strings."""
+    fake = _recorded_as_pyslurm()
+    doc = json.loads(data("22.05/squeue.json"))
+    table = {j["job_id"]: {"job_state": j["job_state"], "tres_per_node": j["tres_per_node"],
+                           "tres_per_job": j["tres_per_job"], "tres_per_task": j["tres_per_task"],
+                           "tres_per_socket": j["tres_per_socket"]} for j in doc["jobs"]}
+    fake.job = lambda: types.SimpleNamespace(get=lambda: table)
+    from_json = by_name(jsonread.read_pending_jobs(data("22.05/squeue.json")))
+    from_pyslurm = by_name(PyslurmReader(fake).pending_jobs())
+    assert from_pyslurm == from_json
+    assert from_pyslurm["gpus-1g-1"].requests == (R("1g.10gb", 1, "job"),)
+
+
+def test_pyslurm_older_job_api_failure_is_unreadable():
+    fake = _fake_pyslurm([_pyslurm_job()], [])
+
+    def fails():
+        raise ValueError("Unable to contact slurm controller", 1007)
+
+    fake.job = lambda: types.SimpleNamespace(get=fails)
+    with pytest.raises(SlurmUnreadable, match=r"^cannot read Slurm: pyslurm job\(\).get\(\) failed"):
+        PyslurmReader(fake).pending_jobs()
+
+
 def test_pyslurm_reader_nodes_match_json():
     reader = PyslurmReader(_recorded_as_pyslurm())
     assert reader.nodes() == jsonread.read_nodes(data("22.05/sinfo-N.json"))
@@ -634,6 +660,13 @@ def test_pyslurm_reader_uses_tres_strings_when_exposed():
     job = _pyslurm_job(tres_per_job="gres/gpu:1g.10gb:2", tres_per_task="", gres_per_node={})
     [got] = PyslurmReader(_fake_pyslurm([job], [])).pending_jobs()
     assert got.requests == (R("1g.10gb", 2, "job"),)
+
+
+def test_pyslurm_reader_keeps_the_reason_code_of_a_state_description():
+    """pyslurm 24.11 gives state_desc when Slurm set one (seen live); squeue gives the code."""
+    job = _pyslurm_job(state_reason="ReqNodeNotAvail, May be reserved for other job")
+    [got] = PyslurmReader(_fake_pyslurm([job], [])).pending_jobs()
+    assert got.reason == "ReqNodeNotAvail"
 
 
 def test_pyslurm_reader_skips_running_and_names_bad_values():
@@ -666,7 +699,16 @@ def test_pyslurm_without_a_node_is_unreadable():
         PyslurmReader(_fake_pyslurm([], [])).nodes()
 
 
-def test_factory_picks_by_preference(monkeypatch):
+@pytest.fixture
+def slurm_conf(tmp_path, monkeypatch):
+    """A readable slurm.conf in $SLURM_CONF (pyslurm is imported only where there is one)."""
+    path = tmp_path / "slurm.conf"
+    path.write_text("ClusterName=test\n")
+    monkeypatch.setenv("SLURM_CONF", str(path))
+    return str(path)
+
+
+def test_factory_picks_by_preference(monkeypatch, slurm_conf):
     assert isinstance(slurm_reader("json"), SlurmJsonClient)
     fake = _fake_pyslurm([], [])
     assert isinstance(slurm_reader("pyslurm", pyslurm_module=fake), PyslurmReader)
@@ -686,7 +728,21 @@ def test_factory_falls_back_to_json_without_pyslurm(monkeypatch):
         slurm_reader("rest")
 
 
-def test_rebalance_reads_through_the_configured_reader(monkeypatch):
+def test_auto_reads_through_the_commands_and_pyslurm_refuses_without_a_slurm_conf(
+        monkeypatch, tmp_path):
+    """libslurm ends the process at ``import pyslurm`` when slurm.conf is missing (measured on
+    24.11): auto must not import it then, and reader = "pyslurm" says why instead of dying."""
+    fake = _fake_pyslurm([], [])
+    monkeypatch.setitem(sys.modules, "pyslurm", fake)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: True)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "missing.conf"))
+    assert isinstance(slurm_reader("auto"), SlurmJsonClient)
+    with pytest.raises(SlurmError, match=r"^pyslurm needs a readable slurm.conf .*missing.conf "
+                                         r"is not one .*reader = \"json\""):
+        slurm_reader("pyslurm")
+
+
+def test_rebalance_reads_through_the_configured_reader(monkeypatch, slurm_conf):
     """[slurm] reader: auto picks pyslurm when it imports, else the commands; the choice
     reaches rebalance's collaborators (slurm_mig.rebalance.cycle.default_collaborators)."""
     from slurm_mig.host.config import parse_config

@@ -1,12 +1,16 @@
 """pyslurm objects -> :class:`PendingJob` / :class:`NodeInfo` (the optional ``[pyslurm]`` extra).
 
-pyslurm on PyPI (25.11.x) builds only against Slurm 25.11 exactly, which no Debian release
-ships, so this adapter has never run against a live pyslurm here: it is tested on hand-made
-objects with the attributes pyslurm's ``Jobs.load()`` / ``Nodes.load()`` expose (read from
-pyslurm's source: ``Job.id, state, state_reason, priority, partition, user_name,
-num_nodes, ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting,
-array_tasks_parallel, gres_per_node``; ``Node.name, state, partitions, configured_gres,
-allocated_gres, extra, comment, reason``).  docs/slurm-json.md says what that leaves out.
+pyslurm builds against one Slurm release only (pyslurm 24.11.x for Slurm 24.11, 25.11.x for
+25.11; docs/slurm-json.md).  Run against pyslurm 24.11.0 on a live Slurm 24.11 cluster
+(tests/test_pyslurm_slurm.py, in ``.ci/matrix 24.11``): ``Jobs.load()`` / ``Nodes.load()``
+give ``Job.id, state, state_reason, priority, partition ("a,b"), user_name, num_nodes,
+ntasks, sockets_per_node, array_id, array_task_id, array_tasks_waiting ("0-9", the "%N"
+cut off), array_tasks_parallel, gres_per_node ({"gres/gpu:3g.40gb": 1})``; ``Node.name, state
+("IDLE+DRAIN"), partitions, configured_gres ({"gpu:1g.10gb": 7}), allocated_gres, extra,
+comment, reason``; ``state_reason`` is Slurm's state_desc when it has one.
+``Job`` has no ``tres_per_job/task/socket``: those (``--gpus``, ``--gpus-per-task``,
+``--gpus-per-socket``) are read from pyslurm's older API, ``pyslurm.job().get()``, which
+keeps Slurm's four ``tres_per_*`` strings; where a module has no such API they stay invisible.
 
 ``pyslurm`` is imported only when a reader is made without a ``module``.  A ``load()`` that
 raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of no nodes is
@@ -15,7 +19,7 @@ raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of n
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from ..core.errors import SlurmError, SlurmUnreadable
 from . import gresspec
@@ -30,8 +34,8 @@ def import_pyslurm() -> Any:
     try:
         import pyslurm  # noqa: PLC0415  (optional, lazy by design)
     except ImportError as err:
-        raise SlurmError(f"pyslurm is not importable ({err}); install slurm-mig[pyslurm] "
-                         f"against Slurm 25.11, or read Slurm through its JSON commands "
+        raise SlurmError(f"pyslurm is not importable ({err}); install the pyslurm release "
+                         f"of this Slurm (docs/slurm-json.md, pyslurm), or read Slurm through its JSON commands "
                          f"(prefer='json')") from err
     return pyslurm
 
@@ -77,8 +81,10 @@ def _gres_dict_requests(job_id: Any, gres: Any) -> Tuple[GresRequest, ...]:
     return tuple(out)
 
 
-def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
-    """One pyslurm Job -> PendingJob, or None when it is not pending."""
+def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[PendingJob]:
+    """One pyslurm Job -> PendingJob, or None when it is not pending.  ``tres``: the job's raw
+    ``tres_per_node/job/task/socket`` strings where the caller has them (pyslurm 24.11's
+    ``Job`` has only ``gres_per_node``; its older API, ``pyslurm.job().get()``, keeps all four)."""
     job_id = _int("job", "?", "id", getattr(job, "id", None))
     if job_id is None:
         raise _fail("job", "?", "id", None)
@@ -86,7 +92,8 @@ def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
     if state.upper() != "PENDING":
         return None
     requests: Tuple[GresRequest, ...] = ()
-    raw = [(getattr(job, attr, None), per) for attr, per in _RAW_PER]
+    raw = [(tres.get(attr) if tres is not None else getattr(job, attr, None), per)
+           for attr, per in _RAW_PER]
     if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
         reqs: List[GresRequest] = []
         for value, per in raw:
@@ -109,7 +116,10 @@ def job_from_pyslurm(job: Any) -> Optional[PendingJob]:
         array_task = f"{waiting}%{throttle}" if throttle else str(waiting)  # Slurm's own spec
     elif array_id and getattr(job, "array_task_id", None) is not None:
         array_task = str(job.array_task_id)
-    reason = str(getattr(job, "state_reason", "") or "")
+    # pyslurm hands over Slurm's state_desc when there is one ("ReqNodeNotAvail, May be
+    # reserved for other job", seen on 24.11), else the reason code, which squeue's
+    # state_reason always is: keep the code, as the skip and held reasons match on it.
+    reason = str(getattr(job, "state_reason", "") or "").split(",", 1)[0].strip()
     partition = getattr(job, "partition", "") or ""
     return PendingJob(
         job_id=job_id, array_job_id=array_id, array_task=array_task, array_tasks_pending=pending,
@@ -192,18 +202,46 @@ class PyslurmReader:
 
     def _load(self, what: str) -> List[Any]:
         """``pyslurm.<what>.load()`` as a list; its failure is SlurmUnreadable."""
-        module = self.module
-        errors = tuple(e for e in (getattr(module, "RPCError", None),)
-                       if isinstance(e, type) and issubclass(e, BaseException))
         try:
-            return _values(getattr(module, what).load())
-        except errors + (OSError, ValueError) as err:  # RPCError; ValueError: the old API
+            return _values(getattr(self.module, what).load())
+        except self._errors() as err:
             raise SlurmUnreadable(f"cannot read Slurm: pyslurm {what}.load() failed: "
                                   f"{type(err).__name__}: {err}; check slurmctld "
                                   f"(`scontrol ping`) and rerun") from err
 
+    def _errors(self) -> Tuple[Type[BaseException], ...]:
+        errors: Tuple[Type[BaseException], ...] = tuple(
+            e for e in (getattr(self.module, "RPCError", None),)
+            if isinstance(e, type) and issubclass(e, BaseException))
+        return errors + (OSError, ValueError)  # RPCError; ValueError: the older API's
+
+    def tres_strings(self) -> Dict[int, Dict[str, str]]:
+        """job id -> its raw ``tres_per_*`` strings, from pyslurm's older API
+        (``pyslurm.job().get()``, in pyslurm up to 24.11 at least), which keeps the per-job,
+        per-task and per-socket requests that ``Jobs.load()``'s ``Job`` drops; {} where the
+        module has no such API (then ``--gpus``/``--gpus-per-task``/``--gpus-per-socket`` stay
+        invisible: docs/slurm-json.md)."""
+        older = getattr(self.module, "job", None)
+        if not callable(older):
+            return {}
+        try:
+            table = older().get()
+        except self._errors() as err:
+            raise SlurmUnreadable(f"cannot read Slurm: pyslurm job().get() failed: "
+                                  f"{type(err).__name__}: {err}; check slurmctld "
+                                  f"(`scontrol ping`) and rerun") from err
+        out: Dict[int, Dict[str, str]] = {}
+        for key, record in (table or {}).items():
+            if isinstance(record, Mapping):
+                job_id = _int("job", key, "id", key)
+                out[job_id or 0] = {attr: str(record.get(attr) or "") for attr, _ in _RAW_PER}
+        return out
+
     def pending_jobs(self) -> List[PendingJob]:
-        jobs = [job_from_pyslurm(j) for j in self._load("Jobs")]
+        loaded = self._load("Jobs")
+        tres = self.tres_strings() if loaded else {}
+        jobs = [job_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
+                for j in loaded]
         return [j for j in jobs if j is not None]
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:

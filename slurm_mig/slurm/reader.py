@@ -11,12 +11,19 @@ not answer: the command failed, timed out or is missing, its JSON carries ``erro
 exits 0 with only that while slurmctld is down, after ~MessageTimeout), no node at all, or
 pyslurm raised.  Never an empty queue or an empty cluster in place of an answer.
 
-``slurm_reader(prefer="auto")`` picks pyslurm when it can be imported, else the commands.
+``slurm_reader(prefer="auto")`` picks pyslurm when it can be imported and slurm.conf is
+readable, else the commands.  ``import pyslurm`` initialises libslurm, which ends the whole
+process (exit 1, "fatal: Could not establish a configuration source"; after retrying 60 s when
+``SLURM_CONF`` names a missing file) when it finds no slurm.conf: measured with pyslurm 24.11.0
+on Slurm 24.11.  So pyslurm is imported only where ``$SLURM_CONF`` (else Slurm's default,
+/etc/slurm/slurm.conf) is a readable file; configless clients (DNS SRV) read through the
+commands.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from ..core.errors import SlurmError, SlurmUnreadable
@@ -82,15 +89,31 @@ class SlurmJsonClient:
         return jsonread.read_nodes(self._read(argv, command), command, names)
 
 
+# libslurm's compiled-in default (Debian's and the upstream packages'); $SLURM_CONF wins.
+DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
+
+
 def pyslurm_importable() -> bool:
     return importlib.util.find_spec("pyslurm") is not None
+
+
+def slurm_conf_path(environ: Optional[Mapping[str, str]] = None) -> str:
+    """The slurm.conf libslurm (so pyslurm) reads at import: ``$SLURM_CONF``, else the default."""
+    env = os.environ if environ is None else environ
+    return env.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+
+
+def slurm_conf_readable(environ: Optional[Mapping[str, str]] = None) -> bool:
+    path = slurm_conf_path(environ)
+    return os.path.isfile(path) and os.access(path, os.R_OK)
 
 
 def slurm_reader(prefer: str = "auto", *, pyslurm_module: Any = None,
                  **json_options: Any) -> SlurmReader:
     """``json`` -> :class:`SlurmJsonClient` (``json_options``: squeue, sinfo, env, timeout);
     ``pyslurm`` -> :class:`PyslurmReader` (SlurmError when pyslurm cannot be imported);
-    ``auto`` -> pyslurm when importable, else json."""
+    ``auto`` -> pyslurm when importable and slurm.conf is readable, else json.  pyslurm
+    reads this process's environment (``$SLURM_CONF``), not ``json_options["env"]``."""
     if prefer not in ("auto", "json", "pyslurm"):
         raise SlurmError(f"slurm reader {prefer!r} is not one of auto, json, pyslurm")
     if prefer == "json":
@@ -98,8 +121,13 @@ def slurm_reader(prefer: str = "auto", *, pyslurm_module: Any = None,
     if pyslurm_module is not None:
         return PyslurmReader(pyslurm_module)
     if prefer == "pyslurm":
+        if pyslurm_importable() and not slurm_conf_readable():
+            raise SlurmError(f"pyslurm needs a readable slurm.conf when it is imported, and "
+                             f"{slurm_conf_path()} is not one (libslurm would end this process); "
+                             f"set SLURM_CONF to the cluster's slurm.conf, or read Slurm through "
+                             f"its JSON commands ([slurm] reader = \"json\")")
         return PyslurmReader(import_pyslurm())
-    if pyslurm_importable():
+    if pyslurm_importable() and slurm_conf_readable():
         try:
             return PyslurmReader(import_pyslurm())
         except SlurmError:  # found but broken (built against another Slurm): use the commands

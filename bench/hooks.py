@@ -156,13 +156,20 @@ def main() -> int:
     times: dict = {"python3 -c pass": []}
     fast: dict = {}
     with tempfile.TemporaryDirectory(prefix="slurm-mig-bench.") as tmp:
+        # The CPU job's prolog asks squeue whether it asked for gpus (the guard): a stand-in
+        # that answers "a CPU job", as tests/conftest.py's cpu_squeue.
+        squeue = os.path.join(tmp, "squeue")
+        with open(squeue, "w") as f:
+            f.write("#!/bin/sh\necho '1|N/A|N/A|N/A|N/A|'\n")
+        os.chmod(squeue, 0o755)
         nodes = {}
         for kind, make in (("sim", sim_node), ("nvml", nvml_node)):
             root = os.path.join(tmp, kind)
             os.makedirs(root)
             config, extra = make(root, args.gpus, METRICS if args.metrics else "")
             base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
-                    "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000", **extra}
+                    "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000",
+                    "SLURM_MIG_SQUEUE": squeue, **extra}
             nodes[kind] = base
             warm = dict(base, SLURM_JOB_ID="999",
                         SLURM_JOB_GPUS=",".join(str(7 * g) for g in range(args.gpus)))

@@ -485,3 +485,25 @@ def test_rebalance_metrics_that_cannot_be_written_leave_the_cycle_alone(config, 
     result = _run(cfg, cluster)
     assert [c["node"] for c in result["changed"]] == ["n1"]
     assert any("rebalance metrics not written" in r.getMessage() for r in caplog.records)
+
+
+def test_the_fast_path_with_metrics_on_still_imports_no_engine(mnode, capsys):
+    from slurm_mig.hooks import run as hooks
+
+    assert hooks.run_hook("prolog", mnode.env("90", "0"), proc_root=mnode.proc) == 0  # full
+    capsys.readouterr()
+    heavy = ("slurm_mig.core.catalog", "slurm_mig.host.config", "slurm_mig.hooks.full",
+             "slurm_mig.node.apply", "typing", "dataclasses", "tomllib", "tempfile", "pynvml")
+    probe = f"import sys; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    before = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60).stdout
+    code = ("import sys; from slurm_mig.hooks.run import main; rc = main(['prolog']); "
+            f"print(rc, 'slurm_mig.node.metrics' in sys.modules, "
+            f"sorted(m for m in {heavy!r} if m in sys.modules))")
+    env = dict(mnode.env("91", "1"), SLURM_MIG_HOOK_REPORT="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stderr == "slurm-mig prolog: job 91: fast path\n"
+    assert proc.stdout == f"0 True {before.strip()}\n"
+    s = _read(_textfile(mnode.config))
+    assert value(s, "slurm_mig_hook_duration_seconds_count", hook="prolog", path="fast") == 1

@@ -255,7 +255,7 @@ def _record_run(config: Config, backend: GpuBackend, command: str, seconds: floa
     now = time.time()
     try:
         gpus: Optional[list] = read_inventory(backend)
-    except (SlurmMigError, OSError) as err:  # the counts still go in; the instances wait
+    except Exception as err:  # the counts still go in; the instances wait
         log.warning("metrics: GPUs not read (%s); the instance gauges keep their last values", err)
         gpus = None
 
@@ -266,9 +266,11 @@ def _record_run(config: Config, backend: GpuBackend, command: str, seconds: floa
 
     try:
         update(config.metrics.state_file, config.metrics.textfile, config.paths.state_dir, change)
-    except SlurmMigError as err:
-        log.warning("%s", err)
-        return str(err)
+    except Exception as err:  # metrics are never worth a failed command
+        line = str(err) if isinstance(err, SlurmMigError) else (
+            f"metrics not written ({type(err).__name__}: {err}); report it")
+        log.warning("%s", line)
+        return line
     return None
 
 

@@ -116,7 +116,7 @@ def update(state_file: str, textfile: Optional[str], state_dir: str,
     """Read the state, ``change`` it, write it back (unless not ``persist``) and (``textfile``
     set) rewrite the textfile; returns the text.  Raises MetricsWriteFailed (say it and go on)."""
     try:
-        with node_lock(lock_path(state_file), lock_timeout):
+        with node_lock(lock_path(state_file), lock_timeout, note_holder=False):
             state = read_state(state_file)
             if change is not None:
                 change(state)

@@ -169,7 +169,7 @@ def render(state: Mapping[str, Any]) -> str:
 def write(state_file: str, textfile: str, change: Any, lock_timeout: float = 5.0) -> str:
     """Read the kept series, ``change(state)``, write both files; MetricsWriteFailed."""
     try:
-        with node_lock(lock_path(state_file), lock_timeout):
+        with node_lock(lock_path(state_file), lock_timeout, note_holder=False):
             state = read(state_file)
             change(state)
             write_file(state_file, json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n",
@@ -228,3 +228,5 @@ def _write(mcfg: Any, change: Callable[[Dict[str, Any]], None]) -> None:
         write(mcfg.rebalance_state_file, mcfg.rebalance_textfile, change)
     except MetricsWriteFailed as err:
         log.error("%s", err)
+    except Exception as err:  # a bug here must not turn a cycle that did its work into a failure
+        log.error("rebalance metrics not written (%s: %s); report it", type(err).__name__, err)

@@ -13,7 +13,8 @@ from typing import Callable, List, Optional
 
 from ..core import catalog as catalog_mod
 from ..core.devices import instance_devices, read_mig_minors
-from ..core.errors import ConfigError, InputError, MigNotEnabled, NotSupported, SlurmMigError, UnknownModel
+from ..core.errors import (ConfigError, InputError, MigNotEnabled, NotSupported, SlurmMigError,
+                           UnknownModel)
 from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
@@ -228,8 +229,9 @@ def _metered(config: Config, backend: GpuBackend, command: str, dry_run: bool,
     """``run()`` for apply, sync, ``sync --pending`` or ``mode``; with ``[metrics] textfile``
     set and not a dry run, its result, duration and the GPUs read afterwards go to the
     node's metrics (:mod:`slurm_mig.node.metrics`), as ``result["metrics"]`` (the key only
-    then).  A failed run is counted and its error raised (bad input, exit 2, is no run); a metrics failure is only a
-    warning (``result["metrics"]["error"]``, printed on stderr by the CLI)."""
+    then).  A failed run is counted and its error raised (bad input, exit 2, is no run); a
+    metrics failure is only a warning (``result["metrics"]["error"]``, printed on stderr by
+    the CLI)."""
     m = config.metrics
     if not m.textfile or dry_run:
         return run()

@@ -162,13 +162,15 @@ def _metrics(which: str, environ: Mapping[str, str], proc_root: str, seen: dict,
         if config is not None:
             textfile, state_file = config.metrics.textfile, config.metrics.state_file
             state_dir = config.paths.state_dir
+        elif seen["path"] != "fast":
+            return  # the config could not be read (the hook's error says why): no metrics
         else:
             from .fast import Doubt, load_settings
 
             try:
-                cfg = load_settings(environ)
+                cfg = load_settings(environ)  # what the fast path just read
             except Doubt:
-                return  # no config read, no cache: nothing says where metrics go
+                return
             textfile, state_file = cfg.get("metrics_textfile"), cfg.get("metrics_state_file")
             state_dir = cfg["state_dir"]
         if not textfile or not state_file:

@@ -139,29 +139,36 @@ def _tasks(spec: str) -> int:
 
 
 def demand_from_squeue(text: str) -> List[DemandItem]:
-    """json.loads plus pending GPU requests aggregated per (type, partitions).
+    """json.loads plus pending GPU requests grouped as the rebalance cycle groups them
+    (slurm_mig.rebalance.cycle.plan_demand): one item per (request per node, partitions,
+    priority rounded to 2 significant digits, nodes), counting jobs (array tasks).
 
-    Minimal: tres_per_node only, ``gres:gpu:TYPE:N`` / ``gres/gpu:TYPE=N`` forms; each
-    item's weight is the mean priority of its instances.
+    Minimal: tres_per_node only, ``gres:gpu:TYPE:N`` / ``gres/gpu:TYPE=N`` forms.
     """
     doc = json.loads(text)
-    acc: Dict[Tuple[str, Tuple[str, ...]], List[float]] = {}
+    acc: Dict[Tuple[Tuple[Tuple[str, int], ...], Tuple[str, ...], float, int], List[int]] = {}
     for job in doc["jobs"]:
         if job["job_state"] != "PENDING" or not job["tres_per_node"]:
             continue
         tasks = _tasks(job["array_task_string"])
         nodes = job["node_count"] or 1
         parts = tuple(sorted(job["partition"].split(",")))
+        shape: Dict[str, int] = {}
         for item in job["tres_per_node"].split(","):
             fields = item.replace("gres/", "gres:").replace("=", ":").split(":")
             if len(fields) != 4 or fields[1] != "gpu":
                 continue
-            units = int(fields[3]) * nodes * tasks
-            a = acc.setdefault((fields[2], parts), [0, 0, 0.0])
-            a[0] += units
-            a[1] += tasks
-            a[2] += units * job["priority"]
-    return [DemandItem(t, a[0], a[2] / a[0], parts, a[1]) for (t, parts), a in sorted(acc.items())]
+            shape[fields[2]] = shape.get(fields[2], 0) + int(fields[3])
+        if not shape:
+            continue
+        key = (tuple(sorted(shape.items())), parts, float(f"{max(job['priority'], 1):.2g}"), nodes)
+        spec = job["array_task_string"]
+        throttle = int(spec.split("%")[1]) if "%" in spec else tasks
+        a = acc.setdefault(key, [0, 0])
+        a[0] += min(tasks, throttle)
+        a[1] += tasks
+    return [DemandItem(sh[0][0], a[0], w, parts, a[1], () if sh == ((sh[0][0], 1),) else sh, nodes)
+            for (sh, parts, w, nodes), a in sorted(acc.items())]
 
 
 # --------------------------------------------------------------------------- timing
@@ -207,7 +214,7 @@ def main(argv=None) -> int:
     print(f"first call in the process: parse {cold_parse * 1000:.0f} ms, plan {cold_plan * 1000:.0f} ms "
           f"(includes the per-model layout precompute)")
     print()
-    print("| what | median ms | min ms | plan / parse | nodes changed | demand served before -> after |")
+    print("| what | median ms | min ms | plan / parse | nodes changed | jobs that can start before -> after |")
     print("|---|---:|---:|---:|---:|---|")
     print(f"| parse: json.loads + DemandItems | {parse_ms:.0f} | {min(parse_t) * 1000:.0f} | 1.00 | | |")
     for label, policy in policies:
@@ -215,8 +222,8 @@ def main(argv=None) -> int:
         ms = statistics.median(plan_t) * 1000
         tot = result.totals
         print(f"| plan ({label}) | {ms:.0f} | {min(plan_t) * 1000:.0f} | {ms / parse_ms:.2f} | "
-              f"{tot.nodes_changed} | {tot.satisfied_before} -> {tot.satisfied_after} of "
-              f"{tot.demand_instances} instances |")
+              f"{tot.nodes_changed} | {tot.jobs_before} -> {tot.jobs_after} of {tot.demand_jobs} jobs "
+              f"(weight {tot.weight_before / tot.demand_weight:.1%} -> {tot.weight_after / tot.demand_weight:.1%}) |")
     return 0
 
 

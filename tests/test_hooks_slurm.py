@@ -248,21 +248,16 @@ def test_task_prolog_gives_tasks_their_mig_uuids_and_a_cpu_job_nothing(sbx):
         open(f"{seen}/{job}.go", "w").close()
     print(f"\njob {job}: batch CUDA_VISIBLE_DEVICES={batch.get('CUDA_VISIBLE_DEVICES')} "
           f"SLURM_JOB_GPUS={batch.get('SLURM_JOB_GPUS')}; step CUDA_VISIBLE_DEVICES="
-          f"{step.get('CUDA_VISIBLE_DEVICES')} SLURM_STEP_GPUS={step.get('SLURM_STEP_GPUS')}")
+          f"{step.get('CUDA_VISIBLE_DEVICES')} SLURM_STEP_GPUS={step.get('SLURM_STEP_GPUS')}; "
+          f"batch SLURM_STEP_ID={batch.get('SLURM_STEP_ID')}")
     assert len(held) == 2
-    if sbx.cluster.version >= (26, 5):
-        # Measured on 26.05.5 (CI's matrix): the env file is written, yet the tasks keep
-        # Slurm's own values (CUDA_VISIBLE_DEVICES=0,1, none of ours): the TaskProlog's
-        # exports do not reach them there; not understood yet (issue 11, open; docs/
-        # slurm-versions.md).  Asserted as it is, so that a fix shows here.
-        assert batch["CUDA_VISIBLE_DEVICES"] == batch["SLURM_JOB_GPUS"] == "0,1", batch
-        assert "SLURM_MIG_INSTANCES" not in batch and "NVIDIA_VISIBLE_DEVICES" not in batch
-    else:
-        uuids = batch["CUDA_VISIBLE_DEVICES"].split(",")
-        assert sorted(uuids) == sorted(held) and batch["NVIDIA_VISIBLE_DEVICES"] == batch["CUDA_VISIBLE_DEVICES"]
-        assert batch["SLURM_MIG_INSTANCES"] == ",".join("{3}:{0}:{1}:{2}".format(*held[u]) for u in uuids)
-        [one] = step["CUDA_VISIBLE_DEVICES"].split(",")
-        assert one in held and step["NVIDIA_VISIBLE_DEVICES"] == one
+    # Every release (22.05, 24.11, 26.05).  26.05 sets SLURM_STEP_ID=-5 in the batch step
+    # (older ones leave it out there): taskenv.special_step reads it as the batch step.
+    uuids = batch["CUDA_VISIBLE_DEVICES"].split(",")
+    assert sorted(uuids) == sorted(held) and batch["NVIDIA_VISIBLE_DEVICES"] == batch["CUDA_VISIBLE_DEVICES"]
+    assert batch["SLURM_MIG_INSTANCES"] == ",".join("{3}:{0}:{1}:{2}".format(*held[u]) for u in uuids)
+    [one] = step["CUDA_VISIBLE_DEVICES"].split(",")
+    assert one in held and step["NVIDIA_VISIBLE_DEVICES"] == one
     assert sbx.cluster.wait_job(job, timeout=60).state == "COMPLETED"
     until("the epilog removed the env file", lambda: not os.path.exists(env_file), 20)
     until("the epilog removed the mapping files", lambda: os.listdir(dcgm) == [], 20)
@@ -271,3 +266,56 @@ def test_task_prolog_gives_tasks_their_mig_uuids_and_a_cpu_job_nothing(sbx):
     assert sbx.cluster.wait_job(cpu, timeout=60).state == "COMPLETED"
     env = _env(f"{seen}/{cpu}.batch.env")
     assert not {"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "SLURM_MIG_INSTANCES"} & set(env)
+
+
+# Each task of a bound step writes its environment and which of n2's gres records (Slurm's
+# order) it may open the ci capability file of (EPERM: its device cgroup says no).
+OPEN_PROBE = textwrap.dedent("""\
+    import errno, json, os, sys
+    ok = []
+    for i, files in enumerate(json.load(open(sys.argv[1]))):
+        try:
+            os.close(os.open(files[2], os.O_RDONLY))
+        except OSError as err:
+            if err.errno == errno.EPERM:
+                continue
+        ok.append(i)
+    json.dump(ok, open(sys.argv[2], "w"))
+    """)
+TASKS_JOB = textwrap.dedent("""\
+    #!/bin/bash
+    srun bash -c 'env > {root}/seen/$SLURM_JOB_ID.task$SLURM_PROCID.env; {python} \\
+        {root}/open-probe.py {root}/n2-files.json {root}/seen/$SLURM_JOB_ID.task$SLURM_PROCID.open'
+    """)
+
+
+def test_task_prolog_gives_each_bound_task_the_instance_its_device_cgroup_allows(sbx):
+    recs = sbx.records("n2")
+    with open(os.path.join(sbx.root, "open-probe.py"), "w") as f:
+        f.write(OPEN_PROBE)
+    with open(os.path.join(sbx.root, "n2-files.json"), "w") as f:
+        json.dump([list(r.files) for r in recs], f)
+    job = sbx.cluster.submit(["-n2", "--gpus-per-task=1g.10gb:1", "-w", "n2"],
+                             TASKS_JOB.format(root=sbx.root, python=sys.executable))
+    assert sbx.cluster.wait_job(job, timeout=60).state == "COMPLETED"
+    seen = os.path.join(sbx.root, "seen")
+    tasks = [_env(f"{seen}/{job}.task{i}.env") for i in (0, 1)]
+    opened = [json.load(open(f"{seen}/{job}.task{i}.open")) for i in (0, 1)]
+    for i, (env, ok) in enumerate(zip(tasks, opened)):
+        print(f"\njob {job} task {i}: SLURM_STEP_GPUS={env.get('SLURM_STEP_GPUS')} "
+              f"SLURMD_TRES_BIND={env.get('SLURMD_TRES_BIND')} opens records {ok}; "
+              f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')} "
+              f"SLURM_MIG_INSTANCES={env.get('SLURM_MIG_INSTANCES')}")
+    got = []
+    for env, ok in zip(tasks, opened):
+        [uuid] = env["CUDA_VISIBLE_DEVICES"].split(",")
+        assert uuid.startswith("MIG-") and env["NVIDIA_VISIBLE_DEVICES"] == uuid, env
+        if sbx.cluster.isolation.devices:
+            [mine] = ok  # the one record its device cgroup allows
+        else:
+            mine = int(env["SLURM_STEP_GPUS"])  # no fencing: Slurm's indexes are global
+        r = recs[mine]
+        assert r.type == "1g.10gb"
+        assert env["SLURM_MIG_INSTANCES"] == f"{r.type}:{r.gpu}:{r.gi_id}:{r.ci_id}", (env, ok)
+        got.append(uuid)
+    assert got[0] != got[1]

@@ -1161,3 +1161,51 @@ def test_a_failed_hold_runs_no_reconfigure_and_leaves_the_node_for_the_next_cycl
     assert "reconfigure" not in [c[0] for c in cluster.calls] and not result["reconfigured"]
     assert [(f["node"], f["step"]) for f in result["failed"]] == [("n1", "holding the GPU nodes")]
     assert "DRAIN" not in cluster.infos["n2"].flags and "DRAIN" in cluster.infos["n1"].flags
+
+
+# --------------------------------------------------------------------------- plan_demand (issue 12)
+
+
+def test_plan_demand_groups_identical_jobs_into_one_item():
+    from slurm_mig.rebalance.cycle import plan_demand
+
+    jobs = [_job(1, "3g.20gb", 1, priority=1000), _job(2, "3g.20gb", 1, priority=1004), _job(3, "1g.5gb", 1)]
+    items = plan_demand(jobs)
+    big = [d for d in items if d.profile == "3g.20gb"]
+    assert len(big) == 1 and big[0].count == 2 and big[0].priority_weight == 1000.0
+    assert big[0].shape == ()  # one instance per job
+
+
+def test_plan_demand_keeps_the_shape_of_a_job_asking_several_instances():
+    from slurm_mig.rebalance.cycle import plan_demand
+
+    job = PendingJob(7, priority=50, partition=("gpu",), reason="Resources",
+                     requests=(GresRequest("3g.20gb", 2), GresRequest("1g.5gb", 1)))
+    (item,) = plan_demand([job])
+    assert item.shape == (("1g.5gb", 1), ("3g.20gb", 2)) and item.count == 1 and item.nodes == 1
+
+
+def test_plan_demand_counts_array_tasks_that_may_run_at_once():
+    from slurm_mig.rebalance.cycle import plan_demand
+
+    job = PendingJob(8, array_job_id=8, array_task="0-9%2", array_tasks_pending=10, array_throttle=2,
+                     priority=10, partition=("gpu",), reason="Resources", requests=(GresRequest("1g.5gb", 1),))
+    (item,) = plan_demand([job])
+    assert item.count == 2 and item.jobs == 10
+
+
+def test_plan_demand_spreads_a_multi_node_job_per_node():
+    from slurm_mig.rebalance.cycle import plan_demand
+
+    job = PendingJob(9, priority=10, partition=("gpu",), reason="Resources", nodes_requested=2,
+                     requests=(GresRequest("3g.20gb", 1),))
+    (item,) = plan_demand([job])
+    assert item.nodes == 2 and item.request == (("3g.20gb", 1),)
+
+
+def test_plan_demand_takes_what_changes_in_progress_serve_off_the_heaviest_jobs():
+    from slurm_mig.rebalance.cycle import plan_demand
+
+    jobs = [_job(1, "3g.20gb", 1, priority=900), _job(2, "3g.20gb", 1, priority=100)]
+    items = plan_demand(jobs, {"3g.20gb": 1})
+    assert [(d.priority_weight, d.count) for d in items] == [(100.0, 1)]

@@ -7,6 +7,7 @@ Pure mapping (environment in, lines out) first, then the hooks on a simulated no
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -59,6 +60,106 @@ def test_the_batch_and_interactive_steps_use_the_jobs_gpus(step):
     assert taskenv.exports(env, DATA)[0] == f"export CUDA_VISIBLE_DEVICES={U0},{U1}"
 
 
+@pytest.mark.parametrize("step", ["-5", "-6"])
+def test_the_batch_and_interactive_steps_of_slurm_26_05_use_the_jobs_gpus(step):
+    # 26.05 sets SLURM_STEP_ID in the batch step, signed (measured: -5); older releases
+    # leave it out there
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1", "SLURM_STEP_ID": step}
+    assert taskenv.exports(env, DATA)[0] == f"export CUDA_VISIBLE_DEVICES={U0},{U1}"
+
+
+@pytest.mark.parametrize("step", ["0", "12", "-7", "-0", "4294967289", "-4294967291", "4294967291x",
+                                  " -5", "--5", "99999999999"])
+def test_other_step_ids_are_regular_steps(step):
+    assert not taskenv.special_step(step)
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1", "SLURM_STEP_ID": step}
+    assert taskenv.exports(env, DATA) == []  # a regular step without SLURM_STEP_GPUS
+
+
+def test_a_bound_task_gets_the_records_its_device_cgroup_allows_not_slurms_first_ones():
+    # Measured on 22.05, 24.11, 26.05 with ConstrainDevices=yes and --gpus-per-task=1: both
+    # tasks get SLURM_STEP_GPUS=0; task 1's device cgroup allows record 1 only.
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0,1", "SLURM_STEP_ID": "0",
+           "SLURM_STEP_GPUS": "0"}
+    assert taskenv.exports(env, DATA, reachable_indexes={1}) == lines([U1], ["1g.10gb:0:8:0"])
+    assert taskenv.exports(env, DATA, reachable_indexes={0}) == lines([U0], ["1g.10gb:0:7:0"])
+
+
+@pytest.mark.parametrize("slurm,reachable,want", [
+    ([0], None, [0]),            # not tried: Slurm's word
+    ([0], {0, 1, 5}, [0]),       # no device fencing: every record opens
+    ([1], {0, 1}, [1]),          # fenced per step, not per task: Slurm's indexes are right
+    ([0], {5}, [5]),             # bound task: the one it can open
+    ([0, 1], {1, 5}, [1, 5]),
+    ([0], set(), []),            # it can open none: keep Slurm's values
+    ([0], {1, 5}, []),           # disagree in number: keep Slurm's values
+])
+def test_task_indexes_trust_slurm_unless_the_task_cannot_open_what_it_names(slurm, reachable, want):
+    assert taskenv.task_indexes(slurm, reachable) == want
+
+
+def test_the_device_check_runs_only_for_a_step_of_part_of_the_job():
+    assert taskenv.wants_probe([0], DATA)
+    assert not taskenv.wants_probe([0, 1, 5], DATA)  # the batch step, a step of all of it
+    assert not taskenv.wants_probe([], DATA) and not taskenv.wants_probe([0], None)
+
+
+def _caps(tmp_path):
+    data = json.loads(json.dumps(DATA))
+    for n, item in enumerate(data["instances"]):
+        item["ci_cap"] = str(tmp_path / f"nvidia-cap{n + 10}")
+    return data
+
+
+@pytest.mark.parametrize("errors,want", [
+    ({}, {0, 1, 5}),                                       # every one opens
+    ({0: errno.EPERM, 2: errno.EPERM}, {1}),               # the device cgroup allows one
+    ({0: errno.ENXIO, 1: errno.EPERM, 2: errno.ENODEV}, {0, 5}),  # allowed, no driver (the sim)
+    ({1: errno.EACCES}, None),                             # cannot tell
+    ({1: errno.ENOENT}, None),
+])
+def test_reachable_reads_the_device_cgroup_from_open_errors(tmp_path, monkeypatch, errors, want):
+    data = _caps(tmp_path)
+    paths = {item["ci_cap"]: n for n, item in enumerate(data["instances"])}
+    real_open, real_stat = os.open, os.stat
+
+    def fake_stat(path, *a, **k):
+        if path in paths:
+            return os.stat_result((stat.S_IFCHR | 0o444,) + (0,) * 9)
+        return real_stat(path, *a, **k)
+
+    def fake_open(path, flags, *a, **k):
+        if path in paths:
+            err = errors.get(paths[path])
+            if err:
+                raise OSError(err, os.strerror(err), path)
+            return real_open(os.devnull, os.O_RDONLY)
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    monkeypatch.setattr(os, "open", fake_open)
+    assert taskenv.reachable(data) == want
+
+
+def test_reachable_cannot_tell_without_character_devices(tmp_path):
+    data = _caps(tmp_path)
+    assert taskenv.reachable(data) is None  # missing
+    for item in data["instances"]:
+        open(item["ci_cap"], "w").close()
+    assert taskenv.reachable(data) is None  # regular files
+    del data["instances"][0]["ci_cap"]
+    assert taskenv.reachable(data) is None  # an env file from before ci_cap
+
+
+@pytest.mark.parametrize("path,ok", [
+    ("/dev/nvidia-caps/nvidia-cap21", True), ("/var/tmp/s/dev/nvidia-caps/nvidia-cap7", True),
+    ("dev/nvidia-caps/nvidia-cap21", False), ("/dev/nvidia-caps/../sda/nvidia-cap1", False),
+    ("/dev/nvidia0", False), ("/dev/nvidia-caps/nvidia-cap21\nx", False), (None, False),
+    ("/dev//nvidia-caps/nvidia-cap2", False)])
+def test_only_capability_file_paths_are_opened(path, ok):
+    assert taskenv.cap_file(path) == ok
+
+
 def test_a_cpu_job_gets_nothing():
     assert taskenv.exports({"SLURM_JOB_ID": "7"}, DATA) == []
 
@@ -102,6 +203,15 @@ def test_the_env_file_is_the_jobs_uids_alone_in_a_directory_nobody_can_list(tmp_
     assert not os.path.exists(path)
 
 
+def test_the_env_file_names_each_instances_ci_capability_file():
+    record = {"job_id": "7", "instances": [
+        {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0,
+         "files": ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap66", "/dev/nvidia-caps/nvidia-cap67"]},
+        {"index": 1, "type": "1g.10gb", "gpu": 0, "gi_id": 8, "ci_id": 0, "uuid": U1,
+         "files": ["/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap75", "/dev/sda"]}]}
+    assert [i.get("ci_cap") for i in taskenv.entries(record)] == ["/dev/nvidia-caps/nvidia-cap67", None]
+
+
 def test_no_env_file_without_a_job_uid(tmp_path):
     record = {"job_id": "7", "instances": [
         {"index": 0, "type": "1g.10gb", "gpu": 0, "gi_id": 7, "ci_id": 0, "uuid": U0}]}
@@ -127,6 +237,7 @@ def test_the_prolog_writes_the_env_file_and_the_epilog_removes_it(node, capsys, 
     record = node.record_of("41")
     data = json.load(open(_env_file(node, "41")))
     assert [i["uuid"] for i in data["instances"]] == [i["uuid"] for i in record["instances"]]
+    assert [i["ci_cap"] for i in data["instances"]] == [i["files"][2] for i in record["instances"]]
     assert os.stat(_env_file(node, "41")).st_uid == JOB_UID
     out = taskenv.task_prolog({"SLURM_JOB_ID": "41", "SLURM_JOB_GPUS": "0,8",
                                taskenv.RUN_DIR_ENV: node.config.paths.run_dir})

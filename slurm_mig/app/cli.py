@@ -521,6 +521,46 @@ def rebalance_cmd(obj: Context, dry_run, explain, last):
         sys.exit(EXIT_SLURM)
 
 
+@cli.group("mig-parted")
+def mig_parted():
+    """NVIDIA mig-parted's config.yaml in and out (docs/mig-parted.md)."""
+
+
+@mig_parted.command("import")
+@click.argument("file", metavar="FILE")
+@click.argument("name", metavar="CONFIG")
+@click.option("--model", default=None, metavar="MODEL",
+              help="resolve for one GPU of this catalog model (index 0) instead of this node's GPUs")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (stable keys)")
+@pass_ctx
+def mig_parted_import_cmd(obj: Context, file, name, model, as_json):
+    """Print the layout per GPU that mig-parted config CONFIG of FILE (- : stdin) asks for.
+
+    mig-parted's counts, placed as slurm-mig places a count form (instances a GPU has are
+    kept where the counts allow).  Also prints the config.toml [layout] lines that ask
+    for it; nothing is changed.
+    """
+    from .commands import mig_parted_import
+
+    obj.as_json = obj.as_json or as_json
+    if model is not None:
+        result = mig_parted_import(file, name, model=model)
+    else:
+        result = mig_parted_import(file, name, config=obj.config, backend=obj.backend)
+    obj.emit(result, render.mig_parted_import_text)
+
+
+@mig_parted.command("export")
+@click.option("--name", default="current", show_default=True,
+              help="the config's label in the file (mig-parted's --config-label)")
+@pass_ctx
+def mig_parted_export_cmd(obj: Context, name):
+    """Print this node's current MIG layout as a mig-parted config (YAML; --json: JSON)."""
+    from .commands import mig_parted_export
+
+    obj.emit(mig_parted_export(obj.backend, name), lambda r: r["yaml"].rstrip("\n"))
+
+
 def main(argv=None) -> int:
     """Entry point: run the CLI, map errors to one line and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

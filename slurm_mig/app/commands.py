@@ -401,3 +401,144 @@ def _node_models(backend: GpuBackend, warnings: List[str]) -> list:
         raise InputError("--from-node: this node has no GPU slurm-mig knows; name the "
                          "cluster's models with --models (see `slurm-mig catalog`)")
     return out
+
+
+# ----------------------------------------------------------------------------- mig-parted
+
+#: Largest mig-parted config read; NVIDIA's config-default.yaml, every model, is about 15 KiB.
+MAX_MIG_PARTED_BYTES = 4 << 20
+
+
+def read_mig_parted_file(path: str) -> str:
+    """The text of a mig-parted config file (``-``: standard input), at most
+    :data:`MAX_MIG_PARTED_BYTES`; a directory, device or FIFO is refused without blocking."""
+    import os
+    import stat
+    import sys
+
+    too_big = InputError(f"{path}: larger than {MAX_MIG_PARTED_BYTES} bytes; not a mig-parted "
+                         f"config")
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_MIG_PARTED_BYTES + 1)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read the mig-parted config: "
+                             f"{err.strerror or err}; check the path") from err
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"{path}: not a regular file; give the mig-parted config.yaml")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read(MAX_MIG_PARTED_BYTES + 1)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read the mig-parted config: "
+                             f"{err.strerror or err}") from err
+        finally:
+            os.close(fd)
+    if len(data) > MAX_MIG_PARTED_BYTES:
+        raise too_big
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                         f"give the mig-parted config.yaml") from err
+
+
+def _node_targets(backend: GpuBackend) -> list:
+    """This node's GPUs as mig-parted targets: the driver's profiles and current layout
+    where MIG is on (kept where the counts allow, busy instances first), the catalog's
+    entry where it is off."""
+    from ..core.layout import Instance
+    from ..core.migparted import Target
+
+    out = []
+    for info in backend.gpus():
+        if info.mig_current:
+            model = gpu_model(backend, info)
+            found = backend.instances(info.index)
+            busy = tuple(Instance.of(model.profile(m.profile_id), m.start) for m in found if m.busy)
+            out.append(Target(info.index, info.name, model, (info.pci_device_id,),
+                              current_layout(model, found), busy, mig_now=True))
+        else:
+            out.append(Target(info.index, info.name, catalog_model(info), (info.pci_device_id,),
+                              mig_now=False))
+    return out
+
+
+def mig_parted_import(path: str, name: str, *, model: Optional[str] = None,
+                      config: Optional[Config] = None, backend: Optional[GpuBackend] = None) -> dict:
+    """``slurm-mig mig-parted import``: config ``name`` of the file at ``path`` as a layout
+    per GPU, for this node's GPUs (``backend``; job records make instances busy) or for one
+    GPU of ``model`` (index 0).  ``config_toml``: the [layout] lines that ask for it."""
+    from ..core.migparted import Target, parse_text, resolve
+
+    spec = parse_text(read_mig_parted_file(path), path)
+    if model is not None:
+        m = catalog_mod.load_catalog().model(model)
+        targets = [Target(0, m.name, m, m.pci_device_ids)]
+        source = "model"
+    else:
+        assert config is not None and backend is not None
+        from ..node.apply import JobAwareBackend
+
+        targets = _node_targets(JobAwareBackend(backend, config.paths.state_dir))
+        source = "node"
+    plans = resolve(spec, name, targets)
+    gpus = [p.as_dict() for p in plans]
+    return {"file": path, "config": name, "source": source, "gpus": gpus,
+            "config_toml": _layout_toml(gpus)}
+
+
+def _layout_toml(gpus: list) -> str:
+    """The ``[layout]`` lines of config.toml that want these layouts: counts (sync keeps
+    what a GPU has where the counts allow) and the MIG mode of each GPU the config covers."""
+    covered = [g for g in gpus if g["entry"]]
+    on = [g for g in covered if g["mig_enabled"]]
+    lines = []
+    if on:
+        lines.append("[layout.gpus]")
+        lines += [f'{g["index"]} = "{g["counts"]}"' for g in on]
+    if covered:
+        lines.append("[layout.mig_modes]")
+        lines += [f'{g["index"]} = "{"on" if g["mig_enabled"] else "off"}"' for g in covered]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def mig_parted_export(backend: GpuBackend, name: str) -> dict:
+    """``slurm-mig mig-parted export``: this node's current layout as a mig-parted config
+    (``yaml``; ``spec``: the same as mig-parted's JSON).  A GPU instance with no compute
+    instance counts (it holds its space); ``warnings`` say so, and name GPUs whose MIG
+    mode waits for a reset (the current mode is exported, as mig-parted does)."""
+    from ..core.migparted import GpuState, check_name, export_entries, render_yaml, spec_dict
+
+    check_name(name)
+    states, warnings, names = [], [], {}
+    for info in backend.gpus():
+        names[info.index] = info.name
+        if info.mig_reset_pending:
+            warnings.append(f"gpu {info.index}: MIG mode is {'on' if info.mig_current else 'off'} "
+                            f"until a reset makes it {'on' if info.mig_pending else 'off'}; "
+                            f"exported as it is now")
+        counts: tuple = ()
+        if info.mig_current:
+            model = gpu_model(backend, info)
+            found = backend.instances(info.index)
+            counts = tuple(sorted(current_layout(model, found).counts().items()))
+            for inst in found:
+                if not inst.complete:
+                    warnings.append(f"gpu {info.index}: {model.profile(inst.profile_id).name}"
+                                    f"@{inst.start} has no compute instance; exported as an "
+                                    f"instance (slurm-mig apply completes it)")
+        states.append(GpuState(info.index, info.name, info.pci_device_id, info.mig_current, counts))
+    if not states:
+        raise InputError("the driver lists no GPU on this node; nothing to export")
+    entries = export_entries(states)
+    comments = {}
+    for i, e in enumerate(entries):
+        held = [s for s in states if e.covers(s.index, (s.pci_device_id,))]
+        comments[i] = ", ".join(f"gpu {s.index}" for s in held) + ": " + \
+            ", ".join(sorted({s.name for s in held}))
+    return {"name": name, "spec": spec_dict(name, entries),
+            "yaml": render_yaml(name, entries, comments, [f"warning: {w}" for w in warnings]),
+            "warnings": warnings}

@@ -251,3 +251,28 @@ def accounting_tres_text(result: dict) -> str:
                f"after changing this line (docs/accounting.md)")
     out.append(result["line"])
     return "\n".join(out)
+
+
+def mig_parted_import_text(result: Mapping[str, Any]) -> str:
+    head = "one GPU of " + (result["gpus"][0]["model"] or "?") if result["source"] == "model" \
+        else "this node's GPUs"
+    out = [f"mig-parted config {result['config']} of {result['file']}, for {head}:"]
+    rows = []
+    for g in result["gpus"]:
+        if g["entry"] is None:
+            state, layout = "-", g["note"]
+        elif not g["mig_enabled"]:
+            state, layout = "off", "-"
+        else:
+            state, layout = "on", g["layout"]
+        rows.append([g["index"], g["model"] or g["name"], state, layout])
+    out.extend("  " + l for l in _table(rows, ["GPU", "MODEL", "MIG", "LAYOUT"]).splitlines())
+    out += [f"  gpu {g['index']}: {g['note']}" for g in result["gpus"] if g["entry"] and g["note"]]
+    if result["config_toml"]:
+        out += ["", "config.toml (`slurm-mig sync` applies it, through Slurm):", ""]
+        out += ["  " + l for l in result["config_toml"].splitlines()]
+    now = [g for g in result["gpus"] if g["entry"] and g["mig_enabled"]]
+    if now and result["source"] == "node":
+        out += ["", "or at once, on an idle node:", ""]
+        out += [f"  slurm-mig apply {g['counts']} --gpu {g['index']}" for g in now]
+    return "\n".join(out)

@@ -12,6 +12,14 @@ step, of ``SLURM_JOB_GPUS`` in the batch (or interactive) step, mapped to MIG UU
 the file.  Every value printed matches a strict pattern; anything unexpected prints
 nothing and exits 0 (a failing TaskProlog would kill the task; the task then keeps
 Slurm's own values).  Stdlib only; no config, no controller RPC.
+
+A task bound to some of its step's gpus (``--gpus-per-task``, ``--gpu-bind``) under
+``ConstrainDevices=yes`` gets from Slurm (22.05 to 26.05) the step's *first* records in
+``SLURM_STEP_GPUS``, whichever records its device cgroup allows (Slurm numbers them local
+to the task there: ``gres.c`` ``_get_usable_gres``).  So where a step names fewer records
+than the job holds on the node, the TaskProlog also tries to open each instance's ci
+capability file (its path is in the env file; one per instance, unlike the gi's) and, when Slurm named one the task cannot
+open, gives the task the ones it can open instead (:func:`task_indexes`).
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ RUN_DIR_ENV = "SLURM_MIG_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/slurm-mig"
 SUBDIR = "task-env"
 TASK_ENV_MODES = ("mig-uuids", "slurm")
-#: Slurm's step ids for the batch, interactive and extern steps (slurm.h SLURM_*_STEP):
-#: tasks there see the job's gres (SLURM_JOB_GPUS), not a step's.
-SPECIAL_STEPS = frozenset({"4294967290", "4294967291", "4294967292", "4294967293",
-                           "4294967294", "4294967295"})
+#: Slurm's step ids for the batch, interactive and extern steps (slurm.h SLURM_*_STEP,
+#: 0xfffffffa and up): tasks there see the job's gres (SLURM_JOB_GPUS), not a step's.
+FIRST_SPECIAL_STEP = 0xFFFFFFFA
+_STEP = re.compile(r"-?[0-9]{1,10}\Z")
+_CAP_NAME = re.compile(r"nvidia-cap[0-9]{1,7}\Z")
 _UUID = re.compile(r"MIG-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _PROFILE = re.compile(r"[0-9]{1,2}g\.[0-9]{1,4}gb(\+[a-z]{1,8}){0,3}\Z")
 _INDEXES = re.compile(r"[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?){0,4095}\Z")
@@ -50,14 +59,25 @@ def env_path(run_dir: str, job: str) -> str:
     return os.path.join(env_dir(run_dir), f"{job}.json")
 
 
+def cap_file(path) -> bool:
+    """True for a path the TaskProlog may open to test its device cgroup: absolute,
+    normalised, named ``nvidia-cap<n>`` (a gres record's ci capability file).  Pure."""
+    return (type(path) is str and os.path.isabs(path) and os.path.normpath(path) == path
+            and "\n" not in path and _CAP_NAME.match(os.path.basename(path)) is not None)
+
+
 def entries(record: dict) -> list:
     """What the file holds for each MIG instance of a job record.  Pure."""
     out = []
     for inst in record.get("instances", ()):
         if inst.get("gi_id") is None or not inst.get("uuid"):
             continue
-        out.append({"index": inst["index"], "profile": inst.get("type"), "gpu": inst["gpu"],
-                    "gi": inst["gi_id"], "ci": inst["ci_id"], "uuid": inst["uuid"]})
+        item = {"index": inst["index"], "profile": inst.get("type"), "gpu": inst["gpu"],
+                "gi": inst["gi_id"], "ci": inst["ci_id"], "uuid": inst["uuid"]}
+        files = list(inst.get("files") or [])
+        if len(files) == 3 and cap_file(files[2]):  # /dev/nvidiaN, gi cap, ci cap
+            item["ci_cap"] = files[2]
+        out.append(item)
     return out
 
 
@@ -115,6 +135,20 @@ def remove_env_file(run_dir: str, job: str) -> bool:
         return False
 
 
+def special_step(text: str) -> bool:
+    """True for the batch, interactive and extern steps' ``SLURM_STEP_ID``.  Slurm before
+    26.05 leaves SLURM_STEP_ID out of those tasks' environment (``setup_env`` sets it only
+    for ids >= 0 as an int); 26.05 sets it, printed signed: ``-5`` in the batch step
+    (``setup_env``'s ``%d`` of 0xfffffffb; Slurm commit f0c71ecf36).  Both spellings count.
+    Pure."""
+    if not _STEP.match(text):
+        return False
+    step = int(text)
+    if step < 0:
+        step += 1 << 32
+    return FIRST_SPECIAL_STEP <= step <= 0xFFFFFFFF
+
+
 def step_indexes(environ: Mapping[str, str]) -> list | None:
     """The gres record indexes of this task's step: ``SLURM_STEP_GPUS`` when set, else
     ``SLURM_JOB_GPUS`` in the batch/interactive/extern step (or without a step id);
@@ -122,7 +156,7 @@ def step_indexes(environ: Mapping[str, str]) -> list | None:
     text = environ.get("SLURM_STEP_GPUS")
     if text is None:
         step = environ.get("SLURM_STEP_ID")
-        if step is not None and step not in SPECIAL_STEPS:
+        if step is not None and not special_step(step):
             return []  # a step Slurm gave no gpu (Slurm unsets SLURM_STEP_GPUS then)
         text = environ.get("SLURM_JOB_GPUS")
     text = (text or "").strip()
@@ -140,11 +174,64 @@ def step_indexes(environ: Mapping[str, str]) -> list | None:
     return sorted(out)
 
 
-def exports(environ: Mapping[str, str], data) -> list:
+def task_indexes(slurm: list, reachable) -> list:
+    """The records a task gets: Slurm's (``slurm``), unless the task cannot open one of
+    them; then the ones it can open (``reachable``, record indexes), when there are as many
+    (a bound task under ConstrainDevices: Slurm names the step's first records for every
+    task; its device cgroup allows its own).  ``[]`` (keep Slurm's values) when they
+    disagree otherwise; ``slurm`` when ``reachable`` is None (not tried, or not known).
+    Pure."""
+    if reachable is None or set(slurm) <= reachable:
+        return slurm
+    if len(reachable) == len(slurm):
+        return sorted(reachable)
+    return []
+
+
+def wants_probe(indexes, data) -> bool:
+    """True when the task's records are worth checking against its device cgroup: Slurm
+    named fewer of them than the env file holds (a step of part of the job).  Pure."""
+    return (bool(indexes) and type(data) is dict and type(data.get("instances")) is list
+            and len(indexes) < len(data["instances"]))
+
+
+def reachable(data) -> set | None:
+    """The record indexes of the env file whose ci capability file this process may open
+    (its device cgroup allows it), or None when that cannot be told (a path missing, not a
+    character device, another error).  Opened read-only, non-blocking, and closed at once;
+    ENXIO/ENODEV (allowed, no driver behind it: the simulator's files) count as allowed,
+    EPERM (the device cgroup) as not."""
+    import errno
+    import stat
+
+    out = set()
+    for item in data["instances"]:
+        path = item.get("ci_cap") if type(item) is dict else None
+        if type(path) is not str or not cap_file(path) or type(item.get("index")) is not int:
+            return None
+        try:
+            if not stat.S_ISCHR(os.stat(path).st_mode):
+                return None
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+                             | os.O_NOFOLLOW))
+        except OSError as err:
+            if err.errno == errno.EPERM:
+                continue
+            if err.errno not in (errno.ENXIO, errno.ENODEV):
+                return None
+        out.add(item["index"])
+    return out
+
+
+def exports(environ: Mapping[str, str], data, reachable_indexes=None) -> list:
     """The ``export`` lines for a task: its step's instances from the env file's ``data``,
-    in Slurm's record order.  Pure.  [] when anything is missing, unknown or malformed."""
+    in Slurm's record order (see :func:`task_indexes` for ``reachable_indexes``).  Pure.
+    [] when anything is missing, unknown or malformed."""
     indexes = step_indexes(environ)
     if not indexes or type(data) is not dict or type(data.get("instances")) is not list:
+        return []
+    indexes = task_indexes(indexes, reachable_indexes)
+    if not indexes:
         return []
     by_index = {}
     for item in data["instances"]:
@@ -202,4 +289,6 @@ def task_prolog(environ: Mapping[str, str]) -> list:
     run_dir = environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
     if not os.path.isabs(run_dir):
         return []
-    return exports(environ, read_env_file(run_dir, job))
+    data = read_env_file(run_dir, job)
+    probe = reachable(data) if wants_probe(step_indexes(environ), data) else None
+    return exports(environ, data, probe)

@@ -57,7 +57,7 @@ from ..host.atomic import write_json_atomic
 from ..host.config import Config
 from ..host.locking import node_lock
 from ..slurm import SlurmClient
-from ..slurm.demand import demand as queue_demand
+from ..slurm.demand import skipped
 from ..slurm.model import NodeInfo, PendingJob
 from ..slurm.reader import SlurmReader
 from .finish import FinishResult, Ready, finish, verdict
@@ -175,21 +175,56 @@ def _counts(counts: Mapping[str, int]) -> str:
     return ",".join(f"{t}:{n}" for t, n in sorted(counts.items())) or "none"
 
 
+def priority_weight(priority: int) -> float:
+    """A job's priority as the planner weighs it: at least 1, rounded to 2 significant
+    digits, so jobs whose priorities differ by a few percent form one group."""
+    return float(f"{max(int(priority), 1):.2g}")
+
+
 def plan_demand(jobs: Iterable[PendingJob],
                 coming: Optional[Mapping[str, int]] = None) -> List[DemandItem]:
-    """The planner's demand; ``coming``: instances per type that changes in progress will
-    offer (wants not yet applied), taken off first so the same demand is not served twice."""
+    """The planner's demand: pending jobs grouped by what one job needs on one node
+    (types and counts), partitions, weight (:func:`priority_weight`) and node count.
+
+    Skipped as in :func:`slurm_mig.slurm.demand.skipped` (held, dependency, begin time,
+    throttle, limits); an array record counts its tasks that may run at once (``%N``);
+    untyped ``gpu:N`` requests are left out (any instance serves them; no layout helps).
+    A request per job or per task on a multi-node job is spread evenly over its nodes
+    (rounded up).  ``coming``: instances per type that changes in progress will offer
+    (wants not yet applied): the heaviest jobs they can hold are taken off first, so the
+    same demand is not served twice."""
+    acc: Dict[Tuple[Tuple[Tuple[str, int], ...], Tuple[str, ...], float, int], List[int]] = {}
+    for job in jobs:
+        if job.state.upper() != "PENDING" or not job.requests or skipped(job):
+            continue
+        nodes = max(job.nodes_requested, 1)
+        shape: Dict[str, int] = {}
+        for req in job.requests:
+            if req.type is None:
+                continue
+            per_node = -(-job.instances(req) // nodes)
+            if per_node > 0:
+                shape[req.type] = shape.get(req.type, 0) + per_node
+        if not shape or job.runnable_at_once <= 0:
+            continue
+        key = (tuple(sorted(shape.items())), tuple(sorted(set(job.partition))),
+               priority_weight(job.priority), nodes)
+        a = acc.setdefault(key, [0, 0])
+        a[0] += job.runnable_at_once
+        a[1] += job.array_tasks_pending
     left = dict(coming or {})
     out = []
-    for d in queue_demand(jobs):
-        if d.type is None or d.instances <= 0:
-            continue  # an untyped gpu:N is served by any instance; no layout helps it
-        served = min(left.get(d.type, 0), d.instances)
-        left[d.type] = left.get(d.type, 0) - served
-        if d.instances - served <= 0:
+    for (shape_, parts, weight, nodes), (count, tasks) in sorted(
+            acc.items(), key=lambda kv: (-kv[0][2], kv[0][0], kv[0][1], kv[0][3])):
+        while count > 0 and left and all(left.get(t, 0) >= n * nodes for t, n in shape_):
+            for t, n in shape_:
+                left[t] -= n * nodes
+            count -= 1
+        if count <= 0:
             continue
-        out.append(DemandItem(d.type, d.instances - served,
-                              d.weight / d.instances if d.weight else 1.0, d.partitions, len(d.jobs)))
+        single = len(shape_) == 1 and shape_[0][1] == 1
+        out.append(DemandItem(shape_[0][0], count, weight, parts, tasks,
+                              () if single else shape_, nodes))
     return out
 
 
@@ -644,5 +679,5 @@ def default_collaborators(config: Config, environ: Optional[Mapping[str, str]] =
             ScontrolExtra(scontrol, env=environ))
 
 
-__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "policy_of", "drain_reason",
+__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "priority_weight", "policy_of", "drain_reason",
            "wait_applied"]

@@ -59,57 +59,73 @@ def maximal(model: GpuModel, include_me: bool) -> Tuple[Layout, ...]:
 
 @dataclass(frozen=True)
 class Option:
-    """A layout a GPU could be given: its change in instances per type, and its cost."""
+    """A layout a GPU could have: instances per type index, free (not busy) and in total."""
 
     layout: Layout
-    delta: Tuple[Tuple[int, int], ...]  #: (type index, change in instance count), non-zero only
-    changes: int  #: instances destroyed plus created
+    free: Tuple[int, ...]  #: per type index: instances not in use
+    total: Tuple[int, ...]  #: per type index: instances
+    changes: int  #: instances destroyed plus created against the current layout (0: kept)
 
 
 @dataclass(frozen=True)
 class GpuOptions:
-    current: Tuple[int, ...]  #: instances per type index on the current layout
-    options: Tuple[Option, ...]  #: the alternatives to keeping the current layout
-    types: FrozenSet[int] = frozenset()  #: type indexes any option changes
+    """One GPU class's choices: ``options[0]`` keeps the current layout; the rest change it,
+    one per distinct (free, total) vector, the one nearest the current layout."""
+
+    options: Tuple[Option, ...]
+
+    @property
+    def current(self) -> Option:
+        return self.options[0]
 
 
-def count_vector(layout: Layout, type_ids: Sequence[Optional[int]]) -> Tuple[int, ...]:
-    """Instances per type index; ``type_ids[t]`` is the model's profile id for type t (or None)."""
+def count_vector(layout: Layout, type_ids: Sequence[Optional[int]],
+                 skip: Keys = frozenset()) -> Tuple[int, ...]:
+    """Instances per type index (those in ``skip`` left out); ``type_ids[t]`` is the
+    model's profile id for type t (or None)."""
     per: Dict[int, int] = {}
     for inst in layout:
-        per[inst.profile_id] = per.get(inst.profile_id, 0) + 1
+        if (inst.profile_id, inst.start) not in skip:
+            per[inst.profile_id] = per.get(inst.profile_id, 0) + 1
     return tuple(per.get(pid, 0) if pid is not None else 0 for pid in type_ids)
 
 
 class CandidateSet:
-    """Options per GPU class, cached; built on one model's candidate layouts."""
+    """Options per GPU class (current layout, busy set), cached; built on one model's
+    candidate layouts.  ``with_me``: the layouts to use when a busy instance is a ``+me``
+    profile (a GPU holding one can only get layouts that keep it)."""
 
-    def __init__(self, layouts: Sequence[Layout], type_ids: Sequence[Optional[int]]):
+    def __init__(self, layouts: Sequence[Layout], type_ids: Sequence[Optional[int]],
+                 with_me: Optional[Sequence[Layout]] = None):
         self.type_ids = tuple(type_ids)
-        self.layouts = [(layout, layout.keys(), count_vector(layout, self.type_ids)) for layout in layouts]
+        self.layouts = [(layout, layout.keys()) for layout in layouts]
+        self.with_me = None if with_me is None else [(layout, layout.keys()) for layout in with_me]
         self._cache: Dict[Tuple[Keys, Keys], GpuOptions] = {}
 
-    def options(self, current: Layout, busy: Keys) -> GpuOptions:
+    def options(self, current: Layout, busy: Keys, me_busy: bool = False) -> GpuOptions:
         key = (current.keys(), busy)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         cur_keys = current.keys()
-        cur_vec = count_vector(current, self.type_ids)
-        best: Dict[Tuple[int, ...], Tuple[int, str, Layout]] = {}
-        for layout, keys, vec in self.layouts:
-            if not busy <= keys or vec == cur_vec:
+        keep = Option(current, count_vector(current, self.type_ids, busy),
+                      count_vector(current, self.type_ids), 0)
+        best: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], Tuple[int, str, Layout]] = {}
+        pool = self.with_me if (me_busy and self.with_me is not None) else self.layouts
+        for layout, keys in pool:
+            if not busy <= keys or keys == cur_keys:
+                continue
+            vec = (count_vector(layout, self.type_ids, busy), count_vector(layout, self.type_ids))
+            if vec == (keep.free, keep.total):
                 continue
             cost = (len(keys ^ cur_keys), format_layout(layout))
             held = best.get(vec)
             if held is None or cost < held[:2]:
                 best[vec] = (cost[0], cost[1], layout)
-        opts = []
+        opts = [keep]
         for vec in sorted(best):
             changes, _, layout = best[vec]
-            delta = tuple((t, v - c) for t, (v, c) in enumerate(zip(vec, cur_vec)) if v != c)
-            opts.append(Option(layout=layout, delta=delta, changes=changes))
-        out = GpuOptions(current=cur_vec, options=tuple(opts),
-                         types=frozenset(t for o in opts for t, _ in o.delta))
+            opts.append(Option(layout, vec[0], vec[1], changes))
+        out = GpuOptions(tuple(opts))
         self._cache[key] = out
         return out

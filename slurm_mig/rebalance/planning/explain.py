@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ...core.layout import format_counts
 from .model import GpuChange, NodePlan, Plan, PlanTotals
@@ -50,6 +50,11 @@ def _names(names: Sequence[str], most: int = 2) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def shape_text(req: Sequence[Tuple[str, int]]) -> str:
+    """``3g.40gb`` for one instance, ``2x3g.40gb+1g.10gb`` for a job asking more."""
+    return "+".join(t if n == 1 else f"{n}x{t}" for t, n in req)
+
+
 def build(pl: _Planner) -> Plan:
     """Turn the finished search (:class:`.search._Planner`) into a :class:`Plan`."""
     gpu_changes: List[Tuple[GpuChange, ...]] = []
@@ -70,43 +75,57 @@ def build(pl: _Planner) -> Plan:
     plans = []
     for i, (node, gpus) in enumerate(zip(pl.nodes, gpu_changes)):
         if i in pl.changed:
-            line = _change_line(pl, node, gpus, pl.changed[i], holders)
+            line = _change_line(pl, i, node, gpus, pl.changed[i], holders)
             plans.append(NodePlan(node.src.name, "change", gpus, (line,)))
         else:
             plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover),)))
     changed_gpus = sum(1 for gpus in gpu_changes for g in gpus if g.changed)
     totals = PlanTotals(
-        demand_instances=sum(it.count for it in pl.items),
-        demand_jobs=sum(it.jobs for it in pl.items),
-        demand_weight=sum(it.count * it.weight for it in pl.items),
-        satisfied_before=pl.before[0],
-        satisfied_after=sum(m.units for m in pl.matches),
-        weight_before=pl.before[1],
-        weight_after=sum(m.weight for m in pl.matches),
+        demand_instances=sum(g.count * g.size for g in pl.groups),
+        demand_jobs=sum(g.jobs for g in pl.groups),
+        demand_weight=sum(g.count * g.weight for g in pl.groups),
+        satisfied_before=pl.before[1],
+        satisfied_after=pl.after[1],
+        weight_before=pl.before[2],
+        weight_after=pl.after[2],
         nodes_changed=len(pl.changed),
         gpus_changed=changed_gpus,
         instance_changes=sum(g.instance_changes for gpus in gpu_changes for g in gpus),
+        jobs_before=pl.before[0],
+        jobs_after=pl.after[0],
     )
     return Plan(cycle=pl.cycle, nodes=tuple(plans), notes=tuple(_notes(pl, totals)), totals=totals)
 
 
-def _change_line(pl: _Planner, node: Node, gpus: Sequence[GpuChange], rec: Mapping[str, Any],
+def _who(pl: _Planner, gi: int, k: int) -> str:
+    g = pl.groups[gi]
+    jobs = g.jobs if k >= g.count else max(1, k // g.parts)
+    prio = g.weight * g.parts
+    return f"{_plural(jobs, 'pending job')} (priority {prio:g}) in {_parts(g.partitions)}"
+
+
+def _change_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange], rec: Mapping[str, Any],
                  holders: Mapping[int, List[str]]) -> str:
     name = node.src.name
     parts = []
-    for t, d, used in rec["served"]:
-        tname = pl.types[t]
-        if used:
-            who = ", ".join(
-                f"{_plural(pl.items[i].jobs, 'pending job')} (priority {pl.items[i].weight:g}) in "
-                f"{_parts(pl.items[i].partitions)}"
-                for i, _ in used
-            )
-            parts.append(f"{tname} x{d} wanted by {who}")
-        elif pl.floor[t]:
-            parts.append(f"{tname} x{d} restores floor {tname} >= {pl.floor[t]}")
-        else:
-            parts.append(f"{tname} x{d} frees other instances for pending jobs")
+    by_shape: Dict[Tuple[Tuple[str, int], ...], List[Tuple[int, int]]] = {}
+    for gi, k in sorted(rec["takes"].items()):
+        req = tuple((pl.types[t], n) for t, n in pl.groups[gi].req)
+        by_shape.setdefault(req, []).append((gi, k))
+    for req, members in sorted(by_shape.items(), key=lambda kv: -max(pl.groups[gi].weight for gi, _ in kv[1])):
+        k_all = sum(k for _, k in members)
+        parts.append(f"{shape_text(req)} x{k_all} wanted by " + ", ".join(_who(pl, gi, k) for gi, k in members))
+    K = len(pl.types)
+    new_total = [sum(o.total[t] for o in node.choice or ()) for t in range(K)]
+    for t, f in enumerate(pl.floor):
+        if f and new_total[t] > node.total[t] and rec["floor_gain"] > 0:
+            parts.append(f"{pl.types[t]} x{new_total[t] - node.total[t]} restores floor {pl.types[t]} >= {f}")
+    if not parts:
+        parts.append("starts no more jobs here, but frees room on other nodes")
+    gave = sum(k - rec["takes"].get(gi, 0) for gi, k in rec["held"].items() if k > rec["takes"].get(gi, 0))
+    if gave:
+        parts.append(f"gives up room for {_plural(gave, 'job')} that could start on today's layout "
+                     f"(gain {rec['gain']:g})")
     state = f"{name} {node.cond}"
     if node.cond == "mixed":
         state += " (policy drains mixed nodes; running jobs keep their instances)"
@@ -120,10 +139,10 @@ def _change_line(pl: _Planner, node: Node, gpus: Sequence[GpuChange], rec: Mappi
     busy = [f"{i} on gpu{g.index}" for g in gpus if g.changed for i in g.after if (i.profile_id, i.start) in g.busy]
     if busy:
         parts.append("keeps busy " + ", ".join(busy))
-    for t, d in rec["delta"]:
-        if d < 0 and pl.floor[t]:
+    for t, f in enumerate(pl.floor):
+        if f and new_total[t] < node.total[t]:
             others = [n for n in holders[t] if n != name] or [name]
-            parts.append(f"keeps floor {pl.types[t]} >= {pl.floor[t]} via {_names(others)}")
+            parts.append(f"keeps floor {pl.types[t]} >= {f} via {_names(others)}")
     return f"{name}: " + "; ".join(parts)
 
 
@@ -136,28 +155,34 @@ def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
     elif leftover.get(i):
         why = f"per-cycle cap of {pl.policy.max_nodes_per_cycle} changed nodes reached"
     else:
-        why = "no change here would serve more pending demand"
+        why = "no change here would start more pending jobs"
     return f"{node.src.name}: keeps {what}; {why}"
 
 
 def _leftover(pl: _Planner) -> Dict[int, bool]:
-    cache: Dict[Hashable, Tuple[int, float]] = {}
     out = {}
     for i, node in enumerate(pl.nodes):
         if node.why_not is None and i not in pl.changed:
-            f, w = pl._heuristic(node, cache)
-            out[i] = f > 0 or w > pl.tol
+            mv = pl._evaluate(i)
+            out[i] = mv is not None and pl._passes(i, mv)
     return out
 
 
 def _notes(pl: _Planner, totals: PlanTotals) -> List[str]:
     notes = []
     unservable: Dict[Tuple[int, Tuple[str, ...]], List[float]] = {}
-    for it in pl.items:
-        if not any(g in pl.offered[it.type] for g in it.groups):
-            acc = unservable.setdefault((it.type, it.partitions), [0, 0.0])
-            acc[0] += it.jobs
-            acc[1] = max(acc[1], it.weight)
+    waiting: Dict[Tuple[Tuple[str, int], ...], List[int]] = {}
+    for gi, g in enumerate(pl.groups):
+        if not pl.servable(g):
+            t = next((t for t, _ in g.req if not any(gid in pl.offered[t] for gid in g.gids)), g.req[0][0])
+            acc = unservable.setdefault((t, g.partitions), [0, 0.0])
+            acc[0] += g.jobs
+            acc[1] = max(acc[1], g.weight * g.parts)
+        elif pl.pool[gi] > 0:
+            req = tuple((pl.types[t], n) for t, n in g.req)
+            w = waiting.setdefault(req, [0, 0])
+            w[0] += pl.pool[gi]
+            w[1] += pl.pool[gi] * g.size
     for (t, parts), (jobs, weight) in sorted(unservable.items(), key=lambda kv: (pl.types[kv[0][0]], kv[0][1])):
         tname = pl.types[t]
         if not pl.offered[t]:
@@ -166,21 +191,17 @@ def _notes(pl: _Planner, totals: PlanTotals) -> List[str]:
             why = f"no node in {_parts(parts)} has a GPU model that offers {tname}"
         notes.append(f"{tname}: {_plural(int(jobs), 'pending job')} (priority up to {weight:g}) in "
                      f"{_parts(parts)} cannot be served: {why}; fix the job's --gres or the partition")
-    for t, m in enumerate(pl.matches):
-        idx = pl.type_items[t]
-        unmet = sum(pl.items[i].count - m.served[k] for k, i in enumerate(idx)
-                    if any(g in pl.offered[t] for g in pl.items[i].groups))
-        if unmet:
-            notes.append(f"{pl.types[t]}: {_plural(unmet, 'instance')} of servable demand still "
-                         f"without a free instance after this plan")
+    for req, (jobs, inst) in sorted(waiting.items()):
+        notes.append(f"{shape_text(req)}: {_plural(jobs, 'pending job')} ({_plural(inst, 'instance')}) of "
+                     f"servable demand still cannot start after this plan")
     for t, f in enumerate(pl.floor):
         if f and pl.totals[t] < f:
             notes.append(f"floor {pl.types[t]} >= {f} not met: {pl.totals[t]} in the cluster and no "
                          f"changeable node could add one")
     notes.append(
         f"plan: {_plural(totals.nodes_changed, 'node')}, {_plural(totals.gpus_changed, 'GPU')} changed; "
-        f"demand {_plural(totals.demand_instances, 'instance')} for {_plural(totals.demand_jobs, 'pending job')}: "
-        f"{totals.satisfied_before} could start before, {totals.satisfied_after} after "
+        f"demand {_plural(totals.demand_jobs, 'pending job')} ({_plural(totals.demand_instances, 'instance')}): "
+        f"{totals.jobs_before} could start before, {totals.jobs_after} after "
         f"(priority weight {totals.weight_before:g} -> {totals.weight_after:g})"
     )
     return notes

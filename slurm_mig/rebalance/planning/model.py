@@ -75,22 +75,39 @@ class PlanNode:
 
 @dataclass(frozen=True)
 class DemandItem:
-    """``count`` instances of one Slurm GPU type wanted by pending jobs.
+    """``count`` identical pending jobs (array tasks counted, throttles applied).
 
-    Each instance is worth ``priority_weight``.  ``partitions`` are the jobs' partitions
-    (any of them will do; empty = any node).  ``jobs`` is how many pending jobs (array
-    tasks counted) stand behind it, for explanations; ``None`` means ``count``.
+    One job wants ``shape`` on ONE node: ``((type, instances), ...)``, e.g.
+    ``(("3g.40gb", 2), ("1g.10gb", 1))``; empty means one instance of ``profile`` (the
+    form every single-instance job takes).  A job starts only when every instance of its
+    shape is free on one node in one of its ``partitions`` (empty = any node).  Each job is
+    worth ``priority_weight``.  ``nodes`` > 1: the job needs ``shape`` on each of that many
+    nodes; the planner counts each node's share as a part worth ``priority_weight / nodes``
+    (see docs/planner.md).  ``jobs`` is how many pending job records stand behind the item,
+    for explanations; ``None`` means ``count``.
     """
 
-    profile: str  #: the type as Slurm requests it, e.g. ``3g.40gb``
+    profile: str  #: the type as Slurm requests it, e.g. ``3g.40gb`` (the first of ``shape``)
     count: int
     priority_weight: float
     partitions: Tuple[str, ...] = ()
     jobs: Optional[int] = None
+    shape: Tuple[Tuple[str, int], ...] = ()
+    nodes: int = 1
 
     @property
     def job_count(self) -> int:
         return self.count if self.jobs is None else self.jobs
+
+    @property
+    def request(self) -> Tuple[Tuple[str, int], ...]:
+        """Instances per type one job needs on one node (``shape``, or one ``profile``)."""
+        return self.shape or ((self.profile, 1),)
+
+    @property
+    def instances(self) -> int:
+        """Instances all ``count`` jobs need together."""
+        return self.count * max(self.nodes, 1) * sum(n for _, n in self.request)
 
 
 @dataclass(frozen=True)
@@ -196,13 +213,15 @@ class PlanTotals:
     demand_instances: int
     demand_jobs: int
     demand_weight: float
-    satisfied_before: int  #: instances of demand that could start with today's layouts
+    satisfied_before: int  #: instances of jobs that could start with today's layouts
     satisfied_after: int
-    weight_before: float
+    weight_before: float  #: priority weight of the jobs that could start with today's layouts
     weight_after: float
     nodes_changed: int
     gpus_changed: int
     instance_changes: int
+    jobs_before: int = 0  #: pending jobs (node parts of multi-node jobs) that could start before
+    jobs_after: int = 0
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)

@@ -1,68 +1,72 @@
-"""The planning problem, indexed: demand, nodes and free supply by type and partition set.  Pure.
+"""The planning problem, indexed: job groups, nodes and their GPU options.  Pure.
 
-The search compares small integer vectors thousands of times per plan, so the inputs are
-turned once into indexes: Slurm types (demanded or floored) become type indexes in
-sorted order, distinct node partition sets become group indexes, demand is merged into
-:class:`Item` rows (per type, partitions and priority weight, heaviest first) and each
-:class:`PlanNode` becomes a :class:`Node` carrying its GPUs' options
-(:mod:`.candidates`), its busy and total instance counts per type and, when it may not
-change, the one-line reason why.  Free instances on nodes that can take jobs give the
-capacity per (type, group) that :mod:`.flow` matches demand against.
+Slurm types (demanded or floored) become type indexes in sorted order; distinct node
+partition sets become group ids.  Demand becomes :class:`Group` rows: identical jobs
+(same per-node request, partitions, weight) merged into one row with a count, so 20,000
+pending jobs are a few hundred rows.  Rows with the same request and partitions form a
+*class*: a node that cannot fit one job of a class fits none of it, whatever the weight.
+Each :class:`PlanNode` becomes a :class:`Node` carrying its GPUs' options
+(:mod:`.candidates`: the current layout first, then the changes), its free vector and,
+when it may not change, the one-line reason why.
 
 Nodes with the same GPU classes share the same options objects, so a node's ``sig``
-(group, options, recently changed) identifies nodes that every later score treats alike.
+(group, options) identifies nodes that every later computation treats alike.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ...core.catalog import GpuModel, load_catalog, normalize_profile_name
 from ...core.errors import InputError, UnknownProfile
 from ...core.layout import Layout, check_layout, is_media_extension, parse_layout
 from .candidates import CandidateSet, GpuOptions, Option, maximal
-from .flow import Match, match
 from .model import DemandItem, PlanNode, Policy, condition
 
-#: Node conditions whose free instances count as supply for pending jobs.
+#: Node conditions whose free instances can start pending jobs.
 SUPPLYING = ("idle", "mixed", "completing")
 
 
-class Item:
-    """One row of merged demand: ``count`` instances of type index ``type`` at ``weight``."""
+class Group:
+    """``count`` identical jobs (node parts): each needs ``req`` on one node, worth ``weight``."""
 
-    __slots__ = ("type", "weight", "count", "jobs", "partitions", "groups")
+    __slots__ = ("req", "weight", "count", "jobs", "partitions", "gids", "cls", "parts", "size", "per_node")
 
-    type: int
-    weight: float
-    count: int
-    jobs: int
-    partitions: Tuple[str, ...]
-    groups: Tuple[int, ...]
-
-    def __init__(self, type_: int, weight: float, count: int, jobs: int,
-                 partitions: Tuple[str, ...]) -> None:
-        self.type, self.weight, self.count, self.jobs, self.partitions = type_, weight, count, jobs, partitions
-        self.groups: Tuple[int, ...] = ()
+    def __init__(self, req: Tuple[Tuple[int, int], ...], weight: float, count: int, jobs: int,
+                 partitions: Tuple[str, ...], parts: int) -> None:
+        self.req = req  #: (type index, instances) per node
+        self.weight = weight  #: per node part: the job's priority weight / parts
+        self.count = count  #: node parts (jobs x parts)
+        self.jobs = jobs  #: pending records behind it, for explanations
+        self.partitions = partitions
+        self.parts = parts  #: nodes per job
+        self.size = sum(n for _, n in req)
+        #: most node parts one node may take: one per job (a multi-node job's parts are on
+        #: different nodes)
+        self.per_node = count if parts <= 1 else count // parts
+        self.gids: Tuple[int, ...] = ()
+        self.cls = -1  #: index of its (req, partitions) class
 
 
 class Node:
     """A :class:`PlanNode` as the search sees it; ``choice`` is set when it is changed."""
 
-    __slots__ = ("src", "cond", "gid", "models", "options", "busy_vec", "count_vec", "why_not",
-                 "recent", "sig", "choice")
+    __slots__ = ("src", "cond", "gid", "models", "options", "free", "total", "why_not",
+                 "recent", "sig", "choice", "supplies")
 
     src: PlanNode
     cond: str
     gid: int
     models: List[GpuModel]
     options: List[GpuOptions]
-    busy_vec: List[int]
-    count_vec: List[int]
+    free: List[int]  #: per type: free instances with today's layouts
+    total: List[int]  #: per type: instances with today's layouts
     why_not: Optional[str]
     recent: bool
-    sig: Tuple[int, Tuple[int, ...], bool]
-    choice: Optional[List[Optional[Option]]]  #: per GPU: the option taken, None: kept
+    supplies: bool
+    sig: Tuple[int, Tuple[int, ...]]
+    choice: Optional[Tuple[Option, ...]]  #: per GPU: the option taken (set when changed)
 
     def __init__(self, src: PlanNode) -> None:
         self.src = src
@@ -70,16 +74,16 @@ class Node:
 
 
 class Problem:
-    """Indexed inputs plus today's supply and the exact per-type match of demand to it."""
+    """Indexed inputs."""
 
     def __init__(self, nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Policy,
                  cycle: int, models: Mapping[str, GpuModel]) -> None:
         self.policy, self.cycle = policy, cycle
         self._models_in = models
         self._model_cache: Dict[str, GpuModel] = {}
-        self._items(demand)
+        self._groups(demand)
         self._nodes(nodes)
-        self._supply()
+        self._link()
 
     def model(self, key: str) -> GpuModel:
         m = self._model_cache.get(key)
@@ -88,28 +92,46 @@ class Problem:
             self._model_cache[key] = m
         return m
 
-    def _items(self, demand: Sequence[DemandItem]) -> None:
-        merged: Dict[Tuple[str, Tuple[str, ...], float], List[int]] = {}
+    # ------------------------------------------------------------------ demand
+
+    def _groups(self, demand: Sequence[DemandItem]) -> None:
+        merged: Dict[Tuple[Tuple[Tuple[str, int], ...], Tuple[str, ...], float, int], List[int]] = {}
         for d in demand:
             if d.count <= 0:
                 continue
-            key = (normalize_profile_name(d.profile), tuple(sorted(set(d.partitions))), float(d.priority_weight))
+            req: Dict[str, int] = {}
+            for t, n in d.request:
+                if int(n) > 0:
+                    name = normalize_profile_name(t)
+                    req[name] = req.get(name, 0) + int(n)
+            if not req:
+                continue
+            parts = max(int(d.nodes), 1)
+            key = (tuple(sorted(req.items())), tuple(sorted(set(d.partitions))), float(d.priority_weight), parts)
             acc = merged.setdefault(key, [0, 0])
             acc[0] += int(d.count)
             acc[1] += d.job_count
         floor = {normalize_profile_name(k): int(v) for k, v in self.policy.floor.items() if int(v) > 0}
-        self.types = sorted({k[0] for k in merged} | set(floor))
+        self.types = sorted({t for k in merged for t, _ in k[0]} | set(floor))
         tindex = {t: i for i, t in enumerate(self.types)}
         self.floor = [floor.get(t, 0) for t in self.types]
-        self.items: List[Item] = [
-            Item(tindex[t], w, acc[0], acc[1], parts)
-            for (t, parts, w), acc in sorted(merged.items(), key=lambda kv: (-kv[0][2], kv[0][0], kv[0][1]))
-        ]
-        self.type_items: List[List[int]] = [[] for _ in self.types]
-        for i, it in enumerate(self.items):
-            self.type_items[it.type].append(i)
-        self.scale = max(1.0, sum(abs(it.weight) * it.count for it in self.items))
+        self.groups: List[Group] = []
+        for (shape, parts_, w, n_parts), acc in sorted(
+                merged.items(), key=lambda kv: (-kv[0][2] / kv[0][3], sum(n for _, n in kv[0][0]), kv[0])):
+            self.groups.append(Group(tuple((tindex[t], n) for t, n in shape), w / n_parts, acc[0] * n_parts,
+                                     acc[1], parts_, n_parts))
+        classes: Dict[Tuple[Tuple[Tuple[int, int], ...], Tuple[str, ...]], int] = {}
+        self.classes: List[List[int]] = []  #: per class: its group indexes, heaviest first
+        for i, g in enumerate(self.groups):
+            c = classes.setdefault((g.req, g.partitions), len(classes))
+            if c == len(self.classes):
+                self.classes.append([])
+            self.classes[c].append(i)
+            g.cls = c
+        self.scale = max(1.0, sum(abs(g.weight) * g.count for g in self.groups))
         self.tol = 1e-9 * self.scale
+
+    # ------------------------------------------------------------------ nodes
 
     def _type_ids(self, model: GpuModel) -> Tuple[Optional[int], ...]:
         out: List[Optional[int]] = []
@@ -130,6 +152,7 @@ class Problem:
             return hit
         type_ids = self._type_ids(model)
         given = (self.policy.candidates or {}).get(model.key)
+        with_me: Optional[List[Layout]] = None
         if given is not None:
             layouts: List[Layout] = []
             for entry in given:
@@ -140,7 +163,8 @@ class Problem:
         else:
             include_me = any(pid is not None and is_media_extension(model.profile(pid)) for pid in type_ids)
             layouts = list(maximal(model, include_me))
-        out = CandidateSet(layouts, type_ids)
+            with_me = None if include_me else list(maximal(model, True))
+        out = CandidateSet(layouts, type_ids, with_me)
         self._sets[model.key] = out
         return out
 
@@ -152,7 +176,7 @@ class Problem:
             dup = sorted({n for n in names if names.count(n) > 1})[0]
             raise InputError(f"node {dup} is listed twice; give each node once")
         gkeys = sorted({tuple(sorted(set(n.partitions))) for n in nodes})
-        self.groups = gkeys
+        self.partition_sets = gkeys
         gid_of = {k: i for i, k in enumerate(gkeys)}
         allowed_parts = None if pol.partitions is None else set(pol.partitions)
         self.nodes: List[Node] = []
@@ -160,26 +184,26 @@ class Problem:
         for src in sorted(nodes, key=lambda n: n.name):
             node = Node(src)
             node.cond = condition(src.state)
+            node.supplies = node.cond in SUPPLYING
             node.gid = gid_of[tuple(sorted(set(src.partitions)))]
             node.models, node.options = [], []
-            busy_vec, count_vec = [0] * K, [0] * K
+            free, total = [0] * K, [0] * K
             for gpu in sorted(src.gpus, key=lambda g: g.index):
                 model = self.model(gpu.model_key)
                 cset = self._candidate_set(model)
-                opts: GpuOptions = cset.options(gpu.layout, frozenset(gpu.busy))
+                busy = frozenset(gpu.busy)
+                me_busy = any(is_media_extension(model.profile(pid)) for pid, _ in busy)
+                opts = cset.options(gpu.layout, busy, me_busy)
                 node.models.append(model)
                 node.options.append(opts)
-                for t, c in enumerate(opts.current):
-                    count_vec[t] += c
-                for pid, _start in gpu.busy:
-                    for t, tid in enumerate(cset.type_ids):
-                        if tid == pid:
-                            busy_vec[t] += 1
-            node.busy_vec, node.count_vec = busy_vec, count_vec
+                for t in range(K):
+                    free[t] += opts.current.free[t]
+                    total[t] += opts.current.total[t]
+            node.free, node.total = free, total
             node.recent = (src.last_changed_cycle is not None
                            and self.cycle - src.last_changed_cycle < pol.hysteresis_cycles)
             node.why_not = self._why_not(node, allowed_parts)
-            node.sig = (node.gid, tuple(id(o) for o in node.options), node.recent)
+            node.sig = (node.gid, tuple(id(o) for o in node.options))
             self.nodes.append(node)
 
     def _why_not(self, node: Node, allowed_parts: Optional[Set[str]]) -> Optional[str]:
@@ -204,39 +228,36 @@ class Problem:
         if node.recent and pol.hysteresis_gain is None:
             return (f"changed in cycle {src.last_changed_cycle}; hysteresis keeps it for "
                     f"{pol.hysteresis_cycles} cycles")
+        if all(len(o.options) == 1 for o in node.options):
+            return "no other layout keeps its busy instances"
         return None
 
-    def _supply(self) -> None:
-        K, G = len(self.types), len(self.groups)
-        self.caps = [[0] * G for _ in range(K)]
+    def _link(self) -> None:
+        """Which node partition sets each group may use; which types each GPU model offers."""
+        K, G = len(self.types), len(self.partition_sets)
+        gsets = [set(g) for g in self.partition_sets]
+        for grp in self.groups:
+            parts = set(grp.partitions)
+            grp.gids = tuple(g for g in range(G) if not parts or parts & gsets[g])
+        self.offered: List[Set[int]] = [set() for _ in range(K)]  # gids where some GPU model offers the type
         self.totals = [0] * K
-        self.offered: List[Set[int]] = [set() for _ in range(K)]  # groups where some GPU model offers the type
         for node in self.nodes:
-            supplies = node.cond in SUPPLYING
             for t in range(K):
-                self.totals[t] += node.count_vec[t]
-                if supplies:
-                    self.caps[t][node.gid] += node.count_vec[t] - node.busy_vec[t]
+                self.totals[t] += node.total[t]
             for model in node.models:
                 for t, pid in enumerate(self.type_ids(model)):
                     if pid is not None:
                         self.offered[t].add(node.gid)
-        gsets = [set(g) for g in self.groups]
-        for it in self.items:
-            parts = set(it.partitions)
-            it.groups = tuple(g for g in range(G) if not parts or parts & gsets[g])
-        self.limit = max([sum(m.placement_units for m in n.models) for n in self.nodes] + [1])
-        self.matches: List[Match] = [self._match(t) for t in range(K)]
-        self.before = (sum(m.units for m in self.matches), sum(m.weight for m in self.matches))
-        self.changeable_gids = sorted({n.gid for n in self.nodes if n.why_not is None})
+        #: per gid: the classes its nodes may host
+        self.gid_classes: List[List[int]] = [[] for _ in range(G)]
+        for c, members in enumerate(self.classes):
+            for gid in self.groups[members[0]].gids:
+                self.gid_classes[gid].append(c)
 
-    def _match(self, t: int) -> Match:
-        idx = self.type_items[t]
-        return match([self.items[i].weight for i in idx], [self.items[i].count for i in idx],
-                     [self.items[i].groups for i in idx], self.caps[t])
+    def servable(self, grp: Group) -> bool:
+        """Can any node in the group's partitions ever offer every type it asks for?"""
+        return any(all(gid in self.offered[t] for t, _ in grp.req) for gid in grp.gids)
 
 
 def _name_allowed(name: str, patterns: Collection[str]) -> bool:
-    import fnmatch
-
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -1,41 +1,44 @@
 """The planner: which changeable nodes get which layouts.  Pure and deterministic.
 
-Objective, compared in this order: never lower a floored type below its floor; raise
-floored types that are below it; serve the most priority weight of pending demand
-(:mod:`.flow`, exact per type); change the fewest GPUs, then the fewest instances.
+Objective (docs/planner.md), compared in this order: the priority weight of the pending
+jobs that can start (a job starts when every instance it asks for is free on one node in
+one of its partitions); then floors (never lowered below, raised where a node can);
+then the fewest nodes, GPUs and instances changed.  Hard limits are never traded:
+busy instances stay, allow-lists, the per-cycle cap, hysteresis and ``min_gain``.
 
-Greedy, one node per step, over the nodes that may change:
+1. Today: every node that can start jobs is filled from the pool of pending job groups
+   (nodes that may not change first, so the changeable ones are left what only they can
+   serve), heaviest job first (:func:`.packing.Packer.pack`, then an exact pass).
+2. Moves, best first (lazy greedy): a changeable node gives back the jobs it holds and
+   is filled again, choosing layouts for all its GPUs at once (:func:`.packing.Packer.cover`);
+   its gain is what it then starts minus what it started before, so a loss is priced by
+   the jobs actually displaced.  A move is kept when it raises a floor or gains more than
+   the threshold (``min_gain``, or ``hysteresis_gain`` for a node changed recently);
+   jobs it gave back are offered to spare room on other nodes.  Evaluations are cached
+   per node class until the next kept move, and a popped stale one is redone before it
+   is kept.
+3. Until no move gains or the cap is reached.  Then, on small clusters (at most
+   :data:`PAIR_LIMIT` changeable nodes), a pair pass plans every two nodes that can serve
+   the same jobs again in both orders, and job placement likewise; the better plan is
+   kept.  Last, each recut GPU drops created instances nothing needs and gets back
+   destroyed ones that still fit (fewest changes).
 
-1. Per type, the exact match of demand to today's free instances gives, for each
-   partition set a node can sit in, the value of one more instance (the heaviest unmet
-   demand it could serve) and the cost of one fewer (zero while the group has spare
-   instances, zero while the item it serves could move to spare elsewhere, else the
-   item's weight).  These are the *tables*.
-2. A GPU's choice is one option per distinct count vector (:mod:`.candidates`), valued
-   against the tables; a node's choice is found by coordinate descent over its GPUs
-   (two passes), so the value of several GPUs adding the same type falls off as demand
-   runs out.
-3. Nodes are ranked by the sum of their GPUs' best single choices (cached per GPU class
-   and partition set); the best few get the full evaluation; the winner's gain is then
-   computed exactly (the matches of its types redone) and the change is kept only when
-   it gains more than the threshold (``min_gain``, or ``hysteresis_gain`` for a node
-   changed recently) and breaks no floor.  Tables of the changed types are rebuilt and
-   the next step starts, until nothing gains or the per-cycle cap is reached.
-
-Identical nodes (same GPUs, layouts, busy sets and partitions) share every cached value.
-
-Layers: :mod:`.problem` indexes the inputs (step 0), :mod:`.scoring` holds the tables and
-the scores (steps 1-2), this module runs the greedy and keeps or rejects each change (step 3).
+Layers: :mod:`.problem` indexes the inputs, :mod:`.packing` holds the per-node search,
+this module runs the greedy, :mod:`.explain` writes the reasons.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+import heapq
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...core.catalog import GpuModel
 from . import explain as _explain
+from ...core.layout import Layout, is_valid
+from .candidates import Option, count_vector
 from .model import DemandItem, Plan, PlanNode, Policy
-from .scoring import Evaluation, Scorer
+from .packing import Cover, Packer
+from .problem import Problem
 
 
 def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Optional[Policy] = None,
@@ -48,108 +51,469 @@ def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Option
     return _Planner(nodes, demand, policy or Policy(), cycle, models or {}).run()
 
 
-class _Planner(Scorer):
-    """The greedy: one node per step, kept only when its exact gain passes."""
+#: Clusters with at most this many changeable nodes get the pair pass (:meth:`_Planner._pairs`).
+PAIR_LIMIT = 24
+
+#: At most this many nodes are looked at for each group of jobs a move gives back.
+RELOCATE_SCAN = 16
+
+#: A move: (weight gain, floor gain, GPUs changed, instances changed, jobs taken, choice)
+Move = Tuple[float, int, int, int, Dict[int, int], Tuple[Option, ...]]
+
+
+class _Planner(Problem):
+    """The greedy over node moves."""
 
     def run(self) -> Plan:
-        pol = self.policy
-        cap = pol.max_nodes_per_cycle
-        self.changed: Dict[int, Dict[str, Any]] = {}  #: node index -> what its change gains
+        self.packer = Packer(self)
+        self._gid_nodes: Dict[Tuple[int, ...], List[int]] = {}
+        self.pool = [g.count for g in self.groups]
+        self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
+        self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
+        self.changed: Dict[int, Dict[str, Any]] = {}
         self.cap_hit = False
-        rejected: Set[Tuple[int, Tuple[int, ...], bool]] = set()
-        open_nodes = [i for i, n in enumerate(self.nodes) if n.why_not is None]
-        while True:
+        fixed = [i for i, n in enumerate(self.nodes) if n.supplies and n.why_not is not None]
+        movable = [i for i, n in enumerate(self.nodes) if n.why_not is None]
+        for i in fixed + movable:
+            self._fill(i)
+        if len(movable) <= PAIR_LIMIT:
+            self._placements(fixed + movable)
+        self.before = self._served()
+        self._moves(movable)
+        for i in fixed + movable:  # room a move freed, or jobs one gave back
+            self._fill(i)
+        if len(movable) <= PAIR_LIMIT:
+            self._pairs(movable, fixed + movable)
+            self._placements(fixed + movable)
+        for i in self.changed:
+            self._trim(i)
+        self.after = self._served()
+        return _explain.build(self)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _served(self) -> Tuple[int, int, float]:
+        """(jobs, instances, weight) that can start as the nodes are now filled."""
+        jobs, inst, weight = 0, 0, 0.0
+        for held in self.hosted:
+            for gi, k in held.items():
+                g = self.groups[gi]
+                jobs += k
+                inst += k * g.size
+                weight += k * g.weight
+        return jobs, inst, weight
+
+    def _spare(self, i: int) -> List[int]:
+        room = list(self.free_now[i])
+        for gi, k in self.hosted[i].items():
+            for t, n in self.groups[gi].req:
+                room[t] -= k * n
+        return room
+
+    def _fill(self, i: int) -> None:
+        """Start what still fits in node i's spare room, from the pool."""
+        node = self.nodes[i]
+        if not node.supplies or not self.groups:
+            return
+        spare = self._spare(i)
+        if not any(spare):
+            return
+        zero = (0,) * (2 * len(self.types))
+        takes, _ = self.packer.pack(node, self.pool, zero, False, spare)
+        takes = self.packer.exact(node, self.pool, zero, False, takes, spare)
+        for gi, k in takes.items():
+            self.pool[gi] -= k
+            self.hosted[i][gi] = self.hosted[i].get(gi, 0) + k
+
+    # ------------------------------------------------------------------ moves
+
+    def _floor_base(self, i: int) -> List[int]:
+        """The requirement floors put on node i: its instances of a floored type it may not lose."""
+        node, K = self.nodes[i], len(self.types)
+        base = [0] * (2 * K)
+        for t, f in enumerate(self.floor):
+            if f:
+                slack = max(0, self.totals[t] - f)
+                base[K + t] = max(0, node.total[t] - slack)
+        return base
+
+    def _evaluate(self, i: int) -> Optional[Move]:
+        node, K, pk = self.nodes[i], len(self.types), self.packer
+        held = self.hosted[i]
+        pool = list(self.pool)
+        for gi, k in held.items():
+            pool[gi] += k
+        base = self._floor_base(i)
+        best: Optional[Tuple[float, int, Dict[int, int], List[int], Optional[Cover]]] = None
+        # jobs first, then what floors still can get; and, when a floor is short, the
+        # floor first, then jobs (an equally heavy choice may also restore it)
+        short = [(t, f - self.totals[t]) for t, f in enumerate(self.floor) if f and self.totals[t] < f]
+        large = pk.large(node)
+
+        def consider(src: Sequence[int], extra: float) -> None:
+            nonlocal best
+            for floor_first in (False, True) if short else (False,):
+                if large:
+                    takes, req_t, cov_ = pk.pack_units(node, src, tuple(base), short, floor_first)
+                    req = list(req_t)
+                else:
+                    start = self._raise(i, base) if floor_first else list(base)
+                    takes, _ = pk.pack(node, src, tuple(start), True)
+                    takes = pk.exact(node, src, tuple(start), True, takes)
+                    req = list(start)
+                    for gi, k in takes.items():
+                        for t, n in self.groups[gi].req:
+                            req[t] += k * n
+                    req = self._raise(i, req)
+                    cov_ = None
+                w = sum(self.groups[gi].weight * k for gi, k in takes.items()) + extra
+                fl = sum(min(node.total[t] + max(0, req[K + t] - node.total[t]), f)
+                         for t, f in enumerate(self.floor) if f)
+                if best is None or (w > best[0] + self.tol or (w > best[0] - self.tol and fl > best[1])):
+                    best = (w, fl, takes, req, cov_)
+
+        consider(pool, 0.0)
+        # or: its jobs start elsewhere (displacing lighter ones) and it fills from the
+        # rest (on large nodes only when filling from everything changes nothing)
+        if held and (not large or best is None or best[4] is None or best[4][0] == 0):
+            net, moved, evicted = self._relocate(i, held, False)
+            if moved:
+                rest = list(pool)
+                for gi, k in moved.items():
+                    rest[gi] -= k
+                for gi, k in evicted.items():
+                    rest[gi] += k
+                consider(rest, net)
+        assert best is not None
+        _, _, takes, req, cov = best
+        if not large:
+            cov = pk.cover(node, tuple(req))
+        if cov is None or cov[0] == 0:
+            return None
+        gpus, inst, idx = cov
+        choice = tuple(opts.options[k] for opts, k in zip(node.options, idx))
+        keep, _ = pk.pack(node, pool, (0,) * (2 * K), False, node.free)
+        keep = pk.exact(node, pool, (0,) * (2 * K), False, keep, node.free)
+        released = {gi: k - takes.get(gi, 0) for gi, k in self.hosted[i].items() if k > takes.get(gi, 0)}
+        wgain = (sum(self.groups[gi].weight * k for gi, k in takes.items())
+                 + (self._relocate(i, released, False)[0] if released else 0.0)
+                 - sum(self.groups[gi].weight * k for gi, k in keep.items()))
+        fgain = 0
+        for t, f in enumerate(self.floor):
+            if f:
+                new = self.totals[t] - node.total[t] + sum(o.total[t] for o in choice)
+                fgain += min(new, f) - min(self.totals[t], f)
+        return wgain, fgain, gpus, inst, takes, choice
+
+    def _raise(self, i: int, req: List[int]) -> List[int]:
+        """``req`` plus as many instances of each floored type short of its floor as
+        node i can add on top."""
+        node, K, pk = self.nodes[i], len(self.types), self.packer
+        for t, f in enumerate(self.floor):
+            short = f - self.totals[t] if f else 0
+            for j in range(short, 0, -1):
+                trial = list(req)
+                trial[K + t] = max(trial[K + t], node.total[t] + j)
+                if pk.cover(node, tuple(trial)) is not None:
+                    req = trial
+                    break
+        return req
+
+    def _passes(self, i: int, mv: Move) -> bool:
+        pol, node = self.policy, self.nodes[i]
+        threshold = pol.hysteresis_gain if node.recent else pol.min_gain
+        return mv[1] > 0 or mv[0] > (threshold or 0.0) + self.tol
+
+    def _moves(self, movable: Sequence[int]) -> None:
+        cap = self.policy.max_nodes_per_cycle
+        version = 0
+        cache: Dict[Any, Optional[Move]] = {}
+
+        def evaluate(i: int) -> Optional[Move]:
+            key = (self.nodes[i].sig, tuple(sorted(self.hosted[i].items())))
+            if key not in cache:
+                cache[key] = self._evaluate(i)
+            return cache[key]
+
+        heap: List[Tuple[float, int, int, int, int, int]] = []
+        # first keys: one evaluation per node class and mix of jobs it starts today (the
+        # others get the same key, marked stale, and are evaluated when they come up)
+        first: Dict[Any, Optional[Move]] = {}
+        for i in movable:
+            shape = (self.nodes[i].sig, tuple(sorted(
+                (self.groups[gi].cls, k) for gi, k in self.hosted[i].items())))
+            fresh = shape not in first
+            if fresh:
+                first[shape] = evaluate(i)
+            mv = first[shape]
+            if mv is not None and self._passes(i, mv):
+                heap.append((-mv[0], -mv[1], mv[2], mv[3], i, version if fresh else -1))
+        heapq.heapify(heap)
+        while heap:
             if cap is not None and len(self.changed) >= cap:
                 self.cap_hit = True
                 break
-            hcache = self.hcache
-            cands: List[Tuple[Tuple[int, float], int]] = []
-            by_sig: Dict[Tuple[int, Tuple[int, ...], bool], Tuple[int, float]] = {}
-            open_nodes = [i for i in open_nodes if i not in self.changed]
-            for i in open_nodes:
-                node = self.nodes[i]
-                if node.sig in rejected:
-                    continue
-                key = by_sig.get(node.sig)
-                if key is None:
-                    key = by_sig[node.sig] = self._heuristic(node, hcache)
-                if key[0] > 0 or key[1] > self.tol:
-                    cands.append((key, i))
-            if not cands:
-                break
-            cands.sort(key=lambda c: (-c[0][0], -c[0][1], c[1]))
-            evals = self.ecache
-            accepted = False
-            while cands and not accepted:
-                best_i, best = -1, None  # best_i is set whenever best is
-                for key, i in cands:
-                    node = self.nodes[i]
-                    if node.sig in rejected:
-                        continue
-                    if best is not None and (key[0], key[1]) <= (best[0][1], best[0][2] + self.tol):
-                        break
-                    ev = evals.get(node.sig)
-                    if ev is None:
-                        ev = evals[node.sig] = self._evaluate(node)
-                        self._depend(("e", node.sig),
-                                     {t for o in node.options for t in o.types}, node.gid)
-                    score = ev[0]
-                    if score[0] < 0 or not (score[1] > 0 or score[2] > self.tol):
-                        continue
-                    if best is None or self._better(score, best[0]):
-                        best_i, best = i, ev
-                if best is None:
-                    break
-                if self._try(best_i, best):
-                    accepted = True
-                else:
-                    rejected.add(self.nodes[best_i].sig)
-                    cands = [c for c in cands if self.nodes[c[1]].sig not in rejected]
-            if not accepted:
-                break
-        return _explain.build(self)
+            _, _, _, _, i, ver = heapq.heappop(heap)
+            mv = evaluate(i)
+            if mv is None or not self._passes(i, mv):
+                continue
+            if ver != version:
+                heapq.heappush(heap, (-mv[0], -mv[1], mv[2], mv[3], i, version))
+                continue
+            self._commit(i, mv)
+            version += 1
+            cache.clear()
 
-    def _try(self, i: int, ev: Evaluation) -> bool:
-        """Apply node i's change if its exact gain passes; return whether it was kept."""
-        node, pol = self.nodes[i], self.policy
-        _, choice, delta = ev
-        g = node.gid
-        old = {t: self.matches[t] for t, _ in delta}
-        floor_gain = 0
-        for t, d in delta:
-            h = self._floor(t, d)
-            if h < 0:
-                return False
-            floor_gain += h
-        for t, d in delta:
-            self.caps[t][g] += d
-        new = {t: self._match(t) for t, _ in delta}
-        gain = sum(new[t].weight - old[t].weight for t in new)
-        threshold = pol.hysteresis_gain if node.recent else pol.min_gain
-        if not (floor_gain > 0 or gain > (threshold or 0.0) + self.tol):
-            for t, d in delta:
-                self.caps[t][g] -= d
-            return False
-        served = []
-        for t, d in delta:
-            if d > 0:
-                left, used = d, []
-                for item, n in self.tables[t][g][2]:
-                    if left <= 0:
-                        break
-                    take = min(n, left)
-                    used.append((item, take))
-                    left -= take
-                served.append((t, d, used))
-        for t, d in delta:
-            self.totals[t] += d
-            self.matches[t] = new[t]
-        for t, d in delta:
-            table = self._table(t)
-            for gid, entry in table.items():
-                if self.tables[t].get(gid) != entry or self._floor_active(t, d):
-                    self._invalidate(t, gid)
-            self.tables[t] = table
+    def _commit(self, i: int, mv: Move) -> None:
+        node, K = self.nodes[i], len(self.types)
+        wgain, fgain, _, _, takes, choice = mv
+        held = self.hosted[i]
+        for gi, k in held.items():
+            self.pool[gi] += k
+        for gi, k in takes.items():
+            self.pool[gi] -= k
+        released = {gi: k - takes.get(gi, 0) for gi, k in held.items() if k > takes.get(gi, 0)}
+        self.hosted[i] = dict(takes)
         node.choice = choice
-        self.changed[i] = {"gain": gain, "floor_gain": floor_gain, "delta": delta, "served": served}
-        return True
+        self.free_now[i] = [sum(o.free[t] for o in choice) for t in range(K)]
+        for t in range(K):
+            new = sum(o.total[t] for o in choice)
+            self.totals[t] += new - node.total[t]
+        self.changed[i] = {"gain": wgain, "floor_gain": fgain, "held": held, "takes": dict(takes)}
+        if released:
+            self._relocate(i, released, True)
+
+    # ------------------------------------------------------------------ pair pass
+
+    def _score(self) -> Tuple[float, int, int, int, int]:
+        """The objective of the plan as it stands (larger is better)."""
+        weight = self._served()[2]
+        floors = sum(min(self.totals[t], f) for t, f in enumerate(self.floor) if f)
+        gpus = inst = 0
+        for i in self.changed:
+            choice = self.nodes[i].choice or ()
+            gpus += sum(1 for o in choice if o.changes)
+            inst += sum(o.changes for o in choice)
+        return (round(weight / self.tol) if self.tol else 0, floors, -len(self.changed), -gpus, -inst)
+
+    def _snapshot(self) -> Any:
+        return (list(self.pool), [dict(h) for h in self.hosted], [list(f) for f in self.free_now],
+                list(self.totals), dict(self.changed), [n.choice for n in self.nodes])
+
+    def _restore(self, snap: Any) -> None:
+        pool, hosted, free_now, totals, changed, choices = snap
+        self.pool, self.hosted, self.free_now, self.totals = list(pool), [dict(h) for h in hosted], \
+            [list(f) for f in free_now], list(totals)
+        self.changed = dict(changed)
+        for n, c in zip(self.nodes, choices):
+            n.choice = c
+
+    def _placements(self, supplying: Sequence[int]) -> None:
+        """Small clusters: layouts fixed, for two nodes that can start the same jobs, place
+        their jobs again in either order; keep what starts more weight."""
+        for _ in range(2):
+            better = False
+            for a, i in enumerate(supplying):
+                for j in supplying[a + 1:]:
+                    if not set(self.gid_classes[self.nodes[i].gid]) & set(self.gid_classes[self.nodes[j].gid]):
+                        continue
+                    for order in ((i, j), (j, i)):
+                        before, snap = self._served()[2], self._snapshot()
+                        for n in order:
+                            for gi, k in self.hosted[n].items():
+                                self.pool[gi] += k
+                            self.hosted[n] = {}
+                        for n in order:
+                            self._fill(n)
+                        for n in supplying:
+                            self._fill(n)
+                        if self._served()[2] > before + self.tol:
+                            better = True
+                        else:
+                            self._restore(snap)
+            if not better:
+                break
+
+    def _undo(self, i: int) -> None:
+        """Node i back to today's layouts, its jobs back in the pool."""
+        node, K = self.nodes[i], len(self.types)
+        for gi, k in self.hosted[i].items():
+            self.pool[gi] += k
+        self.hosted[i] = {}
+        if node.choice is not None:
+            for t in range(K):
+                self.totals[t] += node.total[t] - sum(o.total[t] for o in node.choice)
+        node.choice = None
+        self.free_now[i] = list(node.free)
+        self.changed.pop(i, None)
+
+    def _pairs(self, movable: Sequence[int], supplying: Sequence[int]) -> None:
+        """Small clusters: for two changeable nodes that can start the same jobs, at least
+        one of them changed, plan both again in either order (the first one filled best,
+        then the second from what is left) and keep what scores higher.  The greedy fills
+        each node as well as it can on its own; this lets a node leave jobs to another
+        that can only serve those."""
+        cap = self.policy.max_nodes_per_cycle
+        for _ in range(2):
+            better = False
+            for a, i in enumerate(movable):
+                for j in movable[a + 1:]:
+                    if i not in self.changed and j not in self.changed:
+                        continue
+                    ci, cj = self.nodes[i], self.nodes[j]
+                    if not set(self.gid_classes[ci.gid]) & set(self.gid_classes[cj.gid]):
+                        continue
+                    for order in ((i, j), (j, i)):
+                        before, snap = self._score(), self._snapshot()
+                        self._undo(i)
+                        self._undo(j)
+                        for n in order:
+                            mv = self._evaluate(n)
+                            if (mv is not None and self._passes(n, mv)
+                                    and (cap is None or len(self.changed) < cap)):
+                                self._commit(n, mv)
+                            else:
+                                self._fill(n)
+                        for n in supplying:
+                            self._fill(n)
+                        if self._score() > before:
+                            better = True
+                        else:
+                            self._restore(snap)
+            if not better:
+                break
+
+    def _trim(self, i: int) -> None:
+        """Fewest changes for the jobs node i now starts: drop created instances nothing
+        needs, then put back destroyed ones that still fit (each one change fewer)."""
+        node, K = self.nodes[i], len(self.types)
+        assert node.choice is not None
+        need = [0] * K
+        for gi, k in self.hosted[i].items():
+            for t, n in self.groups[gi].req:
+                need[t] += k * n
+        free = list(self.free_now[i])
+        out = list(node.choice)
+        for k, (gpu, opt) in enumerate(zip(sorted(node.src.gpus, key=lambda g: g.index), node.choice)):
+            if opt.changes == 0:
+                continue
+            model = node.models[k]
+            ids = self.type_ids(model)
+            cur = gpu.layout.keys()
+            insts = list(opt.layout.instances)
+            for inst in sorted(opt.layout.instances, key=lambda x: (-x.start, x.profile_id)):
+                if (inst.profile_id, inst.start) in cur:
+                    continue
+                t = ids.index(inst.profile_id) if inst.profile_id in ids else -1
+                if t >= 0 and (free[t] - 1 < need[t] or (self.floor[t] and self.totals[t] - 1 < self.floor[t])):
+                    continue
+                insts.remove(inst)
+                if t >= 0:
+                    free[t] -= 1
+                    self.totals[t] -= 1
+            kept = {(x.profile_id, x.start) for x in insts}
+            for inst in gpu.layout.instances:
+                if (inst.profile_id, inst.start) not in kept and is_valid(model, insts + [inst]):
+                    insts.append(inst)
+                    if inst.profile_id in ids:
+                        t = ids.index(inst.profile_id)
+                        free[t] += 1
+                        self.totals[t] += 1
+            layout = Layout(tuple(insts))
+            out[k] = Option(layout, count_vector(layout, ids, gpu.busy), count_vector(layout, ids),
+                            len(layout.keys() ^ cur))
+        node.choice = tuple(out)
+        self.free_now[i] = free
+
+    def _by_gids(self, gids: Sequence[int]) -> List[int]:
+        """Nodes that can start jobs, in the given partition sets, by index."""
+        key = tuple(gids)
+        hit = self._gid_nodes.get(key)
+        if hit is None:
+            allowed = set(gids)
+            hit = [j for j, n in enumerate(self.nodes) if n.supplies and n.gid in allowed]
+            self._gid_nodes[key] = hit
+        return hit
+
+    def _relocate(self, skip: int, released: Mapping[int, int], apply: bool
+                  ) -> Tuple[float, Dict[int, int], Dict[int, int]]:
+        """Where jobs a move gives back can still start: spare room on other nodes first,
+        then room held by lighter jobs there (those go back to the pending pool).  Returns
+        the weight that still starts, net of the lighter jobs displaced, the jobs moved and
+        the jobs displaced; with ``apply`` the jobs are moved (and taken out of the pool),
+        else nothing changes."""
+        moved: Dict[int, int] = {}
+        evicted: Dict[int, int] = {}
+        hosted: Dict[int, Dict[int, int]] = {}
+        spare: Dict[int, List[int]] = {}
+        net = 0.0
+        order: Dict[Tuple[int, int], List[int]] = {}
+        for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
+            g, left = self.groups[gi], released[gi]
+            scanned = 0
+            for j in self._by_gids(g.gids):
+                if left <= 0 or scanned >= RELOCATE_SCAN:
+                    break
+                if j == skip:
+                    continue
+                scanned += 1
+                if j not in spare:
+                    spare[j] = self._spare(j)
+                    hosted[j] = dict(self.hosted[j])
+                room, held = spare[j], hosted[j]
+                while left > 0:
+                    if all(room[t] >= n for t, n in g.req):
+                        k = left
+                        for t, n in g.req:
+                            k = min(k, room[t] // n)
+                        for t, n in g.req:
+                            room[t] -= k * n
+                        held[gi] = held.get(gi, 0) + k
+                        left -= k
+                        net += k * g.weight
+                        continue
+                    # make room for one job by displacing the lightest lighter jobs
+                    if (j, gi) not in order:
+                        types = {t for t, _ in g.req}
+                        order[(j, gi)] = sorted(
+                            (h for h in held if self.groups[h].weight < g.weight
+                             and any(t in types for t, _ in self.groups[h].req)),
+                            key=lambda h: (self.groups[h].weight, h))
+                    trial, out = list(room), []
+                    for hj in order[(j, gi)]:
+                        h = self.groups[hj]
+                        if not held.get(hj) or not any(
+                                trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
+                            continue
+                        for _ in range(held[hj]):
+                            for t, n in h.req:
+                                trial[t] += n
+                            out.append(hj)
+                            if all(trial[t] >= n for t, n in g.req):
+                                break
+                        if all(trial[t] >= n for t, n in g.req):
+                            break
+                    lost = sum(self.groups[hj].weight for hj in out)
+                    if not out or not all(trial[t] >= n for t, n in g.req) or lost >= g.weight:
+                        break
+                    for hj in out:
+                        held[hj] -= 1
+                        evicted[hj] = evicted.get(hj, 0) + 1
+                        if not held[hj]:
+                            del held[hj]
+                        if apply:
+                            self.pool[hj] += 1
+                    for t, n in g.req:
+                        trial[t] -= n
+                    room[:] = trial
+                    held[gi] = held.get(gi, 0) + 1
+                    left -= 1
+                    net += g.weight - lost
+            if released[gi] - left:
+                moved[gi] = released[gi] - left
+            if apply:
+                self.pool[gi] -= released[gi] - left
+        if apply:
+            for j, held in hosted.items():
+                self.hosted[j] = held
+        return net, moved, evicted

@@ -1,0 +1,487 @@
+"""One node at a time: which pending jobs it can start, and the cheapest layouts that do it.  Pure.
+
+A *requirement* is a vector over ``2K`` dimensions (K types): the first K are free
+instances per type the node must offer (the jobs placed on it), the last K are instances
+per type it must keep in total (floors).  :func:`cover` answers, for a node with all its
+GPUs at once, whether some choice of one option per GPU meets a requirement, and the
+cheapest such choice (fewest GPUs changed, then fewest instances destroyed plus
+created): a dynamic programme over the GPUs whose states are the requirement's
+dimensions capped at what is required, so states stay few however many layouts a GPU
+has; it is used for nodes of at most :data:`EXACT_GPUS` GPUs.  :meth:`Packer.pack` fills
+a node from a pool of job groups, heaviest job first, each class of identical requests
+taken as far as it fits (a class that does not fit once is done on this node), then
+:meth:`Packer.exact` checks small choices exactly.  Larger nodes are filled instance by
+instance (:meth:`Packer.pack_units`), with a cached check of each GPU's options.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from .candidates import GpuOptions, Option
+from .problem import Group, Node, Problem
+
+Req = Tuple[int, ...]
+#: (GPUs changed, instances changed, option index per GPU)
+Cover = Tuple[int, int, Tuple[int, ...]]
+
+#: At most this many feasibility checks per node for the exact pass over its choices.
+EXACT_BUDGET = 400
+#: The exact pass runs when the node could take jobs of at most this many groups.
+EXACT_GROUPS = 12
+#: How often one large node's filling may start over, largest instances first, when a job
+#: does not fit as placed so far.
+REPACKS = 2
+#: Nodes with at most this many GPUs get the exact cover; larger ones are filled instance
+#: by instance (:meth:`Packer.pack_units`).
+EXACT_GPUS = 4
+
+
+class Packer:
+    """Covers and packs for the nodes of one problem; covers are cached per node class."""
+
+    def __init__(self, pb: Problem) -> None:
+        self.pb = pb
+        self.K = len(pb.types)
+        self._covers: Dict[Tuple[Tuple[int, Tuple[int, ...]], Req], Optional[Cover]] = {}
+        self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
+        self._fits: Dict[Tuple[int, Req], bool] = {}
+        self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
+        #: compute slices per type (``3g.40gb`` -> 3), for placing large instances first
+        self.slices = [int(m.group(1)) if (m := re.match(r"(\d+)g", t)) else 1 for t in pb.types]
+
+    # ------------------------------------------------------------------ covers
+
+    def _vector(self, opt: Option) -> Tuple[int, ...]:
+        return opt.free + opt.total
+
+    def _project(self, opts: GpuOptions, active: Tuple[int, ...], need: Req) -> List[Tuple[Req, int, int, int]]:
+        """The GPU's options on the active dimensions, capped at ``need``: one per vector
+        (the cheapest), none dominated by a cheaper one with as much everywhere."""
+        key = (id(opts), active, need)
+        hit = self._proj.get(key)
+        if hit is not None:
+            return hit
+        best: Dict[Req, Tuple[int, int, int]] = {}
+        for idx, opt in enumerate(opts.options):
+            full = self._vector(opt)
+            vec = tuple(min(full[d], n) for d, n in zip(active, need))
+            cost = (0 if idx == 0 else 1, opt.changes, idx)
+            held = best.get(vec)
+            if held is None or cost < held:
+                best[vec] = cost
+        items = sorted(best.items(), key=lambda kv: kv[1])
+        out: List[Tuple[Req, int, int, int]] = []
+        for vec, (g, c, idx) in items:
+            if any(all(a >= b for a, b in zip(o[0], vec)) for o in out):
+                continue  # a cheaper (or equal) option offers at least as much
+            out.append((vec, g, c, idx))
+        self._proj[key] = out
+        return out
+
+    def cover(self, node: Node, req: Req) -> Optional[Cover]:
+        """The cheapest choice of one option per GPU meeting ``req``, or None."""
+        key = (node.sig, req)
+        if key in self._covers:
+            return self._covers[key]
+        K = self.K
+        cur = node.free + node.total
+        if all(c >= r for c, r in zip(cur, req)):
+            out: Optional[Cover] = (0, 0, (0,) * len(node.options))
+            self._covers[key] = out
+            return out
+        active = tuple(d for d in range(2 * K) if req[d] > 0)
+        need = tuple(req[d] for d in active)
+        projs = [self._project(o, active, need) for o in node.options]
+        # most each remaining GPU could still add, per active dimension
+        rest: List[Req] = [tuple(0 for _ in active)]
+        for proj in reversed(projs):
+            top = tuple(max(v[0][j] for v in proj) for j in range(len(active)))
+            rest.append(tuple(a + b for a, b in zip(rest[-1], top)))
+        rest.reverse()
+        # value: (GPUs changed, instances changed, which GPUs keep (earlier ones change first), choice)
+        State = Tuple[int, int, Tuple[int, ...], Tuple[int, ...]]
+        states: Dict[Req, State] = {tuple(0 for _ in active): (0, 0, (), ())}
+        for k, proj in enumerate(projs):
+            nxt: Dict[Req, State] = {}
+            after = rest[k + 1]
+            for s, (g0, c0, kept, ch) in states.items():
+                for vec, g, c, idx in proj:
+                    s2 = tuple(min(a + b, n) for a, b, n in zip(s, vec, need))
+                    if any(a + b < n for a, b, n in zip(s2, after, need)):
+                        continue
+                    val = (g0 + g, c0 + c, kept + (0 if idx else 1,), ch + (idx,))
+                    held = nxt.get(s2)
+                    if held is None or val < held:
+                        nxt[s2] = val
+            states = nxt
+            if not states:
+                break
+        hit = states.get(need)
+        out = None if hit is None else (hit[0], hit[1], hit[3])
+        self._covers[key] = out
+        return out
+
+    # ------------------------------------------------------------------ packing
+
+    def pack(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
+             spare: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req]:
+        """Jobs (group index -> node parts) ``node`` can start from ``pool`` on top of
+        ``base``; with ``changeable`` any layouts, else ``spare`` (free per type, default:
+        today's free instances)."""
+        pb, K = self.pb, self.K
+        groups = pb.groups
+        room = list(node.free if spare is None else spare)
+
+        def fits(req: List[int]) -> bool:
+            if changeable:
+                return self.cover(node, tuple(req)) is not None
+            return all(req[t] <= room[t] for t in range(K))
+
+        if changeable:
+            most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
+        else:
+            most = room
+        req = list(base)
+        takes: Dict[int, int] = {}
+        heap: List[Tuple[float, int, int, int]] = []
+        for c in pb.gid_classes[node.gid]:
+            members = pb.classes[c]
+            for pos, gi in enumerate(members):
+                if pool[gi] > 0:
+                    g = groups[gi]
+                    heap.append((-g.weight, g.size, gi, pos))
+                    break
+        heapq.heapify(heap)
+        while heap:
+            _, _, gi, pos = heapq.heappop(heap)
+            g = groups[gi]
+            k = self._most(g, pool[gi], req, most, fits)
+            if k:
+                for t, n in g.req:
+                    req[t] += k * n
+                takes[gi] = k
+            if k == pool[gi] or k == g.per_node:
+                members = pb.classes[g.cls]
+                for p2 in range(pos + 1, len(members)):
+                    g2 = members[p2]
+                    if pool[g2] > 0:
+                        heapq.heappush(heap, (-groups[g2].weight, groups[g2].size, g2, p2))
+                        break
+        return takes, tuple(req)
+
+    @staticmethod
+    def _most(g: Group, avail: int, req: Sequence[int], most: Sequence[int],
+              fits: Callable[[List[int]], bool]) -> int:
+        """The most jobs of group ``g`` (at most ``avail``) that fit on top of ``req``."""
+        hi = min(avail, g.per_node)
+        for t, n in g.req:
+            hi = min(hi, (most[t] - req[t]) // n)
+        if hi <= 0:
+            return 0
+
+        def ok(k: int) -> bool:
+            trial = list(req)
+            for t, n in g.req:
+                trial[t] += k * n
+            return fits(trial)
+
+        if ok(hi):
+            return hi
+        if not ok(1):
+            return 0
+        lo = 1  # ok(lo), not ok(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def exact(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
+              first: Dict[int, int], spare: Optional[Sequence[int]] = None) -> Dict[int, int]:
+        """Branch and bound over how many jobs of each group the node takes, when the
+        groups it could take are few: the greedy's answer ``first`` unless a heavier
+        choice fits (within :data:`EXACT_BUDGET` checks)."""
+        pb, K = self.pb, self.K
+        cands: List[int] = []
+        for c in pb.gid_classes[node.gid]:
+            for gi in pb.classes[c]:
+                if pool[gi] > 0:
+                    cands.append(gi)
+                    if len(cands) > EXACT_GROUPS:
+                        return first
+        if len(cands) <= 1:
+            return first
+        groups = pb.groups
+        cands.sort(key=lambda gi: (-groups[gi].weight, groups[gi].size, gi))
+        best_w = sum(groups[gi].weight * k for gi, k in first.items())
+        best = dict(first)
+        budget = [EXACT_BUDGET]
+        room = list(node.free if spare is None else spare)
+
+        def fits(req: List[int]) -> bool:
+            budget[0] -= 1
+            if changeable:
+                return self.cover(node, tuple(req)) is not None
+            return all(req[t] <= room[t] for t in range(K))
+
+        if changeable:
+            most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
+        else:
+            most = list(room)
+        # an upper bound on what each group could add, alone on the node
+        caps = []
+        for gi in cands:
+            g = groups[gi]
+            hi = min(pool[gi], g.per_node)
+            for t, n in g.req:
+                hi = min(hi, max(0, most[t] - base[t]) // n)
+            caps.append(hi)
+        suffix = [0.0] * (len(cands) + 1)
+        for j in range(len(cands) - 1, -1, -1):
+            suffix[j] = suffix[j + 1] + groups[cands[j]].weight * caps[j]
+
+        def dfs(j: int, req: List[int], w: float, chosen: Dict[int, int]) -> None:
+            nonlocal best_w, best
+            if budget[0] <= 0:
+                return
+            if w > best_w + pb.tol:
+                best_w, best = w, dict(chosen)
+            if j == len(cands) or w + suffix[j] <= best_w + pb.tol:
+                return
+            gi = cands[j]
+            g = groups[gi]
+            for k in range(caps[j], -1, -1):
+                if k:
+                    trial = list(req)
+                    for t, n in g.req:
+                        trial[t] += k * n
+                    if any(trial[t] > most[t] for t in range(K)) or not fits(trial):
+                        continue
+                    chosen[gi] = k
+                    dfs(j + 1, trial, w + k * g.weight, chosen)
+                    del chosen[gi]
+                else:
+                    dfs(j + 1, req, w, chosen)
+                if budget[0] <= 0:
+                    return
+
+        dfs(0, list(base), 0.0, {})
+        return best
+
+    # ------------------------------------------------------------------ large nodes
+
+    def large(self, node: Node) -> bool:
+        """Nodes with more GPUs than :data:`EXACT_GPUS` are filled instance by instance."""
+        return len(node.options) > EXACT_GPUS
+
+    def fits_gpu(self, opts: GpuOptions, vec: Req) -> bool:
+        """Does some option of this GPU class offer at least ``vec``?"""
+        key = (id(opts), vec)
+        hit = self._fits.get(key)
+        if hit is None:
+            hit = any(all(a >= b for a, b in zip(self._vector(o), vec)) for o in opts.options)
+            self._fits[key] = hit
+        return hit
+
+    def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
+        """(instances changed, option index) of the cheapest option offering ``vec``."""
+        key = (id(opts), vec)
+        hit = self._cheapest.get(key)
+        if hit is None:
+            hit = min((o.changes if j else 0, j) for j, o in enumerate(opts.options)
+                      if all(a >= b for a, b in zip(self._vector(o), vec)))
+            self._cheapest[key] = hit
+        return hit
+
+    def pack_units(self, node: Node, pool: Sequence[int], base: Req,
+                   floors: Sequence[Tuple[int, int]], floors_first: bool
+                   ) -> Tuple[Dict[int, int], Req, Optional[Cover]]:
+        """:meth:`pack` for a large changeable node: every instance a job needs is put on a
+        GPU that can still take it (one that needs no change first, then one already
+        changing, then the fullest other one); a job whose instances do not all find a
+        GPU is not taken, and its class is done.  ``floors``: (type, instances) to add to
+        the node's total if they fit, before or after the jobs.  Returns the jobs, the
+        requirement met and the choice per GPU."""
+        fit = _Units(self, node)
+        K = self.K
+        for d, n in enumerate(base):
+            for _ in range(n):
+                if fit.place_kept(d) is None:
+                    return {}, base, None
+        if floors_first:
+            fit.floors(floors, K)
+        pb, groups = self.pb, self.pb.groups
+        takes: Dict[int, int] = {}
+        heap: List[Tuple[float, int, int, int]] = []
+        for c in pb.gid_classes[node.gid]:
+            for pos, gi in enumerate(pb.classes[c]):
+                if pool[gi] > 0:
+                    heap.append((-groups[gi].weight, groups[gi].size, gi, pos))
+                    break
+        heapq.heapify(heap)
+        repacks = [REPACKS]
+
+        def job(req: Sequence[Tuple[int, int]]) -> bool:
+            if fit.job(req):
+                return True
+            if repacks[0] <= 0:
+                return False
+            repacks[0] -= 1
+            return fit.repack(req, base, self.slices)
+
+        while heap:
+            _, _, gi, pos = heapq.heappop(heap)
+            g = groups[gi]
+            k = 0
+            while k < min(pool[gi], g.per_node) and job(g.req):
+                k += 1
+            if k:
+                takes[gi] = k
+            if k == pool[gi] or k == g.per_node:
+                members = pb.classes[g.cls]
+                for p2 in range(pos + 1, len(members)):
+                    if pool[members[p2]] > 0:
+                        heapq.heappush(heap, (-groups[members[p2]].weight, groups[members[p2]].size,
+                                              members[p2], p2))
+                        break
+        if not floors_first:
+            fit.floors(floors, K)
+        return takes, fit.req(), fit.cover()
+
+
+class _Units:
+    """The instances placed on each GPU of one large node, per requirement dimension."""
+
+    def __init__(self, pk: Packer, node: Node) -> None:
+        self.pk, self.node = pk, node
+        D = 2 * pk.K
+        self.a = [[0] * D for _ in node.options]
+        self.cur = [pk._vector(o.current) for o in node.options]
+        self.changed = [False] * len(node.options)
+        self.dead: Set[Tuple[int, int]] = set()  #: (GPU, dimension) that cannot take one more
+
+    def place(self, d: int) -> Optional[int]:
+        """Put one instance of dimension ``d`` on a GPU: one whose layout already has it
+        free, else one already changing, else the fullest other one that can take it."""
+        a, cur, changed = self.a, self.cur, self.changed
+        G = len(a)
+        pick = -1
+        for k in range(G):
+            if not changed[k] and a[k][d] < cur[k][d]:
+                pick = k
+                break
+        if pick < 0:
+            dead = self.dead
+            best_fill = -1
+            for k in range(G):
+                if (k, d) in dead:
+                    continue
+                row = a[k]
+                if changed[k]:
+                    if self._fits(k, d):
+                        pick = k
+                        break
+                elif best_fill < 0 or sum(row) > best_fill:
+                    if self._fits(k, d):
+                        pick, best_fill = k, sum(row)
+            if pick < 0:
+                return None
+            if not changed[pick] and best_fill >= 0:
+                # an already changing GPU later in the order still comes first
+                for k in range(pick + 1, G):
+                    if changed[k] and (k, d) not in dead and self._fits(k, d):
+                        pick = k
+                        break
+        row = a[pick]
+        row[d] += 1
+        if row[d] > cur[pick][d]:
+            changed[pick] = True
+        return pick
+
+    def place_kept(self, d: int) -> Optional[int]:
+        """Put one instance a floor keeps (a total dimension) on the GPU least likely to be
+        recut for jobs: the most busy instances of the type first, then the most of it."""
+        K = self.pk.K
+        a, cur = self.a, self.cur
+        best, best_key = -1, None
+        for k in range(len(a)):
+            if not self.changed[k] and a[k][d] < cur[k][d]:
+                key = (-(cur[k][d] - cur[k][d - K]) if d >= K else 0, -cur[k][d], k)
+                if best_key is None or key < best_key:
+                    best, best_key = k, key
+        if best < 0:
+            return self.place(d)
+        a[best][d] += 1
+        return best
+
+    def _fits(self, k: int, d: int) -> bool:
+        """Can GPU k take one more instance of dimension d?  A no is remembered: rows only
+        grow while a node is filled (until a job is taken back)."""
+        vec = list(self.a[k])
+        vec[d] += 1
+        if self.pk.fits_gpu(self.node.options[k], tuple(vec)):
+            return True
+        self.dead.add((k, d))
+        return False
+
+    def repack(self, req: Sequence[Tuple[int, int]], base: Req, slices: Sequence[int]) -> bool:
+        """Place everything placed so far plus one more job again, largest instances first
+        (what a floor keeps first); keep the result if it all fits, else change nothing."""
+        saved = ([list(r) for r in self.a], list(self.changed))
+        K = self.pk.K
+        units = [d for row in self.a for d, n in enumerate(row) if d < K for _ in range(n)]
+        units += [t for t, n in req for _ in range(n)]
+        units.sort(key=lambda d: (-slices[d], d))
+        self.a = [[0] * len(r) for r in self.a]
+        self.changed = [False] * len(self.changed)
+        self.dead.clear()
+        ok = all(self.place_kept(d) is not None for d, n in enumerate(base) for _ in range(n))
+        ok = ok and all(self.place(d) is not None for d in units)
+        if not ok:
+            self.a, self.changed = saved
+        self.dead.clear()
+        return ok
+
+    def job(self, req: Sequence[Tuple[int, int]]) -> bool:
+        """Place every instance of one job, or none."""
+        saved = list(self.changed)
+        done: List[Tuple[int, int]] = []
+        for t, n in req:
+            for _ in range(n):
+                k = self.place(t)
+                if k is None:
+                    for k2, d2 in done:
+                        self.a[k2][d2] -= 1
+                    self.changed = saved
+                    self.dead.clear()
+                    return False
+                done.append((k, t))
+        return True
+
+    def floors(self, floors: Sequence[Tuple[int, int]], K: int) -> None:
+        for t, n in floors:
+            for _ in range(n):
+                if self.place(K + t) is None:
+                    break
+
+    def req(self) -> Req:
+        return tuple(sum(col) for col in zip(*self.a))
+
+    def cover(self) -> Cover:
+        idx: List[int] = []
+        gpus = inst = 0
+        for k, opts in enumerate(self.node.options):
+            if not self.changed[k]:
+                idx.append(0)
+                continue
+            best = self.pk.cheapest(opts, tuple(self.a[k]))
+            idx.append(best[1])
+            if best[1]:
+                gpus += 1
+                inst += best[0]
+        return gpus, inst, tuple(idx)

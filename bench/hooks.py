@@ -74,16 +74,20 @@ def _setup(config: str) -> None:
             raise SystemExit(f"bench: setup step {argv} failed with exit {code}")
 
 
-def sim_node(root: str, gpus: int) -> tuple:
+#: ``--metrics``: the node's textfile on (docs/metrics.md), in the node's own tree.
+METRICS = '[metrics]\ntextfile = "/textfile/slurm_mig.prom"\n'
+
+
+def sim_node(root: str, gpus: int, extra: str = "") -> tuple:
     """(config path, extra environment) of the simulator node."""
     config = os.path.join(root, "config.toml")
     with open(config, "w") as f:
-        f.write(sim_config_text(root, ["A100-40GB"] * gpus))
+        f.write(sim_config_text(root, ["A100-40GB"] * gpus, extra))
     _setup(config)
     return config, {}
 
 
-def nvml_node(root: str, gpus: int) -> tuple:
+def nvml_node(root: str, gpus: int, extra: str = "") -> tuple:
     """(config path, extra environment) of the NVML node: ``backend = "nvml"`` over the
     look-alike, its driver files under the simulated driver's root."""
     from slurm_mig.sim import fakenvml
@@ -94,7 +98,7 @@ def nvml_node(root: str, gpus: int) -> tuple:
     config = os.path.join(root, "config.toml")
     with open(config, "w") as f:
         f.write(f'version = 1\nbackend = "nvml"\n[paths]\nroot = "{root}/host"\n'
-                f'dev = "/sim/dev"\nproc = "/sim/proc"\n')
+                f'dev = "/sim/dev"\nproc = "/sim/proc"\n' + extra)
     saved = sys.modules.get("pynvml")
     sys.modules["pynvml"] = fakenvml.fake_pynvml(sim)  # setup only: no latency
     try:
@@ -138,6 +142,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--metrics", action="store_true",
+                    help="with [metrics] textfile set: every hook also writes the textfile")
     args = ap.parse_args()
 
     compileall.compile_dir(os.path.join(REPO, "slurm_mig"), quiet=1)
@@ -150,13 +156,20 @@ def main() -> int:
     times: dict = {"python3 -c pass": []}
     fast: dict = {}
     with tempfile.TemporaryDirectory(prefix="slurm-mig-bench.") as tmp:
+        # The CPU job's prolog asks squeue whether it asked for gpus (the guard): a stand-in
+        # that answers "a CPU job", as tests/conftest.py's cpu_squeue.
+        squeue = os.path.join(tmp, "squeue")
+        with open(squeue, "w") as f:
+            f.write("#!/bin/sh\necho '1|N/A|N/A|N/A|N/A|'\n")
+        os.chmod(squeue, 0o755)
         nodes = {}
         for kind, make in (("sim", sim_node), ("nvml", nvml_node)):
             root = os.path.join(tmp, kind)
             os.makedirs(root)
-            config, extra = make(root, args.gpus)
+            config, extra = make(root, args.gpus, METRICS if args.metrics else "")
             base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SLURMD_NODENAME": NODE,
-                    "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000", **extra}
+                    "SLURM_MIG_CONFIG": config, "SLURM_JOB_UID": "1000",
+                    "SLURM_MIG_SQUEUE": squeue, **extra}
             nodes[kind] = base
             warm = dict(base, SLURM_JOB_ID="999",
                         SLURM_JOB_GPUS=",".join(str(7 * g) for g in range(args.gpus)))

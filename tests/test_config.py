@@ -122,7 +122,8 @@ def test_sim_root_follows_state_dir():
 @pytest.mark.parametrize(
     "body, path, known",
     [
-        ("colour = 1\n", "colour", "apply, backend, hooks, layout, paths, rebalance, sim, slurm, version"),
+        ("colour = 1\n", "colour", "apply, backend, hooks, layout, metrics, paths, rebalance, sim, slurm, "
+                                    "version"),
         ("[apply]\npartiall = true\n", "apply.partiall", "lock_timeout, partial"),
         ("[paths]\ndevs = '/dev'\n", "paths.devs", "dev, gres_conf"),
         ("[sim]\nmodels = []\n", "sim.models", "gpus, root"),

@@ -91,6 +91,9 @@ class Context:
             click.echo(render.as_json(result))
         else:
             click.echo(text_renderer(result))
+        error = (result.get("metrics") or {}).get("error")
+        if error:  # the command did its work; only its metrics are missing (docs/metrics.md)
+            click.echo(f"slurm-mig: warning: {error}", err=True)
 
 
 def ensure_simulator(config) -> None:
@@ -510,6 +513,25 @@ def mode_cmd(obj: Context, state, gpu, reset, wait_s, dry_run, node):
     result = mig_mode(obj.config, obj.backend, os.environ, state == "on", gpu=gpu, reset=reset,
                       node=node, wait=wait_s, dry_run=dry_run)
     obj.emit(result, render.mode_text)
+
+
+@cli.command("metrics")
+@click.option("--textfile", "write", is_flag=True,
+              help="also (re)write [metrics] textfile for node_exporter (atomically)")
+@pass_ctx
+def metrics_cmd(obj: Context, write):
+    """This node's metrics in Prometheus' text format: what [metrics] textfile holds.
+
+    The GPUs and MIG instances are read from the driver now, the counters (hooks, apply,
+    sync, mode) from [metrics] state_file.  See docs/metrics.md.
+    """
+    from .commands import node_metrics
+
+    result = node_metrics(obj.config, obj.backend, write=write)
+    if obj.as_json:
+        click.echo(render.as_json(result))
+    else:
+        click.echo(result["text"], nl=False)
 
 
 @cli.command("rebalance")

@@ -8,17 +8,22 @@ test) or turned into text by :mod:`slurm_mig.app.render`.  No printing here.
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional
+import logging
+import time
+from typing import Callable, List, Optional
 
 from ..core import catalog as catalog_mod
 from ..core.devices import instance_devices, read_mig_minors
-from ..core.errors import InputError, MigNotEnabled, NotSupported, SlurmMigError, UnknownModel
+from ..core.errors import (ConfigError, InputError, MigNotEnabled, NotSupported, SlurmMigError,
+                           UnknownModel)
 from ..core.gputypes import GpuInfo
 from ..core.inputs import MAX_GPU_INDEX, NumberError, from_text, shown
 from ..core.layout import enumerate_layouts, format_layout, is_maximal, maximal_layouts
 from ..gpu.backend import GpuBackend
 from ..host.config import Config, host_paths, node_name
 from ..node.inventory import catalog_model, current_layout, gpu_model, no_mig_gpu
+
+log = logging.getLogger(__name__)
 
 
 def profile_dict(p) -> dict:
@@ -165,8 +170,8 @@ __all__ = [
 ]
 
 
-def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all", *, dry_run: bool = False,
-                 partial: bool = False) -> dict:
+def _apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all", *,
+                  dry_run: bool = False, partial: bool = False) -> dict:
     """Parse ``text`` for every selected GPU first (bad input changes nothing), then apply.
 
     Instances a job record holds count as busy from the start (also when placing a count
@@ -196,6 +201,13 @@ def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all
         "warnings": list(backend.record_warnings)})
 
 
+def apply_layout(config: Config, backend: GpuBackend, text: str, gpu: str = "all", *,
+                 dry_run: bool = False, partial: bool = False) -> dict:
+    """``slurm-mig apply``: :func:`_apply_layout`, metered (:func:`_metered`)."""
+    return _metered(config, backend, "apply", dry_run, lambda: _apply_layout(
+        config, backend, text, gpu, dry_run=dry_run, partial=partial))
+
+
 def _with_dcgm_mapping(config: Config, result: dict) -> dict:
     """After apply, sync, ``sync --pending`` or ``mode`` (not a dry run), with ``[hooks]
     dcgm_job_mapping_dir`` set: dcgm-exporter's mapping files rewritten from the job records
@@ -213,6 +225,77 @@ def _with_dcgm_mapping(config: Config, result: dict) -> dict:
     return dict(result, dcgm_mapping=done)
 
 
+def _metered(config: Config, backend: GpuBackend, command: str, dry_run: bool,
+             run: Callable[[], dict]) -> dict:
+    """``run()`` for apply, sync, ``sync --pending`` or ``mode``; with ``[metrics] textfile``
+    set and not a dry run, its result, duration and the GPUs read afterwards go to the
+    node's metrics (:mod:`slurm_mig.node.metrics`), as ``result["metrics"]`` (the key only
+    then).  A failed run is counted and its error raised (bad input, exit 2, is no run); a
+    metrics failure is only a warning (``result["metrics"]["error"]``, printed on stderr by
+    the CLI)."""
+    m = config.metrics
+    if not m.textfile or dry_run:
+        return run()
+    t0 = time.monotonic()
+    try:
+        result = run()
+    except InputError:  # bad input (exit 2): nothing was tried, so no run to count
+        raise
+    except Exception:
+        _record_run(config, backend, command, time.monotonic() - t0, None)
+        raise
+    error = _record_run(config, backend, command, time.monotonic() - t0, result)
+    return dict(result, metrics={"textfile": m.textfile, "error": error})
+
+
+def _record_run(config: Config, backend: GpuBackend, command: str, seconds: float,
+                result: Optional[dict]) -> Optional[str]:
+    """One run into the node's metrics, with the GPUs as the driver shows them now; the
+    error line when the metrics could not be written (never raised)."""
+    from ..core.nodemetrics import record_run, set_inventory
+    from ..node.metrics import read_inventory, update
+
+    now = time.time()
+    try:
+        gpus: Optional[list] = read_inventory(backend)
+    except Exception as err:  # the counts still go in; the instances wait
+        log.warning("metrics: GPUs not read (%s); the instance gauges keep their last values", err)
+        gpus = None
+
+    def change(state: dict) -> None:
+        record_run(state, command, seconds, now, result)
+        if gpus is not None:
+            set_inventory(state, gpus, now)
+
+    try:
+        update(config.metrics.state_file, config.metrics.textfile, config.paths.state_dir, change)
+    except Exception as err:  # metrics are never worth a failed command
+        line = str(err) if isinstance(err, SlurmMigError) else (
+            f"metrics not written ({type(err).__name__}: {err}); report it")
+        log.warning("%s", line)
+        return line
+    return None
+
+
+def node_metrics(config: Config, backend: GpuBackend, *, write: bool = False) -> dict:
+    """``slurm-mig metrics``: this node's metrics in Prometheus' text format, the GPUs read
+    from the driver now and the counters from ``[metrics] state_file``; ``write``: also
+    (re)write ``[metrics] textfile`` (and keep the GPUs read in the state)."""
+    from ..core.nodemetrics import set_inventory
+    from ..node.metrics import read_inventory, update
+
+    m = config.metrics
+    if write and not m.textfile:
+        raise ConfigError(f"{config.source}: metrics.textfile: not set, so there is no textfile "
+                          f"to write; set [metrics] textfile = \"/var/lib/prometheus/node-exporter/"
+                          f"slurm_mig.prom\" (docs/metrics.md)")
+    gpus = read_inventory(backend)
+    now = time.time()
+    text = update(m.state_file, m.textfile if write else None, config.paths.state_dir,
+                  lambda state: set_inventory(state, gpus, now), persist=write)
+    return {"text": text, "textfile": m.textfile if write else None}
+
+
 # ----------------------------------------------------------------------------- sync
 
 
@@ -223,9 +306,9 @@ def sync(config: Config, backend: GpuBackend, environ, *, node: Optional[str] = 
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return _with_dcgm_mapping(config, sync_node(
+    return _metered(config, backend, "sync", dry_run, lambda: _with_dcgm_mapping(config, sync_node(
         config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-        layout=layout, wait=wait, dry_run=dry_run).as_dict())
+        layout=layout, wait=wait, dry_run=dry_run).as_dict()))
 
 
 def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: str = "all",
@@ -236,9 +319,9 @@ def mig_mode(config: Config, backend: GpuBackend, environ, want: bool, *, gpu: s
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return _with_dcgm_mapping(config, set_mode(
+    return _metered(config, backend, "mode", dry_run, lambda: _with_dcgm_mapping(config, set_mode(
         config, backend, slurm, node_name(environ, node or config.slurm.node_name),
-        want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict())
+        want, gpu=gpu, reset=reset, wait=wait, dry_run=dry_run).as_dict()))
 
 
 # ----------------------------------------------------------------------------- rebalance
@@ -252,9 +335,9 @@ def sync_pending(config: Config, backend: GpuBackend, environ, *, node: Optional
     from ..slurm.client import CommandSlurm
 
     slurm = CommandSlurm(config.slurm.scontrol, config.slurm.reconfigure_command)
-    return _with_dcgm_mapping(config, run(
+    return _metered(config, backend, "sync_pending", dry_run, lambda: _with_dcgm_mapping(config, run(
         config, backend, slurm, ScontrolExtra(config.slurm.scontrol),
-        node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict())
+        node_name(environ, node or config.slurm.node_name), dry_run=dry_run).as_dict()))
 
 
 def rebalance(config: Config, environ, *, dry_run: bool = False) -> dict:

@@ -98,7 +98,7 @@ JOURNAL_DIR = "journal"
 SNAPSHOT = "hook-snapshot.json"
 FACTS_DIR = "hook-facts"
 CACHE_SUFFIX = ".hooks-cache.json"
-FORMAT = 3  #: version of the cache, the snapshot and the facts; another value is a doubt
+FORMAT = 4  #: version of the cache, the snapshot and the facts; another value is a doubt
 #: Fast epilogs in a row on one instance; the next one asks the driver what runs there
 #: (and takes the full path, which ends strays, when anything does).  docs/hooks.md says why.
 FAST_EPILOGS_IN_A_ROW = 7
@@ -290,7 +290,9 @@ def settings(config) -> dict:
             "lock_timeout": config.apply.lock_timeout,
             "epilog_wipe": config.hooks.epilog_wipe, "kill_grace": config.hooks.kill_grace,
             "run_dir": config.paths.run_dir, "task_env": config.hooks.task_env,
-            "dcgm_job_mapping_dir": config.hooks.dcgm_job_mapping_dir}
+            "dcgm_job_mapping_dir": config.hooks.dcgm_job_mapping_dir,
+            "metrics_textfile": config.metrics.textfile,
+            "metrics_state_file": config.metrics.state_file}
 
 
 def write_config_cache(path: str) -> None:

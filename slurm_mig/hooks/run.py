@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from ..core.errors import EXIT_INTERNAL, EXIT_USAGE, InputError, SlurmMigError
 from .jobenv import WIPE_ENV, epilog_overrides, parse_job_gpus
@@ -139,8 +140,55 @@ def _job_label(text: str | None) -> str:
 
 def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
              proc_root: str = "/proc", config=None, backend=None) -> int:
-    """Run ``prolog`` or ``epilog`` with one-line errors; returns the exit code."""
+    """Run ``prolog`` or ``epilog`` with one-line errors; returns the exit code.  Then, with
+    ``[metrics] textfile`` set, its duration and any failure go to the node's metrics
+    (:func:`_metrics`: a metrics failure is a warning, never the hook's exit code)."""
     environ = os.environ if environ is None else environ
+    start = time.monotonic()
+    seen: dict = {"path": "full", "config": config, "reason": None}
+    code = _run_hook(which, environ, proc_root, config, backend, seen)
+    if "skip" not in seen:
+        _metrics(which, environ, proc_root, seen, time.monotonic() - start)
+    return code
+
+
+def _metrics(which: str, environ: Mapping[str, str], proc_root: str, seen: dict,
+             seconds: float) -> None:
+    """The hook's duration (and failure reason) into the node's metrics, when ``[metrics]
+    textfile`` is set; settings from the config the full path read, else from the cache the
+    fast path used.  Any failure: one warning line on stderr, and the hook's code stands."""
+    try:
+        config = seen["config"]
+        if config is not None:
+            textfile, state_file = config.metrics.textfile, config.metrics.state_file
+            state_dir = config.paths.state_dir
+        elif seen["path"] != "fast":
+            return  # the config could not be read (the hook's error says why): no metrics
+        else:
+            from .fast import Doubt, load_settings
+
+            try:
+                cfg = load_settings(environ)  # what the fast path just read
+            except Doubt:
+                return
+            textfile, state_file = cfg.get("metrics_textfile"), cfg.get("metrics_state_file")
+            state_dir = cfg["state_dir"]
+        if not textfile or not state_file:
+            return
+        from ..core.nodemetrics import record_hook
+        from ..node.metrics import update
+
+        update(state_file, textfile, state_dir,
+               lambda state: record_hook(state, which, seen["path"], seconds, seen["reason"]),
+               proc_root=proc_root)
+    except Exception as err:  # metrics are never worth a drained node
+        why = str(err) if isinstance(err, SlurmMigError) else f"{type(err).__name__}: {err}"
+        sys.stderr.write(f"slurm-mig {which}: job {_job_label(environ.get('SLURM_JOB_ID'))}: "
+                         f"warning: {' '.join(why.split())}\n")
+
+
+def _run_hook(which: str, environ: Mapping[str, str], proc_root: str, config, backend,
+              seen: dict) -> int:
     job = _job_label(environ.get("SLURM_JOB_ID"))
     own_backend = backend is None
     try:
@@ -151,15 +199,17 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
             # a job Slurm gave no gpu: nothing to make, but it must not have asked for one
             # (gres not registered yet after a slurmctld restart; docs/hooks.md)
             check(check_job_id(environ.get("SLURM_JOB_ID")), environ)
+            seen["skip"] = True  # a CPU job's prolog: not a hook slurm-mig did anything in
             return 0
         if config is None and backend is None:
             fast = _fast(which, environ, proc_root)
             if fast is not None:
+                seen["path"] = "fast"
                 if which == "epilog":
                     _epilog_messages(job, fast)
                 return 0
         if config is None:
-            config = _load_config(environ)
+            config = seen["config"] = _load_config(environ)
             from .fast import config_path, write_config_cache
 
             write_config_cache(config_path(environ))
@@ -180,10 +230,12 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
     except SlurmMigError as err:
         line = f"slurm-mig {which}: error: job {job}: {err}"
         code = err.exit_code
+        seen["reason"] = type(err).__name__
     except Exception as err:  # a bug: still one line, and the node drains
         line = (f"slurm-mig {which}: error: job {job}: internal error {type(err).__name__}: "
                 f"{' '.join(str(err).split())}; report it (run with SLURM_MIG_DEBUG=1 for a traceback)")
         code = EXIT_INTERNAL
+        seen["reason"] = "internal"
         if environ.get("SLURM_MIG_DEBUG"):
             import traceback
 
@@ -195,7 +247,7 @@ def run_hook(which: str, environ: Mapping[str, str] | None = None, *,
     sys.stderr.flush()
     if config is None:  # failed before the config was read (a CPU job's guard): try it now
         try:
-            config = _load_config(environ)
+            config = seen["config"] = _load_config(environ)
         except Exception:  # the line on stderr is what matters
             pass
     _record_error(config, line)

@@ -150,6 +150,16 @@ class RebalanceSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics in node_exporter textfiles (docs/metrics.md); "" = off."""
+
+    textfile: str = ""  #: this node's textfile (hooks, apply, sync, mode); "" = off
+    state_file: str = "/var/lib/slurm-mig/metrics.json"  #: the node's counters between runs
+    rebalance_textfile: str = ""  #: the controller's textfile (rebalance); "" = off
+    rebalance_state_file: str = "/var/lib/slurm-mig/rebalance-metrics.json"
+
+
+@dataclass(frozen=True)
 class Config:
     version: int = VERSION
     backend: str = "nvml"
@@ -160,6 +170,7 @@ class Config:
     slurm: SlurmSettings = SlurmSettings()
     hooks: HookSettings = HookSettings()
     rebalance: RebalanceSettings = RebalanceSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = field(default=DEFAULTS_SOURCE, compare=False)  #: file it came from
 
     def layout_for(self, gpu_index: int) -> Optional[str]:
@@ -316,7 +327,7 @@ class _Reader:
 
     def config(self, doc: Mapping) -> Config:
         self.check_keys(doc, "", ("version", "backend", "paths", "sim", "layout", "apply", "slurm",
-                                  "hooks", "rebalance"))
+                                  "hooks", "rebalance", "metrics"))
         self.version(doc)
         backend = self.string(doc.get("backend", "nvml"), "backend")
         if backend not in BACKENDS:
@@ -334,6 +345,7 @@ class _Reader:
             slurm=self.slurm(doc),
             hooks=self.hooks(doc),
             rebalance=rebalance,
+            metrics=self.metrics(doc, paths.state_dir),
             source=self.source,
         )
 
@@ -555,3 +567,23 @@ class _Reader:
             lock=paths["lock"],
             state_file=paths["state_file"],
         )
+
+    def metrics(self, doc: Mapping, state_dir: str) -> MetricsSettings:
+        known = tuple(MetricsSettings.__dataclass_fields__)
+        t = self.table(doc, "", "metrics", known)
+        values = {}
+        for key in ("textfile", "rebalance_textfile"):
+            text = self.string(t.get(key, ""), f"metrics.{key}")
+            if text:
+                text = self.full_path(self.path(text, f"metrics.{key}"), f"metrics.{key}")
+                if not text.endswith(".prom") or posixpath.basename(text).startswith("."):
+                    raise self.error(f"metrics.{key}", f"{shown(text)}: node_exporter's textfile "
+                                                       f"collector reads only *.prom files (not "
+                                                       f"hidden ones); name it like slurm_mig.prom")
+            values[key] = text
+        for key, name in (("state_file", "metrics.json"),
+                          ("rebalance_state_file", "rebalance-metrics.json")):
+            values[key] = (self.full_path(self.path(t[key], f"metrics.{key}"), f"metrics.{key}")
+                           if key in t else self.full_path(posixpath.join(state_dir, name),
+                                                           f"metrics.{key}", root=False))
+        return MetricsSettings(**values)

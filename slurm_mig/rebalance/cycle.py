@@ -61,6 +61,7 @@ from ..slurm.demand import skipped
 from ..slurm.model import NodeInfo, PendingJob
 from ..slurm.reader import SlurmReader
 from .finish import FinishResult, Ready, finish, verdict
+from .metrics import Recording, cycle_metrics
 from .planning import DemandItem, Plan, PlanGpu, PlanNode, Policy, plan
 from .planning.model import NodePlan
 
@@ -423,9 +424,11 @@ def rebalance(config: Config, reader: SlurmReader, slurm: SlurmClient, channel: 
             raise LockBusy(f"another slurm-mig rebalance is running (lock {r.lock}); it ends by "
                            f"itself, find it with `fuser {r.lock}`") from err
         state = read_state(r.state_file)
-        cy = Cycle(config, reader, slurm, channel, state["cycle"] + 1, dry_run, clock, sleep,
+        seen = Recording(reader)  # what Slurm said at the start, for the metrics
+        cy = Cycle(config, seen, slurm, channel, state["cycle"] + 1, dry_run, clock, sleep,
                    max(poll, 0.0))
-        result = _cycle(cy, state)
+        with cycle_metrics(cy, seen, wall) as metered:
+            result = metered.result = _cycle(cy, state)
         if not dry_run:
             save_last(r.state_file, result.as_dict(), wall())
         return result

@@ -56,31 +56,7 @@ def write_file(path: str, text: str, mode: int) -> bool:
     is not rewritten); the directory is made 0755 where missing and must be trusted."""
     directory, name = os.path.split(os.path.abspath(path))
     safefs.ensure_dir(directory, 0o755, f"directory of {name}")
-    data = text.encode("utf-8")
-    try:
-        old = safefs.read_file(path, name, limit=len(data) + 1)
-    except (OSError, SlurmMigError):
-        old = None  # unreadable, too big, a link: replaced
-    if old == data:
-        return False
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return True
+    return safefs.write_file(path, text.encode("utf-8"), mode)
 
 
 def read_state(state_file: str) -> Dict[str, Any]:

@@ -4,8 +4,10 @@ Every panel queries only metrics slurm-mig exports: the names are taken from the
 the controller's rendered textfiles (slurm_mig.core.nodemetrics, slurm_mig.rebalance.metrics),
 so renaming a metric fails here.  Every query is valid PromQL: ``promtool check rules`` (Debian's
 ``prometheus`` package) parses them all as recording rules; where promtool is missing that
-check skips with the reason, except under CI (``CI=true``), where it fails.  Grafana itself is
-not in Debian and is not run here.
+check skips with the reason, except under CI (``CI=true``), where it fails.  A real Prometheus
+(tests/promscrape.py) scrapes both rendered textfiles and answers every query; the capacity and
+demand panels return the sample values (about 5 s).  Grafana itself is not in Debian and is
+not run here.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ def exprs(dash: dict) -> List[Tuple[str, str]]:
     return [(f"{p['title']}/{t['refId']}", t["expr"]) for p in panels(dash) for t in p["targets"]]
 
 
-def exported() -> Dict[str, str]:
-    """Every metric family slurm-mig exports -> its type, from the rendered textfiles (sample
-    values in every family the modules keep)."""
+def textfiles() -> Tuple[str, str]:
+    """The node's and the controller's textfiles as slurm-mig's own modules render them,
+    with sample values."""
     node = nodemetrics.new_state()
     nodemetrics.record_hook(node, "prolog", "fast", 0.02, failure="LockBusy")
     nodemetrics.record_run(node, "apply", 1.5, 1.7e9, {})
@@ -65,7 +67,23 @@ def exported() -> Dict[str, str]:
                               1.7e9)
     controller = rb_metrics.read("/nonexistent/rebalance-metrics.json")
     rb_metrics.record_cycle(controller, None, 2.5, 1.7e9)
-    text = m.render(nodemetrics.families(node, {(0, 1): 1})) + rb_metrics.render(controller)
+    from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
+
+    jobs = [PendingJob(1, partition=("gpu",), reason="Resources",
+                       requests=(GresRequest("1g.10gb", 2),))]
+    nodes = [NodeInfo("n1", gres={"1g.10gb": 7, "3g.20gb": 1}, gres_used={"1g.10gb": 3})]
+    result = {"changed": [{"node": "n1"}], "resumed": [], "finished": ["n1"], "failed": [],
+              "reconfigures": 1, "hold": {"held": []},
+              "plan": {"totals": {"demand_instances": 2, "demand_weight": 2.0,
+                                  "satisfied_before": 0, "satisfied_after": 2,
+                                  "weight_before": 0.0, "weight_after": 2.0}}}
+    rb_metrics.record_cycle(controller, result, 3.0, 1.7e9 + 60, jobs, nodes)
+    return m.render(nodemetrics.families(node, {(0, 1): 1})), rb_metrics.render(controller)
+
+
+def exported() -> Dict[str, str]:
+    """Every metric family slurm-mig exports -> its type, from the rendered textfiles."""
+    text = "".join(textfiles())
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert len(types) == len(nodemetrics.KEPT) + len(nodemetrics.COMPUTED) + len(rb_metrics.SPECS)
     return types
@@ -192,3 +210,28 @@ def test_promtool_refuses_a_broken_query(tmp_path):
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0
+
+
+def test_prometheus_answers_every_query_and_the_capacity_panel_has_data(tmp_path):
+    """A real Prometheus scrapes both rendered textfiles through a real node_exporter
+    (tests/promscrape.py; skips where either is missing, fails under CI) and runs every query."""
+    from promscrape import Scrape
+
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    node, controller = textfiles()
+    (textdir / "slurm_mig.prom").write_text(node)
+    (textdir / "slurm_mig_rebalance.prom").write_text(controller)
+    s = Scrape(str(textdir), str(tmp_path))
+    try:
+        capacity = s.wait_for("Prometheus answers the capacity panel", lambda: s.by(
+            "profile", promql(next(e for w, e in exprs(load())
+                                   if w == "MIG capacity by profile/A"))))
+        assert capacity == {"3g.20gb": 1.0}
+        demand = {w: e for w, e in exprs(load())}
+        assert s.by("type", promql(demand["Pending demand vs supply per type/A"])) == {
+            "1g.10gb": 2.0}
+        for where, expr in exprs(load()):
+            s.query(promql(expr))  # asserts Prometheus' status is success
+    finally:
+        s.stop()

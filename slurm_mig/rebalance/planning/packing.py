@@ -126,13 +126,12 @@ class Packer:
 
     # ------------------------------------------------------------------ packing
 
-    def pack(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
-             spare: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req]:
-        """Jobs (group index -> node parts) ``node`` can start from ``pool`` on top of
-        ``base``; with ``changeable`` any layouts, else ``spare`` (free per type, default:
-        today's free instances)."""
-        pb, K = self.pb, self.K
-        groups = pb.groups
+    def _room(self, node: Node, changeable: bool, spare: Optional[Sequence[int]]
+              ) -> Tuple[Callable[[List[int]], bool], List[int]]:
+        """What :meth:`pack` and :meth:`exact` test a request against on ``node``: whether it
+        fits (any layouts with ``changeable``, else ``spare``, default today's free
+        instances), and the most of each type the node could offer."""
+        K = self.K
         room = list(node.free if spare is None else spare)
 
         def fits(req: List[int]) -> bool:
@@ -144,6 +143,16 @@ class Packer:
             most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
         else:
             most = room
+        return fits, most
+
+    def pack(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
+             spare: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req]:
+        """Jobs (group index -> node parts) ``node`` can start from ``pool`` on top of
+        ``base``; with ``changeable`` any layouts, else ``spare`` (free per type, default:
+        today's free instances)."""
+        pb, K = self.pb, self.K
+        groups = pb.groups
+        fits, most = self._room(node, changeable, spare)
         req = list(base)
         takes: Dict[int, int] = {}
         heap: List[Tuple[float, int, int, int]] = []
@@ -221,18 +230,11 @@ class Packer:
         best_w = sum(groups[gi].weight * k for gi, k in first.items())
         best = dict(first)
         budget = [EXACT_BUDGET]
-        room = list(node.free if spare is None else spare)
+        node_fits, most = self._room(node, changeable, spare)
 
         def fits(req: List[int]) -> bool:
             budget[0] -= 1
-            if changeable:
-                return self.cover(node, tuple(req)) is not None
-            return all(req[t] <= room[t] for t in range(K))
-
-        if changeable:
-            most = [sum(max(o.free[t] for o in opts.options) for opts in node.options) for t in range(K)]
-        else:
-            most = list(room)
+            return node_fits(req)
         # an upper bound on what each group could add, alone on the node
         caps = []
         for gi in cands:

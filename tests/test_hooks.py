@@ -109,7 +109,13 @@ class Node:
 
 @pytest.fixture
 def node(cli, node_config, tmp_path, cpu_squeue):
-    config_path = node_config(gpus=("A100-40GB",) * 3)
+    yield from simulated_node(cli, node_config, tmp_path, cpu_squeue)
+
+
+def simulated_node(cli, node_config, tmp_path, cpu_squeue, extra: str = ""):
+    """The node of these tests (three A100-40GB, seven 1g.5gb each, gres files written);
+    ``extra`` is added to its config (test_metrics.py turns metrics on with it)."""
+    config_path = node_config(gpus=("A100-40GB",) * 3, extra=extra)
     assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
     for cmd in ("gres-conf", "node-conf"):
         code, _, err = cli(cmd, "--node", NODE, "--write", config=config_path)

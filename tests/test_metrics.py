@@ -21,13 +21,10 @@ import pytest
 
 from slurm_mig.core import metrics as m, nodemetrics
 from slurm_mig.host.config import load_config
-from slurm_mig.node import jobs
 from slurm_mig.node import metrics as node_metrics
 from slurm_mig.rebalance import metrics as rb_metrics
-from slurm_mig.sim.driver import SimDriver
 
 import test_hooks
-from test_hooks import NODE, Node
 from test_rebalance import cluster, config  # noqa: F401 - fixtures
 
 TEXTFILE_DIR = "/textfile"
@@ -166,21 +163,7 @@ def _read(path: str) -> Dict[Sample, float]:
 @pytest.fixture
 def mnode(cli, node_config, tmp_path, cpu_squeue):
     """test_hooks.py's node (three A100-40GB, seven 1g.5gb each) with metrics on."""
-    config_path = node_config(gpus=("A100-40GB",) * 3, extra=METRICS_CONFIG)
-    assert cli("apply", "1g.5gb:7", config=config_path)[0] == 0
-    for cmd in ("gres-conf", "node-conf"):
-        code, _, err = cli(cmd, "--node", NODE, "--write", config=config_path)
-        assert code == 0, err
-    config = load_config(config_path)
-    proc = tmp_path / "fakeproc"
-    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
-    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(jobs.boot_id() or "")
-    n = Node(config_path, config, SimDriver(config.sim.root), [], str(proc), cpu_squeue)
-    yield n
-    for p in n.procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
+    yield from test_hooks.simulated_node(cli, node_config, tmp_path, cpu_squeue, METRICS_CONFIG)
 
 
 def test_metrics_are_off_by_default(node_config, cli):

@@ -742,6 +742,41 @@ def test_auto_reads_through_the_commands_and_pyslurm_refuses_without_a_slurm_con
         slurm_reader("pyslurm")
 
 
+def _program(path):
+    """An executable that is not a script (an ELF-like header), as Debian's squeue is."""
+    path.write_bytes(b"\x7fELF fake program\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_auto_reads_through_the_commands_when_they_are_wrapper_scripts(monkeypatch, slurm_conf,
+                                                                       tmp_path):
+    """A wrapper script may point its command at any cluster (the sandbox's bin/ sets its own
+    SLURM_CONF): pyslurm would read libslurm's slurm.conf instead, so auto keeps the commands
+    (measured on 24.11: with a stray /etc/slurm/slurm.conf auto planned another queue)."""
+    fake = _fake_pyslurm([], [])
+    monkeypatch.setitem(sys.modules, "pyslurm", fake)
+    monkeypatch.setattr("slurm_mig.slurm.reader.pyslurm_importable", lambda: True)
+    wrapper = tmp_path / "squeue"
+    wrapper.write_text("#!/bin/sh\nexport SLURM_CONF=/elsewhere/slurm.conf\nexec squeue \"$@\"\n")
+    wrapper.chmod(0o755)
+    sinfo = _program(tmp_path / "sinfo")
+    got = slurm_reader("auto", squeue=str(wrapper), sinfo=sinfo)
+    assert isinstance(got, SlurmJsonClient) and got.squeue == str(wrapper)
+    # Programs reading libslurm's slurm.conf: pyslurm reads the same cluster.
+    squeue = _program(tmp_path / "squeue2")
+    assert isinstance(slurm_reader("auto", squeue=squeue, sinfo=sinfo), PyslurmReader)
+    # ... unless the commands are given another slurm.conf than libslurm's.
+    other = tmp_path / "other.conf"
+    other.write_text("ClusterName=other\n")
+    assert isinstance(slurm_reader("auto", squeue=squeue, sinfo=sinfo,
+                                   env={"SLURM_CONF": str(other)}), SlurmJsonClient)
+    assert isinstance(slurm_reader("auto", squeue=squeue, sinfo=sinfo,
+                                   env={"SLURM_CONF": slurm_conf}), PyslurmReader)
+    # reader = "pyslurm" is the admin's word: it reads through pyslurm whatever the commands.
+    assert isinstance(slurm_reader("pyslurm", squeue=str(wrapper), sinfo=sinfo), PyslurmReader)
+
+
 def test_rebalance_reads_through_the_configured_reader(monkeypatch, slurm_conf):
     """[slurm] reader: auto picks pyslurm when it imports, else the commands; the choice
     reaches rebalance's collaborators (slurm_mig.rebalance.cycle.default_collaborators)."""

@@ -17,13 +17,20 @@ process (exit 1, "fatal: Could not establish a configuration source"; after retr
 ``SLURM_CONF`` names a missing file) when it finds no slurm.conf: measured with pyslurm 24.11.0
 on Slurm 24.11.  So pyslurm is imported only where ``$SLURM_CONF`` (else Slurm's default,
 /etc/slurm/slurm.conf) is a readable file; configless clients (DNS SRV) read through the
-commands.
+commands.  And ``auto`` reads through pyslurm only when it is sure to read the cluster the
+commands would: pyslurm reads libslurm's slurm.conf (this process's ``$SLURM_CONF``), the
+commands read theirs (the environment they are given; a wrapper script may set any).  So a
+wrapper script in place of ``squeue``/``sinfo`` (the sandbox's ``bin/``, a site's module
+wrapper), or a ``SLURM_CONF`` for the commands that is not libslurm's, keeps ``auto`` on the
+commands; ``reader = "pyslurm"`` still forces pyslurm.  Measured on 24.11: with a stray
+/etc/slurm/slurm.conf, ``auto`` planned another cluster's queue than the commands'.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from ..core.errors import SlurmError, SlurmUnreadable
@@ -108,12 +115,39 @@ def slurm_conf_readable(environ: Optional[Mapping[str, str]] = None) -> bool:
     return os.path.isfile(path) and os.access(path, os.R_OK)
 
 
+def _is_script(command: str, environ: Optional[Mapping[str, str]]) -> bool:
+    """True when ``command`` (a path, or a name looked up on PATH) is a ``#!`` script, whose
+    environment (so whose cluster) cannot be known; False for a program or a missing one."""
+    path = command if os.sep in command else shutil.which(
+        command, path=(environ if environ is not None else os.environ).get("PATH"))
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def same_cluster_as_commands(squeue: str = "squeue", sinfo: str = "sinfo",
+                             env: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether pyslurm (libslurm's slurm.conf) is sure to read what the commands read: both
+    commands are programs, not wrapper scripts, and the slurm.conf their environment names is
+    libslurm's (the same file, links resolved)."""
+    if _is_script(squeue, env) or _is_script(sinfo, env):
+        return False
+    if env is None:
+        return True
+    return os.path.realpath(slurm_conf_path(env)) == os.path.realpath(slurm_conf_path())
+
+
 def slurm_reader(prefer: str = "auto", *, pyslurm_module: Any = None,
                  **json_options: Any) -> SlurmReader:
     """``json`` -> :class:`SlurmJsonClient` (``json_options``: squeue, sinfo, env, timeout);
     ``pyslurm`` -> :class:`PyslurmReader` (SlurmError when pyslurm cannot be imported);
-    ``auto`` -> pyslurm when importable and slurm.conf is readable, else json.  pyslurm
-    reads this process's environment (``$SLURM_CONF``), not ``json_options["env"]``."""
+    ``auto`` -> pyslurm when importable, slurm.conf is readable and the commands would read
+    the same cluster (:func:`same_cluster_as_commands`), else json.  pyslurm reads this
+    process's environment (``$SLURM_CONF``), not ``json_options["env"]``."""
     if prefer not in ("auto", "json", "pyslurm"):
         raise SlurmError(f"slurm reader {prefer!r} is not one of auto, json, pyslurm")
     if prefer == "json":
@@ -127,7 +161,9 @@ def slurm_reader(prefer: str = "auto", *, pyslurm_module: Any = None,
                              f"set SLURM_CONF to the cluster's slurm.conf, or read Slurm through "
                              f"its JSON commands ([slurm] reader = \"json\")")
         return PyslurmReader(import_pyslurm())
-    if pyslurm_importable() and slurm_conf_readable():
+    if (pyslurm_importable() and slurm_conf_readable() and same_cluster_as_commands(
+            json_options.get("squeue", "squeue"), json_options.get("sinfo", "sinfo"),
+            json_options.get("env"))):
         try:
             return PyslurmReader(import_pyslurm())
         except SlurmError:  # found but broken (built against another Slurm): use the commands

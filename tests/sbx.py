@@ -35,6 +35,7 @@ from slurm_mig.sandbox import SandboxCluster, missing_requirements
 from slurm_mig.sandbox.host import which
 from slurm_mig.sim.driver import SimDriver
 from slurm_mig.slurm.client import CommandSlurm
+from slurm_mig.change.channel import parse_channel
 from slurm_mig.slurm.scontrol import parse_pairs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -380,3 +381,90 @@ class ReconfigureServer:
         the thread here stopped the cluster before the test's last ``scontrol`` (measured:
         "Unable to contact slurm controller")."""
         self.sock.close()
+
+
+class NodeTimers:
+    """``slurm-mig sync --pending`` on every node, again and again, as their timers would."""
+
+    def __init__(self, sbx):
+        self.sbx = sbx
+        self.runs: List[dict] = []  # {"node", "t", "rc", "result" or "stderr"}
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        while not self.stop_event.is_set():
+            for node in self.sbx.nodes:
+                proc = self.sbx.slurm_mig(self.sbx.config_path(node), "sync", "--pending",
+                                          "--node", node)
+                run = {"node": node, "t": time.monotonic(), "rc": proc.returncode,
+                       "stderr": proc.stderr.strip()}
+                if proc.returncode == 0:
+                    run["result"] = json.loads(proc.stdout)
+                self.runs.append(run)
+            self.stop_event.wait(0.3)
+
+    def published(self, node: str) -> List[float]:
+        return [r["t"] for r in self.runs if r["node"] == node and r.get("result", {}).get("published")]
+
+    def applied(self, node: str) -> List[dict]:
+        return [r["result"] for r in self.runs if r["node"] == node and r.get("result", {}).get("applied")]
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+
+
+class World:
+    def __init__(self, sbx, server, timers, count: str, ctl: str):
+        self.sbx, self.server, self.timers, self.count, self.ctl = sbx, server, timers, count, ctl
+        self.seen: Dict[str, object] = {}  # what the first test measured, for the others
+
+    def extra(self, node: str) -> str:
+        return self.sbx.extra(node)
+
+    def rebalance(self) -> dict:
+        return self.sbx.rebalance(self.ctl)
+
+    def count_lines(self) -> List[str]:
+        try:
+            with open(self.count) as f:
+                return [l.split()[0] for l in f]
+        except FileNotFoundError:
+            return []
+
+
+@contextlib.contextmanager
+def rebalance_world(tools: str, prefix: str, gpus: Mapping[str, List[str]],
+                    layouts: Mapping[str, List[Tuple[str, str]]], floor: Mapping[str, int], *,
+                    reader: Optional[str] = None) -> Iterator[World]:
+    """A started cluster (:func:`sandbox`) with a controller config (``floor``, apply_wait 30 s,
+    ``[slurm] reader`` when given), RECONFIGURE for the controller and the nodes (counted in
+    ``<tools>/reconfigures.log``), n3 drained with ADMIN's reason, the nodes' timers running and
+    every layout published.  What tests/test_rebalance_slurm.py and test_pyslurm_slurm.py share."""
+    sock, count = os.path.join(tools, "reconf.sock"), os.path.join(tools, "reconfigures.log")
+    node_extra = (f"[slurm]\nreconfigure_command = "
+                  f"{json.dumps(reconfigure_command(tools, sock, count, 'node'))}\n")
+    with sandbox(prefix, gpus, layouts, config_extra=node_extra) as sbx:
+        floors = ", ".join(f'"{t}" = {n}' for t, n in floor.items())
+        ctl = sbx.write_controller_config(reconfigure_command(tools, sock, count, "controller"),
+                                          f"floor = {{ {floors} }}\napply_wait = 30\n")
+        if reader is not None:
+            with open(ctl) as f:
+                text = f.read()
+            with open(ctl, "w") as f:
+                f.write(text.replace("[slurm]\n", f"[slurm]\nreader = {json.dumps(reader)}\n", 1))
+        sbx.cluster.drain("n3", ADMIN)
+        server = ReconfigureServer(sbx, sock)
+        timers = NodeTimers(sbx)
+        w = World(sbx, server, timers, count, ctl)
+        try:
+            # Every node publishes its layout on its timer's first run.
+            until("every layout published", lambda: all(
+                parse_channel(w.extra(n), n) is not None for n in sbx.nodes))
+            yield w
+        finally:
+            timers.stop()
+            server.close()
+            sbx.cluster.resume("n3", wait=False)

@@ -22,16 +22,9 @@ import textwrap
 
 import pytest
 
-from slurm_mig.change.channel import parse_channel
 from slurm_mig.sandbox import missing_requirements
 
-from sbx import REPO, sandbox, until
-from test_rebalance_slurm import NodeTimers, World
-
-try:  # main moved these into sbx.py; this branch still has them in test_rebalance_slurm
-    from sbx import RECONFIGURE, ReconfigureServer
-except ImportError:
-    from test_rebalance_slurm import RECONFIGURE, ReconfigureServer  # type: ignore[no-redef]
+from sbx import REPO, rebalance_world, until
 
 MISSING = missing_requirements()
 if importlib.util.find_spec("pyslurm") is None:
@@ -42,7 +35,6 @@ pytestmark = [pytest.mark.slurm,
 GPUS = {"n1": ["A100-80GB"], "n2": ["A100-80GB"], "n3": ["A100-80GB"]}
 LAYOUTS = {"n1": [("0", "1g.10gb:7")], "n2": [("0", "1g.10gb:7")], "n3": [("0", "3g.40gb:2")]}
 FLOOR = {"1g.10gb": 7, "3g.40gb": 1}
-ADMIN = "test: maintenance"
 
 # Both readers' views, as JSON, from a child process (pyslurm binds slurm.conf at import).
 VIEWS = textwrap.dedent("""\
@@ -76,33 +68,9 @@ def views(sbx, *prefer: str) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tools = tmp_path_factory.mktemp("pyslurm")
-    sock, count = str(tools / "reconf.sock"), str(tools / "reconfigures.log")
-    script = tools / "reconfigure.py"
-    script.write_text(RECONFIGURE)
-    node_extra = (f"[slurm]\nreconfigure_command = "
-                  f"{json.dumps([sys.executable, str(script), sock, count, 'node'])}\n")
-    with sandbox("sbx-pyslurm-", GPUS, LAYOUTS, config_extra=node_extra) as sbx:
-        floor = ", ".join(f'"{t}" = {n}' for t, n in FLOOR.items())
-        ctl = sbx.write_controller_config(
-            [sys.executable, str(script), sock, count, "controller"],
-            f"floor = {{ {floor} }}\napply_wait = 30\n")
-        with open(ctl) as f:
-            text = f.read()
-        with open(ctl, "w") as f:
-            f.write(text.replace("[slurm]\n", '[slurm]\nreader = "pyslurm"\n', 1))
-        sbx.cluster.drain("n3", ADMIN)
-        server = ReconfigureServer(sbx, sock)
-        timers = NodeTimers(sbx)
-        w = World(sbx, server, timers, count, ctl)
-        try:
-            until("every layout published", lambda: all(
-                parse_channel(w.extra(n), n) is not None for n in sbx.nodes))
-            yield w
-        finally:
-            timers.stop()
-            server.close()
-            sbx.cluster.resume("n3", wait=False)
+    with rebalance_world(str(tmp_path_factory.mktemp("pyslurm")), "sbx-pyslurm-", GPUS, LAYOUTS,
+                         FLOOR, reader="pyslurm") as w:
+        yield w
 
 
 def test_rebalance_with_the_pyslurm_reader_serves_a_pending_3g_job_in_one_cycle(world):

@@ -23,10 +23,7 @@ Needs root, munge and Slurm; skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from typing import Dict, List
 
 import pytest
 
@@ -35,89 +32,18 @@ from slurm_mig.change.channel import parse_channel
 from slurm_mig.sim.backend import SimBackend
 
 from sbx import (ADMIN, NEEDS_SLURM, REBALANCE_GPUS as GPUS, REBALANCE_LAYOUTS as LAYOUTS,
-                 ReconfigureServer, reconfigure_command, sandbox, until)
+                 rebalance_world, until)
 
 pytestmark = NEEDS_SLURM
 
 FLOOR = {"1g.5gb": 7, "3g.20gb": 1}
 
 
-class NodeTimers:
-    """``slurm-mig sync --pending`` on every node, again and again, as their timers would."""
-
-    def __init__(self, sbx):
-        self.sbx = sbx
-        self.runs: List[dict] = []  # {"node", "t", "rc", "result" or "stderr"}
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    def loop(self) -> None:
-        while not self.stop_event.is_set():
-            for node in self.sbx.nodes:
-                proc = self.sbx.slurm_mig(self.sbx.config_path(node), "sync", "--pending",
-                                          "--node", node)
-                run = {"node": node, "t": time.monotonic(), "rc": proc.returncode,
-                       "stderr": proc.stderr.strip()}
-                if proc.returncode == 0:
-                    run["result"] = json.loads(proc.stdout)
-                self.runs.append(run)
-            self.stop_event.wait(0.3)
-
-    def published(self, node: str) -> List[float]:
-        return [r["t"] for r in self.runs if r["node"] == node and r.get("result", {}).get("published")]
-
-    def applied(self, node: str) -> List[dict]:
-        return [r["result"] for r in self.runs if r["node"] == node and r.get("result", {}).get("applied")]
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(60)
-
-
-class World:
-    def __init__(self, sbx, server, timers, count: str, ctl: str):
-        self.sbx, self.server, self.timers, self.count, self.ctl = sbx, server, timers, count, ctl
-        self.seen: Dict[str, object] = {}  # what the first test measured, for the others
-
-    def extra(self, node: str) -> str:
-        return self.sbx.extra(node)
-
-    def rebalance(self) -> dict:
-        return self.sbx.rebalance(self.ctl)
-
-    def count_lines(self) -> List[str]:
-        try:
-            with open(self.count) as f:
-                return [l.split()[0] for l in f]
-        except FileNotFoundError:
-            return []
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tools = tmp_path_factory.mktemp("rebal")
-    sock, count = str(tools / "reconf.sock"), str(tools / "reconfigures.log")
-    node_extra = (f"[slurm]\nreconfigure_command = "
-                  f"{json.dumps(reconfigure_command(str(tools), sock, count, 'node'))}\n")
-    with sandbox("sbx-rebal-", GPUS, LAYOUTS, config_extra=node_extra) as sbx:
-        floor = ", ".join(f'"{t}" = {n}' for t, n in FLOOR.items())
-        ctl = sbx.write_controller_config(
-            reconfigure_command(str(tools), sock, count, "controller"),
-            f"floor = {{ {floor} }}\napply_wait = 30\n")
-        sbx.cluster.drain("n3", ADMIN)
-        server = ReconfigureServer(sbx, sock)
-        timers = NodeTimers(sbx)
-        w = World(sbx, server, timers, count, ctl)
-        try:
-            # Every node publishes its layout on its timer's first run.
-            until("every layout published", lambda: all(
-                parse_channel(w.extra(n), n) is not None for n in sbx.nodes))
-            yield w
-        finally:
-            timers.stop()
-            server.close()
-            sbx.cluster.resume("n3", wait=False)
+    with rebalance_world(str(tmp_path_factory.mktemp("rebal")), "sbx-rebal-", GPUS, LAYOUTS,
+                         FLOOR) as w:
+        yield w
 
 
 def test_one_rebalance_plus_the_node_timer_runs_a_pending_3g_job_and_leaves_running_jobs_alone(world):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..core.errors import LockBusy, SlurmError, SlurmMigError
-from ..core.gresconf import GresConfError, merge_node_include
+from ..core.gresconf import merge_node_include
 from ..core.layout import Layout
 from ..host.atomic import WriteResult, update_file
 from ..host.config import Config
@@ -75,16 +75,6 @@ def state_text(st: Optional[NodeStatus]) -> str:
     if st is None:
         return "not reported"
     return "+".join([st.base.upper(), *sorted(st.flags)]) + f" gres={st.gres_text or '-'}"
-
-
-def read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as err:
-        raise GresConfError(f"cannot read {path}: {err}; check the file") from err
 
 
 # ----------------------------------------------------------------------------- steps

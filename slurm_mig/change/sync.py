@@ -39,10 +39,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..core.errors import ConfigError, GpuError, InputError, LayoutError, SlurmError
 from ..core.gputypes import GpuInfo
-from ..core.gresconf import (GresRecord, check_node_name, merge_gres_conf, merge_node_include,
-                             node_gres_value)
+from ..core.gresconf import (GresConfError, GresRecord, check_node_name, merge_gres_conf,
+                             merge_node_include, node_gres_value)
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
 from ..gpu.backend import GpuBackend
+from ..host.atomic import read_text
 from ..host.config import Config
 from ..node.apply import ApplyResult, JobAwareBackend, apply_node
 from ..node.gresfiles import gres_conf, node_conf, node_gres_records
@@ -52,7 +53,7 @@ from ..slurm.scontrol import NodeStatus, parse_gres
 from . import reasons
 from .reasons import SYNC, SYNC_FIX, one_line
 from .steps import (Hold, HoldResult, NodeChange, StepLog, apply_layouts, apply_summary,
-                    idle, read_text, state_text, sync_lock, with_context)
+                    idle, state_text, sync_lock, with_context)
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +288,8 @@ class SyncRun:
 
     def files_match(self, records: Sequence[GresRecord]) -> bool:
         paths = self.config.paths
-        gres_text = read_text(paths.gres_conf)
-        include = read_text(paths.node_gres_include)
+        gres_text = read_text(paths.gres_conf, GresConfError)
+        include = read_text(paths.node_gres_include, GresConfError)
         return (merge_gres_conf(gres_text, self.node, records, source=paths.gres_conf) == gres_text
                 and merge_node_include(include, self.node, node_gres_value(records),
                                        source=paths.node_gres_include) == include)

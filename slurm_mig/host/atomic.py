@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Type
 
 from ..core.errors import SlurmMigError
 from .safefs import UnsafePath, ensure_dir, resolve_link
@@ -154,23 +154,26 @@ def update_file(path: str, transform: Callable[[str], str], *, mode: int = 0o644
 
     path = resolve_link(path, "file")  # a shared file behind a link: lock beside the file itself
     with node_lock(lock_path_for(path), lock_timeout, dir_mode=0o755):
-        return write_atomic(path, transform(_read_text(path)), mode=mode)
+        return write_atomic(path, transform(read_text(path)), mode=mode)
 
 
 def preview_update(path: str, transform: Callable[[str], str]) -> WriteResult:
     """What :func:`update_file` would do, without writing or locking: ``changed`` says
     whether ``transform`` would change the file (``--write --dry-run``; Ansible's check mode)."""
     path = resolve_link(path, "file")
-    text = _read_text(path)
+    text = read_text(path)
     return WriteResult(path=path, changed=transform(text) != text, prev=None)
 
 
-def _read_text(path: str) -> str:
-    """``path``'s text, '' when absent."""
+def read_text(path: str, error: Type[SlurmMigError] = WriteFailed) -> str:
+    """``path``'s text, '' when absent; any other failure (unreadable, not UTF-8) raises
+    ``error`` (default :class:`WriteFailed`) as one line naming the file, so each caller keeps
+    its own exit code (gres.conf readers raise GresConfError)."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
         return ""
     except (OSError, UnicodeDecodeError) as err:
-        raise WriteFailed(f"cannot read {path}: {err}; check the file") from err
+        raise error(f"cannot read {path}: {err}; check the file") from err
+

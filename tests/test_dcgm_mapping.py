@@ -107,3 +107,16 @@ def test_apply_rewrites_the_files_from_the_records(node, cli, dry_run):
     assert code == 0, err
     want = {f"{rec.gpu}.{rec.gi_id}": "41\n"}
     assert _files(out) == (dict(want, **{"2.13": "7\n"}) if dry_run else want)
+
+
+def test_apply_text_output_warns_when_the_mapping_files_were_not_rewritten(node, cli):
+    """The layout change stands (exit 0), but an admin reading the text output must see that
+    dcgm-exporter's mapping files are stale (the JSON output has ``dcgm_mapping.error``)."""
+    out = _enable(node, "/run/dcgm")  # under the node's paths.root
+    os.makedirs(out)
+    os.chmod(out, 0o777)  # refused: writable by others
+    code, text, err = cli("apply", "3g.20gb@4,1g.5gb@0", "--gpu", "2", config=node.config_path)
+    assert code == 0, err
+    [line] = [l for l in text.splitlines() if "dcgm" in l]
+    assert line.startswith(f"warning: dcgm-exporter mapping files in {out} not rewritten (")
+    assert line.endswith("the next prolog, epilog or sync retries")

@@ -106,7 +106,14 @@ def apply_text(result: dict) -> str:
         for w in g.get("warnings", ()):
             out.append(f"  warning: {w}")
     out.extend(f"warning: {w}" for w in result.get("warnings", ()))
-    return "\n".join(out)  # never empty: no GPU in MIG mode is exit 4 before (docs/apply.md)
+    return "\n".join(out + _dcgm_warning(result))  # never empty: no MIG GPU is exit 4 before
+
+
+def _dcgm_warning(result: dict) -> list:
+    """The failed rewrite of dcgm-exporter's mapping files (apply, sync, ``sync --pending``,
+    mode), as a warning line: the change itself stood, so the exit code does not say it."""
+    error = (result.get("dcgm_mapping") or {}).get("error")
+    return [f"warning: {error}"] if error else []
 
 
 def _written(result: dict, what: str) -> str:
@@ -162,7 +169,7 @@ def sync_text(result: dict) -> str:
                 for a in g["steps"]:
                     gi = f" (GI {a['gi_id']})" if a.get("gi_id") is not None else ""
                     out.append(f"           gpu {g['gpu']}: {a['action']} {a['profile']}@{a['start']}{gi}")
-    return "\n".join(out)
+    return "\n".join(out + _dcgm_warning(result))
 
 
 def mode_text(result: dict) -> str:
@@ -192,7 +199,7 @@ def mode_text(result: dict) -> str:
     for s in result["steps"]:
         secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""
         out.append(f"{s['status']:>8} {s['step']}: {s['detail']}{secs}")
-    return "\n".join(out)
+    return "\n".join(out + _dcgm_warning(result))
 
 
 def sync_pending_text(result: dict) -> str:
@@ -202,7 +209,7 @@ def sync_pending_text(result: dict) -> str:
     for s in result["steps"]:
         secs = f" ({s['seconds']:.1f}s)" if s["seconds"] else ""
         out.append(f"{s['status']:>8} {s['step']}: {s['detail']}{secs}")
-    return "\n".join(out)
+    return "\n".join(out + _dcgm_warning(result))
 
 
 def rebalance_last_text(result: dict) -> str:

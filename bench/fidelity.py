@@ -91,6 +91,12 @@ def as_slurm_keeps(jobs: Sequence[SimJob]) -> Tuple[SimJob, ...]:
     return tuple(replace(j, timelimit=60.0 * slurm_minutes(j.timelimit)) for j in jobs)
 
 
+def with_overhead(jobs: Sequence[SimJob], seconds: float) -> Tuple[SimJob, ...]:
+    """Every job ``seconds`` longer (its limit too, if the longer run would pass it)."""
+    return tuple(replace(j, duration=j.duration + seconds,
+                         timelimit=max(j.timelimit, j.duration + seconds)) for j in jobs)
+
+
 def make_trace(seed: int = 12) -> Tuple[SimJob, ...]:
     """The checked-in trace (bench/fidelity-trace.csv), for the sandbox's 4 x A100-80GB with
     n1-n3 cut ``1g.10gb:7`` and n4 ``1g.10gb:4,3g.40gb:1``: small jobs (1g.10gb x1, 30% x2;
@@ -191,6 +197,24 @@ def gap_rows(sandbox: Mapping[str, float], sim: Mapping[str, float]) -> List[dic
 
 def _num(v: float) -> str:
     return f"{v:g}" if isinstance(v, int) or float(v).is_integer() else f"{v:.1f}"
+
+
+def per_job(jobs: Sequence[SimJob], records: Sequence[JobRecord],
+            sim_start: Sequence[Optional[float]], threshold: float = 3.0) -> List[dict]:
+    """The jobs whose wait differs by ``threshold`` seconds or more between the sandbox
+    (``records``, by job name) and the simulator (``sim_start``, in ``jobs``' order)."""
+    by_name = {r.job: r for r in records}
+    out = []
+    for j, s in zip(jobs, sim_start):
+        r = by_name.get(j.job)
+        if r is None or None in (r.submit, r.start) or s is None:
+            continue
+        wr, ws = r.start - r.submit, s - j.submit
+        if abs(ws - wr) >= threshold:
+            out.append({"job": j.job, "gres": ",".join(f"{t}:{n}" for t, n in j.request),
+                        "submit": j.submit, "sandbox_wait": round(wr, 1),
+                        "simulator_wait": round(ws, 1), "gap": round(ws - wr, 1)})
+    return out
 
 
 def render_table(policy: str, rows: Sequence[dict]) -> str:
@@ -424,6 +448,28 @@ def simulate_side(trace_csv: str, cluster_text: str, config: Optional[str], poli
     return next(p for p in out["policies"] if p["policy"] == policy)
 
 
+def simulated_starts(jobs: Sequence[SimJob], cluster_text: str, config: Optional[str],
+                     policy: str, cycle: float, reconfigure_s: float) -> List[Optional[float]]:
+    """Each job's start in the simulator (in-process, the same engine and settings as
+    :func:`simulate_side`): for the per-job comparison."""
+    from slurm_mig.core.catalog import load_catalog
+    from slurm_mig.host.config import default_config, load_config
+    from slurm_mig.rebalance.cycle import policy_of
+    from slurm_mig.simulate.cluster import parse_cluster
+    from slurm_mig.simulate.engine import Costs, Settings
+    from slurm_mig.simulate.run import Options, run_policy, types_of
+    from slurm_mig.simulate.trace import Trace
+
+    cat = load_catalog()
+    cfg = load_config(config) if config else default_config()
+    cluster = parse_cluster(cluster_text, "sandbox", cat)
+    opts = Options((policy,), Costs(0.0, reconfigure_s, cfg.rebalance.apply_wait),
+                   Settings(cycle_s=cycle))
+    out = run_policy(policy, cluster, Trace(tuple(jobs)), types_of(cluster, jobs, cat),
+                     policy_of(cfg), opts)
+    return list(out.start)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -432,7 +478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("trace", nargs="?", help="CSV trace (docs/simulate.md)")
     ap.add_argument("--make-trace", metavar="FILE", help="write the bench trace to FILE and stop")
     ap.add_argument("--policy", action="append", choices=("dynamic", "static"))
-    ap.add_argument("--cycle", type=float, default=30.0, help="seconds between rebalance runs")
+    ap.add_argument("--cycle", type=float, default=None,
+                    help="seconds between rebalance runs (default 30, or the --from file's)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the trace's times")
     ap.add_argument("--root", default=DEFAULT_ROOT)
     ap.add_argument("--nodes", type=int, default=DEFAULT_NODES)
@@ -443,6 +490,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "none: keep up's layout everywhere)")
     ap.add_argument("--reconfigure-seconds", type=float, default=None,
                     help="the simulator's cost per change (default: measured on the sandbox)")
+    ap.add_argument("--job-overhead", type=float, default=0.0, metavar="SECONDS",
+                    help="add this to every duration on the simulator's side only (what a "
+                         "sandbox job runs beyond its sleep: prolog, sim-run; the replay "
+                         "prints it as run_overhead_mean_s)")
+    ap.add_argument("--jobs", type=float, default=None, metavar="SECONDS",
+                    help="also list the jobs whose wait differs by SECONDS or more")
     ap.add_argument("--out", help="write both sides and the gaps as JSON here")
     ap.add_argument("--from", dest="from_json", help="take the sandbox side from an --out file")
     args = ap.parse_args(argv)
@@ -464,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
-    result: dict = {"trace": args.trace, "scale": args.scale, "cycle_s": args.cycle,
+    cycle = args.cycle
+    result: dict = {"trace": args.trace, "scale": args.scale,
                     "nodes": nodes, "gpus": gpus, "layouts": layouts, "policies": {}}
     if args.from_json:
         with open(args.from_json) as f:
@@ -472,6 +526,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["policies"] = {p: {"sandbox": v["sandbox"], "replay": v.get("replay", {})}
                               for p, v in prev["policies"].items()}
         config_text = prev.get("controller_config_text")
+        # the cluster the sandbox side ran on, whatever --recut/--gpus say now
+        layouts, gpus = prev.get("layouts", layouts), prev.get("gpus", gpus)
+        result.update(layouts=layouts, gpus=gpus, nodes=list(layouts))
+        if cycle is None:
+            cycle = prev.get("cycle_s")
     else:
         config_text = None
         for policy in policies:
@@ -488,7 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 span = max(j.submit + j.duration for j in jobs)
                 log(f"{policy}: replaying {len(jobs)} jobs over ~{span:.0f} s")
                 t = time.monotonic()
-                rep = replay(sbx, jobs, cycle=args.cycle if policy == "dynamic" else None, log=log)
+                rep = replay(sbx, jobs, cycle=(cycle or 30.0) if policy == "dynamic" else None,
+                             log=log)
                 rep["wall_s"] = round(time.monotonic() - t, 1)
             finally:
                 sbx.down()
@@ -500,16 +560,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rep["reconfigure_cost_s"] = reconfigure_cost(rep["cycles"])
             result["policies"][policy] = {"sandbox": metrics_of(recs, rep["reconfigurations"]),
                                           "replay": rep}
+    cycle = cycle or 30.0
+    result["cycle_s"] = cycle
     result["controller_config_text"] = config_text
     cost = args.reconfigure_seconds
     if cost is None:
         cost = next((v["replay"].get("reconfigure_cost_s") for v in result["policies"].values()
                      if v["replay"].get("reconfigure_cost_s")), None) or 4.0
     result["reconfigure_seconds"] = cost
+    result["job_overhead_s"] = args.job_overhead
     with tempfile.TemporaryDirectory(prefix="fidelity-") as d:
         trace_csv = os.path.join(d, "trace.csv")
         with open(trace_csv, "w") as f:
-            f.write(to_csv(jobs))
+            f.write(to_csv(with_overhead(jobs, args.job_overhead)))
         config = None
         if config_text:
             config = os.path.join(d, "config.toml")
@@ -517,10 +580,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f.write(config_text)
         for policy, v in result["policies"].items():
             sim = simulate_side(trace_csv, cluster_toml(layouts, gpus), config,
-                                policy, args.cycle, cost)
+                                policy, cycle, cost)
             v["simulator"] = sim
             v["gaps"] = gap_rows(v["sandbox"], sim)
             print(render_table(policy, v["gaps"]))
+            if args.jobs is not None:
+                sim_jobs = read_trace(open(trace_csv).read(), trace_csv).jobs
+                starts = simulated_starts(sim_jobs, cluster_toml(layouts, gpus), config,
+                                          policy, cycle, cost)
+                v["per_job"] = per_job(sim_jobs, [JobRecord(**r) for r in v["replay"]["records"]],
+                                       starts, args.jobs)
+                print(f"{policy}: jobs whose wait differs by {args.jobs:g} s or more "
+                      f"(simulator - sandbox):")
+                for r in v["per_job"]:
+                    print(f"  job {r['job']:>4} {r['gres']:<14} submit {r['submit']:6.0f} s  wait "
+                          f"sandbox {r['sandbox_wait']:6.1f} s  simulator {r['simulator_wait']:6.1f} s  "
+                          f"gap {r['gap']:+.1f} s")
+                print()
     if args.out:
         with open(args.out + ".tmp", "w") as f:
             json.dump(result, f, indent=1)

@@ -217,3 +217,17 @@ def test_reconfigure_cost_is_the_median_wall_time_of_runs_that_changed_a_node():
 def test_recut_none_keeps_the_layout_sandbox_up_cut():
     assert fid.parse_recut(["none"]) == {}
     assert fid.node_layouts(["n1", "n2"], "L", fid.parse_recut(["none"])) == {"n1": "L", "n2": "L"}
+
+
+def test_job_overhead_lengthens_every_job_and_a_limit_only_where_it_would_be_passed():
+    out = fid.with_overhead([job("a", 0, 50, 60), job("b", 5, 59.5, 60)], 0.75)
+    assert [(j.submit, j.duration, j.timelimit) for j in out] == [(0, 50.75, 60), (5, 60.25, 60.25)]
+
+
+def test_per_job_lists_the_jobs_whose_wait_differs_by_the_threshold_or_more():
+    jobs = [job("a", 0, 10), job("b", 5, 10), job("c", 6, 10), job("d", 7, 10)]
+    recs = [Rec("a", 0, 1, 11), Rec("b", 5, 35, 45), Rec("c", 6, 8, 18), Rec("d", 7, None, None)]
+    rows = fid.per_job(jobs, recs, [0, 5, 11, 9], threshold=3)
+    assert [(r["job"], r["sandbox_wait"], r["simulator_wait"], r["gap"]) for r in rows] == [
+        ("b", 30, 0, -30), ("c", 2, 5, 3)]
+    assert rows[0]["gres"] == "1g.10gb:1"

@@ -2,8 +2,10 @@
 in the simulator, side by side, with the gap per metric (docs/simulate.md, "Fidelity").
 
     flock /tmp/slurm-mig-sandbox-tests.lock .venv/bin/python bench/fidelity.py \\
-        bench/fidelity-trace.csv --policy dynamic --policy static --out fidelity.json
-    .venv/bin/python bench/fidelity.py bench/fidelity-trace.csv --from fidelity.json  # simulator side again
+        bench/fidelity-trace.csv --policy dynamic --out dynamic.json           # ~8 min
+    flock /tmp/slurm-mig-sandbox-tests.lock .venv/bin/python bench/fidelity.py \\
+        bench/fidelity-trace.csv --policy static --recut none --out static.json
+    .venv/bin/python bench/fidelity.py bench/fidelity-trace.csv --from dynamic.json --jobs 3  # simulator side again
     .venv/bin/python bench/fidelity.py --make-trace bench/fidelity-trace.csv         # the trace, rebuilt
 
 The sandbox side (root, real Slurm 22.05 on this machine, simulated GPUs; docs/sandbox.md):
@@ -49,6 +51,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from slurm_mig.core.errors import InputError  # noqa: E402
 from slurm_mig.simulate.trace import SimJob, read_trace, to_csv  # noqa: E402
 from slurm_mig.slurm.scontrol import parse_pairs  # noqa: E402
 
@@ -166,9 +169,10 @@ def metrics_of(records: Sequence[JobRecord], reconfigurations: int) -> Dict[str,
     """simulate's per-policy numbers (same keys, same definitions) from job records: wait =
     start - submit, completion = end - submit, makespan = time 0 to the last end; means over
     the jobs that ran to their end."""
-    done = [r for r in records if None not in (r.submit, r.start, r.end)]
-    waits = [r.start - r.submit for r in done]
-    jcts = [r.end - r.submit for r in done]
+    done = [(r.submit, r.start, r.end) for r in records
+            if r.submit is not None and r.start is not None and r.end is not None]
+    waits = [start - sub for sub, start, _ in done]
+    jcts = [end - sub for sub, _, end in done]
     n = len(done)
     return {
         "jobs": len(records),
@@ -177,7 +181,7 @@ def metrics_of(records: Sequence[JobRecord], reconfigurations: int) -> Dict[str,
         "p90_wait_s": round(pct(waits, 0.9), 1),
         "mean_jct_s": round(sum(jcts) / n, 1) if n else 0.0,
         "p90_jct_s": round(pct(jcts, 0.9), 1),
-        "makespan_s": round(max((r.end for r in done), default=0.0), 1),
+        "makespan_s": round(max((end for _, _, end in done), default=0.0), 1),
         "reconfigurations": reconfigurations,
     }
 
@@ -207,7 +211,7 @@ def per_job(jobs: Sequence[SimJob], records: Sequence[JobRecord],
     out = []
     for j, s in zip(jobs, sim_start):
         r = by_name.get(j.job)
-        if r is None or None in (r.submit, r.start) or s is None:
+        if r is None or r.submit is None or r.start is None or s is None:
             continue
         wr, ws = r.start - r.submit, s - j.submit
         if abs(ws - wr) >= threshold:
@@ -363,7 +367,7 @@ class Sandbox:
         return out, wall
 
 
-def replay(sbx: Sandbox, jobs: Sequence[SimJob], *, cycle: Optional[float], poll: float = 3.0,
+def replay(sbx: "Sandbox", jobs: Sequence[SimJob], *, cycle: Optional[float], poll: float = 3.0,
            settle: float = 900.0, log: Callable[[str], None] = lambda s: None) -> dict:
     """Submit ``jobs`` at their offsets on the running sandbox ``sbx``, run rebalance every
     ``cycle`` seconds (None: never), read Slurm's records until every job has ended (or
@@ -376,22 +380,25 @@ def replay(sbx: Sandbox, jobs: Sequence[SimJob], *, cycle: Optional[float], poll
     t0 = math.ceil(time.time()) + 1.0  # a whole second: Slurm's times are whole seconds
     time.sleep(max(0.0, t0 - time.time()))
 
-    def controller() -> None:
+    def controller(every: float) -> None:
         k = 0
         while not stop.is_set():
-            at = t0 + k * cycle
+            at = t0 + k * every
             if stop.wait(max(0.0, at - time.time())):
                 return
             began = time.time() - t0
-            out, wall = sbx.rebalance()
+            try:
+                out, wall = sbx.rebalance()
+            except (OSError, subprocess.SubprocessError) as err:  # recorded, the replay goes on
+                out, wall = {"error": f"rebalance: {err}"}, time.time() - t0 - began
             changed = [c.get("node") for c in out.get("changed", [])]
             cycles.append({"at": round(began, 1), "seconds": round(wall, 2), "changed": changed,
                            "resumed": out.get("resumed", []), "error": out.get("error")})
             if changed or out.get("error"):
                 log(f"  t={began:6.1f} rebalance {wall:.1f} s changed {changed} {out.get('error') or ''}")
-            k = max(k + 1, math.ceil((time.time() - t0) / cycle))  # a late run skips, as a timer does
+            k = max(k + 1, math.ceil((time.time() - t0) / every))  # a late run skips, as a timer does
 
-    thread = threading.Thread(target=controller, daemon=True) if cycle else None
+    thread = threading.Thread(target=controller, args=(cycle,), daemon=True) if cycle else None
     if thread:
         thread.start()
     last_poll = 0.0
@@ -604,5 +611,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """main() with errors as one line: exit 2 for bad input (the trace, an option), 1 for a
+    sandbox or simulator run that failed (its own message says why)."""
+    try:
+        return main(argv)
+    except (InputError, ValueError) as err:
+        print(f"fidelity: error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        print(f"fidelity: error: {err}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -231,3 +231,18 @@ def test_per_job_lists_the_jobs_whose_wait_differs_by_the_threshold_or_more():
     assert [(r["job"], r["sandbox_wait"], r["simulator_wait"], r["gap"]) for r in rows] == [
         ("b", 30, 0, -30), ("c", 2, 5, 3)]
     assert rows[0]["gres"] == "1g.10gb:1"
+
+
+def test_a_bad_trace_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("job,submit,duration,gres\n1,0,x,gpu:1g.10gb:1\n")
+    assert fid.run([str(bad), "--from", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fidelity: error: ") and err.count("\n") == 1
+    assert "duration: 'x' is not seconds" in err
+
+
+def test_a_bad_recut_is_one_line_and_exit_2(capsys):
+    assert fid.run([os.path.join(BENCH, "fidelity-trace.csv"), "--recut", "n9=1g.10gb:7"]) == 2
+    assert capsys.readouterr().err == (
+        "fidelity: error: --recut n9: no such node; the sandbox has n1, n2, n3, n4\n")

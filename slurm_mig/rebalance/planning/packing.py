@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .candidates import GpuOptions, Option
 from .problem import Group, Node, Problem
@@ -49,6 +49,28 @@ class Packer:
         self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
         self._fits: Dict[Tuple[int, Req], bool] = {}
         self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
+        self._vecs: Dict[int, List[Req]] = {}
+        #: per-GPU fill states of :meth:`gpu_state` / :meth:`step`
+        self.D = 2 * self.K
+        self.zero: Req = (0,) * self.D
+        self._sid: Dict[Tuple[int, Req], int] = {}
+        self.state_vec: List[Req] = []
+        self.state_sum: List[int] = []
+        self._state_opts: List[GpuOptions] = []
+        self.state_cur: List[Req] = []  #: the GPU's current layout, as a vector
+        self.state_changed: List[bool] = []  #: something placed exceeds the current layout
+        self.state_zero: List[int] = []  #: the same GPU with nothing placed
+        self._step: Dict[int, int] = {}
+        #: node states (tuples of GPU states) and their memoised steps, see pack_units
+        self._nsid: Dict[Tuple[int, ...], int] = {}
+        self.nstates: List[Tuple[int, ...]] = []
+        self._based: Dict[Tuple[Tuple[int, ...], Req], int] = {}
+        self._jobs: Dict[int, int] = {}
+        self._repacks: Dict[Tuple[int, int, Req], int] = {}
+        self._covers_ns: Dict[int, Cover] = {}
+        rids: Dict[Tuple[Tuple[int, int], ...], int] = {}
+        self._rid = [rids.setdefault(g.req, len(rids)) for g in pb.groups]  #: request id per group
+        self._R = max(1, len(rids))
         #: compute slices per type (``3g.40gb`` -> 3), for placing large instances first
         self.slices = [int(m.group(1)) if (m := re.match(r"(\d+)g", t)) else 1 for t in pb.types]
 
@@ -281,14 +303,54 @@ class Packer:
         """Nodes with more GPUs than :data:`EXACT_GPUS` are filled instance by instance."""
         return len(node.options) > EXACT_GPUS
 
+    def _vectors(self, opts: GpuOptions) -> List[Req]:
+        """Every option's requirement vector, built once per GPU class."""
+        hit = self._vecs.get(id(opts))
+        if hit is None:
+            hit = [self._vector(o) for o in opts.options]
+            self._vecs[id(opts)] = hit
+        return hit
+
     def fits_gpu(self, opts: GpuOptions, vec: Req) -> bool:
         """Does some option of this GPU class offer at least ``vec``?"""
         key = (id(opts), vec)
         hit = self._fits.get(key)
         if hit is None:
-            hit = any(all(a >= b for a, b in zip(self._vector(o), vec)) for o in opts.options)
+            need = [(d, n) for d, n in enumerate(vec) if n]  # compare where vec asks something
+            hit = any(all(o[d] >= n for d, n in need) for o in self._vectors(opts))
             self._fits[key] = hit
         return hit
+
+    def gpu_state(self, opts: GpuOptions, vec: Req) -> int:
+        """The id of (GPU class, requirement placed on it so far), so that :meth:`step`
+        is one dict lookup on an int."""
+        key = (id(opts), vec)
+        sid = self._sid.get(key)
+        if sid is None:
+            sid = len(self.state_vec)
+            self._sid[key] = sid
+            self.state_vec.append(vec)
+            self.state_sum.append(sum(vec))
+            self._state_opts.append(opts)
+            cur = self._vector(opts.current)
+            self.state_cur.append(cur)
+            self.state_changed.append(any(a > c for a, c in zip(vec, cur)))
+            self.state_zero.append(sid if not any(vec) else self.gpu_state(opts, self.zero))
+        return sid
+
+    def step(self, sid: int, d: int) -> int:
+        """The state after one more instance of dimension ``d`` on that GPU, or -1 when
+        no option of its class offers it.  Memoised: a 1,000-node plan asks this a few
+        hundred thousand times about a few thousand distinct states."""
+        key = sid * self.D + d
+        nxt = self._step.get(key)
+        if nxt is None:
+            vec = list(self.state_vec[sid])
+            vec[d] += 1
+            opts = self._state_opts[sid]
+            nxt = self.gpu_state(opts, tuple(vec)) if self.fits_gpu(opts, tuple(vec)) else -1
+            self._step[key] = nxt
+        return nxt
 
     def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
         """(instances changed, option index) of the cheapest option offering ``vec``."""
@@ -300,6 +362,60 @@ class Packer:
             self._cheapest[key] = hit
         return hit
 
+    # Filling a large node is a walk through *node states*: the tuple of its GPUs' states
+    # (:meth:`gpu_state`).  Which state a job, a repack or the floors' instances lead to
+    # depends only on the state and the request, not on the node or the weights, so the
+    # step is memoised across nodes, evaluations and moves: nodes with the same GPU classes
+    # fill along the same steps, and a 1,000-node plan computes each step once.
+
+    def node_state(self, sids: Sequence[int]) -> int:
+        """The id of a node state (its GPUs' state ids, in GPU order)."""
+        key = tuple(sids)
+        ns = self._nsid.get(key)
+        if ns is None:
+            ns = len(self.nstates)
+            self._nsid[key] = ns
+            self.nstates.append(key)
+        return ns
+
+    def _base_state(self, node: Node, base: Req) -> int:
+        """The node's state with the instances ``base`` keeps placed (-1: they do not fit)."""
+        key = (node.sig[1], base)
+        ns = self._based.get(key)
+        if ns is None:
+            fit = _Units(self, [self.gpu_state(o, self.zero) for o in node.options])
+            ok = all(fit.place_kept(d) is not None for d, n in enumerate(base) for _ in range(n))
+            ns = self.node_state(fit.s) if ok else -1
+            self._based[key] = ns
+        return ns
+
+    def _job_step(self, ns: int, rid: int, req: Sequence[Tuple[int, int]]) -> int:
+        """The state after one more job asking ``req`` (request id ``rid``), or -1."""
+        key = ns * self._R + rid
+        hit = self._jobs.get(key)
+        if hit is None:
+            fit = _Units(self, self.nstates[ns])
+            hit = self.node_state(fit.s) if fit.job(req) else -1
+            self._jobs[key] = hit
+        return hit
+
+    def _repack_step(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], base: Req) -> int:
+        """The state after placing everything again plus one more job, largest first, or -1."""
+        key = (ns, rid, base)
+        hit = self._repacks.get(key)
+        if hit is None:
+            fit = _Units(self, self.nstates[ns])
+            hit = self.node_state(fit.s) if fit.repack(req, base, self.slices) else -1
+            self._repacks[key] = hit
+        return hit
+
+    def _floors_step(self, ns: int, floors: Sequence[Tuple[int, int]]) -> int:
+        if not floors:
+            return ns
+        fit = _Units(self, self.nstates[ns])
+        fit.floors(floors, self.K)
+        return self.node_state(fit.s)
+
     def pack_units(self, node: Node, pool: Sequence[int], base: Req,
                    floors: Sequence[Tuple[int, int]], floors_first: bool
                    ) -> Tuple[Dict[int, int], Req, Optional[Cover]]:
@@ -309,15 +425,12 @@ class Packer:
         GPU is not taken, and its class is done.  ``floors``: (type, instances) to add to
         the node's total if they fit, before or after the jobs.  Returns the jobs, the
         requirement met and the choice per GPU."""
-        fit = _Units(self, node)
-        K = self.K
-        for d, n in enumerate(base):
-            for _ in range(n):
-                if fit.place_kept(d) is None:
-                    return {}, base, None
+        ns = self._base_state(node, base)
+        if ns < 0:
+            return {}, base, None
         if floors_first:
-            fit.floors(floors, K)
-        pb, groups = self.pb, self.pb.groups
+            ns = self._floors_step(ns, floors)
+        pb, groups, rids = self.pb, self.pb.groups, self._rid
         takes: Dict[int, int] = {}
         heap: List[Tuple[float, int, int, int]] = []
         for c in pb.gid_classes[node.gid]:
@@ -326,25 +439,26 @@ class Packer:
                     heap.append((-groups[gi].weight, groups[gi].size, gi, pos))
                     break
         heapq.heapify(heap)
-        repacks = [REPACKS]
-
-        def job(req: Sequence[Tuple[int, int]]) -> bool:
-            if fit.job(req):
-                return True
-            if repacks[0] <= 0:
-                return False
-            repacks[0] -= 1
-            return fit.repack(req, base, self.slices)
-
+        repacks = REPACKS
         while heap:
             _, _, gi, pos = heapq.heappop(heap)
             g = groups[gi]
-            k = 0
-            while k < min(pool[gi], g.per_node) and job(g.req):
+            rid, avail = rids[gi], pool[gi]
+            k, most = 0, min(avail, g.per_node)
+            while k < most:
+                nxt = self._job_step(ns, rid, g.req)
+                if nxt < 0:
+                    if repacks <= 0:
+                        break
+                    repacks -= 1
+                    nxt = self._repack_step(ns, rid, g.req, base)
+                    if nxt < 0:
+                        break
+                ns = nxt
                 k += 1
             if k:
                 takes[gi] = k
-            if k == pool[gi] or k == g.per_node:
+            if k == avail or k == g.per_node:
                 members = pb.classes[g.cls]
                 for p2 in range(pos + 1, len(members)):
                     if pool[members[p2]] > 0:
@@ -352,117 +466,126 @@ class Packer:
                                               members[p2], p2))
                         break
         if not floors_first:
-            fit.floors(floors, K)
-        return takes, fit.req(), fit.cover()
+            ns = self._floors_step(ns, floors)
+        return takes, self._req_of(ns), self._cover_of(ns)
+
+    def _req_of(self, ns: int) -> Req:
+        """The requirement a node state meets (instances placed per dimension)."""
+        vecs = self.state_vec
+        return tuple(sum(col) for col in zip(*(vecs[sid] for sid in self.nstates[ns])))
+
+    def _cover_of(self, ns: int) -> Cover:
+        """The choice per GPU for a node state: unchanged GPUs keep option 0, the others
+        take the cheapest option offering what was placed on them."""
+        hit = self._covers_ns.get(ns)
+        if hit is not None:
+            return hit
+        idx: List[int] = []
+        gpus = inst = 0
+        for sid in self.nstates[ns]:
+            if not self.state_changed[sid]:
+                idx.append(0)
+                continue
+            best = self.cheapest(self._state_opts[sid], self.state_vec[sid])
+            idx.append(best[1])
+            if best[1]:
+                gpus += 1
+                inst += best[0]
+        out = (gpus, inst, tuple(idx))
+        self._covers_ns[ns] = out
+        return out
 
 
 class _Units:
-    """The instances placed on each GPU of one large node, per requirement dimension."""
+    """The instances placed on each GPU of one large node: a list of GPU state ids
+    (:meth:`Packer.gpu_state`), worked on when a node-state step is not memoised yet.
 
-    def __init__(self, pk: Packer, node: Node) -> None:
-        self.pk, self.node = pk, node
-        D = 2 * pk.K
-        self.a = [[0] * D for _ in node.options]
-        self.cur = [pk._vector(o.current) for o in node.options]
-        self.changed = [False] * len(node.options)
-        self.dead: Set[Tuple[int, int]] = set()  #: (GPU, dimension) that cannot take one more
+    A GPU is *changed* once something placed on it exceeds its current layout
+    (``Packer.state_changed``); rows only grow while a node is filled, so that is the
+    same as remembering when it first happened.  Trying one more instance on a GPU is
+    one memoised lookup (:meth:`Packer.step`).
+    """
+
+    def __init__(self, pk: Packer, sids: Sequence[int]) -> None:
+        self.pk = pk
+        self.s = list(sids)  #: per GPU: its state id
+        self.cur = [pk.state_cur[sid] for sid in sids]
+
+    def row(self, k: int) -> Req:
+        """What GPU k holds so far, per requirement dimension."""
+        return self.pk.state_vec[self.s[k]]
 
     def place(self, d: int) -> Optional[int]:
         """Put one instance of dimension ``d`` on a GPU: one whose layout already has it
-        free, else one already changing, else the fullest other one that can take it."""
-        a, cur, changed = self.a, self.cur, self.changed
-        G = len(a)
-        pick = -1
+        free, else one already changing, else the fullest other one that can take it
+        (the first of equals)."""
+        pk, s, cur = self.pk, self.s, self.cur
+        vecs, changed, step = pk.state_vec, pk.state_changed, pk.step
+        G = len(s)
+        pick = nxt = -1
         for k in range(G):
-            if not changed[k] and a[k][d] < cur[k][d]:
+            if not changed[s[k]] and vecs[s[k]][d] < cur[k][d]:
                 pick = k
                 break
         if pick < 0:
-            dead = self.dead
+            sums = pk.state_sum
             best_fill = -1
             for k in range(G):
-                if (k, d) in dead:
-                    continue
-                row = a[k]
-                if changed[k]:
-                    if self._fits(k, d):
-                        pick = k
+                if changed[s[k]]:
+                    n = step(s[k], d)
+                    if n >= 0:
+                        pick, nxt = k, n
                         break
-                elif best_fill < 0 or sum(row) > best_fill:
-                    if self._fits(k, d):
-                        pick, best_fill = k, sum(row)
+                elif sums[s[k]] > best_fill:
+                    n = step(s[k], d)
+                    if n >= 0:
+                        pick, nxt, best_fill = k, n, sums[s[k]]
             if pick < 0:
                 return None
-            if not changed[pick] and best_fill >= 0:
-                # an already changing GPU later in the order still comes first
-                for k in range(pick + 1, G):
-                    if changed[k] and (k, d) not in dead and self._fits(k, d):
-                        pick = k
-                        break
-        row = a[pick]
-        row[d] += 1
-        if row[d] > cur[pick][d]:
-            changed[pick] = True
+        else:
+            nxt = step(s[pick], d)
+        s[pick] = nxt
         return pick
 
     def place_kept(self, d: int) -> Optional[int]:
         """Put one instance a floor keeps (a total dimension) on the GPU least likely to be
         recut for jobs: the most busy instances of the type first, then the most of it."""
         K = self.pk.K
-        a, cur = self.a, self.cur
+        s, cur, vecs, changed = self.s, self.cur, self.pk.state_vec, self.pk.state_changed
         best, best_key = -1, None
-        for k in range(len(a)):
-            if not self.changed[k] and a[k][d] < cur[k][d]:
+        for k in range(len(s)):
+            if not changed[s[k]] and vecs[s[k]][d] < cur[k][d]:
                 key = (-(cur[k][d] - cur[k][d - K]) if d >= K else 0, -cur[k][d], k)
                 if best_key is None or key < best_key:
                     best, best_key = k, key
         if best < 0:
             return self.place(d)
-        a[best][d] += 1
+        s[best] = self.pk.step(s[best], d)  # within today's layout: always offered
         return best
-
-    def _fits(self, k: int, d: int) -> bool:
-        """Can GPU k take one more instance of dimension d?  A no is remembered: rows only
-        grow while a node is filled (until a job is taken back)."""
-        vec = list(self.a[k])
-        vec[d] += 1
-        if self.pk.fits_gpu(self.node.options[k], tuple(vec)):
-            return True
-        self.dead.add((k, d))
-        return False
 
     def repack(self, req: Sequence[Tuple[int, int]], base: Req, slices: Sequence[int]) -> bool:
         """Place everything placed so far plus one more job again, largest instances first
         (what a floor keeps first); keep the result if it all fits, else change nothing."""
-        saved = ([list(r) for r in self.a], list(self.changed))
+        saved = list(self.s)
         K = self.pk.K
-        units = [d for row in self.a for d, n in enumerate(row) if d < K for _ in range(n)]
+        units = [d for k in range(len(self.s)) for d, n in enumerate(self.row(k)) if d < K for _ in range(n)]
         units += [t for t, n in req for _ in range(n)]
         units.sort(key=lambda d: (-slices[d], d))
-        self.a = [[0] * len(r) for r in self.a]
-        self.changed = [False] * len(self.changed)
-        self.dead.clear()
+        self.s = [self.pk.state_zero[sid] for sid in self.s]
         ok = all(self.place_kept(d) is not None for d, n in enumerate(base) for _ in range(n))
         ok = ok and all(self.place(d) is not None for d in units)
         if not ok:
-            self.a, self.changed = saved
-        self.dead.clear()
+            self.s = saved
         return ok
 
     def job(self, req: Sequence[Tuple[int, int]]) -> bool:
         """Place every instance of one job, or none."""
-        saved = list(self.changed)
-        done: List[Tuple[int, int]] = []
+        saved = list(self.s)
         for t, n in req:
             for _ in range(n):
-                k = self.place(t)
-                if k is None:
-                    for k2, d2 in done:
-                        self.a[k2][d2] -= 1
-                    self.changed = saved
-                    self.dead.clear()
+                if self.place(t) is None:
+                    self.s = saved
                     return False
-                done.append((k, t))
         return True
 
     def floors(self, floors: Sequence[Tuple[int, int]], K: int) -> None:
@@ -470,20 +593,3 @@ class _Units:
             for _ in range(n):
                 if self.place(K + t) is None:
                     break
-
-    def req(self) -> Req:
-        return tuple(sum(col) for col in zip(*self.a))
-
-    def cover(self) -> Cover:
-        idx: List[int] = []
-        gpus = inst = 0
-        for k, opts in enumerate(self.node.options):
-            if not self.changed[k]:
-                idx.append(0)
-                continue
-            best = self.pk.cheapest(opts, tuple(self.a[k]))
-            idx.append(best[1])
-            if best[1]:
-                gpus += 1
-                inst += best[0]
-        return gpus, inst, tuple(idx)

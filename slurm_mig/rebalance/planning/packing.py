@@ -49,7 +49,7 @@ class Packer:
         self._proj: Dict[Tuple[int, Tuple[int, ...], Req], List[Tuple[Req, int, int, int]]] = {}
         self._fits: Dict[Tuple[int, Req], bool] = {}
         self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
-        self._vecs: Dict[int, List[Req]] = {}
+        self._vecs: Dict[int, List[List[int]]] = {}
         #: per-GPU fill states of :meth:`gpu_state` / :meth:`step`
         self.D = 2 * self.K
         self.zero: Req = (0,) * self.D
@@ -66,6 +66,7 @@ class Packer:
         self.nstates: List[Tuple[int, ...]] = []
         self._based: Dict[Tuple[Tuple[int, ...], Req], int] = {}
         self._jobs: Dict[int, int] = {}
+        self._runs: Dict[int, Tuple[List[int], List[bool]]] = {}
         self._repacks: Dict[Tuple[int, int, Req], int] = {}
         self._covers_ns: Dict[int, Cover] = {}
         rids: Dict[Tuple[Tuple[int, int], ...], int] = {}
@@ -303,22 +304,50 @@ class Packer:
         """Nodes with more GPUs than :data:`EXACT_GPUS` are filled instance by instance."""
         return len(node.options) > EXACT_GPUS
 
-    def _vectors(self, opts: GpuOptions) -> List[Req]:
-        """Every option's requirement vector, built once per GPU class."""
+    def _masks(self, opts: GpuOptions) -> List[List[int]]:
+        """Per dimension d and count n: the bitmask of this GPU class's options offering at
+        least n in d (built once per class), so a fit check is a few ANDs."""
         hit = self._vecs.get(id(opts))
         if hit is None:
-            hit = [self._vector(o) for o in opts.options]
+            vecs = [self._vector(o) for o in opts.options]
+            hit = []
+            for d in range(self.D):
+                top = max(v[d] for v in vecs)
+                hit.append([sum(1 << j for j, v in enumerate(vecs) if v[d] >= n) for n in range(top + 1)])
             self._vecs[id(opts)] = hit
         return hit
+
+    def _offering(self, opts: GpuOptions, vec: Req) -> int:
+        """The bitmask of options offering at least ``vec``."""
+        masks = self._masks(opts)
+        ok = (1 << len(opts.options)) - 1
+        for d, n in enumerate(vec):
+            if n:
+                row = masks[d]
+                if n >= len(row):
+                    return 0
+                ok &= row[n]
+                if not ok:
+                    return 0
+        return ok
 
     def fits_gpu(self, opts: GpuOptions, vec: Req) -> bool:
         """Does some option of this GPU class offer at least ``vec``?"""
         key = (id(opts), vec)
         hit = self._fits.get(key)
         if hit is None:
-            need = [(d, n) for d, n in enumerate(vec) if n]  # compare where vec asks something
-            hit = any(all(o[d] >= n for d, n in need) for o in self._vectors(opts))
+            hit = self._offering(opts, vec) != 0
             self._fits[key] = hit
+        return hit
+
+    def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
+        """(instances changed, option index) of the cheapest option offering ``vec``."""
+        key = (id(opts), vec)
+        hit = self._cheapest.get(key)
+        if hit is None:
+            ok = self._offering(opts, vec)
+            hit = min((o.changes if j else 0, j) for j, o in enumerate(opts.options) if ok >> j & 1)
+            self._cheapest[key] = hit
         return hit
 
     def gpu_state(self, opts: GpuOptions, vec: Req) -> int:
@@ -351,16 +380,6 @@ class Packer:
             nxt = self.gpu_state(opts, tuple(vec)) if self.fits_gpu(opts, tuple(vec)) else -1
             self._step[key] = nxt
         return nxt
-
-    def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
-        """(instances changed, option index) of the cheapest option offering ``vec``."""
-        key = (id(opts), vec)
-        hit = self._cheapest.get(key)
-        if hit is None:
-            hit = min((o.changes if j else 0, j) for j, o in enumerate(opts.options)
-                      if all(a >= b for a, b in zip(self._vector(o), vec)))
-            self._cheapest[key] = hit
-        return hit
 
     # Filling a large node is a walk through *node states*: the tuple of its GPUs' states
     # (:meth:`gpu_state`).  Which state a job, a repack or the floors' instances lead to
@@ -398,6 +417,35 @@ class Packer:
             hit = self.node_state(fit.s) if fit.job(req) else -1
             self._jobs[key] = hit
         return hit
+
+    def _run(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], most: int) -> List[int]:
+        """The states after 1, 2, ... more jobs asking ``req`` from ``ns``, as far as they
+        fit without a repack (at least ``most`` of them when that many fit), so a group's
+        jobs are taken in one step.  Memoised, and extended when asked for more."""
+        key = ns * self._R + rid
+        hit = self._runs.get(key)
+        if hit is None:
+            hit = self._runs[key] = ([], [False])
+        run, full = hit
+        if len(run) < most and not full[0]:
+            at = run[-1] if run else ns
+            fit: Optional[_Units] = None
+            while len(run) < most:
+                key = at * self._R + rid
+                nxt = self._jobs.get(key)
+                if nxt is None:  # place it (one _Units for the rest of the run)
+                    if fit is None:
+                        fit = _Units(self, self.nstates[at])
+                    nxt = self.node_state(fit.s) if fit.job(req) else -1
+                    self._jobs[key] = nxt
+                else:
+                    fit = None
+                if nxt < 0:
+                    full[0] = True  # no further job fits: the run is complete
+                    break
+                run.append(nxt)
+                at = nxt
+        return run
 
     def _repack_step(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], base: Req) -> int:
         """The state after placing everything again plus one more job, largest first, or -1."""
@@ -444,18 +492,23 @@ class Packer:
             _, _, gi, pos = heapq.heappop(heap)
             g = groups[gi]
             rid, avail = rids[gi], pool[gi]
-            k, most = 0, min(avail, g.per_node)
-            while k < most:
-                nxt = self._job_step(ns, rid, g.req)
+            most = min(avail, g.per_node)
+            run = self._run(ns, rid, g.req, most)
+            k = min(len(run), most)
+            if k:
+                ns = run[k - 1]
+            while k < most:  # the next job does not fit as placed: repack (at most REPACKS times)
+                if repacks <= 0:
+                    break
+                repacks -= 1
+                nxt = self._repack_step(ns, rid, g.req, base)
                 if nxt < 0:
-                    if repacks <= 0:
-                        break
-                    repacks -= 1
-                    nxt = self._repack_step(ns, rid, g.req, base)
-                    if nxt < 0:
-                        break
-                ns = nxt
-                k += 1
+                    break
+                ns, k = nxt, k + 1
+                run = self._run(ns, rid, g.req, most - k)
+                j = min(len(run), most - k)
+                if j:
+                    ns, k = run[j - 1], k + j
             if k:
                 takes[gi] = k
             if k == avail or k == g.per_node:

@@ -169,10 +169,13 @@ class Packer:
         return fits, most
 
     def pack(self, node: Node, pool: Sequence[int], base: Req, changeable: bool,
-             spare: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req]:
+             spare: Optional[Sequence[int]] = None, heads: Optional[Sequence[int]] = None
+             ) -> Tuple[Dict[int, int], Req]:
         """Jobs (group index -> node parts) ``node`` can start from ``pool`` on top of
         ``base``; with ``changeable`` any layouts, else ``spare`` (free per type, default:
-        today's free instances)."""
+        today's free instances).  ``heads``: per class, a position before which every
+        member's pool is 0 (:meth:`.search._Planner._heads`), so the scan for a class's
+        first job left skips the groups already started."""
         pb, K = self.pb, self.K
         groups = pb.groups
         fits, most = self._room(node, changeable, spare)
@@ -180,8 +183,11 @@ class Packer:
         takes: Dict[int, int] = {}
         heap: List[Tuple[float, int, int, int]] = []
         for c in pb.gid_classes[node.gid]:
+            if any(most[t] - req[t] < n for t, n in groups[pb.classes[c][0]].req):
+                continue  # not one job of the class can fit: skip scanning its groups
             members = pb.classes[c]
-            for pos, gi in enumerate(members):
+            for pos in range(heads[c] if heads else 0, len(members)):
+                gi = members[pos]
                 if pool[gi] > 0:
                     g = groups[gi]
                     heap.append((-g.weight, g.size, gi, pos))
@@ -195,7 +201,7 @@ class Packer:
                 for t, n in g.req:
                     req[t] += k * n
                 takes[gi] = k
-            if k == pool[gi] or k == g.per_node:
+            if (k == pool[gi] or k == g.per_node) and all(most[t] - req[t] >= n for t, n in g.req):
                 members = pb.classes[g.cls]
                 for p2 in range(pos + 1, len(members)):
                     g2 = members[p2]
@@ -465,14 +471,14 @@ class Packer:
         return self.node_state(fit.s)
 
     def pack_units(self, node: Node, pool: Sequence[int], base: Req,
-                   floors: Sequence[Tuple[int, int]], floors_first: bool
-                   ) -> Tuple[Dict[int, int], Req, Optional[Cover]]:
+                   floors: Sequence[Tuple[int, int]], floors_first: bool,
+                   heads: Optional[Sequence[int]] = None) -> Tuple[Dict[int, int], Req, Optional[Cover]]:
         """:meth:`pack` for a large changeable node: every instance a job needs is put on a
         GPU that can still take it (one that needs no change first, then one already
         changing, then the fullest other one); a job whose instances do not all find a
         GPU is not taken, and its class is done.  ``floors``: (type, instances) to add to
-        the node's total if they fit, before or after the jobs.  Returns the jobs, the
-        requirement met and the choice per GPU."""
+        the node's total if they fit, before or after the jobs.  ``heads`` as for
+        :meth:`pack`.  Returns the jobs, the requirement met and the choice per GPU."""
         ns = self._base_state(node, base)
         if ns < 0:
             return {}, base, None
@@ -482,7 +488,9 @@ class Packer:
         takes: Dict[int, int] = {}
         heap: List[Tuple[float, int, int, int]] = []
         for c in pb.gid_classes[node.gid]:
-            for pos, gi in enumerate(pb.classes[c]):
+            members = pb.classes[c]
+            for pos in range(heads[c] if heads else 0, len(members)):
+                gi = members[pos]
                 if pool[gi] > 0:
                     heap.append((-groups[gi].weight, groups[gi].size, gi, pos))
                     break

@@ -76,6 +76,7 @@ class _Planner(Problem):
             for pos, gi in enumerate(members):
                 self._pos[gi] = pos
         self._head: Optional[List[int]] = None
+        self._looks: Optional[Dict[int, Tuple[List[int], List[int]]]] = None  #: see _look
         self.pool = [g.count for g in self.groups]
         self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
         self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
@@ -269,10 +270,12 @@ class _Planner(Problem):
             return cache[key]
 
         self._heads()
+        self._looks = {}
         try:
             self._greedy(movable, evaluate, cache)
         finally:
-            self._head = None  # the pool changes from here on without _heads knowing
+            # the pool and the nodes' jobs change from here on without these knowing
+            self._head = self._looks = None
 
     def _greedy(self, movable: Sequence[int], evaluate: Callable[[int], Optional[Move]],
                 cache: Dict[Any, Optional[Move]]) -> None:
@@ -305,8 +308,10 @@ class _Planner(Problem):
             if ver != version:
                 heapq.heappush(heap, (-mv[0], -mv[1], mv[2], mv[3], i, version))
                 continue
+            self._looks = None  # the commit moves jobs: look at nodes afresh
             self._commit(i, mv)
             self._heads()
+            self._looks = {}
             version += 1
             cache.clear()
 
@@ -481,6 +486,18 @@ class _Planner(Problem):
             self._gid_nodes[key] = hit
         return hit
 
+    def _look(self, j: int) -> Tuple[List[int], List[int]]:
+        """Node j's spare room and the jobs it holds, lightest first.  While moves are
+        chosen nothing changes between two kept moves, so the answer is kept until the
+        next one (:meth:`_moves`); a move's relocation looks at the same first nodes of a
+        partition for every node evaluated."""
+        if self._looks is not None:
+            hit = self._looks.get(j)
+            if hit is None:
+                hit = self._looks[j] = (self._spare(j), sorted(self.hosted[j], key=self._wkey.__getitem__))
+            return hit
+        return self._spare(j), sorted(self.hosted[j], key=self._wkey.__getitem__)
+
     def _relocate(self, skip: int, released: Mapping[int, int], apply: bool
                   ) -> Tuple[float, Dict[int, int], Dict[int, int]]:
         """Where jobs a move gives back can still start: spare room on other nodes first,
@@ -490,11 +507,14 @@ class _Planner(Problem):
         else nothing changes."""
         moved: Dict[int, int] = {}
         evicted: Dict[int, int] = {}
+        #: per node looked at: its room and jobs, copied when first changed in this call
         hosted: Dict[int, Dict[int, int]] = {}
         spare: Dict[int, List[int]] = {}
+        owned: set = set()
         net = 0.0
         order: Dict[Tuple[int, int], List[int]] = {}
-        groups, tmask, wkey = self.groups, self._tmask, self._wkey.__getitem__
+        lightest: Dict[int, List[int]] = {}  #: per node: the jobs it held at first look, lightest first
+        groups, tmask = self.groups, self._tmask
         for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
             g, left = self.groups[gi], released[gi]
             scanned = 0
@@ -505,11 +525,15 @@ class _Planner(Problem):
                     continue
                 scanned += 1
                 if j not in spare:
-                    spare[j] = self._spare(j)
-                    hosted[j] = dict(self.hosted[j])
+                    spare[j], lightest[j] = self._look(j)
+                    hosted[j] = self.hosted[j]
                 room, held = spare[j], hosted[j]
                 while left > 0:
                     if all(room[t] >= n for t, n in g.req):
+                        if j not in owned:
+                            owned.add(j)
+                            spare[j] = room = list(room)
+                            hosted[j] = held = dict(held)
                         k = left
                         for t, n in g.req:
                             k = min(k, room[t] // n)
@@ -521,9 +545,17 @@ class _Planner(Problem):
                         continue
                     # make room for one job by displacing the lightest lighter jobs
                     if (j, gi) not in order:
-                        mask, w = tmask[gi], g.weight
-                        order[(j, gi)] = sorted(
-                            (h for h in held if groups[h].weight < w and tmask[h] & mask), key=wkey)
+                        # lighter jobs sharing a type, lightest first (groups placed here
+                        # in this call are not lighter: released jobs go heaviest first)
+                        mask, w, lighter = tmask[gi], g.weight, []
+                        for h in lightest[j]:
+                            if groups[h].weight >= w:
+                                break
+                            if tmask[h] & mask:
+                                lighter.append(h)
+                        order[(j, gi)] = lighter
+                    if not order[(j, gi)]:
+                        break
                     trial, out = list(room), []
                     for hj in order[(j, gi)]:
                         h = groups[hj]
@@ -546,6 +578,10 @@ class _Planner(Problem):
                     lost = sum(self.groups[hj].weight for hj in out)
                     if not out or not all(trial[t] >= n for t, n in g.req) or lost >= g.weight:
                         break
+                    if j not in owned:
+                        owned.add(j)
+                        spare[j] = room = list(room)
+                        hosted[j] = held = dict(held)
                     for hj in out:
                         held[hj] -= 1
                         evicted[hj] = evicted.get(hj, 0) + 1
@@ -564,6 +600,6 @@ class _Planner(Problem):
             if apply:
                 self.pool[gi] -= released[gi] - left
         if apply:
-            for j, held in hosted.items():
-                self.hosted[j] = held
+            for j in owned:
+                self.hosted[j] = hosted[j]
         return net, moved, evicted

@@ -67,6 +67,9 @@ class Packer:
         self._based: Dict[Tuple[Tuple[int, ...], Req], int] = {}
         self._jobs: Dict[int, int] = {}
         self._runs: Dict[int, Tuple[List[int], List[bool]]] = {}
+        self._chains: Dict[int, List[int]] = {}
+        self._segs: Dict[Tuple[int, int], Tuple[List[Tuple[int, int]], int]] = {}
+        self._took: Dict[Tuple[int, int, int], int] = {}
         self._repacks: Dict[Tuple[int, int, Req], int] = {}
         self._covers_ns: Dict[int, Cover] = {}
         rids: Dict[Tuple[Tuple[int, int], ...], int] = {}
@@ -424,6 +427,93 @@ class Packer:
             self._jobs[key] = hit
         return hit
 
+    def _take(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], most: int) -> Tuple[int, int]:
+        """How many more jobs asking ``req`` fit from node state ``ns`` as placed so far
+        (at most ``most``), and the state after them."""
+        if most <= 0:
+            return 0, ns
+        if len(req) == 1 and req[0][1] == 1:
+            return self._take_one(ns, req[0][0], most)
+        run = self._run(ns, rid, req, most)
+        k = min(len(run), most)
+        return k, (run[k - 1] if k else ns)
+
+    def _chain(self, sid: int, d: int) -> List[int]:
+        """A GPU's states after 1, 2, ... more instances of dimension ``d``, while they fit."""
+        key = sid * self.D + d
+        hit = self._chains.get(key)
+        if hit is None:
+            hit = []
+            at = self.step(sid, d)
+            while at >= 0:
+                hit.append(at)
+                at = self.step(at, d)
+            self._chains[key] = hit
+        return hit
+
+    def _segments(self, ns: int, d: int) -> Tuple[List[Tuple[int, int]], int]:
+        """Where :meth:`_Units.place` puts one instance of ``d`` after another from ``ns``
+        until none fits, as (GPU, instances) runs, and how many that is in all.
+
+        The same order as placing them one by one, computed per GPU: first the room
+        today's layouts have, GPU by GPU; then the GPUs already changing, in order, each
+        until it is full; then, again and again, the fullest unchanged GPU that can take
+        one, until it is full (it is changing from its first instance on)."""
+        key = (ns, d)
+        hit = self._segs.get(key)
+        if hit is not None:
+            return hit
+        s = list(self.nstates[ns])
+        vecs, cur, changed, sums = self.state_vec, self.state_cur, self.state_changed, self.state_sum
+        segs: List[Tuple[int, int]] = []
+        total = 0
+        for k, sid in enumerate(s):
+            room = cur[sid][d] - vecs[sid][d]
+            if not changed[sid] and room > 0:
+                segs.append((k, room))
+                total += room
+                s[k] = self._chain(sid, d)[room - 1]
+        for k, sid in enumerate(s):
+            if changed[sid]:
+                ch = self._chain(sid, d)
+                if ch:
+                    segs.append((k, len(ch)))
+                    total += len(ch)
+                    s[k] = ch[-1]
+        while True:
+            best, best_fill = -1, -1
+            for k, sid in enumerate(s):
+                if not changed[sid] and sums[sid] > best_fill and self.step(sid, d) >= 0:
+                    best, best_fill = k, sums[sid]
+            if best < 0:
+                break
+            ch = self._chain(s[best], d)
+            segs.append((best, len(ch)))
+            total += len(ch)
+            s[best] = ch[-1]
+        hit = self._segs[key] = (segs, total)
+        return hit
+
+    def _take_one(self, ns: int, d: int, most: int) -> Tuple[int, int]:
+        """:meth:`_take` for jobs asking one instance of ``d``: along :meth:`_segments`."""
+        segs, total = self._segments(ns, d)
+        k = min(total, most)
+        if k == 0:
+            return 0, ns
+        key = (ns, d, k)
+        hit = self._took.get(key)
+        if hit is None:
+            s = list(self.nstates[ns])
+            left = k
+            for gpu, n in segs:
+                n = min(n, left)
+                s[gpu] = self._chain(s[gpu], d)[n - 1]
+                left -= n
+                if not left:
+                    break
+            hit = self._took[key] = self.node_state(s)
+        return k, hit
+
     def _run(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], most: int) -> List[int]:
         """The states after 1, 2, ... more jobs asking ``req`` from ``ns``, as far as they
         fit without a repack (at least ``most`` of them when that many fit), so a group's
@@ -501,10 +591,7 @@ class Packer:
             g = groups[gi]
             rid, avail = rids[gi], pool[gi]
             most = min(avail, g.per_node)
-            run = self._run(ns, rid, g.req, most)
-            k = min(len(run), most)
-            if k:
-                ns = run[k - 1]
+            k, ns = self._take(ns, rid, g.req, most)
             while k < most:  # the next job does not fit as placed: repack (at most REPACKS times)
                 if repacks <= 0:
                     break
@@ -512,11 +599,8 @@ class Packer:
                 nxt = self._repack_step(ns, rid, g.req, base)
                 if nxt < 0:
                     break
-                ns, k = nxt, k + 1
-                run = self._run(ns, rid, g.req, most - k)
-                j = min(len(run), most - k)
-                if j:
-                    ns, k = run[j - 1], k + j
+                j, ns = self._take(nxt, rid, g.req, most - k - 1)
+                k += 1 + j
             if k:
                 takes[gi] = k
             if k == avail or k == g.per_node:

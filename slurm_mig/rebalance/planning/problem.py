@@ -181,6 +181,7 @@ class Problem:
         allowed_parts = None if pol.partitions is None else set(pol.partitions)
         self.nodes: List[Node] = []
         K = len(self.types)
+        self._gpu_memo: Dict[Tuple[str, int, FrozenSet[Tuple[int, int]]], Tuple[Layout, GpuModel, GpuOptions]] = {}
         shared: Dict[Tuple[Tuple[str, Layout, FrozenSet[Tuple[int, int]]], ...],
                      Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]] = {}
         for src in sorted(nodes, key=lambda n: n.name):
@@ -211,11 +212,17 @@ class Problem:
         models, options = [], []
         free, total = [0] * K, [0] * K
         for gpu in gpus:
-            model = self.model(gpu.model_key)
-            cset = self._candidate_set(model)
             busy = frozenset(gpu.busy)
-            me_busy = any(is_media_extension(model.profile(pid)) for pid, _ in busy)
-            opts = cset.options(gpu.layout, busy, me_busy)
+            # keyed on the layout object (kept alive in the value): nodes read from one
+            # source share them, and hashing a layout by value costs more than the lookup saves
+            key = (gpu.model_key, id(gpu.layout), busy)
+            hit = self._gpu_memo.get(key)
+            if hit is None:
+                model = self.model(gpu.model_key)
+                me_busy = any(is_media_extension(model.profile(pid)) for pid, _ in busy)
+                opts = self._candidate_set(model).options(gpu.layout, busy, me_busy)
+                hit = self._gpu_memo[key] = (gpu.layout, model, opts)
+            _, model, opts = hit
             models.append(model)
             options.append(opts)
             for t in range(K):

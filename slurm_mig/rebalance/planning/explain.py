@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ...core.layout import format_counts
 from .model import GpuChange, NodePlan, Plan, PlanTotals
@@ -78,12 +78,13 @@ def build(pl: _Planner) -> Plan:
                     break
     leftover = _leftover(pl) if pl.cap_hit else {}
     plans = []
+    texts: Dict[Any, str] = {}  # a node's layouts as text, by its layout objects (they repeat)
     for i, (node, gpus) in enumerate(zip(pl.nodes, gpu_changes)):
         if i in pl.changed:
             line = _change_line(pl, i, node, gpus, pl.changed[i], holders)
             plans.append(NodePlan(node.src.name, "change", gpus, (line,)))
         else:
-            plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover),)))
+            plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover, texts),)))
     # only a node with a choice can have a GPU whose layout changes
     recut = [gpus for node, gpus in zip(pl.nodes, gpu_changes) if node.choice]
     changed_gpus = sum(1 for gpus in recut for g in gpus if g.changed)
@@ -154,9 +155,14 @@ def _change_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange], re
 
 
 def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
-               leftover: Mapping[int, bool]) -> str:
-    have = _by_text((format_counts(g.before), g.index) for g in gpus)
-    what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
+               leftover: Mapping[int, bool], texts: Optional[Dict[Any, str]] = None) -> str:
+    key = tuple((id(g.before), g.index) for g in gpus)
+    what = None if texts is None else texts.get(key)
+    if what is None:
+        have = _by_text((format_counts(g.before), g.index) for g in gpus)
+        what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
+        if texts is not None:
+            texts[key] = what  # the layouts stay alive in the plan: ids are not reused
     if node.why_not is not None:
         why = node.why_not
     elif leftover.get(i):

@@ -182,7 +182,7 @@ class Problem:
         self.nodes: List[Node] = []
         K = len(self.types)
         self._gpu_memo: Dict[Tuple[str, int, FrozenSet[Tuple[int, int]]], Tuple[Layout, GpuModel, GpuOptions]] = {}
-        shared: Dict[Tuple[Tuple[str, Layout, FrozenSet[Tuple[int, int]]], ...],
+        shared: Dict[Tuple[Tuple[str, int, FrozenSet[Tuple[int, int]]], ...],
                      Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]] = {}
         for src in sorted(nodes, key=lambda n: n.name):
             node = Node(src)
@@ -192,7 +192,7 @@ class Problem:
             gpus = tuple(sorted(src.gpus, key=lambda g: g.index))
             # nodes whose GPUs have the same models, layouts and busy instances share one
             # computation (most of a large cluster: uniform layouts, idle or allocated)
-            gkey = tuple((g.model_key, g.layout, frozenset(g.busy)) for g in gpus)
+            gkey = tuple((g.model_key, id(g.layout), frozenset(g.busy)) for g in gpus)  # src keeps them alive
             hit = shared.get(gkey)
             if hit is None:
                 hit = self._gpu_options(gpus, K)

@@ -480,13 +480,11 @@ class Packer:
                     segs.append((k, len(ch)))
                     total += len(ch)
                     s[k] = ch[-1]
-        while True:
-            best, best_fill = -1, -1
-            for k, sid in enumerate(s):
-                if not changed[sid] and sums[sid] > best_fill and self.step(sid, d) >= 0:
-                    best, best_fill = k, sums[sid]
-            if best < 0:
-                break
+        # the unchanged GPUs that can take one: filling one leaves the others as they are
+        left = [k for k, sid in enumerate(s) if not changed[sid] and self.step(sid, d) >= 0]
+        while left:
+            best = max(left, key=lambda k: (sums[s[k]], -k))  # the fullest, the first of equals
+            left.remove(best)
             ch = self._chain(s[best], d)
             segs.append((best, len(ch)))
             total += len(ch)

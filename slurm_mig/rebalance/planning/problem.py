@@ -182,8 +182,7 @@ class Problem:
         self.nodes: List[Node] = []
         K = len(self.types)
         self._gpu_memo: Dict[Tuple[str, int, FrozenSet[Tuple[int, int]]], Tuple[Layout, GpuModel, GpuOptions]] = {}
-        shared: Dict[Tuple[Tuple[str, int, FrozenSet[Tuple[int, int]]], ...],
-                     Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]] = {}
+        shared: Dict[object, Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]] = {}
         for src in sorted(nodes, key=lambda n: n.name):
             node = Node(src)
             node.cond = condition(src.state)
@@ -192,7 +191,7 @@ class Problem:
             gpus = tuple(sorted(src.gpus, key=lambda g: g.index))
             # nodes whose GPUs have the same models, layouts and busy instances share one
             # computation (most of a large cluster: uniform layouts, idle or allocated)
-            gkey = tuple((g.model_key, id(g.layout), frozenset(g.busy)) for g in gpus)  # src keeps them alive
+            gkey = self._node_key(gpus)
             hit = shared.get(gkey)
             if hit is None:
                 hit = self._gpu_options(gpus, K)
@@ -205,6 +204,12 @@ class Problem:
             node.why_not = self._why_not(node, allowed_parts)
             node.sig = (node.gid, tuple(id(o) for o in node.options))
             self.nodes.append(node)
+
+    @staticmethod
+    def _node_key(gpus: Sequence[PlanGpu]) -> object:
+        """What nodes sharing one options computation have in common: per GPU its model,
+        layout (the object: the PlanNode keeps it alive) and busy instances."""
+        return tuple((g.model_key, id(g.layout), frozenset(g.busy)) for g in gpus)
 
     def _gpu_options(self, gpus: Sequence[PlanGpu], K: int
                      ) -> Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]:

@@ -50,6 +50,9 @@ class Packer:
         self._fits: Dict[Tuple[int, Req], bool] = {}
         self._cheapest: Dict[Tuple[int, Req], Tuple[int, int]] = {}
         self._vecs: Dict[int, List[List[int]]] = {}
+        self._cls: Dict[int, int] = {}
+        self._cls_of: Dict[Tuple[Tuple[Req, Req, int], ...], int] = {}
+        self._keep: List[GpuOptions] = []
         #: per-GPU fill states of :meth:`gpu_state` / :meth:`step`
         self.D = 2 * self.K
         self.zero: Req = (0,) * self.D
@@ -86,7 +89,7 @@ class Packer:
     def _project(self, opts: GpuOptions, active: Tuple[int, ...], need: Req) -> List[Tuple[Req, int, int, int]]:
         """The GPU's options on the active dimensions, capped at ``need``: one per vector
         (the cheapest), none dominated by a cheaper one with as much everywhere."""
-        key = (id(opts), active, need)
+        key = (self.cls(opts), active, need)
         hit = self._proj.get(key)
         if hit is not None:
             return hit
@@ -313,17 +316,29 @@ class Packer:
         """Nodes with more GPUs than :data:`EXACT_GPUS` are filled instance by instance."""
         return len(node.options) > EXACT_GPUS
 
+    def cls(self, opts: GpuOptions) -> int:
+        """The GPU class's id for everything here: classes whose options offer the same
+        vectors at the same cost, in the same order, are one (GPUs whose busy instances sit
+        at other places often are), so their fills are computed once."""
+        c = self._cls.get(id(opts))
+        if c is None:
+            key = tuple((o.free, o.total, o.changes) for o in opts.options)
+            c = self._cls_of.setdefault(key, len(self._cls_of))
+            self._cls[id(opts)] = c
+            self._keep.append(opts)  # ids stay valid while this packer lives
+        return c
+
     def _masks(self, opts: GpuOptions) -> List[List[int]]:
         """Per dimension d and count n: the bitmask of this GPU class's options offering at
         least n in d (built once per class), so a fit check is a few ANDs."""
-        hit = self._vecs.get(id(opts))
+        hit = self._vecs.get(self.cls(opts))
         if hit is None:
             vecs = [self._vector(o) for o in opts.options]
             hit = []
             for d in range(self.D):
                 top = max(v[d] for v in vecs)
                 hit.append([sum(1 << j for j, v in enumerate(vecs) if v[d] >= n) for n in range(top + 1)])
-            self._vecs[id(opts)] = hit
+            self._vecs[self.cls(opts)] = hit
         return hit
 
     def _offering(self, opts: GpuOptions, vec: Req) -> int:
@@ -342,7 +357,7 @@ class Packer:
 
     def fits_gpu(self, opts: GpuOptions, vec: Req) -> bool:
         """Does some option of this GPU class offer at least ``vec``?"""
-        key = (id(opts), vec)
+        key = (self.cls(opts), vec)
         hit = self._fits.get(key)
         if hit is None:
             hit = self._offering(opts, vec) != 0
@@ -351,7 +366,7 @@ class Packer:
 
     def cheapest(self, opts: GpuOptions, vec: Req) -> Tuple[int, int]:
         """(instances changed, option index) of the cheapest option offering ``vec``."""
-        key = (id(opts), vec)
+        key = (self.cls(opts), vec)
         hit = self._cheapest.get(key)
         if hit is None:
             ok = self._offering(opts, vec)
@@ -362,7 +377,7 @@ class Packer:
     def gpu_state(self, opts: GpuOptions, vec: Req) -> int:
         """The id of (GPU class, requirement placed on it so far), so that :meth:`step`
         is one dict lookup on an int."""
-        key = (id(opts), vec)
+        key = (self.cls(opts), vec)
         sid = self._sid.get(key)
         if sid is None:
             sid = len(self.state_vec)
@@ -408,7 +423,7 @@ class Packer:
 
     def _base_state(self, node: Node, base: Req) -> int:
         """The node's state with the instances ``base`` keeps placed (-1: they do not fit)."""
-        key = (node.sig[1], base)
+        key = (tuple(self.cls(o) for o in node.options), base)
         ns = self._based.get(key)
         if ns is None:
             fit = _Units(self, [self.gpu_state(o, self.zero) for o in node.options])

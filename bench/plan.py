@@ -1,7 +1,9 @@
 """Plan time beside queue-parse time, in the same run (issue 4).
 
 Target: planning 1,000 nodes x 8 GPUs against 20,000 pending jobs takes less time than
-parsing that queue's ``squeue --json``.  Prints a table; asserts nothing.  Run from the
+parsing that queue's ``squeue --json``.  Prints a table with the priority weight of the
+jobs each plan lets start (before -> after), so a faster planner can be checked to start
+the same weight on the same input; asserts nothing.  Run from the
 repository root:
 
     .venv/bin/python bench/plan.py [--nodes 1000] [--jobs 20000] [--runs 5] [--seed 1]
@@ -214,16 +216,18 @@ def main(argv=None) -> int:
     print(f"first call in the process: parse {cold_parse * 1000:.0f} ms, plan {cold_plan * 1000:.0f} ms "
           f"(includes the per-model layout precompute)")
     print()
-    print("| what | median ms | min ms | plan / parse | nodes changed | jobs that can start before -> after |")
-    print("|---|---:|---:|---:|---:|---|")
-    print(f"| parse: json.loads + DemandItems | {parse_ms:.0f} | {min(parse_t) * 1000:.0f} | 1.00 | | |")
+    print("| what | median ms | min ms | plan / parse | nodes changed | jobs that can start before -> after "
+          "| weight started before -> after |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    print(f"| parse: json.loads + DemandItems | {parse_ms:.0f} | {min(parse_t) * 1000:.0f} | 1.00 | | | |")
     for label, policy in policies:
         result, plan_t = timed(lambda: plan(nodes, demand, policy, cycle=1), args.runs)
         ms = statistics.median(plan_t) * 1000
         tot = result.totals
         print(f"| plan ({label}) | {ms:.0f} | {min(plan_t) * 1000:.0f} | {ms / parse_ms:.2f} | "
               f"{tot.nodes_changed} | {tot.jobs_before} -> {tot.jobs_after} of {tot.demand_jobs} jobs "
-              f"(weight {tot.weight_before / tot.demand_weight:.1%} -> {tot.weight_after / tot.demand_weight:.1%}) |")
+              f"(weight {tot.weight_before / tot.demand_weight:.1%} -> {tot.weight_after / tot.demand_weight:.1%}) | "
+              f"{tot.weight_before:.0f} -> {tot.weight_after:.0f} |")
     return 0
 
 

@@ -250,7 +250,7 @@ class _Planner(Problem):
             for j in range(short, 0, -1):
                 trial = list(req)
                 trial[K + t] = max(trial[K + t], node.total[t] + j)
-                if pk.cover(node, tuple(trial)) is not None:
+                if pk.feasible(node, tuple(trial)):
                     req = trial
                     break
         return req

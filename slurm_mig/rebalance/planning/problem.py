@@ -265,15 +265,23 @@ class Problem:
         """Which node partition sets each group may use; which types each GPU model offers."""
         K, G = len(self.types), len(self.partition_sets)
         gsets = [set(g) for g in self.partition_sets]
+        gids: Dict[Tuple[str, ...], Tuple[int, ...]] = {}  # groups repeat partition lists
         for grp in self.groups:
-            parts = set(grp.partitions)
-            grp.gids = tuple(g for g in range(G) if not parts or parts & gsets[g])
+            hit = gids.get(grp.partitions)
+            if hit is None:
+                parts = set(grp.partitions)
+                hit = gids[grp.partitions] = tuple(g for g in range(G) if not parts or parts & gsets[g])
+            grp.gids = hit
         self.offered: List[Set[int]] = [set() for _ in range(K)]  # gids where some GPU model offers the type
         self.totals = [0] * K
+        seen: Set[Tuple[int, str]] = set()
         for node in self.nodes:
             for t in range(K):
                 self.totals[t] += node.total[t]
             for model in node.models:
+                if (node.gid, model.key) in seen:
+                    continue
+                seen.add((node.gid, model.key))
                 for t, pid in enumerate(self.type_ids(model)):
                     if pid is not None:
                         self.offered[t].add(node.gid)

@@ -11,7 +11,8 @@ has; it is used for nodes of at most :data:`EXACT_GPUS` GPUs.  :meth:`Packer.pac
 a node from a pool of job groups, heaviest job first, each class of identical requests
 taken as far as it fits (a class that does not fit once is done on this node), then
 :meth:`Packer.exact` checks small choices exactly.  Larger nodes are filled instance by
-instance (:meth:`Packer.pack_units`), with a cached check of each GPU's options.
+instance (:meth:`Packer.pack_units`), along memoised node states (docs/planner.md, "How it
+stays fast").
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ EXACT_GPUS = 4
 
 
 class Packer:
-    """Covers and packs for the nodes of one problem; covers are cached per node class."""
+    """Covers and packs for the nodes of one problem.  Everything is memoised per GPU class
+    (:meth:`cls`) and node state, for the life of one plan: nodes alike share the work."""
 
     def __init__(self, pb: Problem) -> None:
         self.pb = pb
@@ -53,7 +55,7 @@ class Packer:
         self._cls: Dict[int, int] = {}
         self._feasible: Dict[Tuple[Tuple[int, ...], Req], bool] = {}
         self._cls_of: Dict[Tuple[Tuple[Req, Req, int], ...], int] = {}
-        self._keep: List[GpuOptions] = []
+        self._alive: List[GpuOptions] = []  #: the classes' options, so their ids stay theirs
         #: per-GPU fill states of :meth:`gpu_state` / :meth:`step`
         self.D = 2 * self.K
         self.zero: Req = (0,) * self.D
@@ -373,7 +375,7 @@ class Packer:
             key = tuple((o.free, o.total, o.changes) for o in opts.options)
             c = self._cls_of.setdefault(key, len(self._cls_of))
             self._cls[id(opts)] = c
-            self._keep.append(opts)  # ids stay valid while this packer lives
+            self._alive.append(opts)
         return c
 
     def _masks(self, opts: GpuOptions) -> List[List[int]]:
@@ -479,16 +481,6 @@ class Packer:
             ns = self.node_state(fit.s) if ok else -1
             self._based[key] = ns
         return ns
-
-    def _job_step(self, ns: int, rid: int, req: Sequence[Tuple[int, int]]) -> int:
-        """The state after one more job asking ``req`` (request id ``rid``), or -1."""
-        key = ns * self._R + rid
-        hit = self._jobs.get(key)
-        if hit is None:
-            fit = _Units(self, self.nstates[ns])
-            hit = self.node_state(fit.s) if fit.job(req) else -1
-            self._jobs[key] = hit
-        return hit
 
     def _take(self, ns: int, rid: int, req: Sequence[Tuple[int, int]], most: int) -> Tuple[int, int]:
         """How many more jobs asking ``req`` fit from node state ``ns`` as placed so far

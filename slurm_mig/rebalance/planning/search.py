@@ -30,7 +30,7 @@ this module runs the greedy, :mod:`.explain` writes the reasons.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ...core.catalog import GpuModel
 from . import explain as _explain
@@ -510,7 +510,7 @@ class _Planner(Problem):
         #: per node looked at: its room and jobs, copied when first changed in this call
         hosted: Dict[int, Dict[int, int]] = {}
         spare: Dict[int, List[int]] = {}
-        owned: set = set()
+        owned: Set[int] = set()  #: nodes whose room and jobs this call has copied
         net = 0.0
         order: Dict[Tuple[int, int], List[int]] = {}
         lightest: Dict[int, List[int]] = {}  #: per node: the jobs it held at first look, lightest first
@@ -548,11 +548,11 @@ class _Planner(Problem):
                         # lighter jobs sharing a type, lightest first (groups placed here
                         # in this call are not lighter: released jobs go heaviest first)
                         mask, w, lighter = tmask[gi], g.weight, []
-                        for h in lightest[j]:
-                            if groups[h].weight >= w:
+                        for lj in lightest[j]:
+                            if groups[lj].weight >= w:
                                 break
-                            if tmask[h] & mask:
-                                lighter.append(h)
+                            if tmask[lj] & mask:
+                                lighter.append(lj)
                         order[(j, gi)] = lighter
                     if not order[(j, gi)]:
                         break

@@ -98,9 +98,14 @@ class CandidateSet:
     def __init__(self, layouts: Sequence[Layout], type_ids: Sequence[Optional[int]],
                  with_me: Optional[Sequence[Layout]] = None):
         self.type_ids = tuple(type_ids)
-        self.layouts = [(layout, layout.keys()) for layout in layouts]
-        self.with_me = None if with_me is None else [(layout, layout.keys()) for layout in with_me]
+        #: (layout, its instances, its count vector, its text): computed once here, not per
+        #: GPU class (a 1,000-node cluster has hundreds of classes)
+        self.layouts = [self._row(layout) for layout in layouts]
+        self.with_me = None if with_me is None else [self._row(layout) for layout in with_me]
         self._cache: Dict[Tuple[Keys, Keys], GpuOptions] = {}
+
+    def _row(self, layout: Layout) -> Tuple[Layout, Keys, Tuple[int, ...], str]:
+        return layout, layout.keys(), count_vector(layout, self.type_ids), format_layout(layout)
 
     def options(self, current: Layout, busy: Keys, me_busy: bool = False) -> GpuOptions:
         key = (current.keys(), busy)
@@ -112,13 +117,16 @@ class CandidateSet:
                       count_vector(current, self.type_ids), 0)
         best: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], Tuple[int, str, Layout]] = {}
         pool = self.with_me if (me_busy and self.with_me is not None) else self.layouts
-        for layout, keys in pool:
+        busy_pids = [pid for pid, _ in busy]
+        busy_vec = tuple(busy_pids.count(pid) if pid is not None else 0 for pid in self.type_ids)
+        for layout, keys, total, text in pool:
             if not busy <= keys or keys == cur_keys:
                 continue
-            vec = (count_vector(layout, self.type_ids, busy), count_vector(layout, self.type_ids))
+            # busy instances are in every candidate layout: free = total - busy
+            vec = (tuple(a - b for a, b in zip(total, busy_vec)) if busy else total, total)
             if vec == (keep.free, keep.total):
                 continue
-            cost = (len(keys ^ cur_keys), format_layout(layout))
+            cost = (len(keys ^ cur_keys), text)
             held = best.get(vec)
             if held is None or cost < held[:2]:
                 best[vec] = (cost[0], cost[1], layout)

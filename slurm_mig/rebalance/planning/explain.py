@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ...core.layout import format_counts
 from .model import GpuChange, NodePlan, Plan, PlanTotals
@@ -66,20 +66,28 @@ def build(pl: _Planner) -> Plan:
                                  opt.layout if opt is not None else gpu.layout, frozenset(gpu.busy)))
         gpu_changes.append(tuple(out))
     holders: Dict[int, List[str]] = {t: [] for t, f in enumerate(pl.floor) if f}
+    pids: Dict[int, Any] = {}  # id(layout) -> (layout, its profile ids): layouts repeat across nodes
     for node, gpus in zip(pl.nodes, gpu_changes):
         for t in holders:
-            if any(pl.type_ids(model)[t] in {i.profile_id for i in g.after}
-                   for model, g in zip(node.models, gpus)):
-                holders[t].append(node.src.name)
+            for model, g in zip(node.models, gpus):
+                hit = pids.get(id(g.after))
+                if hit is None:
+                    hit = pids[id(g.after)] = (g.after, {i.profile_id for i in g.after})
+                if pl.type_ids(model)[t] in hit[1]:
+                    holders[t].append(node.src.name)
+                    break
     leftover = _leftover(pl) if pl.cap_hit else {}
     plans = []
+    texts: Dict[Any, str] = {}  # a node's layouts as text, by its layout objects (they repeat)
     for i, (node, gpus) in enumerate(zip(pl.nodes, gpu_changes)):
         if i in pl.changed:
             line = _change_line(pl, i, node, gpus, pl.changed[i], holders)
             plans.append(NodePlan(node.src.name, "change", gpus, (line,)))
         else:
-            plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover),)))
-    changed_gpus = sum(1 for gpus in gpu_changes for g in gpus if g.changed)
+            plans.append(NodePlan(node.src.name, "keep", gpus, (_keep_line(pl, i, node, gpus, leftover, texts),)))
+    # only a node with a choice can have a GPU whose layout changes
+    recut = [gpus for node, gpus in zip(pl.nodes, gpu_changes) if node.choice]
+    changed_gpus = sum(1 for gpus in recut for g in gpus if g.changed)
     totals = PlanTotals(
         demand_instances=sum(g.count * g.size for g in pl.groups),
         demand_jobs=sum(g.jobs for g in pl.groups),
@@ -90,7 +98,7 @@ def build(pl: _Planner) -> Plan:
         weight_after=pl.after[2],
         nodes_changed=len(pl.changed),
         gpus_changed=changed_gpus,
-        instance_changes=sum(g.instance_changes for gpus in gpu_changes for g in gpus),
+        instance_changes=sum(g.instance_changes for gpus in recut for g in gpus),
         jobs_before=pl.before[0],
         jobs_after=pl.after[0],
     )
@@ -147,9 +155,14 @@ def _change_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange], re
 
 
 def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
-               leftover: Mapping[int, bool]) -> str:
-    have = _by_text((format_counts(g.before), g.index) for g in gpus)
-    what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
+               leftover: Mapping[int, bool], texts: Optional[Dict[Any, str]] = None) -> str:
+    key = tuple((id(g.before), g.index) for g in gpus)
+    what = None if texts is None else texts.get(key)
+    if what is None:
+        have = _by_text((format_counts(g.before), g.index) for g in gpus)
+        what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
+        if texts is not None:
+            texts[key] = what  # the layouts stay alive in the plan: ids are not reused
     if node.why_not is not None:
         why = node.why_not
     elif leftover.get(i):
@@ -160,11 +173,17 @@ def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
 
 
 def _leftover(pl: _Planner) -> Dict[int, bool]:
+    """Which unchanged changeable nodes a move would still pay on (the cap stopped them).
+    Nodes of one class holding the same jobs get the same answer: evaluated once."""
     out = {}
+    seen: Dict[Any, bool] = {}
     for i, node in enumerate(pl.nodes):
         if node.why_not is None and i not in pl.changed:
-            mv = pl._evaluate(i)
-            out[i] = mv is not None and pl._passes(i, mv)
+            key = (node.sig, node.recent, tuple(sorted(pl.hosted[i].items())))
+            if key not in seen:
+                mv = pl._evaluate(i)
+                seen[key] = mv is not None and pl._passes(i, mv)
+            out[i] = seen[key]
     return out
 
 

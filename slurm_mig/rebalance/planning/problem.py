@@ -16,13 +16,13 @@ Nodes with the same GPU classes share the same options objects, so a node's ``si
 from __future__ import annotations
 
 import fnmatch
-from typing import Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ...core.catalog import GpuModel, load_catalog, normalize_profile_name
 from ...core.errors import InputError, UnknownProfile
 from ...core.layout import Layout, check_layout, is_media_extension, parse_layout
 from .candidates import CandidateSet, GpuOptions, Option, maximal
-from .model import DemandItem, PlanNode, Policy, condition
+from .model import DemandItem, PlanGpu, PlanNode, Policy, condition
 
 #: Node conditions whose free instances can start pending jobs.
 SUPPLYING = ("idle", "mixed", "completing")
@@ -181,30 +181,59 @@ class Problem:
         allowed_parts = None if pol.partitions is None else set(pol.partitions)
         self.nodes: List[Node] = []
         K = len(self.types)
+        self._gpu_memo: Dict[Tuple[str, int, FrozenSet[Tuple[int, int]]], Tuple[Layout, GpuModel, GpuOptions]] = {}
+        shared: Dict[object, Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]] = {}
         for src in sorted(nodes, key=lambda n: n.name):
             node = Node(src)
             node.cond = condition(src.state)
             node.supplies = node.cond in SUPPLYING
             node.gid = gid_of[tuple(sorted(set(src.partitions)))]
-            node.models, node.options = [], []
-            free, total = [0] * K, [0] * K
-            for gpu in sorted(src.gpus, key=lambda g: g.index):
-                model = self.model(gpu.model_key)
-                cset = self._candidate_set(model)
-                busy = frozenset(gpu.busy)
-                me_busy = any(is_media_extension(model.profile(pid)) for pid, _ in busy)
-                opts = cset.options(gpu.layout, busy, me_busy)
-                node.models.append(model)
-                node.options.append(opts)
-                for t in range(K):
-                    free[t] += opts.current.free[t]
-                    total[t] += opts.current.total[t]
-            node.free, node.total = free, total
+            gpus = tuple(sorted(src.gpus, key=lambda g: g.index))
+            # nodes whose GPUs have the same models, layouts and busy instances share one
+            # computation (most of a large cluster: uniform layouts, idle or allocated)
+            gkey = self._node_key(gpus)
+            hit = shared.get(gkey)
+            if hit is None:
+                hit = self._gpu_options(gpus, K)
+                shared[gkey] = hit
+            node.models, node.options, free, total = hit
+            node.models, node.options = list(node.models), list(node.options)
+            node.free, node.total = list(free), list(total)
             node.recent = (src.last_changed_cycle is not None
                            and self.cycle - src.last_changed_cycle < pol.hysteresis_cycles)
             node.why_not = self._why_not(node, allowed_parts)
             node.sig = (node.gid, tuple(id(o) for o in node.options))
             self.nodes.append(node)
+
+    @staticmethod
+    def _node_key(gpus: Sequence[PlanGpu]) -> object:
+        """What nodes sharing one options computation have in common: per GPU its model,
+        layout (the object: the PlanNode keeps it alive) and busy instances."""
+        return tuple((g.model_key, id(g.layout), frozenset(g.busy)) for g in gpus)
+
+    def _gpu_options(self, gpus: Sequence[PlanGpu], K: int
+                     ) -> Tuple[List[GpuModel], List[GpuOptions], List[int], List[int]]:
+        """Per GPU its model and options; the node's free and total instances per type."""
+        models, options = [], []
+        free, total = [0] * K, [0] * K
+        for gpu in gpus:
+            busy = frozenset(gpu.busy)
+            # keyed on the layout object (kept alive in the value): nodes read from one
+            # source share them, and hashing a layout by value costs more than the lookup saves
+            key = (gpu.model_key, id(gpu.layout), busy)
+            hit = self._gpu_memo.get(key)
+            if hit is None:
+                model = self.model(gpu.model_key)
+                me_busy = any(is_media_extension(model.profile(pid)) for pid, _ in busy)
+                opts = self._candidate_set(model).options(gpu.layout, busy, me_busy)
+                hit = self._gpu_memo[key] = (gpu.layout, model, opts)
+            _, model, opts = hit
+            models.append(model)
+            options.append(opts)
+            for t in range(K):
+                free[t] += opts.current.free[t]
+                total[t] += opts.current.total[t]
+        return models, options, free, total
 
     def _why_not(self, node: Node, allowed_parts: Optional[Set[str]]) -> Optional[str]:
         """None when the node may change, else the reason it may not."""
@@ -236,15 +265,23 @@ class Problem:
         """Which node partition sets each group may use; which types each GPU model offers."""
         K, G = len(self.types), len(self.partition_sets)
         gsets = [set(g) for g in self.partition_sets]
+        gids: Dict[Tuple[str, ...], Tuple[int, ...]] = {}  # groups repeat partition lists
         for grp in self.groups:
-            parts = set(grp.partitions)
-            grp.gids = tuple(g for g in range(G) if not parts or parts & gsets[g])
+            hit = gids.get(grp.partitions)
+            if hit is None:
+                parts = set(grp.partitions)
+                hit = gids[grp.partitions] = tuple(g for g in range(G) if not parts or parts & gsets[g])
+            grp.gids = hit
         self.offered: List[Set[int]] = [set() for _ in range(K)]  # gids where some GPU model offers the type
         self.totals = [0] * K
+        seen: Set[Tuple[int, str]] = set()
         for node in self.nodes:
             for t in range(K):
                 self.totals[t] += node.total[t]
             for model in node.models:
+                if (node.gid, model.key) in seen:
+                    continue
+                seen.add((node.gid, model.key))
                 for t, pid in enumerate(self.type_ids(model)):
                     if pid is not None:
                         self.offered[t].add(node.gid)

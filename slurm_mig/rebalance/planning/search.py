@@ -30,7 +30,7 @@ this module runs the greedy, :mod:`.explain` writes the reasons.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ...core.catalog import GpuModel
 from . import explain as _explain
@@ -67,6 +67,16 @@ class _Planner(Problem):
     def run(self) -> Plan:
         self.packer = Packer(self)
         self._gid_nodes: Dict[Tuple[int, ...], List[int]] = {}
+        #: per group: the types it asks for as a bitmask, and its displacement order key
+        self._tmask = [sum(1 << t for t in {t for t, _ in g.req}) for g in self.groups]
+        self._wkey = [(g.weight, gi) for gi, g in enumerate(self.groups)]
+        #: per group: its position in its class; per class: see _heads (None: not kept)
+        self._pos = [0] * len(self.groups)
+        for members in self.classes:
+            for pos, gi in enumerate(members):
+                self._pos[gi] = pos
+        self._head: Optional[List[int]] = None
+        self._looks: Optional[Dict[int, Tuple[List[int], List[int]]]] = None  #: see _look
         self.pool = [g.count for g in self.groups]
         self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
         self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
@@ -137,12 +147,33 @@ class _Planner(Problem):
                 base[K + t] = max(0, node.total[t] - slack)
         return base
 
+    def _heads(self) -> None:
+        """Per class, the position of its first group with jobs left in the pool.  Kept
+        while the moves are chosen (the pool changes only when one is committed): after
+        today's fill the heaviest groups of every class are started, and each node
+        evaluation would otherwise scan past them again, class by class."""
+        pool = self.pool
+        self._head = [next((p for p, gi in enumerate(members) if pool[gi] > 0), len(members))
+                      for members in self.classes]
+
+    def _heads_with(self, extra: Mapping[int, int]) -> Optional[List[int]]:
+        """:meth:`_heads` for the pool plus ``extra`` jobs (None when not kept)."""
+        if self._head is None:
+            return None
+        heads = list(self._head)
+        for gi, k in extra.items():
+            if k > 0:
+                c = self.groups[gi].cls
+                heads[c] = min(heads[c], self._pos[gi])
+        return heads
+
     def _evaluate(self, i: int) -> Optional[Move]:
         node, K, pk = self.nodes[i], len(self.types), self.packer
         held = self.hosted[i]
         pool = list(self.pool)
         for gi, k in held.items():
             pool[gi] += k
+        heads = self._heads_with(held)
         base = self._floor_base(i)
         best: Optional[Tuple[float, int, Dict[int, int], List[int], Optional[Cover]]] = None
         # jobs first, then what floors still can get; and, when a floor is short, the
@@ -150,11 +181,11 @@ class _Planner(Problem):
         short = [(t, f - self.totals[t]) for t, f in enumerate(self.floor) if f and self.totals[t] < f]
         large = pk.large(node)
 
-        def consider(src: Sequence[int], extra: float) -> None:
+        def consider(src: Sequence[int], extra: float, heads_: Optional[List[int]]) -> None:
             nonlocal best
             for floor_first in (False, True) if short else (False,):
                 if large:
-                    takes, req_t, cov_ = pk.pack_units(node, src, tuple(base), short, floor_first)
+                    takes, req_t, cov_ = pk.pack_units(node, src, tuple(base), short, floor_first, heads_)
                     req = list(req_t)
                 else:
                     start = self._raise(i, base) if floor_first else list(base)
@@ -172,7 +203,7 @@ class _Planner(Problem):
                 if best is None or (w > best[0] + self.tol or (w > best[0] - self.tol and fl > best[1])):
                     best = (w, fl, takes, req, cov_)
 
-        consider(pool, 0.0)
+        consider(pool, 0.0, heads)
         # or: its jobs start elsewhere (displacing lighter ones) and it fills from the
         # rest (on large nodes only when filling from everything changes nothing)
         if held and (not large or best is None or best[4] is None or best[4][0] == 0):
@@ -183,7 +214,12 @@ class _Planner(Problem):
                     rest[gi] -= k
                 for gi, k in evicted.items():
                     rest[gi] += k
-                consider(rest, net)
+                rest_heads = None
+                if heads is not None:
+                    rest_heads = self._heads_with(evicted)
+                    assert rest_heads is not None
+                    rest_heads = [min(a, b) for a, b in zip(heads, rest_heads)]
+                consider(rest, net, rest_heads)
         assert best is not None
         _, _, takes, req, cov = best
         if not large:
@@ -192,7 +228,7 @@ class _Planner(Problem):
             return None
         gpus, inst, idx = cov
         choice = tuple(opts.options[k] for opts, k in zip(node.options, idx))
-        keep, _ = pk.pack(node, pool, (0,) * (2 * K), False, node.free)
+        keep, _ = pk.pack(node, pool, (0,) * (2 * K), False, node.free, heads)
         keep = pk.exact(node, pool, (0,) * (2 * K), False, keep, node.free)
         released = {gi: k - takes.get(gi, 0) for gi, k in self.hosted[i].items() if k > takes.get(gi, 0)}
         wgain = (sum(self.groups[gi].weight * k for gi, k in takes.items())
@@ -214,7 +250,7 @@ class _Planner(Problem):
             for j in range(short, 0, -1):
                 trial = list(req)
                 trial[K + t] = max(trial[K + t], node.total[t] + j)
-                if pk.cover(node, tuple(trial)) is not None:
+                if pk.feasible(node, tuple(trial)):
                     req = trial
                     break
         return req
@@ -225,8 +261,6 @@ class _Planner(Problem):
         return mv[1] > 0 or mv[0] > (threshold or 0.0) + self.tol
 
     def _moves(self, movable: Sequence[int]) -> None:
-        cap = self.policy.max_nodes_per_cycle
-        version = 0
         cache: Dict[Any, Optional[Move]] = {}
 
         def evaluate(i: int) -> Optional[Move]:
@@ -235,6 +269,20 @@ class _Planner(Problem):
                 cache[key] = self._evaluate(i)
             return cache[key]
 
+        self._heads()
+        self._looks = {}
+        try:
+            self._greedy(movable, evaluate, cache)
+        finally:
+            # the pool and the nodes' jobs change from here on without these knowing
+            self._head = self._looks = None
+
+    def _greedy(self, movable: Sequence[int], evaluate: Callable[[int], Optional[Move]],
+                cache: Dict[Any, Optional[Move]]) -> None:
+        """Lazy greedy: the best move first; a stale one is evaluated again before it is
+        kept.  ``evaluate`` answers from ``cache`` until a move is kept."""
+        cap = self.policy.max_nodes_per_cycle
+        version = 0
         heap: List[Tuple[float, int, int, int, int, int]] = []
         # first keys: one evaluation per node class and mix of jobs it starts today (the
         # others get the same key, marked stale, and are evaluated when they come up)
@@ -260,7 +308,10 @@ class _Planner(Problem):
             if ver != version:
                 heapq.heappush(heap, (-mv[0], -mv[1], mv[2], mv[3], i, version))
                 continue
+            self._looks = None  # the commit moves jobs: look at nodes afresh
             self._commit(i, mv)
+            self._heads()
+            self._looks = {}
             version += 1
             cache.clear()
 
@@ -435,6 +486,18 @@ class _Planner(Problem):
             self._gid_nodes[key] = hit
         return hit
 
+    def _look(self, j: int) -> Tuple[List[int], List[int]]:
+        """Node j's spare room and the jobs it holds, lightest first.  While moves are
+        chosen nothing changes between two kept moves, so the answer is kept until the
+        next one (:meth:`_moves`); a move's relocation looks at the same first nodes of a
+        partition for every node evaluated."""
+        if self._looks is not None:
+            hit = self._looks.get(j)
+            if hit is None:
+                hit = self._looks[j] = (self._spare(j), sorted(self.hosted[j], key=self._wkey.__getitem__))
+            return hit
+        return self._spare(j), sorted(self.hosted[j], key=self._wkey.__getitem__)
+
     def _relocate(self, skip: int, released: Mapping[int, int], apply: bool
                   ) -> Tuple[float, Dict[int, int], Dict[int, int]]:
         """Where jobs a move gives back can still start: spare room on other nodes first,
@@ -444,10 +507,14 @@ class _Planner(Problem):
         else nothing changes."""
         moved: Dict[int, int] = {}
         evicted: Dict[int, int] = {}
+        #: per node looked at: its room and jobs, copied when first changed in this call
         hosted: Dict[int, Dict[int, int]] = {}
         spare: Dict[int, List[int]] = {}
+        owned: Set[int] = set()  #: nodes whose room and jobs this call has copied
         net = 0.0
         order: Dict[Tuple[int, int], List[int]] = {}
+        lightest: Dict[int, List[int]] = {}  #: per node: the jobs it held at first look, lightest first
+        groups, tmask = self.groups, self._tmask
         for gi in sorted(released, key=lambda g: (-self.groups[g].weight, g)):
             g, left = self.groups[gi], released[gi]
             scanned = 0
@@ -458,11 +525,15 @@ class _Planner(Problem):
                     continue
                 scanned += 1
                 if j not in spare:
-                    spare[j] = self._spare(j)
-                    hosted[j] = dict(self.hosted[j])
+                    spare[j], lightest[j] = self._look(j)
+                    hosted[j] = self.hosted[j]
                 room, held = spare[j], hosted[j]
                 while left > 0:
                     if all(room[t] >= n for t, n in g.req):
+                        if j not in owned:
+                            owned.add(j)
+                            spare[j] = room = list(room)
+                            hosted[j] = held = dict(held)
                         k = left
                         for t, n in g.req:
                             k = min(k, room[t] // n)
@@ -474,16 +545,27 @@ class _Planner(Problem):
                         continue
                     # make room for one job by displacing the lightest lighter jobs
                     if (j, gi) not in order:
-                        types = {t for t, _ in g.req}
-                        order[(j, gi)] = sorted(
-                            (h for h in held if self.groups[h].weight < g.weight
-                             and any(t in types for t, _ in self.groups[h].req)),
-                            key=lambda h: (self.groups[h].weight, h))
+                        # lighter jobs sharing a type, lightest first (groups placed here
+                        # in this call are not lighter: released jobs go heaviest first)
+                        mask, w, lighter = tmask[gi], g.weight, []
+                        for lj in lightest[j]:
+                            if groups[lj].weight >= w:
+                                break
+                            if tmask[lj] & mask:
+                                lighter.append(lj)
+                        order[(j, gi)] = lighter
+                    if not order[(j, gi)]:
+                        break
                     trial, out = list(room), []
                     for hj in order[(j, gi)]:
-                        h = self.groups[hj]
-                        if not held.get(hj) or not any(
-                                trial[t] < n and any(t2 == t for t2, _ in h.req) for t, n in g.req):
+                        h = groups[hj]
+                        if not held.get(hj):
+                            continue
+                        lacking = 0  # the types the job still lacks, as a bitmask
+                        for t, n in g.req:
+                            if trial[t] < n:
+                                lacking |= 1 << t
+                        if not tmask[hj] & lacking:
                             continue
                         for _ in range(held[hj]):
                             for t, n in h.req:
@@ -496,6 +578,10 @@ class _Planner(Problem):
                     lost = sum(self.groups[hj].weight for hj in out)
                     if not out or not all(trial[t] >= n for t, n in g.req) or lost >= g.weight:
                         break
+                    if j not in owned:
+                        owned.add(j)
+                        spare[j] = room = list(room)
+                        hosted[j] = held = dict(held)
                     for hj in out:
                         held[hj] -= 1
                         evicted[hj] = evicted.get(hj, 0) + 1
@@ -514,6 +600,6 @@ class _Planner(Problem):
             if apply:
                 self.pool[gi] -= released[gi] - left
         if apply:
-            for j, held in hosted.items():
-                self.hosted[j] = held
+            for j in owned:
+                self.hosted[j] = hosted[j]
         return net, moved, evicted

@@ -87,6 +87,15 @@ def test_with_no_signal_spare_room_follows_the_layout_nearest_today():
     assert format_layout(layout) == "4g.40gb@0,3g.40gb@4" and why == (("4g.40gb", NEAREST),)
 
 
+def test_spare_room_stays_within_the_sites_candidate_layouts():
+    node = PlanNode("n1", ("gpu",), "idle", (PlanGpu(0, "A100-80GB", parse_layout("7g.80gb@0", A100)),))
+    demand = [DemandItem("3g.40gb", 1, 1.0)]
+    for given, want in ((("3g.40gb@4", "7g.80gb@0"), "3g.40gb@4"),
+                        (("3g.40gb@4", "2g.20gb@0,3g.40gb@4", "3g.40gb@0,3g.40gb@4"), "2g.20gb@0,3g.40gb@4")):
+        p = plan([node], demand, Policy(candidates={"A100-80GB": given}), 1, recent={"2g.20gb": 5.0})
+        assert format_layout(p.node("n1").gpus[0].after) == want
+
+
 def test_a_gpu_the_plan_does_not_recut_is_not_filled():
     # today's layout already has a free 3g.40gb: no recut, its empty room stays as it is
     p, after = _plan("3g.40gb@0", [("3g.40gb", 1)], recent={"1g.10gb": 9.0})

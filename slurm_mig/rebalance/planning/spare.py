@@ -104,18 +104,23 @@ def _ids(model: GpuModel, names: Iterable[str]) -> List[Tuple[int, str]]:
 
 
 def complete(model: GpuModel, today: Layout, chosen: Layout, short: Mapping[str, int],
-             ranked: Sequence[str]) -> Tuple[Layout, Tuple[Tuple[str, str], ...]]:
+             ranked: Sequence[str], allowed: Optional[Sequence[Layout]] = None
+             ) -> Tuple[Layout, Tuple[Tuple[str, str], ...]]:
     """``chosen`` filled up to a maximal layout of ``model``; returns it and (type, why) per
     instance added.  Preferred, in order: instances of floored types up to what each lacks
     (``short``), then as many instances of each recently demanded type as fit, in the order
     of ``ranked`` (:func:`ranking`), then the layout nearest ``today`` (the GPU's current
-    layout: fewest instances destroyed plus created), then the canonical text."""
-    return _complete(model, today, chosen, tuple(sorted(short.items())), tuple(ranked))
+    layout: fewest instances destroyed plus created), then the canonical text.
+    ``allowed``: the only layouts the GPU may get (``Policy.candidates``); then the fill is
+    one of them that no other allowed layout containing ``chosen`` contains, or none."""
+    return _complete(model, today, chosen, tuple(sorted(short.items())), tuple(ranked),
+                     None if allowed is None else tuple(allowed))
 
 
 @functools.lru_cache(maxsize=4096)
 def _complete(model: GpuModel, today: Layout, chosen: Layout, short_items: Tuple[Tuple[str, int], ...],
-              ranked: Tuple[str, ...]) -> Tuple[Layout, Tuple[Tuple[str, str], ...]]:
+              ranked: Tuple[str, ...], allowed: Optional[Tuple[Layout, ...]]
+              ) -> Tuple[Layout, Tuple[Tuple[str, str], ...]]:
     short = dict(short_items)
     have = chosen.keys()
     floors = [(pid, t, short[t]) for pid, t in _ids(model, sorted(short)) if short[t] > 0]
@@ -123,8 +128,13 @@ def _complete(model: GpuModel, today: Layout, chosen: Layout, short_items: Tuple
     me = (any(is_media_extension(model.profile(i.profile_id)) for i in chosen)
           or any("+me" in t for _, t in recent + [(p, t) for p, t, _ in floors]))
     now = today.keys()
+    if allowed is None:
+        pool: Sequence[Layout] = maximal(model, me)
+    else:  # the site's list: the largest of its layouts that keep what the plan needs
+        sup = [lay for lay in allowed if have <= lay.keys()]
+        pool = [lay for lay in sup if not any(lay.keys() < o.keys() for o in sup)]
     best: Optional[Tuple[Tuple[object, ...], Layout]] = None
-    for layout in maximal(model, me):
+    for layout in pool:
         keys = layout.keys()
         if not have <= keys:
             continue
@@ -182,7 +192,9 @@ def fill(pl: "_Planner", recent: Mapping[str, float]) -> Dict[int, str]:
                 continue
             model = node.models[k]
             short = {pl.types[t]: f - pl.totals[t] for t, f in enumerate(pl.floor) if f and pl.totals[t] < f}
-            layout, added = complete(model, gpu.layout, opt.layout, short, ranked)
+            given = (pl.policy.candidates or {}).get(model.key)
+            allowed = None if given is None else [lay for lay, _ in pl._candidate_set(model).layouts]
+            layout, added = complete(model, gpu.layout, opt.layout, short, ranked, allowed)
             if not added:
                 continue
             ids = pl.type_ids(model)

@@ -458,7 +458,8 @@ def simulate(config: Config, trace_path: str, cluster_path: str, *, policies, co
                          f"need AccountingStorageTRES (docs/accounting.md)")
     cluster = read_cluster(_read_text(cluster_path, "cluster file", "see docs/simulate.md"),
                             cluster_path, cat)
-    opts = Options(tuple(policies), costs, settings, best_static_tries, dynamic_from)
+    opts = Options(tuple(policies), costs, settings, best_static_tries, dynamic_from,
+                   config.rebalance.demand_half_life)
     result = run_all(trace, cluster, policy_of(config), cat, opts)
     result["trace"]["file"] = trace_path
     result["cluster"]["file"] = cluster_path

@@ -53,6 +53,7 @@ SECONDS = {
     "slurm.register_timeout": MAX_TIMEOUT,
     "hooks.kill_grace": MAX_TIMEOUT,
     "rebalance.apply_wait": MAX_TIMEOUT,
+    "rebalance.demand_half_life": MAX_WAIT,
 }
 COUNTS = {
     "rebalance.max_nodes_per_cycle": 100_000,
@@ -147,6 +148,10 @@ class RebalanceSettings:
     apply_wait: float = 90  #: seconds a cycle waits for its nodes' sync --pending (0: next cycle)
     lock: str = "/var/lib/slurm-mig/rebalance.lock"
     state_file: str = "/var/lib/slurm-mig/rebalance.json"
+    #: seconds over which the recent demand per type (what spare room on a recut GPU gets,
+    #: docs/planner.md) halves; 0: only the current cycle's demand
+    demand_half_life: float = 3600
+    demand_file: str = "/var/lib/slurm-mig/rebalance-demand.json"  #: that memory between cycles
 
 
 @dataclass(frozen=True)
@@ -548,7 +553,8 @@ class _Reader:
                                                          "(e.g. '3g.40gb'); quote it: \"3g.40gb\" = 1")
             floors.append((k, self.count(v, f"rebalance.floor.{k}", "rebalance.floor.<type>")))
         paths = {}
-        for key, name in (("lock", "rebalance.lock"), ("state_file", "rebalance.json")):
+        for key, name in (("lock", "rebalance.lock"), ("state_file", "rebalance.json"),
+                          ("demand_file", "rebalance-demand.json")):
             paths[key] = (self.full_path(self.path(t[key], f"rebalance.{key}"), f"rebalance.{key}")
                           if key in t else self.full_path(posixpath.join(state_dir, name),
                                                           f"rebalance.{key}", root=False))
@@ -566,6 +572,9 @@ class _Reader:
             apply_wait=self.seconds(t.get("apply_wait", d.apply_wait), "rebalance.apply_wait"),
             lock=paths["lock"],
             state_file=paths["state_file"],
+            demand_half_life=self.seconds(t.get("demand_half_life", d.demand_half_life),
+                                          "rebalance.demand_half_life"),
+            demand_file=paths["demand_file"],
         )
 
     def metrics(self, doc: Mapping, state_dir: str) -> MetricsSettings:

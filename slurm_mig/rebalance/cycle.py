@@ -9,7 +9,8 @@ The cycle (docs/rebalance.md)::
               to finish; agrees -> resumed (crash repair); nothing published -> wait
     plan      nodes' published layouts (Extra ``have``) + demand -> the pure planner
     record    per changed node: its want in Extra first, then the drain; a greppable line
-    save      cycle number and last-changed cycle per node in <rebalance.state_file>
+    save      cycle number and last-changed cycle per node in <rebalance.state_file>; the
+              recent demand per type (what spare room gets) in <rebalance.demand_file>
     wait      up to [rebalance] apply_wait for the changed nodes' ``sync --pending``
     finish    for every node that applied: its Gres= in the node include, ONE reconfigure,
               registration, resume (:mod:`slurm_mig.rebalance.finish`); the nodes read
@@ -51,7 +52,7 @@ from ..change.channel import (MAX_CYCLE, Channel, ChannelError, ExtraChannel, fo
 from ..change.reasons import REBALANCE, one_line
 from ..change.steps import resume_stale_holds
 from ..core.catalog import Catalog, load_catalog
-from ..core.errors import ConfigError, InputError, LockBusy, SlurmError, SlurmUnreadable
+from ..core.errors import ConfigError, InputError, LockBusy, SlurmError, SlurmMigError, SlurmUnreadable
 from ..core.layout import Layout, format_counts, format_layout, parse_layout
 from ..host.atomic import write_json_atomic
 from ..host.config import Config
@@ -61,6 +62,7 @@ from ..slurm.demand import skipped
 from ..slurm.model import NodeInfo, PendingJob
 from ..slurm.reader import SlurmReader
 from .finish import FinishResult, Ready, finish, verdict
+from . import recent as _recent
 from .metrics import Recording, cycle_metrics
 from .planning import DemandItem, Plan, PlanGpu, PlanNode, Policy, plan
 from .planning.model import NodePlan
@@ -333,6 +335,7 @@ class Cycle:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     poll: float = 1.0
+    wall: Callable[[], float] = time.time  #: seconds since the epoch (recent demand's decay)
 
     @property
     def head(self) -> str:
@@ -426,7 +429,7 @@ def rebalance(config: Config, reader: SlurmReader, slurm: SlurmClient, channel: 
         state = read_state(r.state_file)
         seen = Recording(reader)  # what Slurm said at the start, for the metrics
         cy = Cycle(config, seen, slurm, channel, state["cycle"] + 1, dry_run, clock, sleep,
-                   max(poll, 0.0))
+                   max(poll, 0.0), wall)
         with cycle_metrics(cy, seen, wall) as metered:
             result = metered.result = _cycle(cy, state)
         if not dry_run:
@@ -622,6 +625,18 @@ def _late(cy: Cycle, catalog: Catalog) -> Callable[[AbstractSet[str]], List[Read
     return late
 
 
+def _save_memory(path: str, memory: _recent.Memory) -> List[str]:
+    """Write the recent-demand memory; a failure is a note (it is a hint for spare room,
+    and this cycle's changes are already recorded)."""
+    try:
+        _recent.write_memory(path, memory)
+    except (OSError, SlurmMigError) as err:
+        line = f"{path}: recent demand not saved ({one_line(err)}); the next cycle starts it again"
+        log.warning("%s", line)
+        return [line]
+    return []
+
+
 def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     r = cy.config.rebalance
     last_changed: Dict[str, int] = dict(state["last_changed"])
@@ -634,11 +649,18 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     # Pure: sort the nodes, plan, decide the changes.
     ready = _to_finish(infos, catalog)
     sorted_ = classify(infos, ready, catalog, last_changed)
-    the_plan = plan(list(sorted_.nodes),
-                    plan_demand(jobs, _coming(sorted_.nodes, sorted_.in_progress)),
-                    policy_of(cy.config), cy.number)
+    demand = plan_demand(jobs, _coming(sorted_.nodes, sorted_.in_progress))
+    memory, memory_warning = _recent.read_memory(r.demand_file)
+    pending = plan_demand(jobs) if sorted_.in_progress else demand  # all of it is asked for
+    memory = _recent.update(memory, _recent.asked_now(pending, infos.values()), cy.wall(),
+                            r.demand_half_life)
+    the_plan = plan(list(sorted_.nodes), demand, policy_of(cy.config), cy.number,
+                    recent=memory.types)
     changes = changes_of(the_plan, cy.number, sorted_.held)
     notes = list(sorted_.notes)
+    if memory_warning:
+        log.warning("%s", memory_warning)
+        notes.append(memory_warning)
     if sorted_.held and the_plan.changed():
         notes.append(f"no new layout in this cycle: finishing {', '.join(sorted_.held)} failed "
                      f"before (see its drain reason); fix that first")
@@ -649,6 +671,7 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     if not cy.dry_run:
         kept = {k: state[k] for k in ("last", "last_action") if k in state}
         write_json_atomic(r.state_file, {"cycle": cy.number, "last_changed": last_changed, **kept})
+        notes += _save_memory(r.demand_file, memory)
         waited, wait_notes = _wait(cy, changes, catalog, ready)
         notes += wait_notes
     done = finish(cy.config, cy.slurm, cy.channel, [ready[n][0] for n in sorted(ready)],

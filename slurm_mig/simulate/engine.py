@@ -98,6 +98,11 @@ class View(Protocol):
     def cycle(self) -> int: ...
 
     @property
+    def now(self) -> float:
+        """Seconds since the trace's start."""
+        ...
+
+    @property
     def layout_version(self) -> int:
         """Changes whenever a node starts or ends a layout change."""
         ...

@@ -7,7 +7,8 @@
 * ``dynamic``: the real planner every cycle (:class:`PlannerController`), fed exactly as
   ``slurm-mig rebalance`` feeds it (:mod:`slurm_mig.rebalance.cycle`): pending jobs as
   :class:`~slurm_mig.slurm.model.PendingJob` -> ``plan_demand`` -> ``plan`` with
-  ``policy_of(config)``.
+  ``policy_of(config)``, with the same recent-demand memory (``[rebalance]
+  demand_half_life``) deciding what spare room on a recut GPU gets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..core.layout import Layout, format_counts, is_media_extension
 from ..rebalance.cycle import plan_demand
 from ..rebalance.planning import PlanGpu, PlanNode, Policy, plan
 from ..rebalance.planning.candidates import maximal
+from ..rebalance.recent import Memory, update
 from ..slurm.model import GresRequest, PendingJob
 from .cluster import Cluster, SimNode
 from .engine import UP, Change, View
@@ -39,14 +41,31 @@ class PlannerController:
     demand and no floor (or floors already checked on these layouts).  The planner would
     answer "keep" there; skipping is only for speed (docs/simulate.md)."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, demand_half_life_s: float = 3600.0):
         self.policy = policy
         self._gpus: Dict[Tuple[int, str, Layout, FrozenSet[str]], PlanGpu] = {}
         self._floors_checked: Optional[int] = None
         self.calls = 0
+        self.half_life = demand_half_life_s
+        self.memory = Memory()  #: recent demand, kept as rebalance keeps its demand_file
+
+    def remember(self, view: View) -> None:
+        """Recent demand as :func:`slurm_mig.rebalance.cycle` keeps it: instances pending
+        plus in use per type, blended in every cycle (:func:`slurm_mig.rebalance.recent.update`)."""
+        now: Dict[str, float] = {}
+        for req, _, _, k in view.pending_groups():
+            for t, c in req:
+                now[view.types[t]] = now.get(view.types[t], 0.0) + float(k * c)
+        for n in view.nodes:
+            if n.status == UP or n.running:
+                for t, c in enumerate(n.cap):
+                    if c > n.free[t]:
+                        now[view.types[t]] = now.get(view.types[t], 0.0) + float(c - n.free[t])
+        self.memory = update(self.memory, now, view.now, self.half_life)
 
     def cycle(self, view: View) -> Sequence[Change]:
         pol = self.policy
+        self.remember(view)
         changeable = any(n.status == UP and (pol.drain_mixed or not n.running) for n in view.nodes)
         if not changeable:
             return ()
@@ -62,7 +81,7 @@ class PlannerController:
                 for i, (req, parts, prio, k) in enumerate(groups)]
         nodes, coming = self.plan_nodes(view)
         self.calls += 1
-        the_plan = plan(nodes, plan_demand(jobs, coming), pol, view.cycle)
+        the_plan = plan(nodes, plan_demand(jobs, coming), pol, view.cycle, recent=self.memory.types)
         out = []
         for np_ in the_plan.changed():
             out.append(Change(np_.name, tuple(g.after for g in np_.gpus),

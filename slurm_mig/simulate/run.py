@@ -30,6 +30,7 @@ class Options:
     settings: Settings = Settings()
     best_static_tries: int = 4  #: choices simulated in full for best-static
     dynamic_from: str = "cluster"  #: dynamic starts from the cluster file's layouts or best-static's
+    demand_half_life_s: float = 3600.0  #: [rebalance] demand_half_life (the dynamic policy's memory)
 
 
 def types_of(cluster: Cluster, jobs: Sequence[SimJob], catalog: Catalog) -> List[str]:
@@ -109,7 +110,7 @@ def _layouts(cluster: Cluster) -> Dict[str, List[str]]:
 def run_policy(name: str, cluster: Cluster, trace: Trace, types: Sequence[str],
                policy: Policy, opts: Options) -> Outcome:
     """One policy's run over ``cluster`` as given (best-static picks its cluster first)."""
-    controller = PlannerController(policy) if name == "dynamic" else None
+    controller = PlannerController(policy, opts.demand_half_life_s) if name == "dynamic" else None
     engine = Engine(cluster, trace.jobs, types, opts.costs, opts.settings, controller)
     engine.hysteresis = policy.hysteresis_cycles
     out = engine.run()

@@ -144,6 +144,8 @@ def _change_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange], re
         (f"from {format_counts(g.before)} to {format_counts(g.after)}", g.index) for g in gpus if g.changed
     )
     parts.append("changes " + ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in moves))
+    if pl.spare.get(i):
+        parts.append(pl.spare[i])
     busy = [f"{i} on gpu{g.index}" for g in gpus if g.changed for i in g.after if (i.profile_id, i.start) in g.busy]
     if busy:
         parts.append("keeps busy " + ", ".join(busy))

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, 
 
 from ...core.catalog import GpuModel
 from . import explain as _explain
+from . import spare as _spare_room
 from ...core.layout import Layout, is_valid
 from .candidates import Option, count_vector
 from .model import DemandItem, Plan, PlanNode, Policy
@@ -42,13 +43,19 @@ from .problem import Problem
 
 
 def plan(nodes: Sequence[PlanNode], demand: Sequence[DemandItem], policy: Optional[Policy] = None,
-         cycle: int = 0, *, models: Optional[Mapping[str, GpuModel]] = None) -> Plan:
+         cycle: int = 0, *, models: Optional[Mapping[str, GpuModel]] = None,
+         recent: Optional[Mapping[str, float]] = None) -> Plan:
     """Pick wanted layouts for changeable nodes from pending ``demand``.
 
     ``models`` maps a :attr:`PlanGpu.model_key` to its effective model (e.g. from the
-    driver); keys not there are looked up in the catalog.
+    driver); keys not there are looked up in the catalog.  ``recent``: instances asked for
+    per type in recent cycles (:func:`.spare.remember`), which decides what spare room on
+    a recut GPU gets (:mod:`.spare`); None: the pending ``demand`` alone.
     """
-    return _Planner(nodes, demand, policy or Policy(), cycle, models or {}).run()
+    planner = _Planner(nodes, demand, policy or Policy(), cycle, models or {})
+    # no memory given: the demand this plan sees is the recent demand
+    planner.recent = dict(_spare_room.asked(demand, {}) if recent is None else recent)
+    return planner.run()
 
 
 #: Clusters with at most this many changeable nodes get the pair pass (:meth:`_Planner._pairs`).
@@ -63,6 +70,9 @@ Move = Tuple[float, int, int, int, Dict[int, int], Tuple[Option, ...]]
 
 class _Planner(Problem):
     """The greedy over node moves."""
+
+    recent: Mapping[str, float]  #: recent demand per type (:func:`plan`)
+    spare: Dict[int, str]  #: changed node -> what its spare room got (:mod:`.spare`)
 
     def run(self) -> Plan:
         self.packer = Packer(self)
@@ -97,6 +107,7 @@ class _Planner(Problem):
             self._placements(fixed + movable)
         for i in self.changed:
             self._trim(i)
+        self.spare = _spare_room.fill(self, self.recent)  # spare room, after the trim
         self.after = self._served()
         return _explain.build(self)
 

@@ -54,7 +54,8 @@ def test_csv_reads_seconds_partitions_priority_timelimit_and_several_types():
                  'b,0,30,"gpu:3g.40gb:1,gpu:1g.10gb:1",,,\n', "t.csv")
     b, a = t.jobs  # sorted by submit
     assert a == SimJob("a", 10.0, 60.0, (("1g.10gb", 2),), 5400.0, 5, ("p1", "p2"))
-    assert b.request == (("1g.10gb", 1), ("3g.40gb", 1)) and b.timelimit == 30.0
+    # no timelimit: the duration rounded up to a quarter hour, as users ask for round limits
+    assert b.request == (("1g.10gb", 1), ("3g.40gb", 1)) and b.timelimit == 900.0
     assert b.priority == 0 and b.partitions == ()
 
 

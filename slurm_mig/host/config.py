@@ -23,7 +23,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..core.catalog import load_catalog
 from ..core.errors import ConfigError, UnknownModel
@@ -53,6 +53,7 @@ SECONDS = {
     "slurm.register_timeout": MAX_TIMEOUT,
     "hooks.kill_grace": MAX_TIMEOUT,
     "rebalance.apply_wait": MAX_TIMEOUT,
+    "rebalance.drain_horizon": 7 * 24 * 3600,
 }
 COUNTS = {
     "rebalance.max_nodes_per_cycle": 100_000,
@@ -143,7 +144,10 @@ class RebalanceSettings:
     floor: Tuple[Tuple[str, int], ...] = ()  #: (Slurm GPU type, instances kept somewhere)
     max_nodes_per_cycle: int = 4
     hysteresis_cycles: int = 3
-    drain_mixed: bool = False  #: also drain nodes with running jobs (their instances kept)
+    #: also drain nodes with running jobs (their instances kept): false, true, or "auto" (only
+    #: a node whose jobs end within drain_horizon, when the drain pays; docs/planner.md)
+    drain_mixed: Union[bool, str] = False
+    drain_horizon: float = 14400  #: seconds (4 h); "auto" never drains a node whose jobs end later
     apply_wait: float = 90  #: seconds a cycle waits for its nodes' sync --pending (0: next cycle)
     lock: str = "/var/lib/slurm-mig/rebalance.lock"
     state_file: str = "/var/lib/slurm-mig/rebalance.json"
@@ -536,8 +540,11 @@ class _Reader:
         flags = {}
         for key in ("enabled", "drain_mixed"):
             flags[key] = t.get(key, getattr(d, key))
+            if key == "drain_mixed" and flags[key] == "auto":
+                continue
             if not isinstance(flags[key], bool):
-                raise self.error(f"rebalance.{key}", f"expected true or false, got {shown(flags[key])}")
+                also = ' or "auto"' if key == "drain_mixed" else ""
+                raise self.error(f"rebalance.{key}", f"expected true or false{also}, got {shown(flags[key])}")
         floor = t.get("floor", {})
         if not isinstance(floor, dict):
             raise self.error("rebalance.floor", f"expected a table of GPU type = count, got {shown(floor)}")
@@ -552,6 +559,10 @@ class _Reader:
             paths[key] = (self.full_path(self.path(t[key], f"rebalance.{key}"), f"rebalance.{key}")
                           if key in t else self.full_path(posixpath.join(state_dir, name),
                                                           f"rebalance.{key}", root=False))
+        horizon = self.seconds(t.get("drain_horizon", d.drain_horizon), "rebalance.drain_horizon")
+        if horizon <= 0:
+            raise self.error("rebalance.drain_horizon", "must be more than 0 seconds (how far ahead "
+                                                        "drain_mixed = \"auto\" looks), e.g. 14400")
         return RebalanceSettings(
             enabled=flags["enabled"],
             partitions=self.names(t["partitions"], "rebalance.partitions") if "partitions" in t else None,
@@ -564,6 +575,7 @@ class _Reader:
                                          "rebalance.hysteresis_cycles", "rebalance.hysteresis_cycles"),
             drain_mixed=flags["drain_mixed"],
             apply_wait=self.seconds(t.get("apply_wait", d.apply_wait), "rebalance.apply_wait"),
+            drain_horizon=horizon,
             lock=paths["lock"],
             state_file=paths["state_file"],
         )

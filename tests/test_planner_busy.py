@@ -99,11 +99,16 @@ def test_auto_keeps_the_cap():
     assert [n.name for n in p.changed()] == ["n1", "n2"]
 
 
-def test_policy_refuses_an_unknown_drain_mixed_or_a_horizon_of_zero():
+def test_policy_refuses_an_unknown_drain_mixed_or_a_negative_horizon():
     with pytest.raises(InputError, match="drain_mixed"):
         Policy(drain_mixed="sometimes")
     with pytest.raises(InputError, match="drain_horizon"):
-        Policy(drain_mixed="auto", drain_horizon=0)
+        Policy(drain_mixed="auto", drain_horizon=-1)
+
+
+def test_auto_with_a_horizon_of_zero_drains_no_mixed_node():
+    p = plan([mixed("n1", [0.0])], [wants_3g(5, 1e6)], replace(AUTO, drain_horizon=0))
+    assert p.changed() == ()
 
 
 def test_free_in_is_the_last_jobs_end():

@@ -147,7 +147,7 @@ class RebalanceSettings:
     #: also drain nodes with running jobs (their instances kept): false, true, or "auto" (only
     #: a node whose jobs end within drain_horizon, when the drain pays; docs/planner.md)
     drain_mixed: Union[bool, str] = False
-    drain_horizon: float = 14400  #: seconds (4 h); "auto" never drains a node whose jobs end later
+    drain_horizon: float = 14400  #: seconds (4 h); "auto" never drains a node whose jobs end later (0: none)
     apply_wait: float = 90  #: seconds a cycle waits for its nodes' sync --pending (0: next cycle)
     lock: str = "/var/lib/slurm-mig/rebalance.lock"
     state_file: str = "/var/lib/slurm-mig/rebalance.json"
@@ -560,9 +560,6 @@ class _Reader:
                           if key in t else self.full_path(posixpath.join(state_dir, name),
                                                           f"rebalance.{key}", root=False))
         horizon = self.seconds(t.get("drain_horizon", d.drain_horizon), "rebalance.drain_horizon")
-        if horizon <= 0:
-            raise self.error("rebalance.drain_horizon", "must be more than 0 seconds (how far ahead "
-                                                        "drain_mixed = \"auto\" looks), e.g. 14400")
         return RebalanceSettings(
             enabled=flags["enabled"],
             partitions=self.names(t["partitions"], "rebalance.partitions") if "partitions" in t else None,

@@ -183,8 +183,8 @@ class Policy:
             raise InputError("policy: hysteresis_cycles must be 0 or more")
         if self.drain_mixed not in (True, False, "auto"):
             raise InputError(f"policy: drain_mixed must be true, false or \"auto\", not {self.drain_mixed!r}")
-        if not self.drain_horizon > 0:
-            raise InputError(f"policy: drain_horizon must be more than 0 seconds, not {self.drain_horizon!r}")
+        if not self.drain_horizon >= 0:
+            raise InputError(f"policy: drain_horizon must be 0 seconds or more, not {self.drain_horizon!r}")
 
     @property
     def drain_auto(self) -> bool:

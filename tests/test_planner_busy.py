@@ -58,7 +58,7 @@ def test_auto_drains_when_the_jobs_it_starts_outweigh_the_idle_time():
     [changed] = p.changed()
     line = changed.explain[0]
     assert "drain_mixed = auto: its jobs end in 5 min by their time limits" in line
-    assert "the 1 job it starts gain 9900 slice-s" in line and "against 1800 slice-s idle" in line
+    assert "starting 1 more job gains 9900 slice-s" in line and "against 1800 slice-s idle" in line
 
 
 def test_auto_never_drains_a_node_whose_jobs_end_after_the_horizon():

@@ -181,7 +181,7 @@ def _drain_text(pl: _Planner, i: int, node: Node) -> str:
     check = pl.drain_checks.get(i)
     if check is not None:
         jobs, gain, idle = check
-        text += (f"; the {_plural(jobs, 'job')} it starts gain {gain:.0f} slice-s within the "
+        text += (f"; starting {_plural(jobs, 'more job')} gains {gain:.0f} slice-s within the "
                  f"{duration(pl.policy.drain_horizon)} horizon against {idle:.0f} slice-s idle "
                  f"while it drains")
     return text

@@ -19,7 +19,7 @@ from slurm_mig.host.config import parse_config
 from slurm_mig.host.locking import node_lock
 from slurm_mig.rebalance.cycle import rebalance
 from slurm_mig.sim.driver import SimDriver
-from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob
+from slurm_mig.slurm.model import GresRequest, NodeInfo, PendingJob, RunningJob
 from slurm_mig.slurm.reader import SlurmJsonClient
 from slurm_mig.slurm.scontrol import NodeStatus, parse_gres, parse_pairs
 
@@ -1209,3 +1209,50 @@ def test_plan_demand_takes_what_changes_in_progress_serve_off_the_heaviest_jobs(
     jobs = [_job(1, "3g.20gb", 1, priority=900), _job(2, "3g.20gb", 1, priority=100)]
     items = plan_demand(jobs, {"3g.20gb": 1})
     assert [(d.priority_weight, d.count) for d in items] == [(100.0, 1)]
+
+
+# ----------------------------------------------------------------------------- busy clusters
+
+
+class EndsReader(Reader):
+    """The reader, with running jobs (a CPU-only job on each node: nothing of the GPUs busy)."""
+
+    def __init__(self, cluster, running):
+        super().__init__(cluster)
+        self.running, self.reads = running, 0
+
+    def running_jobs(self):
+        self.reads += 1
+        return self.running
+
+
+NOW = 10_000.0
+ENDS = [RunningJob(1, ("n1",), int(NOW) - 60, 120),  # ends in 7140 s: past the 1 h horizon
+        RunningJob(2, ("n2",), int(NOW) - 1000, 20)]  # ends in 200 s
+
+
+def _busy_run(config, cluster, drain_mixed):
+    cluster.infos = {n: replace(i, state="mixed") for n, i in cluster.infos.items()}
+    reader = EndsReader(cluster, ENDS)
+    cfg = config(f"drain_mixed = {drain_mixed}\ndrain_horizon = 3600\n")
+    result = rebalance(cfg, reader, cluster.client, cluster.channel, clock=Clock(),
+                       sleep=Clock().sleep, poll=1.0, dry_run=True, wall=lambda: NOW).as_dict()
+    return result, reader
+
+
+def test_drain_mixed_auto_reads_when_running_jobs_end_and_drains_the_node_whose_jobs_end_first(
+        config, cluster):
+    result, reader = _busy_run(config, cluster, '"auto"')
+    assert reader.reads == 1
+    assert [c["node"] for c in result["changed"]] == ["n2"]
+    explain = {line.split(":")[0]: line for line in result["explain"]}
+    assert "drain_mixed = auto: its jobs end in 3 min by their time limits" in explain["n2"]
+    assert "its jobs end in 119 min (by their time limits), not within the drain horizon of 60 min" \
+        in explain["n1"]
+
+
+def test_drain_mixed_true_and_false_do_not_read_running_jobs(config, cluster):
+    result, reader = _busy_run(config, cluster, "true")
+    assert reader.reads == 0 and [c["node"] for c in result["changed"]] == ["n1"]  # today's choice
+    result, reader = _busy_run(config, cluster, "false")
+    assert reader.reads == 0 and result["changed"] == []

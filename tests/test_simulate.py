@@ -54,7 +54,8 @@ def test_csv_reads_seconds_partitions_priority_timelimit_and_several_types():
                  'b,0,30,"gpu:3g.40gb:1,gpu:1g.10gb:1",,,\n', "t.csv")
     b, a = t.jobs  # sorted by submit
     assert a == SimJob("a", 10.0, 60.0, (("1g.10gb", 2),), 5400.0, 5, ("p1", "p2"))
-    assert b.request == (("1g.10gb", 1), ("3g.40gb", 1)) and b.timelimit == 30.0
+    # no timelimit: the duration rounded up to a quarter hour, as users ask for round limits
+    assert b.request == (("1g.10gb", 1), ("3g.40gb", 1)) and b.timelimit == 900.0
     assert b.priority == 0 and b.partitions == ()
 
 
@@ -376,3 +377,50 @@ def test_a_sinfo_snapshot_node_with_nothing_published_names_the_fix():
     with pytest.raises(ClusterError, match=r"snap.json: node n1: no layout published in its "
                                            r"Extra field; run `slurm-mig sync --pending`"):
         read_cluster(sinfo_snapshot({}), "snap.json", CAT)
+
+
+TWO_BUSY = ('[[node]]\nname = "n1"\ngpus = ["A100-80GB:1"]\nlayout = "3g.40gb:1,1g.10gb:4"\n'
+            'partitions = ["p1"]\n[[node]]\nname = "n2"\ngpus = ["A100-80GB:1"]\n'
+            'layout = "3g.40gb:1,1g.10gb:4"\npartitions = ["p2"]\n')
+
+
+def test_drain_mixed_auto_drains_the_node_whose_job_ends_first_and_only_when_it_pays():
+    # n1 runs a 3g job with a 50 min limit, n2 one with a 5 min limit; a 2g job comes at 30 s.
+    cl = cluster(TWO_BUSY)
+    jobs = [job("long", 0, 3000, (("3g.40gb", 1),), partitions=("p1",)),
+            job("short", 0, 300, (("3g.40gb", 1),), partitions=("p2",)),
+            job("2g", 30, 600, (("2g.20gb", 1),), partitions=("p1", "p2"))]
+    auto = parse_config('version = 1\n[rebalance]\ndrain_mixed = "auto"\ndrain_horizon = 3600\n', "c")
+    _, out = run(cl, jobs, PlannerController(policy_of(auto)))
+    # only n2 is drained, at 60 s (n1 would stand idle 4 slices x 50 min for 2 x 10 min
+    # gained); its job ends at 300, 6 instance changes (6 s), past apply_wait: finished by
+    # the 360 s cycle, 4 s reconfigure
+    assert out.reconfigurations == 1
+    assert out.start[2] == 364 and out.drained_s == 364 - 60
+    # drain_mixed = true drains the first node in name order, whose job runs 50 min
+    on = parse_config("version = 1\n[rebalance]\ndrain_mixed = true\n", "c")
+    _, out2 = run(cl, jobs, PlannerController(policy_of(on)))
+    assert out2.start[2] > 3000
+
+
+def test_planner_sees_the_traces_time_limits_as_the_jobs_ends():
+    cl = cluster(TWO_BUSY)
+    jobs = [job("a", 0, 100, (("1g.10gb", 2),), limit=900, partitions=("p1",))]  # 2 slices
+    auto = parse_config('version = 1\n[rebalance]\ndrain_mixed = "auto"\n', "c")
+    ctl = PlannerController(policy_of(auto))
+    eng = Engine(cl, jobs, types_of(cl, jobs, CAT), Costs(), Settings(cycle_s=60), ctl)
+    eng.now = 0.0
+    eng._submit(0)
+    eng.now = 40.0
+    eng._schedule()
+    eng.now = 100.0 - 1  # the job runs 100 s, but Slurm (and rebalance) know only its limit
+    nodes, _ = ctl.plan_nodes(eng)
+    n1 = {n.name: n for n in nodes}["n1"]
+    assert [(j.ends_in, j.slices) for j in n1.running] == [(40.0 + 900 - 99, 2)]
+    assert {n.name: n for n in nodes}["n2"].running == ()
+
+
+def test_trace_without_a_time_limit_gets_its_duration_rounded_up_to_a_quarter_hour():
+    t = read_csv("job,submit,duration,gres\na,0,61,gpu:1g.10gb:1\nb,0,900,gpu:1g.10gb:1\n"
+                 "c,0,901,gpu:1g.10gb:1\n", "t.csv")
+    assert [j.timelimit for j in t.jobs] == [900.0, 900.0, 1800.0]

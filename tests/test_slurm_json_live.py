@@ -127,3 +127,16 @@ def test_live_nodes_show_the_busy_instance_and_extra(live):
         assert (node.gres_used, node.gres_used_idx) == ({"3g.40gb": 1}, {"3g.40gb": (4,)})
         assert node.partitions == ("debug",)
     assert nodes["n1"].extra == "slurm-mig:want=3g.40gb:2"
+
+
+def test_live_running_jobs_end_at_start_plus_time_limit(live):
+    job = live.jobs["fill-n1"]
+    live.run("scontrol", "update", f"job={job}", "timelimit=7")  # 7 min: the job sleeps 300 s
+    running = {j.job_id: j for j in live.client().running_jobs()}
+    assert set(running) >= {live.jobs["fill-n1"], live.jobs["fill-n2"]}  # pending ones left out
+    fill = running[job]
+    assert (fill.nodes, fill.time_limit, fill.per_node()) == (("n1",), 7, {"3g.40gb": 1})
+    # Slurm's own expected end, as squeue prints it, is start + limit
+    shown = live.run("squeue", "-h", "-j", str(job), "-o", "%S %e").split()
+    start, end = (int(time.mktime(time.strptime(t, "%Y-%m-%dT%H:%M:%S"))) for t in shown)
+    assert (fill.start_time, fill.end_time) == (start, end) and end - start == 420

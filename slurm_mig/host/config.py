@@ -23,7 +23,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..core.catalog import load_catalog
 from ..core.errors import ConfigError, UnknownModel
@@ -54,6 +54,7 @@ SECONDS = {
     "hooks.kill_grace": MAX_TIMEOUT,
     "rebalance.apply_wait": MAX_TIMEOUT,
     "rebalance.demand_half_life": MAX_WAIT,
+    "rebalance.drain_horizon": 7 * 24 * 3600,
 }
 COUNTS = {
     "rebalance.max_nodes_per_cycle": 100_000,
@@ -144,7 +145,10 @@ class RebalanceSettings:
     floor: Tuple[Tuple[str, int], ...] = ()  #: (Slurm GPU type, instances kept somewhere)
     max_nodes_per_cycle: int = 4
     hysteresis_cycles: int = 3
-    drain_mixed: bool = False  #: also drain nodes with running jobs (their instances kept)
+    #: also drain nodes with running jobs (their instances kept): false, true, or "auto" (only
+    #: a node whose jobs end within drain_horizon, when the drain pays; docs/planner.md)
+    drain_mixed: Union[bool, str] = False
+    drain_horizon: float = 14400  #: seconds (4 h); "auto" never drains a node whose jobs end later (0: none)
     apply_wait: float = 90  #: seconds a cycle waits for its nodes' sync --pending (0: next cycle)
     lock: str = "/var/lib/slurm-mig/rebalance.lock"
     state_file: str = "/var/lib/slurm-mig/rebalance.json"
@@ -541,8 +545,11 @@ class _Reader:
         flags = {}
         for key in ("enabled", "drain_mixed"):
             flags[key] = t.get(key, getattr(d, key))
+            if key == "drain_mixed" and flags[key] == "auto":
+                continue
             if not isinstance(flags[key], bool):
-                raise self.error(f"rebalance.{key}", f"expected true or false, got {shown(flags[key])}")
+                also = ' or "auto"' if key == "drain_mixed" else ""
+                raise self.error(f"rebalance.{key}", f"expected true or false{also}, got {shown(flags[key])}")
         floor = t.get("floor", {})
         if not isinstance(floor, dict):
             raise self.error("rebalance.floor", f"expected a table of GPU type = count, got {shown(floor)}")
@@ -558,6 +565,7 @@ class _Reader:
             paths[key] = (self.full_path(self.path(t[key], f"rebalance.{key}"), f"rebalance.{key}")
                           if key in t else self.full_path(posixpath.join(state_dir, name),
                                                           f"rebalance.{key}", root=False))
+        horizon = self.seconds(t.get("drain_horizon", d.drain_horizon), "rebalance.drain_horizon")
         return RebalanceSettings(
             enabled=flags["enabled"],
             partitions=self.names(t["partitions"], "rebalance.partitions") if "partitions" in t else None,
@@ -570,6 +578,7 @@ class _Reader:
                                          "rebalance.hysteresis_cycles", "rebalance.hysteresis_cycles"),
             drain_mixed=flags["drain_mixed"],
             apply_wait=self.seconds(t.get("apply_wait", d.apply_wait), "rebalance.apply_wait"),
+            drain_horizon=horizon,
             lock=paths["lock"],
             state_file=paths["state_file"],
             demand_half_life=self.seconds(t.get("demand_half_life", d.demand_half_life),

@@ -59,12 +59,12 @@ from ..host.config import Config
 from ..host.locking import node_lock
 from ..slurm import SlurmClient
 from ..slurm.demand import skipped
-from ..slurm.model import NodeInfo, PendingJob
+from ..slurm.model import NodeInfo, PendingJob, RunningJob
 from ..slurm.reader import SlurmReader
 from .finish import FinishResult, Ready, finish, verdict
 from . import recent as _recent
 from .metrics import Recording, cycle_metrics
-from .planning import DemandItem, Plan, PlanGpu, PlanNode, Policy, plan
+from .planning import DemandItem, JobEnd, Plan, PlanGpu, PlanNode, Policy, plan
 from .planning.model import NodePlan
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,42 @@ def _state_text(info: NodeInfo) -> str:
     return "+".join([info.state] + [f.lower() for f in info.flags])
 
 
-def plan_node(info: NodeInfo, ch: Optional[Channel], last_changed: Optional[int], catalog: Catalog
-              ) -> Tuple[Optional[PlanNode], Optional[str]]:
-    """The planner's view of one node, or (None, why it is left out)."""
+#: What the cycle read of one running job on one node: (seconds until its start + time limit,
+#: None without a limit; instances per type it holds there).
+Ending = Tuple[Optional[float], Mapping[Optional[str], int]]
+
+
+def job_ends(jobs: Iterable[RunningJob], now: float) -> Dict[str, List[Ending]]:
+    """Per node, its running jobs' expected ends (start + time limit, seconds from ``now``,
+    never below 0; None for a job without a limit or whose start Slurm did not say) and the
+    instances each holds there.  Pure."""
+    out: Dict[str, List[Ending]] = {}
+    for job in jobs:
+        end = job.end_time
+        left = None if end is None else max(0.0, float(end) - now)
+        held = job.per_node()
+        for name in job.nodes:
+            out.setdefault(name, []).append((left, held))
+    return out
+
+
+def _job_end(ending: Ending, models: Sequence[Any]) -> JobEnd:
+    left, held = ending
+    slices = 0
+    for name, n in held.items():
+        for model in models if name else ():  # an untyped gpu:N: which instance, Slurm does not say
+            try:
+                slices += n * model.profile(name).compute_slices
+                break
+            except InputError:
+                continue
+    return JobEnd(left, slices)
+
+
+def plan_node(info: NodeInfo, ch: Optional[Channel], last_changed: Optional[int], catalog: Catalog,
+              ends: Optional[Sequence[Ending]] = None) -> Tuple[Optional[PlanNode], Optional[str]]:
+    """The planner's view of one node, or (None, why it is left out).  ``ends``: its running
+    jobs' expected ends (:func:`job_ends`), when the cycle read them."""
     if ch is None or not ch.have:
         return None, (f"node {info.name}: left out: no layout published in its Extra field; "
                       f"run `slurm-mig sync --pending` on it (its timer does)")
@@ -169,8 +202,12 @@ def plan_node(info: NodeInfo, ch: Optional[Channel], last_changed: Optional[int]
     state = _state_text(info)
     if ch.want:
         state = "drained"  # a change is in progress: not re-planned, still counted for floors
+    running = None
+    if ends is not None:
+        models = [catalog.model(key) for _, key, _ in ch.have]
+        running = tuple(_job_end(e, models) for e in ends)
     return PlanNode(info.name, tuple(info.partitions), state, tuple(gpus),
-                    last_changed_cycle=last_changed), None
+                    last_changed_cycle=last_changed, running=running), None
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -244,7 +281,7 @@ def policy_of(config: Config) -> Policy:
     r = config.rebalance
     return Policy(max_nodes_per_cycle=r.max_nodes_per_cycle, floor=dict(r.floor),
                   hysteresis_cycles=r.hysteresis_cycles, drain_mixed=r.drain_mixed,
-                  nodes=r.nodes, partitions=r.partitions)
+                  drain_horizon=r.drain_horizon, nodes=r.nodes, partitions=r.partitions)
 
 
 def drain_reason(cycle: int, wanted: Mapping[int, Layout]) -> str:
@@ -335,7 +372,7 @@ class Cycle:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     poll: float = 1.0
-    wall: Callable[[], float] = time.time  #: seconds since the epoch (recent demand's decay)
+    wall: Callable[[], float] = time.time  #: Unix time: running jobs' ends, recent demand's decay
 
     @property
     def head(self) -> str:
@@ -473,10 +510,12 @@ def _to_finish(infos: Mapping[str, NodeInfo], catalog: Catalog,
 
 
 def classify(infos: Mapping[str, NodeInfo], ready: Mapping[str, Tuple[Ready, str]],
-             catalog: Catalog, last_changed: Mapping[str, int]) -> Sorted:
+             catalog: Catalog, last_changed: Mapping[str, int],
+             ends: Optional[Mapping[str, Sequence[Ending]]] = None) -> Sorted:
     """Sort the nodes before planning (pure): finishing in this cycle (the planner counts
     their layout to come), drained by rebalance with nothing to do (to resume), a change in
-    progress, plannable, or left out (a note says why)."""
+    progress, plannable, or left out (a note says why).  ``ends``: running jobs' expected
+    ends per node (:func:`job_ends`); None when not read."""
     notes: List[str] = []
     nodes: List[PlanNode] = []
     in_progress: Set[str] = set()
@@ -510,7 +549,8 @@ def classify(infos: Mapping[str, NodeInfo], ready: Mapping[str, Tuple[Ready, str
                          f"with a reason starting '{REBALANCE}' and the next cycle reconfigures "
                          f"Slurm and resumes it")
             continue
-        pn, why_not = plan_node(info, ch, last_changed.get(name), catalog)
+        pn, why_not = plan_node(info, ch, last_changed.get(name), catalog,
+                                None if ends is None else ends.get(name, ()))
         if pn is None:
             notes.append(why_not or f"node {name}: left out")
             continue
@@ -643,12 +683,16 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
     try:  # the queue first: with slurmctld down the first read's wait is the only one
         jobs = cy.reader.pending_jobs()
         infos = cy.reader.nodes()
+        # drain_mixed = "auto" plans mixed nodes by when their jobs end: one more squeue
+        ends = None
+        if r.drain_mixed == "auto" and any(i.state in ("mixed", "allocated") for i in infos.values()):
+            ends = job_ends(cy.reader.running_jobs(), cy.wall())
     except SlurmUnreadable as err:  # nothing read: no plan, no state written (exit 9)
         raise SlurmUnreadable(f"{err}; rebalance planned and changed nothing") from err
     catalog = load_catalog()
     # Pure: sort the nodes, plan, decide the changes.
     ready = _to_finish(infos, catalog)
-    sorted_ = classify(infos, ready, catalog, last_changed)
+    sorted_ = classify(infos, ready, catalog, last_changed, ends)
     demand = plan_demand(jobs, _coming(sorted_.nodes, sorted_.in_progress))
     memory, memory_warning = _recent.read_memory(r.demand_file)
     pending = plan_demand(jobs) if sorted_.in_progress else demand  # all of it is asked for
@@ -702,5 +746,5 @@ def default_collaborators(config: Config, environ: Optional[Mapping[str, str]] =
             ScontrolExtra(scontrol, env=environ))
 
 
-__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "priority_weight", "policy_of", "drain_reason",
+__all__ = ["rebalance", "read_state", "plan_node", "plan_demand", "job_ends", "priority_weight", "policy_of", "drain_reason",
            "wait_applied"]

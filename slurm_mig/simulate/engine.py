@@ -111,6 +111,10 @@ class View(Protocol):
         """(request as (type index, count), partitions, priority, jobs) per kind of pending job."""
         ...
 
+    def job_request(self, j: int) -> Tuple[Tuple[int, int], ...]:
+        """Job ``j``'s request as (type index, count): what it holds while it runs."""
+        ...
+
 
 class Controller(Protocol):
     def cycle(self, view: View) -> Sequence[Change]:
@@ -233,6 +237,9 @@ class Engine:
     def _push(self, t: float, kind: str, what: int) -> None:
         self.seq += 1
         heapq.heappush(self.events, (t, self.seq, kind, what))
+
+    def job_request(self, j: int) -> Tuple[Tuple[int, int], ...]:
+        return self.req[j]
 
     def pending_groups(self) -> Iterable[Tuple[Tuple[Tuple[int, int], ...], Tuple[str, ...], int, int]]:
         for (req, parts, prio), k in self.groups.items():

@@ -17,15 +17,15 @@ import itertools
 import math
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from ..core.catalog import Catalog
+from ..core.catalog import Catalog, load_catalog
 from ..core.layout import Layout, format_counts, is_media_extension
 from ..rebalance.cycle import plan_demand
-from ..rebalance.planning import PlanGpu, PlanNode, Policy, plan
+from ..rebalance.planning import JobEnd, PlanGpu, PlanNode, Policy, plan
 from ..rebalance.planning.candidates import maximal
 from ..rebalance.recent import Memory, update
 from ..slurm.model import GresRequest, PendingJob
 from .cluster import Cluster, SimNode
-from .engine import UP, Change, View
+from .engine import UP, Change, NodeState, View
 from .trace import SimJob
 
 POLICIES = ("static", "best-static", "dynamic")
@@ -45,6 +45,7 @@ class PlannerController:
         self.policy = policy
         self._gpus: Dict[Tuple[int, str, Layout, FrozenSet[str]], PlanGpu] = {}
         self._floors_checked: Optional[int] = None
+        self._slices: Dict[Tuple[str, str], int] = {}
         self.calls = 0
         self.half_life = demand_half_life_s
         self.memory = Memory()  #: recent demand, kept as rebalance keeps its demand_file
@@ -111,9 +112,28 @@ class PlannerController:
                 gpus = tuple(self._gpu(i, m, lay, used)
                              for i, (m, lay) in enumerate(zip(n.models, n.layouts)))
                 state = "mixed" if n.running else "idle"
+            running = self._ends(view, n) if self.policy.drain_auto and n.status == UP else None
             nodes.append(PlanNode(n.name, n.partitions, state, gpus,
-                                  last_changed_cycle=n.last_changed_cycle))
+                                  last_changed_cycle=n.last_changed_cycle, running=running))
         return nodes, coming
+
+    def _ends(self, view: View, n: NodeState) -> Tuple[JobEnd, ...]:
+        """The node's running jobs as rebalance reads them from squeue: each one's start +
+        time limit (the trace's ``timelimit``), from now, and the compute slices it holds."""
+        out = []
+        for limit_end, j in n.running:
+            slices = 0
+            for t, k in view.job_request(j):
+                slices += k * self._slice(n.models[0], view.types[t])
+            out.append(JobEnd(max(0.0, limit_end - view.now), slices))
+        return tuple(out)
+
+    def _slice(self, model: str, name: str) -> int:
+        key = (model, name)
+        hit = self._slices.get(key)
+        if hit is None:
+            hit = self._slices[key] = load_catalog().model(model).profile(name).compute_slices
+        return hit
 
     def _gpu(self, index: int, model: str, layout: Layout, used: FrozenSet[str]) -> PlanGpu:
         key = (index, model, layout, used)

@@ -185,7 +185,7 @@ def simulate(trace: Trace, cluster: Cluster, policy: Policy, catalog: Catalog,
                      "dynamic_from": opts.dynamic_from},
         "config": {"max_nodes_per_cycle": policy.max_nodes_per_cycle,
                    "floor": dict(policy.floor), "hysteresis_cycles": policy.hysteresis_cycles,
-                   "drain_mixed": policy.drain_mixed},
+                   "drain_mixed": policy.drain_mixed, "drain_horizon": policy.drain_horizon},
         "notes": notes,
         "series": series,
     }

@@ -9,7 +9,8 @@ CSV (header required, columns in any order)::
 ``duration``: seconds the job ran; ``gres``: Slurm's syntax (``gpu:1g.10gb:2``, several
 items joined by commas inside quotes); ``partition``: one or more partitions joined by ``;``
 or ``,`` (any of them will do); ``priority``: a whole number (higher runs first);
-``timelimit``: seconds or Slurm's ``[D-]HH:MM:SS``, ``MM:SS``, ``MM`` (default: the duration).
+``timelimit``: seconds or Slurm's ``[D-]HH:MM:SS``, ``MM:SS``, ``MM`` (default: the duration
+rounded up to a quarter hour, :func:`default_limit`).
 
 sacct: ``sacct -X -P -o JobID,Submit,Start,End,Timelimit,Partition,Priority,NNodes,AllocTRES,ReqTRES,State``
 (docs/simulate.md).  Only jobs that started are replayed (``Start`` a time); their GPU request
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -208,14 +210,26 @@ def _csv_job(source: str, n: int, r: Mapping[str, str], t0: Optional[float]) -> 
         except ValueError as err:
             raise TraceError(f"{where}: {err}; write a whole number (higher runs first) "
                              f"or leave it empty") from err
-    timelimit = duration
+    timelimit = default_limit(duration)
     if r.get("timelimit"):
         try:
             timelimit = parse_seconds(r["timelimit"])
         except ValueError as err:
-            raise TraceError(f"{where}: timelimit: {err}; or leave it empty (the duration)") from err
+            raise TraceError(f"{where}: timelimit: {err}; or leave it empty (the duration, rounded up "
+                             f"to a quarter hour)") from err
     return _job(where, job, submit, duration, request, timelimit, priority,
                 _partitions(r.get("partition", "")))
+
+
+#: A job without a time limit in the trace gets its duration rounded up to this many seconds,
+#: as users ask for round limits (15 min, 30 min, 1 h): what backfill and drain_mixed = "auto"
+#: plan with.
+LIMIT_ROUND_S = 900
+
+
+def default_limit(duration: float) -> float:
+    """The time limit of a trace row that gives none: ``duration`` rounded up to a quarter hour."""
+    return float(max(1, math.ceil(duration / LIMIT_ROUND_S)) * LIMIT_ROUND_S)
 
 
 def _job(where: str, job: str, submit: float, duration: float, request: Tuple[Tuple[str, int], ...],
@@ -295,7 +309,7 @@ def read_sacct(text: str, source: str) -> Trace:
             skipped["no typed MIG request (gres/gpu:<type>=N)"] = skipped.get(
                 "no typed MIG request (gres/gpu:<type>=N)", 0) + 1
             continue
-        timelimit = end - start
+        timelimit = default_limit(max(end - start, 0.0))
         limit_text = r.get("Timelimit", "")
         if limit_text and limit_text.upper() not in ("UNLIMITED", "PARTITION_LIMIT", "INVALID"):
             try:

@@ -33,7 +33,8 @@ T = TypeVar("T")
 
 from ..core.errors import SlurmUnreadable
 from . import gresspec
-from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
+from .model import (HELD_REASONS, UNLIMITED_MINUTES, GresRequest, NodeInfo, PendingJob, RunningJob,
+                    SlurmOutputError)
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,51 @@ def _pending_job(src: Source, job: Mapping[str, Any], path: str,
         array_throttle=throttle,
         held=job.get("hold") is True or reason in HELD_REASONS,
         name=text(src, job.get("name"), f"{path}.name"),
+    )
+
+
+def read_running_jobs(doc: Doc, command: str = "squeue --json --states=RUNNING") -> List[RunningJob]:
+    """The RUNNING records of ``squeue --json`` with when each is expected to end (start +
+    time limit).  22.05 prints ``start_time``/``time_limit`` as plain numbers (an unlimited
+    job: 4294967295, INFINITE); 23.02+ as ``{set, infinite, number}`` objects (``infinite``:
+    no limit).  A job without a start time or a limit gets ``end_time`` None."""
+    data, src = load(doc, command)
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        raise src.fail("jobs", "no list of jobs at the top level")
+    out = []
+    for i, job in enumerate(jobs):
+        path = f"jobs[{i}]"
+        if not isinstance(job, Mapping):
+            raise src.fail(path, "expected an object")
+        states = words(src, job.get("job_state"), f"{path}.job_state")
+        if "RUNNING" not in (s.upper() for s in states):
+            continue
+        out.append(_running_job(src, job, path))
+    return out
+
+
+def _running_job(src: Source, job: Mapping[str, Any], path: str) -> RunningJob:
+    job_id = num(src, job.get("job_id"), f"{path}.job_id")
+    if job_id is None:
+        raise src.fail(f"{path}.job_id", "missing")
+    limit = num(src, job.get("time_limit"), f"{path}.time_limit")
+    if limit is not None and (limit < 0 or limit >= UNLIMITED_MINUTES):
+        limit = None  # INFINITE / NO_VAL in 22.05's plain numbers
+    start = num(src, job.get("start_time"), f"{path}.start_time") or None
+    raw = job.get("nodes")
+    hosts = text(src, raw, f"{path}.nodes")
+    nodes = tuple(_parsed(src, f"{path}.nodes", gresspec.expand_hostlist, hosts)) if hosts else ()
+    requests: List[GresRequest] = []
+    for field, per in _PER_FIELDS:
+        value = text(src, job.get(field), f"{path}.{field}")
+        requests.extend(_parsed(src, f"{path}.{field}", gresspec.parse_tres_per, value, per))
+    return RunningJob(
+        job_id=job_id, nodes=nodes, start_time=start, time_limit=limit,
+        requests=tuple(requests),
+        nodes_requested=num(src, job.get("node_count"), f"{path}.node_count") or max(len(nodes), 1),
+        tasks=num(src, job.get("tasks"), f"{path}.tasks") or 1,
+        sockets_per_node=num(src, job.get("sockets_per_node"), f"{path}.sockets_per_node"),
     )
 
 

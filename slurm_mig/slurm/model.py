@@ -96,6 +96,56 @@ class PendingJob:
         return self.array_tasks_pending
 
 
+#: Time limits at or above this many minutes are Slurm's "no limit": INFINITE (0xffffffff) and
+#: NO_VAL (0xfffffffe) as 22.05 prints them in plain numbers.
+UNLIMITED_MINUTES = 0xFFFFFFFE
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A running job: where it runs, what it holds there and when Slurm expects it to end.
+
+    ``start_time`` is Unix seconds; ``time_limit`` minutes, None for a job without one
+    (``UNLIMITED``: it never ends for planning).  ``end_time`` is Slurm's expected end, start
+    plus limit, the one time Slurm knows (backfill plans with it too); the job may end sooner.
+    ``requests`` are its GPU requests as for a pending job (per node, job, task, socket).
+    """
+
+    job_id: int
+    nodes: Tuple[str, ...] = ()
+    start_time: Optional[int] = None
+    time_limit: Optional[int] = None
+    requests: Tuple[GresRequest, ...] = ()
+    nodes_requested: int = 1
+    tasks: int = 1
+    sockets_per_node: Optional[int] = None
+
+    @property
+    def end_time(self) -> Optional[int]:
+        """Start + time limit (Unix seconds); None when it has no limit or no start."""
+        if self.start_time is None or self.time_limit is None:
+            return None
+        return self.start_time + 60 * self.time_limit
+
+    def per_node(self) -> Dict[Optional[str], int]:
+        """GPU instances per type it holds on each of its nodes (a request per job or per
+        task spread evenly over its nodes, rounded up)."""
+        nodes = max(self.nodes_requested, len(self.nodes), 1)
+        out: Dict[Optional[str], int] = {}
+        for r in self.requests:
+            if r.per == "node":
+                n = r.count
+            elif r.per == "socket":
+                n = r.count * max(self.sockets_per_node or 1, 1)
+            elif r.per == "task":
+                n = -(-r.count * max(self.tasks, 1) // nodes)
+            else:
+                n = -(-r.count // nodes)
+            if n > 0:
+                out[r.type] = out.get(r.type, 0) + n
+        return out
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """One node as Slurm sees it.

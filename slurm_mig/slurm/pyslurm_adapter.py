@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from ..core.errors import SlurmError, SlurmUnreadable
 from . import gresspec
-from .model import HELD_REASONS, GresRequest, NodeInfo, PendingJob, SlurmOutputError
+from .model import (HELD_REASONS, UNLIMITED_MINUTES, GresRequest, NodeInfo, PendingJob, RunningJob,
+                    SlurmOutputError)
 
 _RAW_PER = (("tres_per_node", "node"), ("tres_per_job", "job"), ("tres_per_task", "task"),
             ("tres_per_socket", "socket"))
@@ -81,6 +82,60 @@ def _gres_dict_requests(job_id: Any, gres: Any) -> Tuple[GresRequest, ...]:
     return tuple(out)
 
 
+def _requests(job: Any, job_id: int, tres: Optional[Mapping[str, Any]]) -> Tuple[GresRequest, ...]:
+    """A job's GPU requests: the raw ``tres_per_*`` strings where there are some, else
+    pyslurm's ``gres_per_node``."""
+    raw = [(tres.get(attr) if tres is not None else getattr(job, attr, None), per)
+           for attr, per in _RAW_PER]
+    if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
+        reqs: List[GresRequest] = []
+        for value, per in raw:
+            try:
+                reqs.extend(gresspec.parse_tres_per(value if isinstance(value, str) else "", per))
+            except ValueError as err:
+                raise _fail("job", job_id, f"tres_per_{per}", value) from err
+        return tuple(reqs)
+    return _gres_dict_requests(job_id, getattr(job, "gres_per_node", None))
+
+
+def _limit(job_id: int, value: Any) -> Optional[int]:
+    """pyslurm's ``time_limit`` (minutes) -> minutes, None for no limit: pyslurm 24.11 gives
+    None (or "UNLIMITED"/"infinite" text in other releases) for INFINITE and NO_VAL."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in
+                         ("unlimited", "infinite", "partition_limit", "")):
+        return None
+    limit = _int("job", job_id, "time_limit", value)
+    return None if limit is None or limit < 0 or limit >= UNLIMITED_MINUTES else limit
+
+
+def running_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[RunningJob]:
+    """One pyslurm Job -> RunningJob (``start_time``, ``time_limit`` in minutes, ``nodes`` a
+    hostlist), or None when it is not running."""
+    job_id = _int("job", "?", "id", getattr(job, "id", None))
+    if job_id is None:
+        raise _fail("job", "?", "id", None)
+    if str(getattr(job, "state", "") or "").upper() != "RUNNING":
+        return None
+    hosts = getattr(job, "nodes", None) or ""
+    if isinstance(hosts, (list, tuple)):
+        nodes = tuple(str(h) for h in hosts)
+    else:
+        try:
+            nodes = tuple(gresspec.expand_hostlist(str(hosts))) if hosts else ()
+        except ValueError as err:
+            raise _fail("job", job_id, "nodes", hosts) from err
+    return RunningJob(
+        job_id=job_id, nodes=nodes,
+        start_time=_int("job", job_id, "start_time", getattr(job, "start_time", None)) or None,
+        time_limit=_limit(job_id, getattr(job, "time_limit", None)),
+        requests=_requests(job, job_id, tres),
+        nodes_requested=_int("job", job_id, "num_nodes", getattr(job, "num_nodes", None),
+                             max(len(nodes), 1)) or 1,
+        tasks=_int("job", job_id, "ntasks", getattr(job, "ntasks", None), 1) or 1,
+        sockets_per_node=_int("job", job_id, "sockets_per_node", getattr(job, "sockets_per_node", None)),
+    )
+
+
 def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[PendingJob]:
     """One pyslurm Job -> PendingJob, or None when it is not pending.  ``tres``: the job's raw
     ``tres_per_node/job/task/socket`` strings where the caller has them (pyslurm 24.11's
@@ -91,19 +146,7 @@ def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Opti
     state = str(getattr(job, "state", "") or "")
     if state.upper() != "PENDING":
         return None
-    requests: Tuple[GresRequest, ...] = ()
-    raw = [(tres.get(attr) if tres is not None else getattr(job, attr, None), per)
-           for attr, per in _RAW_PER]
-    if any(isinstance(v, str) and v for v, _ in raw):  # a pyslurm that exposes tres strings
-        reqs: List[GresRequest] = []
-        for value, per in raw:
-            try:
-                reqs.extend(gresspec.parse_tres_per(value if isinstance(value, str) else "", per))
-            except ValueError as err:
-                raise _fail("job", job_id, f"tres_per_{per}", value) from err
-        requests = tuple(reqs)
-    else:
-        requests = _gres_dict_requests(job_id, getattr(job, "gres_per_node", None))
+    requests = _requests(job, job_id, tres)
     array_id = _int("job", job_id, "array_id", getattr(job, "array_id", None)) or None
     waiting = getattr(job, "array_tasks_waiting", None)
     throttle = _int("job", job_id, "array_tasks_parallel", getattr(job, "array_tasks_parallel", None)) or None
@@ -241,6 +284,13 @@ class PyslurmReader:
         loaded = self._load("Jobs")
         tres = self.tres_strings() if loaded else {}
         jobs = [job_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
+                for j in loaded]
+        return [j for j in jobs if j is not None]
+
+    def running_jobs(self) -> List[RunningJob]:
+        loaded = self._load("Jobs")
+        tres = self.tres_strings() if loaded else {}
+        jobs = [running_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
                 for j in loaded]
         return [j for j in jobs if j is not None]
 

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence
 from ..core.errors import SlurmError, SlurmUnreadable
 from . import jsonread
 from .client import failure_detail, run_command, run_process
-from .model import NodeInfo, PendingJob, SlurmOutputError
+from .model import NodeInfo, PendingJob, RunningJob, SlurmOutputError
 
 __all__ = ["SlurmReader", "SlurmJsonClient", "slurm_reader", "run_command"]
 from .pyslurm_adapter import PyslurmReader, import_pyslurm
@@ -50,6 +50,9 @@ class SlurmReader(Protocol):
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
         """Nodes by name (all, or those named)."""
+
+    def running_jobs(self) -> List[RunningJob]:
+        """Every running job, with its start time and time limit (when it is expected to end)."""
 
 
 class SlurmJsonClient:
@@ -66,6 +69,9 @@ class SlurmJsonClient:
 
     def squeue_argv(self) -> List[str]:
         return [self.squeue, "--json", "--states=PENDING"]
+
+    def squeue_running_argv(self) -> List[str]:
+        return [self.squeue, "--json", "--states=RUNNING"]
 
     def sinfo_argv(self) -> List[str]:
         return [self.sinfo, "-N", "--json"]
@@ -89,6 +95,11 @@ class SlurmJsonClient:
         argv = self.squeue_argv()
         command = "squeue " + " ".join(argv[1:])
         return jsonread.read_pending_jobs(self._read(argv, command), command)
+
+    def running_jobs(self) -> List[RunningJob]:
+        argv = self.squeue_running_argv()
+        command = "squeue " + " ".join(argv[1:])
+        return jsonread.read_running_jobs(self._read(argv, command), command)
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
         argv = self.sinfo_argv()

@@ -14,6 +14,7 @@ worth), :mod:`.search` (the greedy), :mod:`.explain` (reasons and totals).
 from .model import (
     DemandItem,
     GpuChange,
+    JobEnd,
     NodePlan,
     Plan,
     PlanGpu,
@@ -27,6 +28,7 @@ from .search import plan
 __all__ = [
     "DemandItem",
     "GpuChange",
+    "JobEnd",
     "NodePlan",
     "Plan",
     "PlanGpu",

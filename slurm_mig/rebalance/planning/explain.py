@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 
 from ...core.layout import format_counts
 from .model import GpuChange, NodePlan, Plan, PlanTotals
+from .problem import duration
 
 if TYPE_CHECKING:
     from .problem import Node
@@ -135,7 +136,9 @@ def _change_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange], re
         parts.append(f"gives up room for {_plural(gave, 'job')} that could start on today's layout "
                      f"(gain {rec['gain']:g})")
     state = f"{name} {node.cond}"
-    if node.cond == "mixed":
+    if node.cond == "mixed" and pl.policy.drain_auto and node.free_in is not None:
+        state += f" ({_drain_text(pl, i, node)}; running jobs keep their instances)"
+    elif node.cond == "mixed":
         state += " (policy drains mixed nodes; running jobs keep their instances)"
     if node.recent:
         state += f" (changed in cycle {node.src.last_changed_cycle}; gain {rec['gain']:g} beats hysteresis)"
@@ -165,27 +168,56 @@ def _keep_line(pl: _Planner, i: int, node: Node, gpus: Sequence[GpuChange],
         what = ", ".join(f"{_gpu_list(ix)} {text}" for text, ix in have) or "no GPUs"
         if texts is not None:
             texts[key] = what  # the layouts stay alive in the plan: ids are not reused
+    auto = pl.policy.drain_auto and node.cond == "mixed" and node.free_in is not None
+    check = pl.drain_checks.get(i) if auto else None
     if node.why_not is not None:
         why = node.why_not
     elif leftover.get(i):
         why = f"per-cycle cap of {pl.policy.max_nodes_per_cycle} changed nodes reached"
+        if auto:
+            why += f" ({_drain_text(pl, i, node)})"
+    elif check is not None and check[1] <= check[2]:
+        jobs, gain, idle = check
+        why = (f"mixed; its jobs end in {duration(node.free_in or 0.0)} (by their time limits); a "
+               f"new layout would start {_plural(jobs, 'more job')}, gaining {gain:.0f} slice-s "
+               f"within the {duration(pl.policy.drain_horizon)} drain horizon, but the node would "
+               f"stand idle {idle:.0f} slice-s while its jobs end: draining does not pay")
     else:
         why = "no change here would start more pending jobs"
+        if auto:
+            why += f" (mixed; its jobs end in {duration(node.free_in or 0.0)} by their time limits)"
     return f"{node.src.name}: keeps {what}; {why}"
+
+
+def _drain_text(pl: _Planner, i: int, node: Node) -> str:
+    """Why an "auto" drain of a mixed node pays: when its jobs end, the gain, the idle cost."""
+    text = (f"drain_mixed = auto: its jobs end in {duration(node.free_in or 0.0)} by their "
+            f"time limits")
+    check = pl.drain_checks.get(i)
+    if check is not None:
+        jobs, gain, idle = check
+        text += (f"; starting {_plural(jobs, 'more job')} gains {gain:.0f} slice-s within the "
+                 f"{duration(pl.policy.drain_horizon)} horizon against {idle:.0f} slice-s idle "
+                 f"while it drains")
+    return text
 
 
 def _leftover(pl: _Planner) -> Dict[int, bool]:
     """Which unchanged changeable nodes a move would still pay on (the cap stopped them).
     Nodes of one class holding the same jobs get the same answer: evaluated once."""
     out = {}
-    seen: Dict[Any, bool] = {}
+    seen: Dict[Any, Tuple[bool, int]] = {}
     for i, node in enumerate(pl.nodes):
         if node.why_not is None and i not in pl.changed:
-            key = (node.sig, node.recent, tuple(sorted(pl.hosted[i].items())))
+            # a mixed node's drain cost is its own ("auto"): part of the answer's key
+            key = (node.sig, node.recent, node.free_in, node.idle_ss,
+                   tuple(sorted(pl.hosted[i].items())))
             if key not in seen:
                 mv = pl._evaluate(i)
-                seen[key] = mv is not None and pl._passes(i, mv)
-            out[i] = seen[key]
+                seen[key] = (mv is not None and pl._passes(i, mv), i)
+            out[i], first = seen[key]
+            if first != i and first in pl.drain_checks:  # the same check, for its explanation
+                pl.drain_checks.setdefault(i, pl.drain_checks[first])
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 from ...core.errors import InputError
 from ...core.layout import Layout, format_counts, format_layout
@@ -62,8 +62,23 @@ class PlanGpu:
 
 
 @dataclass(frozen=True)
+class JobEnd:
+    """One job running on a node: when it is expected to end and what it holds there.
+
+    ``ends_in``: seconds from the plan's "now" to the job's start + time limit (Slurm's
+    expected end; 0 when already past); None for a job without a time limit (it never ends
+    for planning).  ``slices``: compute slices of the instances it holds on this node."""
+
+    ends_in: Optional[float]
+    slices: int = 0
+
+
+@dataclass(frozen=True)
 class PlanNode:
-    """One Slurm node as the planner sees it."""
+    """One Slurm node as the planner sees it.
+
+    ``running``: the jobs running on it with their expected ends (:class:`JobEnd`); None when
+    the caller did not read them (then ``drain_mixed = "auto"`` never drains it)."""
 
     name: str
     partitions: Tuple[str, ...]
@@ -71,6 +86,18 @@ class PlanNode:
     gpus: Tuple[PlanGpu, ...]
     allowed: bool = True  #: the caller's own allow-list verdict (config), on top of Policy's
     last_changed_cycle: Optional[int] = None  #: cycle in which rebalance last changed it
+    running: Optional[Tuple[JobEnd, ...]] = None
+
+    @property
+    def free_in(self) -> Optional[float]:
+        """Seconds until every running job has ended by its time limit (0: none runs);
+        None when not known or when a job has no limit."""
+        if self.running is None:
+            return None
+        ends = [j.ends_in for j in self.running]
+        if any(e is None for e in ends):
+            return None
+        return max([max(float(e or 0.0), 0.0) for e in ends], default=0.0)
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,13 @@ class Policy:
     be shell patterns like ``gpu[0-9]*``).  ``candidates``: per model key, the layouts a
     GPU may be given (text or :class:`Layout`); default: every maximal layout of the model,
     ``+me`` profiles only when a ``+me`` type is demanded or floored.
+
+    ``drain_mixed``: False (only idle nodes change), True (any mixed node may be drained,
+    whenever its jobs end) or ``"auto"``: a mixed node whose running jobs all end (by their
+    time limits, :attr:`PlanNode.running`) within ``drain_horizon`` seconds, and only when the
+    drain pays: the slice-seconds the jobs it starts gain (their slices x (horizon - the
+    node's end)) exceed the slice-seconds it stands idle while draining; the node whose jobs
+    end first is preferred (docs/planner.md, "Busy clusters").
     """
 
     max_nodes_per_cycle: Optional[int] = 4
@@ -133,7 +167,8 @@ class Policy:
     hysteresis_cycles: int = 3
     hysteresis_gain: Optional[float] = None
     min_gain: float = 0.0
-    drain_mixed: bool = False
+    drain_mixed: Union[bool, str] = False
+    drain_horizon: float = 14400.0
     nodes: Optional[Tuple[str, ...]] = None
     partitions: Optional[Tuple[str, ...]] = None
     candidates: Optional[Mapping[str, Tuple[object, ...]]] = None
@@ -146,6 +181,15 @@ class Policy:
                 raise InputError(f"policy: floor.{name} must be 0 or more, not {n}")
         if self.hysteresis_cycles < 0:
             raise InputError("policy: hysteresis_cycles must be 0 or more")
+        if self.drain_mixed not in (True, False, "auto"):
+            raise InputError(f"policy: drain_mixed must be true, false or \"auto\", not {self.drain_mixed!r}")
+        if not self.drain_horizon >= 0:
+            raise InputError(f"policy: drain_horizon must be 0 seconds or more, not {self.drain_horizon!r}")
+
+    @property
+    def drain_auto(self) -> bool:
+        """``drain_mixed = "auto"``: drain mixed nodes by when their jobs end, when it pays."""
+        return self.drain_mixed == "auto"
 
 
 # ----------------------------------------------------------------------------- results

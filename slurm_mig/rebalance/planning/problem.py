@@ -53,7 +53,7 @@ class Node:
     """A :class:`PlanNode` as the search sees it; ``choice`` is set when it is changed."""
 
     __slots__ = ("src", "cond", "gid", "models", "options", "free", "total", "why_not",
-                 "recent", "sig", "choice", "supplies")
+                 "recent", "sig", "choice", "supplies", "free_in", "idle_ss")
 
     src: PlanNode
     cond: str
@@ -67,6 +67,8 @@ class Node:
     supplies: bool
     sig: Tuple[int, Tuple[int, ...]]
     choice: Optional[Tuple[Option, ...]]  #: per GPU: the option taken (set when changed)
+    free_in: Optional[float]  #: seconds until its running jobs end (0: idle; None: unknown/never)
+    idle_ss: float  #: slice-seconds it would stand idle while draining (drain_mixed = "auto")
 
     def __init__(self, src: PlanNode) -> None:
         self.src = src
@@ -199,6 +201,7 @@ class Problem:
             node.models, node.options, free, total = hit
             node.models, node.options = list(node.models), list(node.options)
             node.free, node.total = list(free), list(total)
+            node.free_in, node.idle_ss = self._drain_cost(node)
             node.recent = (src.last_changed_cycle is not None
                            and self.cycle - src.last_changed_cycle < pol.hysteresis_cycles)
             node.why_not = self._why_not(node, allowed_parts)
@@ -235,6 +238,35 @@ class Problem:
                 total[t] += opts.current.total[t]
         return models, options, free, total
 
+    def _drain_cost(self, node: Node) -> Tuple[Optional[float], float]:
+        """(seconds until its running jobs end, slice-seconds idle while it drains): every
+        compute slice of today's instances stands idle from now (free) or from its job's
+        end until the last job ends.  (0, 0) for a node with nothing running."""
+        src = node.src
+        if node.cond != "mixed":
+            return 0.0, 0.0
+        end = src.free_in
+        if end is None:
+            return None, 0.0
+        gpus = sorted(src.gpus, key=lambda g: g.index)
+        total = sum(model.profile(i.profile_id).compute_slices
+                    for model, gpu in zip(node.models, gpus) for i in gpu.layout)
+        held = 0.0
+        for j in src.running or ():
+            held += j.slices * min(max(float(j.ends_in or 0.0), 0.0), end)
+        return end, max(0.0, total * end - held)
+
+    def job_slices(self, node: Node, req: Sequence[Tuple[int, int]]) -> int:
+        """Compute slices one job of request ``req`` (type index, count) takes on ``node``."""
+        out = 0
+        for t, n in req:
+            for model in node.models:
+                pid = self.type_ids(model)[t]
+                if pid is not None:
+                    out += n * model.profile(pid).compute_slices
+                    break
+        return out
+
     def _why_not(self, node: Node, allowed_parts: Optional[Set[str]]) -> Optional[str]:
         """None when the node may change, else the reason it may not."""
         src, pol = node.src, self.policy
@@ -246,6 +278,16 @@ class Problem:
             return "jobs completing, not changeable this cycle"
         if node.cond == "mixed" and not pol.drain_mixed:
             return "mixed (jobs running) and policy does not drain mixed nodes"
+        if node.cond == "mixed" and pol.drain_auto:
+            if src.running is None:
+                return ("mixed (jobs running); when its jobs end is not known, and drain_mixed = "
+                        "\"auto\" drains only nodes whose jobs' time limits it has read")
+            if node.free_in is None:
+                return ("mixed; a job without a time limit runs on it, so it never drains by "
+                        "itself; drain_mixed = \"auto\" leaves it")
+            if node.free_in >= pol.drain_horizon:
+                return (f"mixed; its jobs end in {duration(node.free_in)} (by their time limits), "
+                        f"not within the drain horizon of {duration(pol.drain_horizon)}; not drained")
         if not src.allowed:
             return "not allowed by the node allow-list in the config"
         if pol.nodes is not None and not _name_allowed(src.name, pol.nodes):
@@ -294,6 +336,15 @@ class Problem:
     def servable(self, grp: Group) -> bool:
         """Can any node in the group's partitions ever offer every type it asks for?"""
         return any(all(gid in self.offered[t] for t, _ in grp.req) for gid in grp.gids)
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2.5 h``: how explanations write a span of time."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _name_allowed(name: str, patterns: Collection[str]) -> bool:

@@ -91,6 +91,7 @@ class _Planner(Problem):
         self.hosted: List[Dict[int, int]] = [{} for _ in self.nodes]
         self.free_now: List[List[int]] = [list(n.free) for n in self.nodes]
         self.changed: Dict[int, Dict[str, Any]] = {}
+        self.drain_checks: Dict[int, Tuple[int, float, float]] = {}  #: "auto": (jobs, gain, idle)
         self.cap_hit = False
         fixed = [i for i, n in enumerate(self.nodes) if n.supplies and n.why_not is not None]
         movable = [i for i, n in enumerate(self.nodes) if n.why_not is None]
@@ -269,7 +270,35 @@ class _Planner(Problem):
     def _passes(self, i: int, mv: Move) -> bool:
         pol, node = self.policy, self.nodes[i]
         threshold = pol.hysteresis_gain if node.recent else pol.min_gain
-        return mv[1] > 0 or mv[0] > (threshold or 0.0) + self.tol
+        if mv[1] <= 0 and mv[0] > (threshold or 0.0) + self.tol:
+            return self._pays(i, mv)
+        return mv[1] > 0
+
+    def _pays(self, i: int, mv: Move) -> bool:
+        """``drain_mixed = "auto"``, a mixed node: the jobs the move starts beyond today's
+        gain their slices x (horizon - the node's end) slice-seconds; the drain pays when
+        that beats the slice-seconds the node stands idle until its jobs end (docs/planner.md)."""
+        node = self.nodes[i]
+        if not self.policy.drain_auto or node.cond != "mixed" or node.free_in is None:
+            return True
+        held, jobs, slices = self.hosted[i], 0, 0
+        for gi, k in mv[4].items():
+            new = k - held.get(gi, 0)
+            if new > 0:
+                jobs += new
+                slices += new * self.job_slices(node, self.groups[gi].req)
+        gain = slices * max(0.0, self.policy.drain_horizon - node.free_in)
+        self.drain_checks[i] = (jobs, gain, node.idle_ss)
+        return gain > node.idle_ss
+
+    def _rank(self, i: int, mv: Move) -> float:
+        """The heap's first key: the weight gain, and with ``drain_mixed = "auto"`` that gain
+        discounted by how far into the horizon the node's jobs end (the node whose jobs end
+        first goes first; an idle node is not discounted)."""
+        node = self.nodes[i]
+        if self.policy.drain_auto and node.free_in:
+            return -mv[0] * max(0.0, 1.0 - node.free_in / self.policy.drain_horizon)
+        return -mv[0]
 
     def _moves(self, movable: Sequence[int]) -> None:
         cache: Dict[Any, Optional[Move]] = {}
@@ -306,7 +335,7 @@ class _Planner(Problem):
                 first[shape] = evaluate(i)
             mv = first[shape]
             if mv is not None and self._passes(i, mv):
-                heap.append((-mv[0], -mv[1], mv[2], mv[3], i, version if fresh else -1))
+                heap.append((self._rank(i, mv), -mv[1], mv[2], mv[3], i, version if fresh else -1))
         heapq.heapify(heap)
         while heap:
             if cap is not None and len(self.changed) >= cap:
@@ -317,7 +346,7 @@ class _Planner(Problem):
             if mv is None or not self._passes(i, mv):
                 continue
             if ver != version:
-                heapq.heappush(heap, (-mv[0], -mv[1], mv[2], mv[3], i, version))
+                heapq.heappush(heap, (self._rank(i, mv), -mv[1], mv[2], mv[3], i, version))
                 continue
             self._looks = None  # the commit moves jobs: look at nodes afresh
             self._commit(i, mv)

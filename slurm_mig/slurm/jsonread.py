@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import (Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence,
-                    Tuple, TypeVar, Union)
+from typing import (Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple, TypeVar, Union)
 
 T = TypeVar("T")
 
@@ -205,20 +205,25 @@ def _parsed(src: Source, path: str, func: Callable[..., T], *args: Any) -> T:
 def read_pending_jobs(doc: Doc, command: str = "squeue --json") -> List[PendingJob]:
     """The PENDING records of ``squeue --json`` (22.05 ignores ``--states``, so every reader
     filters), in the order Slurm printed them."""
+    return [_pending_job(src, job, path, states)
+            for src, job, path, states in _jobs_in_state(doc, command, "PENDING")]
+
+
+def _jobs_in_state(doc: Doc, command: str, state: str
+                   ) -> Iterator[Tuple[Source, Mapping[str, Any], str, Tuple[str, ...]]]:
+    """(source, record, its path, its states) for each record of ``squeue --json`` in
+    ``state``: the reader filters, whatever the command was asked for."""
     data, src = load(doc, command)
     jobs = data.get("jobs")
     if not isinstance(jobs, list):
         raise src.fail("jobs", "no list of jobs at the top level")
-    out = []
     for i, job in enumerate(jobs):
         path = f"jobs[{i}]"
         if not isinstance(job, Mapping):
             raise src.fail(path, "expected an object")
         states = words(src, job.get("job_state"), f"{path}.job_state")
-        if "PENDING" not in (s.upper() for s in states):
-            continue
-        out.append(_pending_job(src, job, path, states))
-    return out
+        if state in (s.upper() for s in states):
+            yield src, job, path, states
 
 
 def _pending_job(src: Source, job: Mapping[str, Any], path: str,
@@ -270,20 +275,8 @@ def read_running_jobs(doc: Doc, command: str = "squeue --json --states=RUNNING")
     time limit).  22.05 prints ``start_time``/``time_limit`` as plain numbers (an unlimited
     job: 4294967295, INFINITE); 23.02+ as ``{set, infinite, number}`` objects (``infinite``:
     no limit).  A job without a start time or a limit gets ``end_time`` None."""
-    data, src = load(doc, command)
-    jobs = data.get("jobs")
-    if not isinstance(jobs, list):
-        raise src.fail("jobs", "no list of jobs at the top level")
-    out = []
-    for i, job in enumerate(jobs):
-        path = f"jobs[{i}]"
-        if not isinstance(job, Mapping):
-            raise src.fail(path, "expected an object")
-        states = words(src, job.get("job_state"), f"{path}.job_state")
-        if "RUNNING" not in (s.upper() for s in states):
-            continue
-        out.append(_running_job(src, job, path))
-    return out
+    return [_running_job(src, job, path)
+            for src, job, path, _ in _jobs_in_state(doc, command, "RUNNING")]
 
 
 def _running_job(src: Source, job: Mapping[str, Any], path: str) -> RunningJob:

@@ -113,26 +113,32 @@ class Packer:
         self._proj[key] = out
         return out
 
-    def cover(self, node: Node, req: Req) -> Optional[Cover]:
-        """The cheapest choice of one option per GPU meeting ``req``, or None."""
-        key = (node.sig, req)
-        if key in self._covers:
-            return self._covers[key]
-        K = self.K
-        cur = node.free + node.total
-        if all(c >= r for c, r in zip(cur, req)):
-            out: Optional[Cover] = (0, 0, (0,) * len(node.options))
-            self._covers[key] = out
-            return out
-        active = tuple(d for d in range(2 * K) if req[d] > 0)
+    def _cover_setup(self, node: Node, req: Req
+                     ) -> Tuple[Tuple[int, ...], Req, List[List[Tuple[Req, int, int, int]]], List[Req]]:
+        """What :meth:`cover` and the fit check search over: the dimensions ``req`` asks
+        for, its amounts there, each GPU's options projected on them, and the most the GPUs
+        from k on could still add (``rest[k]``), a bound that prunes both searches."""
+        active = tuple(d for d in range(2 * self.K) if req[d] > 0)
         need = tuple(req[d] for d in active)
         projs = [self._project(o, active, need) for o in node.options]
-        # most each remaining GPU could still add, per active dimension
         rest: List[Req] = [tuple(0 for _ in active)]
         for proj in reversed(projs):
             top = tuple(max(v[0][j] for v in proj) for j in range(len(active)))
             rest.append(tuple(a + b for a, b in zip(rest[-1], top)))
         rest.reverse()
+        return active, need, projs, rest
+
+    def cover(self, node: Node, req: Req) -> Optional[Cover]:
+        """The cheapest choice of one option per GPU meeting ``req``, or None."""
+        key = (node.sig, req)
+        if key in self._covers:
+            return self._covers[key]
+        cur = node.free + node.total
+        if all(c >= r for c, r in zip(cur, req)):
+            out: Optional[Cover] = (0, 0, (0,) * len(node.options))
+            self._covers[key] = out
+            return out
+        active, need, projs, rest = self._cover_setup(node, req)
         # value: (GPUs changed, instances changed, which GPUs keep (earlier ones change first), choice)
         State = Tuple[int, int, Tuple[int, ...], Tuple[int, ...]]
         states: Dict[Req, State] = {tuple(0 for _ in active): (0, 0, (), ())}
@@ -174,14 +180,7 @@ class Packer:
         elif all(c >= r for c, r in zip(node.free + node.total, req)):
             hit = True
         else:
-            active = tuple(d for d in range(2 * self.K) if req[d] > 0)
-            need = tuple(req[d] for d in active)
-            projs = [self._project(o, active, need) for o in node.options]
-            rest: List[Req] = [tuple(0 for _ in active)]
-            for proj in reversed(projs):
-                top = tuple(max(v[0][j] for v in proj) for j in range(len(active)))
-                rest.append(tuple(a + b for a, b in zip(rest[-1], top)))
-            rest.reverse()
+            active, need, projs, rest = self._cover_setup(node, req)
             failed: Set[Tuple[int, Req]] = set()  # (GPU, state) from which nothing meets req
 
             def search(k: int, st: Req) -> bool:

@@ -480,6 +480,26 @@ def simulated_starts(jobs: Sequence[SimJob], cluster_text: str, config: Optional
 # ----------------------------------------------------------------------------- main
 
 
+def with_rebalance_settings(config_text: str, settings: Sequence[str]) -> str:
+    """The controller config with ``KEY=VALUE`` lines added to its ``[rebalance]`` table
+    (checked by parsing the result: a bad key or value is one line, exit 2)."""
+    from slurm_mig.core.errors import ConfigError
+    from slurm_mig.host.config import parse_config
+
+    for item in settings:
+        if "=" not in item:
+            raise ValueError(f"--rebalance {item!r}: give KEY=VALUE, e.g. drain_mixed=\"auto\"")
+    lines = "".join(f"{item.strip()}\n" for item in settings)
+    if "[rebalance]\n" not in config_text:
+        raise ValueError("the sandbox's controller config has no [rebalance] table")
+    text = config_text.replace("[rebalance]\n", "[rebalance]\n" + lines, 1)
+    try:
+        parse_config(text, "controller config")
+    except ConfigError as err:
+        raise ValueError(f"--rebalance: {err}") from err
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trace", nargs="?", help="CSV trace (docs/simulate.md)")
@@ -503,6 +523,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "prints it as run_overhead_mean_s)")
     ap.add_argument("--jobs", type=float, default=None, metavar="SECONDS",
                     help="also list the jobs whose wait differs by SECONDS or more")
+    ap.add_argument("--rebalance", action="append", metavar="KEY=VALUE", default=[],
+                    help="a [rebalance] setting for the controller (TOML value; repeatable), "
+                         "e.g. --rebalance 'drain_mixed=\"auto\"'; the simulator side reads "
+                         "the same config")
     ap.add_argument("--out", help="write both sides and the gaps as JSON here")
     ap.add_argument("--from", dest="from_json", help="take the sandbox side from an --out file")
     args = ap.parse_args(argv)
@@ -514,6 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.trace:
         ap.error("give a TRACE (or --make-trace FILE)")
+    if args.rebalance:  # a bad setting stops here, before a sandbox is started
+        with_rebalance_settings("version = 1\n[rebalance]\n", args.rebalance)
     with open(args.trace) as f:
         jobs = as_slurm_keeps(scale_trace(read_trace(f.read(), args.trace).jobs, args.scale))
     policies = args.policy or ["dynamic"]
@@ -550,6 +576,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     sbx.recut(node, lay)
             with open(info["controller_config"]) as f:
                 config_text = f.read()
+            if args.rebalance:
+                config_text = with_rebalance_settings(config_text, args.rebalance)
+                with open(info["controller_config"], "w") as f:
+                    f.write(config_text)
             try:
                 span = max(j.submit + j.duration for j in jobs)
                 log(f"{policy}: replaying {len(jobs)} jobs over ~{span:.0f} s")

@@ -246,3 +246,21 @@ def test_a_bad_recut_is_one_line_and_exit_2(capsys):
     assert fid.run([os.path.join(BENCH, "fidelity-trace.csv"), "--recut", "n9=1g.10gb:7"]) == 2
     assert capsys.readouterr().err == (
         "fidelity: error: --recut n9: no such node; the sandbox has n1, n2, n3, n4\n")
+
+
+def test_rebalance_settings_go_into_the_controllers_rebalance_table():
+    text = "version = 1\n[slurm]\nscontrol = \"/x/scontrol\"\n[rebalance]\nenabled = true\n"
+    got = fid.with_rebalance_settings(text, ['drain_mixed="auto"', "drain_horizon = 600"])
+    from slurm_mig.host.config import parse_config
+    r = parse_config(got, "t").rebalance
+    assert (r.drain_mixed, r.drain_horizon, r.enabled) == ("auto", 600, True)
+    assert got.startswith("version = 1\n[slurm]\nscontrol")
+
+
+@pytest.mark.parametrize("item, message", [
+    ("drain_mixed", r"--rebalance 'drain_mixed': give KEY=VALUE"),
+    ('drain_mixed="sometimes"', r"^--rebalance: .*drain_mixed"),
+])
+def test_a_bad_rebalance_setting_is_one_line(item, message):
+    with pytest.raises(ValueError, match=message):
+        fid.with_rebalance_settings("version = 1\n[rebalance]\n", [item])

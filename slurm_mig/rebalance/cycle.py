@@ -689,12 +689,12 @@ def _cycle(cy: Cycle, state: Mapping[str, Any]) -> CycleResult:
             ends = job_ends(cy.reader.running_jobs(), cy.wall())
     except SlurmUnreadable as err:  # nothing read: no plan, no state written (exit 9)
         raise SlurmUnreadable(f"{err}; rebalance planned and changed nothing") from err
+    memory, memory_warning = _recent.read_memory(r.demand_file)
     catalog = load_catalog()
     # Pure: sort the nodes, plan, decide the changes.
     ready = _to_finish(infos, catalog)
     sorted_ = classify(infos, ready, catalog, last_changed, ends)
     demand = plan_demand(jobs, _coming(sorted_.nodes, sorted_.in_progress))
-    memory, memory_warning = _recent.read_memory(r.demand_file)
     pending = plan_demand(jobs) if sorted_.in_progress else demand  # all of it is asked for
     memory = _recent.update(memory, _recent.asked_now(pending, infos.values()), cy.wall(),
                             r.demand_half_life)

@@ -50,6 +50,21 @@ class GresRequest:
             raise ValueError(f"count must be >= 0, not {self.count}")
 
 
+def request_instances(request: GresRequest, nodes: int, tasks: int,
+                      sockets_per_node: Optional[int]) -> int:
+    """GPU instances ``request`` needs for a job of ``nodes`` nodes and ``tasks`` tasks: per
+    node x nodes, per job, per task x tasks, per socket x sockets x nodes.  The one rule for
+    pending jobs (what they ask for) and running ones (what they hold)."""
+    nodes = max(nodes, 1)
+    if request.per == "node":
+        return request.count * nodes
+    if request.per == "task":
+        return request.count * max(tasks, 1)
+    if request.per == "socket":
+        return request.count * max(sockets_per_node or 1, 1) * nodes
+    return request.count
+
+
 @dataclass(frozen=True)
 class PendingJob:
     """A pending job record: one job, or the pending rest of an array (``array_task``).
@@ -78,15 +93,8 @@ class PendingJob:
 
     def instances(self, request: GresRequest) -> int:
         """GPU instances ``request`` needs for ONE task of this record (one array task,
-        or the job): per node x nodes, per job, per task x tasks, per socket x sockets."""
-        nodes = max(self.nodes_requested, 1)
-        if request.per == "node":
-            return request.count * nodes
-        if request.per == "task":
-            return request.count * max(self.tasks, 1)
-        if request.per == "socket":
-            return request.count * max(self.sockets_per_node or 1, 1) * nodes
-        return request.count
+        or the job): :func:`request_instances`."""
+        return request_instances(request, self.nodes_requested, self.tasks, self.sockets_per_node)
 
     @property
     def runnable_at_once(self) -> int:
@@ -133,14 +141,7 @@ class RunningJob:
         nodes = max(self.nodes_requested, len(self.nodes), 1)
         out: Dict[Optional[str], int] = {}
         for r in self.requests:
-            if r.per == "node":
-                n = r.count
-            elif r.per == "socket":
-                n = r.count * max(self.sockets_per_node or 1, 1)
-            elif r.per == "task":
-                n = -(-r.count * max(self.tasks, 1) // nodes)
-            else:
-                n = -(-r.count // nodes)
+            n = -(-request_instances(r, nodes, self.tasks, self.sockets_per_node) // nodes)
             if n > 0:
                 out[r.type] = out.get(r.type, 0) + n
         return out

@@ -19,12 +19,14 @@ raises (pyslurm's ``RPCError``: slurmctld down or unreachable) or a cluster of n
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from ..core.errors import SlurmError, SlurmUnreadable
 from . import gresspec
 from .model import (HELD_REASONS, UNLIMITED_MINUTES, GresRequest, NodeInfo, PendingJob, RunningJob,
                     SlurmOutputError)
+
+J = TypeVar("J", PendingJob, RunningJob)
 
 _RAW_PER = (("tres_per_node", "node"), ("tres_per_job", "job"), ("tres_per_task", "task"),
             ("tres_per_socket", "socket"))
@@ -108,13 +110,20 @@ def _limit(job_id: int, value: Any) -> Optional[int]:
     return None if limit is None or limit < 0 or limit >= UNLIMITED_MINUTES else limit
 
 
-def running_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[RunningJob]:
-    """One pyslurm Job -> RunningJob (``start_time``, ``time_limit`` in minutes, ``nodes`` a
-    hostlist), or None when it is not running."""
+def _id_in_state(job: Any, state: str) -> Optional[int]:
+    """The job's id when pyslurm says it is in ``state``, else None; a job without an id is
+    a SlurmOutputError whatever its state."""
     job_id = _int("job", "?", "id", getattr(job, "id", None))
     if job_id is None:
         raise _fail("job", "?", "id", None)
-    if str(getattr(job, "state", "") or "").upper() != "RUNNING":
+    return job_id if str(getattr(job, "state", "") or "").upper() == state else None
+
+
+def running_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Optional[RunningJob]:
+    """One pyslurm Job -> RunningJob (``start_time``, ``time_limit`` in minutes, ``nodes`` a
+    hostlist), or None when it is not running."""
+    job_id = _id_in_state(job, "RUNNING")
+    if job_id is None:
         return None
     hosts = getattr(job, "nodes", None) or ""
     if isinstance(hosts, (list, tuple)):
@@ -140,11 +149,8 @@ def job_from_pyslurm(job: Any, tres: Optional[Mapping[str, Any]] = None) -> Opti
     """One pyslurm Job -> PendingJob, or None when it is not pending.  ``tres``: the job's raw
     ``tres_per_node/job/task/socket`` strings where the caller has them (pyslurm 24.11's
     ``Job`` has only ``gres_per_node``; its older API, ``pyslurm.job().get()``, keeps all four)."""
-    job_id = _int("job", "?", "id", getattr(job, "id", None))
+    job_id = _id_in_state(job, "PENDING")
     if job_id is None:
-        raise _fail("job", "?", "id", None)
-    state = str(getattr(job, "state", "") or "")
-    if state.upper() != "PENDING":
         return None
     requests = _requests(job, job_id, tres)
     array_id = _int("job", job_id, "array_id", getattr(job, "array_id", None)) or None
@@ -280,19 +286,19 @@ class PyslurmReader:
                 out[job_id or 0] = {attr: str(record.get(attr) or "") for attr, _ in _RAW_PER}
         return out
 
-    def pending_jobs(self) -> List[PendingJob]:
+    def _jobs(self, convert: Callable[[Any, Optional[Mapping[str, Any]]], Optional[J]]) -> List[J]:
+        """Every job ``convert`` keeps (it returns None for the others), each with its raw
+        ``tres_per_*`` strings (:meth:`tres_strings`)."""
         loaded = self._load("Jobs")
         tres = self.tres_strings() if loaded else {}
-        jobs = [job_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
-                for j in loaded]
+        jobs = [convert(j, tres.get(getattr(j, "id", 0)) if tres else None) for j in loaded]
         return [j for j in jobs if j is not None]
 
+    def pending_jobs(self) -> List[PendingJob]:
+        return self._jobs(job_from_pyslurm)
+
     def running_jobs(self) -> List[RunningJob]:
-        loaded = self._load("Jobs")
-        tres = self.tres_strings() if loaded else {}
-        jobs = [running_from_pyslurm(j, tres.get(getattr(j, "id", 0)) if tres else None)
-                for j in loaded]
-        return [j for j in jobs if j is not None]
+        return self._jobs(running_from_pyslurm)
 
     def nodes(self, names: Optional[Sequence[str]] = None) -> Dict[str, NodeInfo]:
         loaded = self._load("Nodes")
